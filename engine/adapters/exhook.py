@@ -1,0 +1,284 @@
+"""EMQX ExHook front-end: the 21 HookProvider RPCs of emqx.exhook.v2 and v3 on one grpc.aio server.
+
+Request -> Event, Engine.decide, Decision -> reply. Reply rules follow ../shared/reference/emqx-exhook.md:
+authn/authz answer with bool_result, message.publish with the whole request message (never the other
+way round, which EMQX treats as IGNORE), notifications with EmptySuccess. Every call answers OK, in time:
+a failure is turned into the hook's failure-policy decision here, never into a gRPC error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import grpc
+
+from .. import metrics
+from ..decisions import POLICY_DECISIONS, Decision
+from ..engine import Engine
+from ..events import Client, Conn, Event, Message, SubOpts, TopicFilter, frozen_map
+from ..hooks import EMQX_HOOKS
+from ..ruleset import RuleSet
+from . import exhook_proto
+from .exhook_proto import ExhookProto
+
+log = logging.getLogger(__name__)
+
+BROKER = "emqx"
+#: Leave this much of EMQX's request_timeout (the gRPC deadline) for the reply to travel back.
+DEADLINE_MARGIN = 0.05
+
+RPC_HOOKS: dict[str, str] = {
+    "OnClientConnect": "client.connect",
+    "OnClientConnack": "client.connack",
+    "OnClientConnected": "client.connected",
+    "OnClientDisconnected": "client.disconnected",
+    "OnClientAuthenticate": "client.authenticate",
+    "OnClientAuthorize": "client.authorize",
+    "OnClientSubscribe": "client.subscribe",
+    "OnClientUnsubscribe": "client.unsubscribe",
+    "OnSessionCreated": "session.created",
+    "OnSessionSubscribed": "session.subscribed",
+    "OnSessionUnsubscribed": "session.unsubscribed",
+    "OnSessionResumed": "session.resumed",
+    "OnSessionDiscarded": "session.discarded",
+    "OnSessionTakenover": "session.takenover",
+    "OnSessionTerminated": "session.terminated",
+    "OnMessagePublish": "message.publish",
+    "OnMessageDelivered": "message.delivered",
+    "OnMessageDropped": "message.dropped",
+    "OnMessageAcked": "message.acked",
+}
+
+# -- request -> Event ---------------------------------------------------------------------------
+
+
+def _client(ci: Any) -> Client:
+    return Client(ci.clientid, ci.username, ci.password, ci.peerhost, ci.peerport, ci.sockport, ci.protocol,
+                  ci.mountpoint, ci.is_superuser, ci.anonymous, ci.cn, ci.dn, ci.node)
+
+
+def _conn(ci: Any) -> Conn:
+    return Conn(ci.clientid, ci.username, ci.peerhost, ci.peerport, ci.sockport, ci.proto_name, ci.proto_ver,
+                ci.keepalive, ci.node)
+
+
+def _props(props: Iterable[Any]) -> Any:
+    return frozen_map((p.name, p.value) for p in props)
+
+
+def _message(m: Any, props: Any = (), user_props: Any = ()) -> Message:
+    return Message(m.id, getattr(m, "from"), m.topic, m.payload, m.qos, False, m.timestamp, frozen_map(m.headers),
+                   _props(props), _props(user_props), m.node)
+
+
+def _sender(m: Any) -> Client:
+    """The publisher, as far as a message tells: EMQX sends no clientinfo with publish and dropped."""
+    h = m.headers
+    return Client(id=getattr(m, "from"), username=h.get("username", ""), peerhost=h.get("peerhost", ""),
+                  protocol=h.get("protocol", ""), node=m.node)
+
+
+def _filters(tfs: Iterable[Any]) -> tuple[TopicFilter, ...]:
+    return tuple(TopicFilter(t.name, t.subopts.qos, t.subopts.rh, t.subopts.rap, t.subopts.nl) for t in tfs)
+
+
+def _conn_event(hook: str, r: Any, **extra: Any) -> Event:
+    conn = _conn(r.conninfo)
+    client = Client(id=conn.id, username=conn.username, peerhost=conn.peerhost, peerport=conn.peerport,
+                    sockport=conn.sockport, protocol=conn.proto_name, node=conn.node)
+    data = {"conn": conn, "properties": _props(r.props), "user_properties": _props(getattr(r, "user_props", ())), **extra}
+    return Event(hook, BROKER, client, frozen_map(data))
+
+
+def _client_event(hook: str, r: Any, **data: Any) -> Event:
+    return Event(hook, BROKER, _client(r.clientinfo), frozen_map(data))
+
+
+_AUTHZ_ACTIONS = {0: "publish", 1: "subscribe"}
+
+EVENT_BUILDERS: dict[str, Callable[[str, Any], Event]] = {
+    "client.connect": lambda h, r: _conn_event(h, r),
+    "client.connack": lambda h, r: _conn_event(h, r, result_code=r.result_code),
+    "client.connected": lambda h, r: _client_event(h, r),
+    "client.disconnected": lambda h, r: _client_event(h, r, reason=r.reason),
+    "client.authenticate": lambda h, r: _client_event(h, r, result=r.result),
+    "client.authorize": lambda h, r: _client_event(h, r, action=_AUTHZ_ACTIONS.get(r.type, "publish"),
+                                                   topic=r.topic, result=r.result),
+    "client.subscribe": lambda h, r: _client_event(h, r, topic_filters=_filters(r.topic_filters),
+                                                   properties=_props(r.props),
+                                                   user_properties=_props(getattr(r, "user_props", ()))),
+    "client.unsubscribe": lambda h, r: _client_event(h, r, topic_filters=_filters(r.topic_filters),
+                                                     properties=_props(r.props),
+                                                     user_properties=_props(getattr(r, "user_props", ()))),
+    "session.created": lambda h, r: _client_event(h, r),
+    "session.subscribed": lambda h, r: _client_event(h, r, topic=r.topic, subopts=SubOpts(
+        r.subopts.qos, r.subopts.rh, r.subopts.rap, r.subopts.nl)),
+    "session.unsubscribed": lambda h, r: _client_event(h, r, topic=r.topic),
+    "session.resumed": lambda h, r: _client_event(h, r),
+    "session.discarded": lambda h, r: _client_event(h, r),
+    "session.takenover": lambda h, r: _client_event(h, r),
+    "session.terminated": lambda h, r: _client_event(h, r, reason=r.reason),
+    # v3 carries the PUBLISH properties beside the message; v2 has none
+    "message.publish": lambda h, r: Event(h, BROKER, _sender(r.message), frozen_map(
+        {"message": _message(r.message, getattr(r, "props", ()), getattr(r, "user_props", ()))})),
+    "message.delivered": lambda h, r: _client_event(h, r, message=_message(r.message)),
+    "message.acked": lambda h, r: _client_event(h, r, message=_message(r.message)),
+    "message.dropped": lambda h, r: Event(h, BROKER, _sender(r.message), frozen_map(
+        {"message": _message(r.message), "reason": r.reason})),
+}
+
+
+# -- Decision -> reply --------------------------------------------------------------------------
+
+
+class _Replies:
+    """Reply builders for one proto version; the constant replies are built once."""
+
+    def __init__(self, proto: ExhookProto):
+        self.proto = proto
+        vr = proto.ValuedResponse
+        self.empty = proto.EmptySuccess()
+        self.ignore = vr(type=vr.IGNORE)
+        self.allow = vr(type=vr.STOP_AND_RETURN, bool_result=True)
+        self.deny = vr(type=vr.STOP_AND_RETURN, bool_result=False)
+        self.stop = vr.STOP_AND_RETURN
+
+    def notify(self, request: Any, decision: Decision) -> Any:
+        return self.empty
+
+    def boolean(self, request: Any, decision: Decision) -> Any:
+        kind = decision.kind
+        if kind == "allow":
+            return self.allow
+        if kind in ("deny", "drop"):
+            return self.deny
+        return self.ignore
+
+    def publish(self, request: Any, decision: Decision) -> Any:
+        """EMQX reads back topic, payload and qos (and the allow_publish header): echo the whole message."""
+        kind = decision.kind
+        if kind == "ignore":
+            return self.ignore
+        msg = self.proto.Message()
+        msg.CopyFrom(request.message)
+        if kind == "rewrite":
+            if decision.topic is not None:  # type: ignore[union-attr]
+                msg.topic = decision.topic  # type: ignore[union-attr]
+            if decision.payload is not None:  # type: ignore[union-attr]
+                msg.payload = decision.payload  # type: ignore[union-attr]
+            if decision.qos is not None:  # type: ignore[union-attr]
+                msg.qos = decision.qos  # type: ignore[union-attr]
+        elif kind in ("deny", "drop"):
+            msg.headers["allow_publish"] = "false"
+        return self.proto.ValuedResponse(type=self.stop, message=msg)
+
+
+def _reply_kind(hook: str) -> str:
+    if hook == "message.publish":
+        return "publish"
+    if hook in ("client.authenticate", "client.authorize"):
+        return "boolean"
+    return "notify"
+
+
+# -- the servicer -------------------------------------------------------------------------------
+
+
+class ExhookAdapter:
+    """Serves HookProvider for every proto version given, all answered by one engine."""
+
+    def __init__(self, engine: Engine, versions: Iterable[str] = ("v2", "v3")):
+        self.engine = engine
+        self.protos = [exhook_proto.load(v) for v in versions]
+        #: the hook spec EMQX last loaded, to tell operators when the rules no longer match it
+        self.advertised: dict[str, tuple[str, ...]] | None = None
+        self._timers: dict[str, Any] = {}
+
+    def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
+        return [self._service(proto) for proto in self.protos]
+
+    def _service(self, proto: ExhookProto) -> grpc.GenericRpcHandler:
+        replies = _Replies(proto)
+        handlers: dict[str, grpc.RpcMethodHandler] = {}
+        for rpc, (req_name, resp_name) in proto.methods.items():
+            if rpc == "OnProviderLoaded":
+                fn = self._loaded_handler(proto)
+            elif rpc == "OnProviderUnloaded":
+                fn = self._unloaded_handler(proto, replies)
+            else:
+                hook = RPC_HOOKS[rpc]
+                fn = self._hook_handler(hook, getattr(replies, _reply_kind(hook)), replies)
+            handlers[rpc] = grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=proto.messages[req_name].FromString,
+                response_serializer=proto.messages[resp_name].SerializeToString)
+        return grpc.method_handlers_generic_handler(proto.service_name, handlers)
+
+    def _hook_handler(self, hook: str, reply: Callable[[Any, Decision], Any], replies: _Replies) -> Callable[..., Any]:
+        build = EVENT_BUILDERS[hook]
+        engine = self.engine
+        timer = metrics.REQUEST_SECONDS.labels(BROKER, hook)
+
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            try:
+                remaining = context.time_remaining()
+                timeout = None if remaining is None else max(remaining - DEADLINE_MARGIN, 0.001)
+                outcome = engine.decide(build(hook, request), timeout)
+                return reply(request, outcome.decision)
+            except Exception:  # a bug of ours must still give EMQX an answer it understands
+                log.exception("internal error answering %s; answered by the failure policy", hook)
+                metrics.BAD_REQUESTS.labels(BROKER, "internal_error").inc()
+                try:
+                    return reply(request, POLICY_DECISIONS[engine.policy(hook)])
+                except Exception:
+                    return replies.ignore if reply is not replies.notify else replies.empty
+            finally:
+                timer.observe(time.perf_counter() - started)
+
+        return handle
+
+    def hook_specs(self, ruleset: RuleSet) -> dict[str, tuple[str, ...]]:
+        """The EMQX hooks that have a rule, in EMQX's order, with their TOPICS."""
+        specs: dict[str, tuple[str, ...]] = {}
+        for info in EMQX_HOOKS:
+            rule = ruleset.get(info.name)
+            if rule is not None:
+                specs[info.name] = rule.topics
+        return specs
+
+    def _loaded_handler(self, proto: ExhookProto) -> Callable[..., Any]:
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            specs = self.hook_specs(self.engine.ruleset)
+            self.advertised = specs
+            log.info("EMQX %s (node %s, cluster %s) loaded hookrules over exhook %s: %s",
+                     request.broker.version or "?", request.meta.node or "?", request.meta.cluster_name or "-",
+                     proto.version, ", ".join(specs) or "no hooks (no rule files)")
+            return proto.LoadedResponse(hooks=[proto.HookSpec(name=n, topics=t) for n, t in specs.items()])
+
+        return handle
+
+    def _unloaded_handler(self, proto: ExhookProto, replies: _Replies) -> Callable[..., Any]:
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            log.info("EMQX node %s unloaded hookrules (exhook %s)", request.meta.node or "?", proto.version)
+            return replies.empty
+
+        return handle
+
+    def rules_changed(self, ruleset: RuleSet) -> None:
+        """Tell the operator when EMQX's copy of the hook list is stale: it re-asks only on (re)load."""
+        if self.advertised is None:
+            return
+        specs = self.hook_specs(ruleset)
+        if specs == self.advertised:
+            return
+        added = [h for h in specs if h not in self.advertised]
+        removed = [h for h in self.advertised if h not in specs]
+        retopic = [h for h in specs if h in self.advertised and specs[h] != self.advertised[h]]
+        parts = [f"{label}: {', '.join(hooks)}" for label, hooks in
+                 (("added", added), ("removed", removed), ("topics changed", retopic)) if hooks]
+        log.warning("EMQX hook list changed (%s). EMQX asks for the list only when it loads the provider: until "
+                    "then it does not call added hooks, and removed hooks answer ignore(). Reload it by disabling and "
+                    "enabling the ExHook server (dashboard, or PUT /api/v5/exhooks/<name>).", "; ".join(parts))

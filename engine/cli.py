@@ -1,0 +1,80 @@
+"""The hookrules command: `serve` and `check`. It parses arguments, builds a Config, calls one function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import DEFAULT_GRPC, DEFAULT_METRICS, LOG_LEVELS, Config, ConfigError, parse_policy
+from .ruleset import Limits, RuleSet, scan
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hookrules", description="Policy for MQTT brokers, from rule files.")
+    parser.add_argument("--version", action="version", version=f"hookrules {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="answer EMQX ExHook calls from the rules directory")
+    serve.add_argument("--rules", type=Path, default=Path("rules"), help="rules directory (default: rules)")
+    serve.add_argument("--grpc", default=DEFAULT_GRPC, metavar="HOST:PORT",
+                       help=f"ExHook gRPC address (default: {DEFAULT_GRPC}; port 0 picks a free port)")
+    serve.add_argument("--metrics", default=DEFAULT_METRICS, metavar="HOST:PORT",
+                       help=f"Prometheus /metrics address (default: {DEFAULT_METRICS}; 'off' disables it)")
+    serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    serve.add_argument("--failure-policy", action="append", default=[], metavar="HOOK=POLICY",
+                       help="what a failing rule answers: deny, ignore or allow (repeatable; "
+                            "default deny for client.authenticate/authorize and VerneMQ auth_*, else ignore)")
+    serve.add_argument("--max-steps", type=int, default=Limits().max_steps, help="evaluation steps per rule run")
+    serve.add_argument("--rule-timeout", type=float, default=Limits().timeout,
+                       help="seconds one rule run may take (default: %(default)s)")
+    serve.add_argument("--polling", action="store_true",
+                       help="poll the rules directory instead of inotify (NFS, some container mounts)")
+
+    check = sub.add_parser("check", help="load every rule file as the server would and report problems")
+    check.add_argument("rules", type=Path, nargs="?", default=Path("rules"))
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import run  # grpc is imported only when serving
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        config = Config(
+            rules=args.rules, grpc=args.grpc, metrics=None if args.metrics == "off" else args.metrics,
+            log_level=args.log_level, failure_policy=dict(parse_policy(p) for p in args.failure_policy),
+            limits=Limits(args.max_steps, args.rule_timeout), polling=args.polling,
+        )
+    except ConfigError as exc:
+        print(f"hookrules: error: {exc}", file=sys.stderr)
+        return 2
+    return run(config)
+
+
+def _check(args: argparse.Namespace) -> int:
+    if not args.rules.is_dir():
+        print(f"hookrules: error: {args.rules} is not a directory", file=sys.stderr)
+        return 2
+    _, outcomes = scan(args.rules, RuleSet())
+    problems = [o for o in outcomes if o.errors]
+    for out in problems:
+        for err in out.errors:
+            print(err.format(), file=sys.stderr)
+    ok = len(outcomes) - len(problems)
+    print(f"{ok} rule file(s) OK, {len(problems)} with errors", file=sys.stderr if problems else sys.stdout)
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return _check(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""What a rule answers. Adapters turn these into broker replies; the engine never sees a wire format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Union
+
+Kind = Literal["allow", "deny", "ignore", "rewrite", "drop"]
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    kind: ClassVar[Kind] = "allow"
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    reason: str = ""
+    kind: ClassVar[Kind] = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class Ignore:
+    kind: ClassVar[Kind] = "ignore"
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """Publish the message with these fields changed; None keeps the original value."""
+
+    topic: str | None = None
+    payload: bytes | None = None
+    qos: int | None = None
+    kind: ClassVar[Kind] = "rewrite"
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Do not publish the message (EMQX: header allow_publish=false)."""
+
+    reason: str = ""
+    kind: ClassVar[Kind] = "drop"
+
+
+Decision = Union[Allow, Deny, Ignore, Rewrite, Drop]
+
+ALLOW = Allow()
+IGNORE = Ignore()
+
+#: The answer each failure policy stands for.
+POLICY_DECISIONS: dict[str, Decision] = {"allow": ALLOW, "deny": Deny("rule error"), "ignore": IGNORE}

@@ -1,0 +1,103 @@
+"""The rule engine: an event in, a decision out, with the failure policy applied and metrics kept.
+
+It knows no broker and no wire format (OPA's topdown): adapters hand it an Event and translate the
+Decision. The rule set is swapped in by one assignment; a run in progress keeps the set it started on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from . import metrics
+from .decisions import IGNORE, POLICY_DECISIONS, Decision
+from .errors import RuleError
+from .events import Event
+from .hooks import HOOKS, Policy
+from .ruleset import Limits, RuleRuntimeError, RuleSet
+
+log = logging.getLogger(__name__)
+
+Source = Literal["rule", "no_rule", "filtered", "policy"]
+
+#: A rule that fails on every event logs its error at most this often (the count says how many).
+ERROR_LOG_INTERVAL = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    decision: Decision
+    source: Source
+    version: str = ""
+    error: RuleError | None = None
+
+
+class Engine:
+    def __init__(self, ruleset: RuleSet | None = None, policies: Mapping[str, Policy] | None = None,
+                 limits: Limits | None = None):
+        self.ruleset = ruleset or RuleSet()
+        self.policies = dict(policies or {})
+        self.limits = limits or Limits()
+        self._error_log: dict[tuple[str, str, str], tuple[float, int]] = {}
+        self._decision_counters: dict[tuple[str, str, str], metrics.Counter] = {}
+        self._rule_timers: dict[str, metrics.Histogram] = {}
+
+    def policy(self, hook: str) -> Policy:
+        """The failure policy of a hook: the config's, else the hook's default."""
+        info = HOOKS.get(hook)
+        return self.policies.get(hook, info.failure_policy if info else "ignore")
+
+    def decide(self, event: Event, timeout: float | None = None) -> Outcome:
+        """Run the hook's rule on the event. Never raises for anything a rule does."""
+        ruleset = self.ruleset  # one read: a swap during this call does not affect it
+        rule = ruleset.get(event.hook)
+        if rule is None:
+            outcome = Outcome(IGNORE, "no_rule")
+        elif not rule.wants(event):
+            outcome = Outcome(IGNORE, "filtered", rule.version)
+        else:
+            limits = self.limits if timeout is None else Limits(self.limits.max_steps, min(self.limits.timeout, timeout))
+            started = time.perf_counter()
+            try:
+                decision = rule.run(event, limits)
+                outcome = Outcome(decision or IGNORE, "rule", rule.version)
+            except RuleRuntimeError as exc:
+                outcome = self._failed(event, rule.version, exc.error)
+            finally:
+                self._rule_timer(event.hook).observe(time.perf_counter() - started)
+        self._count(event, outcome.decision)
+        return outcome
+
+    def _failed(self, event: Event, version: str, error: RuleError) -> Outcome:
+        policy = self.policy(event.hook)
+        kind = "deadline" if error.code == "deadline_error" else "runtime"
+        metrics.RULE_ERRORS.labels(event.hook, kind).inc()
+        self._log_error(event.hook, version, error, policy)
+        return Outcome(POLICY_DECISIONS[policy], "policy", version, error)
+
+    def _log_error(self, hook: str, version: str, error: RuleError, policy: str) -> None:
+        key = (hook, version, str(error.location))
+        now = time.monotonic()
+        last, suppressed = self._error_log.get(key, (0.0, 0))
+        if last and now - last < ERROR_LOG_INTERVAL:
+            self._error_log[key] = (last, suppressed + 1)
+            return
+        self._error_log[key] = (now, 0)
+        more = f"; {suppressed} more like it since the last report" if suppressed else ""
+        log.error("%s (hook %s, answered %s by failure policy)%s", error.one_line(), hook, policy, more)
+
+    def _count(self, event: Event, decision: Decision) -> None:
+        key = (event.broker, event.hook, decision.kind)
+        counter = self._decision_counters.get(key)
+        if counter is None:
+            counter = self._decision_counters[key] = metrics.DECISIONS.labels(*key)
+        counter.inc()
+
+    def _rule_timer(self, hook: str) -> metrics.Histogram:
+        timer = self._rule_timers.get(hook)
+        if timer is None:
+            timer = self._rule_timers[hook] = metrics.RULE_SECONDS.labels(hook)
+        return timer

@@ -1,0 +1,54 @@
+"""Errors a rule author reads: where (file:line:col), what rule was broken, and what to write instead."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Code = Literal["parse_error", "check_error", "load_error", "runtime_error", "deadline_error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    file: str
+    line: int = 0  # 1-based; 0 when the whole file is meant
+    col: int = 0  # 1-based, in characters
+
+    def __str__(self) -> str:
+        if not self.line:
+            return self.file
+        return f"{self.file}:{self.line}:{self.col or 1}"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleError:
+    code: Code
+    location: Location
+    message: str
+    hint: str = ""
+    source_line: str = ""
+
+    def format(self) -> str:
+        """The asteval-style report: header, the source line with a caret, then the hint."""
+        out = [f"{self.location}: {self.code}: {self.message}"]
+        if self.source_line:
+            out.append("    " + self.source_line.rstrip())
+            out.append("    " + " " * max(self.location.col - 1, 0) + "^")
+        if self.hint:
+            out.append(f"  hint: {self.hint}")
+        return "\n".join(out)
+
+    def one_line(self) -> str:
+        return f"{self.location}: {self.code}: {self.message}" + (f" (hint: {self.hint})" if self.hint else "")
+
+
+class RuleLoadError(Exception):
+    """A rule file that cannot be used; carries every problem found in it, sorted by position."""
+
+    def __init__(self, errors: list[RuleError]):
+        self.errors = sorted(errors, key=lambda e: (e.location.line, e.location.col))
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        head = f"{len(self.errors)} error{'s' if len(self.errors) != 1 else ''} in {self.errors[0].location.file}"
+        return "\n".join([head] + [e.format() for e in self.errors])

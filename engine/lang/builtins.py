@@ -1,0 +1,200 @@
+"""What a rule may call: the decision functions, the helpers, and a small set of safe Python builtins.
+
+Decisions raise `Decided`, a BaseException, so the first one ends the run wherever it was made
+(asteval's handlers catch only Exception and would otherwise swallow it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from ..decisions import ALLOW, IGNORE, Decision, Deny, Drop, Rewrite
+
+MAX_RANGE = 100_000  # a bigger range is a mistake in a rule that answers in microseconds
+MAX_JSON_BYTES = 1 << 20
+MAX_LOG_CHARS = 1000
+
+rule_log = logging.getLogger("hookrules.rule")
+
+
+class Decided(BaseException):
+    """Carries the run's decision out of however deep the rule made it."""
+
+    def __init__(self, decision: Decision):
+        super().__init__(decision.kind)
+        self.decision = decision
+
+
+def _reason(reason: object) -> str:
+    if not isinstance(reason, str):
+        raise TypeError(f"reason must be a string, not {type(reason).__name__}")
+    return reason
+
+
+def allow() -> None:
+    """Let it happen and stop here."""
+    raise Decided(ALLOW)
+
+
+def deny(reason: str = "") -> None:
+    """Refuse and stop here; the reason is logged (and sent to VerneMQ)."""
+    raise Decided(Deny(_reason(reason)))
+
+
+def ignore() -> None:
+    """Give no opinion and stop here: the broker asks its next authority."""
+    raise Decided(IGNORE)
+
+
+def drop(reason: str = "") -> None:
+    """Do not publish the message and stop here."""
+    raise Decided(Drop(_reason(reason)))
+
+
+def rewrite(topic: str | None = None, payload: str | bytes | None = None, qos: int | None = None) -> None:
+    """Publish with these fields changed and stop here; a str payload is sent as UTF-8."""
+    if topic is not None:
+        if not isinstance(topic, str) or not topic:
+            raise ValueError("rewrite(topic=...) needs a non-empty string")
+        if "+" in topic or "#" in topic:
+            raise ValueError(f"rewrite(topic={topic!r}): a published topic cannot hold the wildcards + or #")
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    elif payload is not None and not isinstance(payload, bytes):
+        raise TypeError(f"rewrite(payload=...) needs str or bytes, not {type(payload).__name__}")
+    if qos is not None and (type(qos) is not int or qos not in (0, 1, 2)):
+        raise ValueError(f"rewrite(qos={qos!r}): qos is 0, 1 or 2")
+    raise Decided(Rewrite(topic, payload, qos))
+
+
+DECISIONS: dict[str, Callable[..., None]] = {
+    "allow": allow,
+    "deny": deny,
+    "ignore": ignore,
+    "rewrite": rewrite,
+    "drop": drop,
+}
+
+
+def validate_filter(filter: str) -> None:
+    """Raise ValueError unless `filter` is a valid MQTT topic filter."""
+    if not isinstance(filter, str):
+        raise TypeError(f"a topic filter is a string, not {type(filter).__name__}")
+    _filter_levels(filter)
+
+
+@lru_cache(maxsize=4096)
+def _filter_levels(filter: str) -> tuple[str, ...]:
+    """The filter's levels, validated once: rules match against the same few filters all day."""
+    if not filter:
+        raise ValueError("a topic filter is a non-empty string")
+    levels = tuple(filter.split("/"))
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            raise ValueError(f"invalid topic filter {filter!r}: '#' must be a whole last level")
+        if "+" in level and level != "+":
+            raise ValueError(f"invalid topic filter {filter!r}: '+' must be a whole level")
+    return levels
+
+
+def topic_match(filter: str, topic: str) -> bool:
+    """MQTT matching: '+' is one level, '#' the rest (parent included); '$' topics need a literal first level."""
+    if not isinstance(filter, str):
+        raise TypeError(f"topic_match: filter must be a string, not {type(filter).__name__}")
+    if not isinstance(topic, str):
+        raise TypeError(f"topic_match: topic must be a string, not {type(topic).__name__}")
+    flevels = _filter_levels(filter)
+    if topic[:1] == "$" and filter[0] in "+#":
+        return False
+    tlevels = topic.split("/")
+    for i, f in enumerate(flevels):
+        if f == "#":
+            return True
+        if i >= len(tlevels):
+            return False
+        if f != "+" and f != tlevels[i]:
+            return False
+    return len(flevels) == len(tlevels)
+
+
+def json_decode(data: str | bytes) -> Any:
+    """Parse JSON text (a payload is bytes, decoded as UTF-8)."""
+    if isinstance(data, (bytes, bytearray)):
+        if len(data) > MAX_JSON_BYTES:
+            raise ValueError(f"json_decode: input over {MAX_JSON_BYTES} bytes")
+        data = bytes(data).decode("utf-8")
+    elif not isinstance(data, str):
+        raise TypeError(f"json_decode needs str or bytes, not {type(data).__name__}")
+    elif len(data) > MAX_JSON_BYTES:
+        raise ValueError(f"json_decode: input over {MAX_JSON_BYTES} characters")
+    return json.loads(data)
+
+
+def make_log(where: str) -> Callable[[object], None]:
+    """`log(text)` for one rule file: one INFO line naming the file, cut to MAX_LOG_CHARS."""
+
+    def log(text: object) -> None:
+        msg = text if isinstance(text, str) else repr(text)
+        if len(msg) > MAX_LOG_CHARS:
+            msg = msg[:MAX_LOG_CHARS] + "..."
+        rule_log.info("%s: %s", where, msg)
+
+    return log
+
+
+def safe_range(*args: int) -> range:
+    r = range(*args)
+    if len(r) > MAX_RANGE:
+        raise ValueError(f"range of {len(r)} items is over the limit of {MAX_RANGE}")
+    return r
+
+
+def type_name(value: object) -> str:
+    """Starlark's type(): the name of a value's type, never the type itself."""
+    return type(value).__name__
+
+
+#: Plain Python functions with no way out of the sandbox. Types are exposed only as constructors;
+#: their dangerous attributes (format, underscore names) are refused by the checker and at run time.
+SAFE_BUILTINS: dict[str, Any] = {
+    "True": True,
+    "False": False,
+    "None": None,
+    "abs": abs,
+    "all": all,
+    "any": any,
+    "bool": bool,
+    "dict": dict,
+    "enumerate": enumerate,
+    "float": float,
+    "int": int,
+    "len": len,
+    "list": list,
+    "max": max,
+    "min": min,
+    "range": safe_range,
+    "repr": repr,
+    "reversed": reversed,
+    "sorted": sorted,
+    "str": str,
+    "tuple": tuple,
+    "type": type_name,
+    "zip": zip,
+}
+
+HELPERS: dict[str, Any] = {
+    "topic_match": topic_match,
+    "json_decode": json_decode,
+}
+
+#: Names bound per rule file rather than globally.
+PER_RULE = ("log",)
+
+
+def provided_names() -> frozenset[str]:
+    """Every name hookrules binds for rules, whatever the hook (decisions included)."""
+    return frozenset(SAFE_BUILTINS) | frozenset(HELPERS) | frozenset(DECISIONS) | frozenset(PER_RULE)

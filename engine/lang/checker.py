@@ -1,0 +1,358 @@
+"""Static check of a rule file, before it may serve: the Starlark-like subset, as an allow-list.
+
+Everything is refused by default; `ALLOWED_NODES` lists what a rule may contain and `HINTS` says what
+to write instead of the rest. Every problem in a file is reported at once, with file:line:col.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import re
+from dataclasses import dataclass
+
+from ..errors import Location, RuleError, RuleLoadError
+from ..hooks import HOOKS, PUBLISH, HookInfo
+from .builtins import DECISIONS, provided_names, validate_filter
+
+MAX_SOURCE_BYTES = 256 * 1024
+MAX_DEPTH = 64
+TOPICS_NAME = "TOPICS"
+
+ALLOWED_NODES: frozenset[type[ast.AST]] = frozenset(
+    {
+        ast.Module, ast.Expr, ast.Assign, ast.AugAssign, ast.If, ast.For, ast.Break, ast.Continue,
+        ast.Pass, ast.FunctionDef, ast.Return, ast.arguments, ast.arg, ast.keyword, ast.comprehension,
+        ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.IfExp, ast.Compare, ast.Call, ast.Constant,
+        ast.Attribute, ast.Subscript, ast.Slice, ast.Name, ast.List, ast.Tuple, ast.Dict, ast.Set,
+        ast.ListComp, ast.DictComp, ast.SetComp, ast.JoinedStr, ast.FormattedValue,
+        ast.Load, ast.Store,
+        ast.And, ast.Or, ast.Not, ast.Invert, ast.UAdd, ast.USub,
+        ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow,
+        ast.LShift, ast.RShift, ast.BitOr, ast.BitXor, ast.BitAnd,
+        ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Is, ast.IsNot, ast.In, ast.NotIn,
+    }
+)
+
+#: Refused constructs: (what is wrong, what to do instead), keyed by AST node name.
+HINTS: dict[str, tuple[str, str]] = {
+    "While": ("'while' is not allowed in rules", "loop over a finite collection with 'for x in ...'"),
+    "Import": ("'import' is not allowed in rules", "the helpers (topic_match, json_decode, log, ...) need no import"),
+    "ImportFrom": ("'import' is not allowed in rules", "the helpers (topic_match, json_decode, log, ...) need no import"),
+    "ClassDef": ("'class' is not allowed in rules", "use dicts, tuples and functions (def)"),
+    "Global": ("'global' is not allowed in rules", "return a value from the function instead"),
+    "Nonlocal": ("'nonlocal' is not allowed in rules", "return a value from the function instead"),
+    "Try": ("'try' is not allowed in rules", "check values first (e.g. 'if key in d:'); a failing rule is answered by the hook's failure policy"),
+    "TryStar": ("'try' is not allowed in rules", "check values first; a failing rule is answered by the hook's failure policy"),
+    "Raise": ("'raise' is not allowed in rules", "call deny(reason) to refuse"),
+    "With": ("'with' is not allowed in rules", "rules have no resources to open or close"),
+    "AsyncWith": ("'async with' is not allowed in rules", "rules run synchronously"),
+    "AsyncFor": ("'async for' is not allowed in rules", "rules run synchronously"),
+    "AsyncFunctionDef": ("'async def' is not allowed in rules", "use a plain 'def'"),
+    "Await": ("'await' is not allowed in rules", "rules run synchronously"),
+    "Yield": ("'yield' is not allowed in rules", "return a list instead"),
+    "YieldFrom": ("'yield' is not allowed in rules", "return a list instead"),
+    "Lambda": ("'lambda' is not allowed in rules", "define a function with 'def'"),
+    "Delete": ("'del' is not allowed in rules", "build a new value instead; event data is read-only"),
+    "Assert": ("'assert' is not allowed in rules", "write 'if not condition: deny(reason)'"),
+    "GeneratorExp": ("generator expressions are not allowed in rules", "use a list comprehension [x for x in ...]"),
+    "NamedExpr": ("':=' is not allowed in rules", "assign on a line of its own"),
+    "Starred": ("'*' unpacking is not allowed in rules", "pass the arguments one by one"),
+    "Match": ("'match' is not allowed in rules", "use if/elif/else"),
+    "AnnAssign": ("annotations are not allowed in rules", "write 'name = value'"),
+    "MatMult": ("'@' is not allowed in rules", "rules have no matrices"),
+}
+
+#: Attributes refused although they have no leading underscore: they reach outside the sandbox
+#: (str.format walks attributes) or allocate without bound ("x".ljust(10**9)).
+DENIED_ATTRS: dict[str, str] = {
+    "format": "build strings with + or f-strings: str.format can read hidden attributes",
+    "format_map": "build strings with + or f-strings: str.format_map can read hidden attributes",
+    "mro": "rules cannot inspect types",
+    "ljust": "pad with + and a short literal", "rjust": "pad with + and a short literal",
+    "center": "pad with + and a short literal", "zfill": "pad with + and a short literal",
+    "expandtabs": "replace tabs with .replace('\\t', ' ')",
+}
+DENIED_ATTR_PREFIXES = ("func_", "im_", "gi_", "cr_", "ag_", "f_", "tb_", "co_")
+
+_BIG_NUMBER = re.compile(r"\d{4,}")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedRule:
+    tree: ast.Module
+    topics: tuple[str, ...]
+
+
+def _col(lines: list[str], lineno: int, col_offset: int) -> int:
+    """ast's col_offset is a 0-based UTF-8 byte offset; authors count characters from 1."""
+    if 1 <= lineno <= len(lines):
+        return len(lines[lineno - 1].encode("utf-8")[:col_offset].decode("utf-8", errors="replace")) + 1
+    return col_offset + 1
+
+
+class _Checker:
+    def __init__(self, path: str, text: str, hook: HookInfo):
+        self.path = path
+        self.lines = text.splitlines()
+        self.hook = hook
+        self.errors: list[RuleError] = []
+        self.provided = set(hook.all_names) | (provided_names() - set(DECISIONS)) | hook.decisions
+        self.bound: set[str] = set()
+        self.topics: tuple[str, ...] = ()
+
+    def error(self, node: ast.AST | None, message: str, hint: str = "", code: str = "check_error") -> None:
+        line = getattr(node, "lineno", 0) or 0
+        col = _col(self.lines, line, getattr(node, "col_offset", 0) or 0) if line else 0
+        src = self.lines[line - 1] if 1 <= line <= len(self.lines) else ""
+        self.errors.append(RuleError(code, Location(self.path, line, col), message, hint, src))  # type: ignore[arg-type]
+
+    # -- passes ---------------------------------------------------------------------------------
+
+    def check(self, tree: ast.Module) -> None:
+        self._collect_bindings(tree)
+        self._walk(tree, 0)
+        self._check_topics(tree)
+        self._check_recursion(tree)
+
+    def _collect_bindings(self, tree: ast.Module) -> None:
+        """Top-level names may not shadow what hookrules provides; inside a def they may (asteval
+        restores the caller's names when a function returns)."""
+        for node, in_function in _walk_scoped(tree):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                self._bind(node, node.id, in_function)
+            elif isinstance(node, ast.FunctionDef):
+                self._bind(node, node.name, in_function)
+            elif isinstance(node, ast.arg):
+                self._bind(node, node.arg, True)
+
+    def _bind(self, node: ast.AST, name: str, in_function: bool) -> None:
+        if not in_function and (name in self.provided or name in DECISIONS or name in HOOK_NAMES):
+            self.error(node, f"cannot assign to '{name}': hookrules provides it",
+                       "choose another name for your variable")
+        self.bound.add(name)
+
+    def _walk(self, node: ast.AST, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            self.error(node, f"nested more than {MAX_DEPTH} levels deep", "split the expression with variables or functions")
+            return
+        kind = type(node)
+        if kind not in ALLOWED_NODES:
+            message, hint = HINTS.get(kind.__name__, (f"'{kind.__name__}' is not allowed in rules", ""))
+            self.error(node, message, hint)
+            return
+        handler = getattr(self, f"visit_{kind.__name__}", None)
+        if handler is not None:
+            handler(node)
+        for child in ast.iter_child_nodes(node):
+            self._walk(child, depth + 1)
+
+    # -- per-node checks ------------------------------------------------------------------------
+
+    def visit_Name(self, node: ast.Name) -> None:
+        name = node.id
+        if name.startswith("_"):
+            self.error(node, f"name '{name}' starts with '_': such names are not allowed",
+                       "rename it without the leading underscore")
+        elif isinstance(node.ctx, ast.Load) and name not in self.provided and name not in self.bound:
+            self._unknown_name(node, name)
+
+    def _unknown_name(self, node: ast.Name, name: str) -> None:
+        if name in DECISIONS:
+            self.error(node, *_decision_unavailable(name, self.hook))
+            return
+        if name in HOOK_NAMES:
+            self.error(node, f"'{name}' is not available in {self.hook.name}",
+                       f"this hook provides: {', '.join(sorted(self.hook.all_names))}")
+            return
+        if name == "print":
+            self.error(node, "'print' is not available in rules", "use log(text): it goes to the server log with the file name")
+            return
+        close = difflib.get_close_matches(name, sorted(self.provided | self.bound), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "define it first, or see the README for the names each hook provides"
+        self.error(node, f"unknown name '{name}'", hint)
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        attr = node.attr
+        if attr.startswith("_"):
+            self.error(node, f"attribute '{attr}' starts with '_': such attributes are not allowed",
+                       "rules may read only public data")
+        elif attr in DENIED_ATTRS:
+            self.error(node, f"attribute '{attr}' is not allowed in rules", DENIED_ATTRS[attr])
+        elif attr.startswith(DENIED_ATTR_PREFIXES):
+            self.error(node, f"attribute '{attr}' is not allowed in rules", "rules cannot inspect functions or frames")
+        if isinstance(node.ctx, ast.Store):
+            self.error(node, f"cannot assign to attribute '{attr}'", "event data is read-only: build a new value")
+
+    def visit_Subscript(self, node: ast.Subscript) -> None:
+        # Assigning into a container the rule built itself is fine; event data refuses at run time.
+        pass
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        if node.decorator_list:
+            self.error(node.decorator_list[0], "decorators are not allowed in rules", "call the function directly")
+        if node.returns is not None:
+            self.error(node.returns, "annotations are not allowed in rules", "remove the annotation")
+        args = node.args
+        for a in args.posonlyargs + args.kwonlyargs:
+            self.error(a, "positional-only and keyword-only parameters are not allowed", "use plain parameters")
+        for a in [args.vararg, args.kwarg]:
+            if a is not None:
+                self.error(a, "'*args' and '**kwargs' parameters are not allowed", "use plain parameters")
+        for a in args.args:
+            if a.annotation is not None:
+                self.error(a.annotation, "annotations are not allowed in rules", "remove the annotation")
+        for default in args.defaults:
+            if not _is_constant(default):
+                self.error(default, "a default value must be a constant (a number, string, bool, None or tuple of those)",
+                           "use None as the default and compute the value inside the function")
+
+    def visit_Call(self, node: ast.Call) -> None:
+        for kw in node.keywords:
+            if kw.arg is None:
+                self.error(kw.value, "'**' unpacking is not allowed in rules", "pass the keyword arguments one by one")
+
+    def visit_FormattedValue(self, node: ast.FormattedValue) -> None:
+        spec = node.format_spec
+        if spec is None:
+            return
+        parts = spec.values if isinstance(spec, ast.JoinedStr) else [spec]
+        if not all(isinstance(p, ast.Constant) and isinstance(p.value, str) for p in parts):
+            self.error(spec, "an f-string format spec must be a literal", "write the width or precision as a number")
+            return
+        text = "".join(str(p.value) for p in parts)  # type: ignore[attr-defined]
+        if _BIG_NUMBER.search(text):
+            self.error(spec, f"f-string format spec '{text}' asks for too wide a field", "keep widths under 1000")
+
+    # -- whole-file checks ------------------------------------------------------------------------
+
+    def _check_topics(self, tree: ast.Module) -> None:
+        """TOPICS = ["a/#", ...] at top level declares the message topics (EMQX HookSpec.topics)."""
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Name) and node.id == TOPICS_NAME and isinstance(node.ctx, ast.Store)):
+                continue
+            top = next((s for s in tree.body if isinstance(s, ast.Assign) and node in s.targets), None)
+            if top is None:
+                self.error(node, f"{TOPICS_NAME} may only be assigned once, at the top level, as 'TOPICS = [\"a/#\", ...]'",
+                           "declare the topic filters as a literal list of strings")
+                continue
+            if not self.hook.topic_filtered:
+                self.error(node, f"{TOPICS_NAME} is only read in EMQX message.* rules",
+                           "filter on the topic in the rule with topic_match(filter, topic)")
+                continue
+            value = top.value
+            if not (isinstance(value, (ast.List, ast.Tuple))
+                    and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in value.elts)):
+                self.error(value, f"{TOPICS_NAME} must be a literal list of topic filter strings",
+                           'write TOPICS = ["sensors/#", "cmd/+/set"]')
+                continue
+            topics = []
+            for elt in value.elts:
+                try:
+                    validate_filter(elt.value)  # type: ignore[attr-defined]
+                    topics.append(elt.value)  # type: ignore[attr-defined]
+                except ValueError as exc:
+                    self.error(elt, str(exc), "'+' stands for one whole level, '#' for the rest and comes last")
+            if self.topics:
+                self.error(node, f"{TOPICS_NAME} is assigned twice", "declare every filter in one list")
+            self.topics = tuple(topics)
+
+    def _check_recursion(self, tree: ast.Module) -> None:
+        """Starlark has no recursion; refuse call cycles among the file's functions (also checked at run time)."""
+        defs = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+        calls: dict[str, list[ast.Call]] = {}
+        for name, fn in defs.items():
+            calls[name] = [c for c in ast.walk(fn) if isinstance(c, ast.Call)
+                           and isinstance(c.func, ast.Name) and c.func.id in defs]
+        reported: set[str] = set()
+        for start in defs:
+            path = _find_cycle(start, calls)
+            if path and start not in reported:
+                reported.update(path)
+                via = " -> ".join(path + [start])
+                call = next(c for c in calls[path[-1]] if c.func.id == start)  # type: ignore[attr-defined]
+                self.error(call, f"function '{start}' calls itself ({via}): recursion is not allowed",
+                           "loop over a finite collection with 'for' instead")
+
+
+def _walk_scoped(tree: ast.AST) -> list[tuple[ast.AST, bool]]:
+    """Every node with whether it lies inside a function body (a def's own name lies outside it)."""
+    out: list[tuple[ast.AST, bool]] = []
+    stack: list[tuple[ast.AST, bool]] = [(tree, False)]
+    while stack:
+        node, inside = stack.pop()
+        out.append((node, inside))
+        child_inside = inside or isinstance(node, ast.FunctionDef)
+        stack.extend((child, child_inside) for child in ast.iter_child_nodes(node))
+    return out
+
+
+def _find_cycle(start: str, calls: dict[str, list[ast.Call]]) -> list[str]:
+    stack: list[tuple[str, list[str]]] = [(start, [start])]
+    seen: set[str] = set()
+    while stack:
+        name, path = stack.pop()
+        for call in calls.get(name, []):
+            callee = call.func.id  # type: ignore[attr-defined]
+            if callee == start:
+                return path
+            if callee not in seen:
+                seen.add(callee)
+                stack.append((callee, path + [callee]))
+    return []
+
+
+def _is_constant(node: ast.AST) -> bool:
+    if isinstance(node, ast.Constant):
+        return True
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return isinstance(node.operand, ast.Constant)
+    return isinstance(node, ast.Tuple) and all(_is_constant(e) for e in node.elts)
+
+
+#: Every name some hook provides; used to say "not in this hook" rather than "unknown".
+HOOK_NAMES = frozenset(n for h in HOOKS.values() for n in h.all_names)
+
+
+def _decision_unavailable(name: str, hook: HookInfo) -> tuple[str, str]:
+    if not hook.can_decide:
+        return (f"{name}() cannot be used in {hook.name}: the broker does not wait for an answer to this hook",
+                "notification hooks only observe: use log(...)")
+    able = sorted(h.name for h in HOOKS.values() if name in h.decisions and h.broker == hook.broker)
+    if name in PUBLISH:
+        return (f"{name}() is not available in {hook.name}", f"{name}() works in: {', '.join(able)}")
+    return (f"{name}() is not available in {hook.name}", f"this hook decides with: {', '.join(sorted(hook.decisions))}")
+
+
+def _syntax_hint(message: str, line: str) -> str:
+    if re.search(r"\.\s*from\b", line):
+        return "'from' is a Python keyword: the publisher's client id is message.from_"
+    if message.startswith(("expected ':'", "invalid syntax")):
+        return "rules use Python syntax: check the line for a missing ':' or bracket"
+    if "indent" in message:
+        return "indent blocks with spaces, consistently"
+    return "rules use Python syntax"
+
+
+def check(path: str, text: str, hook: HookInfo) -> CheckedRule:
+    """Parse and check one rule file; raise RuleLoadError listing every problem."""
+    lines = text.splitlines()
+    if len(text.encode("utf-8", errors="replace")) > MAX_SOURCE_BYTES:
+        raise RuleLoadError([RuleError("load_error", Location(path), f"file is over {MAX_SOURCE_BYTES // 1024} KiB",
+                                       "split shared logic into smaller rules")])
+    try:
+        tree = ast.parse(text, filename=path)
+    except SyntaxError as exc:
+        line = exc.lineno or 0
+        src = lines[line - 1] if 1 <= line <= len(lines) else ""
+        msg = exc.msg or "invalid syntax"
+        raise RuleLoadError([RuleError("parse_error", Location(path, line, exc.offset or 1), msg,
+                                       _syntax_hint(msg, src), src)]) from None
+    except (ValueError, RecursionError, MemoryError) as exc:  # NUL bytes, absurd nesting
+        raise RuleLoadError([RuleError("parse_error", Location(path), f"cannot parse: {exc}",
+                                       "rules are short UTF-8 Python text")]) from None
+    checker = _Checker(path, text, hook)
+    checker.check(tree)
+    if checker.errors:
+        raise RuleLoadError(checker.errors)
+    return CheckedRule(tree, checker.topics)

@@ -1,0 +1,222 @@
+"""The only module that knows asteval: a restricted Interpreter that runs checked rule trees.
+
+asteval supplies the node handlers; this subclass replaces the hot ones (run, name, attribute,
+call, def) with leaner versions that also count steps, keep a deadline, refuse recursion and
+let Python exceptions carry the failing node out, so errors point at file:line:col.
+One interpreter belongs to one compiled rule and is used by one run at a time: runs are synchronous
+on the server's event loop.
+"""
+
+from __future__ import annotations
+
+import ast
+import time
+from types import ModuleType
+from typing import Any
+
+from asteval import Interpreter
+from asteval.astutils import OPERATORS, Procedure, safe_getattr
+
+from .builtins import Decided
+from .checker import DENIED_ATTR_PREFIXES, DENIED_ATTRS
+
+# Everything the checker refuses is also switched off in asteval, so a tree that somehow skipped
+# the checker still cannot loop, import, raise or open files.
+_DISABLED_NODES = ("while", "try", "with", "raise", "import", "importfrom", "lambda", "delete", "assert", "print")
+
+# Concrete and abstract classes can share a lower-cased name (Expr/expr, BoolOp/boolop): keep all.
+_NODE_CLASSES = [cls for cls in vars(ast).values() if isinstance(cls, type) and issubclass(cls, ast.AST)]
+
+
+class RuleAbort(BaseException):
+    """The run went over its step budget or deadline. BaseException, so no handler swallows it."""
+
+    def __init__(self, message: str, node: ast.AST | None):
+        super().__init__(message)
+        self.node = node
+
+
+class RuleInterpreter(Interpreter):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__(symtable={}, use_numpy=False, config={n: False for n in _DISABLED_NODES})
+        self.symtable: dict[str, Any] = {}
+        self._dispatch = {cls: self.node_handlers[cls.__name__.lower()] for cls in _NODE_CLASSES
+                          if cls.__name__.lower() in self.node_handlers}
+        self._procs: dict[ast.FunctionDef, Procedure] = {}
+        self._active: list[Procedure] = []
+        self._steps = 0
+        self._deadline = 0.0
+        #: (type, attribute) pairs asteval's safe_getattr has vetted; its verdict depends on the type only
+        self._vetted: set[tuple[object, str]] = set()
+        #: the innermost node that raised, for the error location
+        self.error_node: ast.AST | None = None
+
+    def prepare(self, tree: ast.Module) -> None:
+        """Bind every node of the tree to its handler once, so run() skips the per-node lookup."""
+        for node in ast.walk(tree):
+            node.hr_run = self._dispatch.get(node.__class__, self.unimplemented)  # type: ignore[attr-defined]
+
+    def execute(self, tree: ast.Module, symtable: dict[str, Any], max_steps: int, deadline: float) -> Any:
+        """Run a whole rule; returns the Decision it made, or None when it made none."""
+        self.symtable = symtable
+        self.retval = None
+        self._interrupt = None
+        self.error = []
+        self.error_msg = None
+        self._calldepth = 0
+        self._active = []
+        self.code_text = []
+        self.error_node = None
+        self._steps = max_steps
+        self._deadline = deadline
+        try:
+            self.run(tree)
+        except Decided as made:
+            return made.decision
+        finally:
+            self.symtable = {}  # nothing a run bound survives it
+        return None
+
+    # -- the dispatch loop ----------------------------------------------------------------------
+
+    def run(self, node: Any, expr: Any = None, lineno: Any = None, with_raise: bool = True) -> Any:
+        # No retval/_interrupt checks here (asteval has them on every node): the statement-list
+        # handlers below stop at a return, break or continue instead, which is all that needs them.
+        if node is None:
+            return None
+        self._steps -= 1
+        if self._steps & 0xFF == 0:
+            self._check_budget(node)
+        try:
+            return node.hr_run(node)  # bound by prepare()
+        except Exception:
+            if self.error_node is None:
+                self.error_node = node
+            raise
+
+    def _block(self, body: list[ast.stmt]) -> None:
+        run = self.run
+        for stmt in body:
+            run(stmt)
+            if self._interrupt is not None:
+                return
+
+    def _check_budget(self, node: ast.AST) -> None:
+        if self._steps < 0:
+            raise RuleAbort("the rule ran out of steps (an unbounded loop?)", node)
+        if time.monotonic() > self._deadline:
+            raise RuleAbort("the rule ran past its deadline", node)
+
+    # -- hot handlers, leaner than asteval's ----------------------------------------------------
+
+    def on_name(self, node: ast.Name) -> Any:
+        try:
+            return self.symtable[node.id]
+        except KeyError:
+            raise NameError(f"name '{node.id}' is not defined") from None
+
+    def on_attribute(self, node: ast.Attribute) -> Any:
+        obj = self.run(node.value)
+        attr = node.attr
+        if attr.startswith("_") or attr in DENIED_ATTRS or attr.startswith(DENIED_ATTR_PREFIXES):
+            raise AttributeError(f"attribute '{attr}' is not allowed in rules")
+        key = (obj if isinstance(obj, type) else obj.__class__, attr)
+        if key not in self._vetted:
+            # asteval's own guard as a second line (per-type deny-lists, unsafe modules)
+            safe_getattr(obj, attr, self.raise_exception, node)
+            self._vetted.add(key)
+        try:
+            value = getattr(obj, attr)
+        except AttributeError:
+            raise AttributeError(f"'{type(obj).__name__}' has no attribute '{attr}'") from None
+        if isinstance(value, ModuleType):
+            raise AttributeError(f"attribute '{attr}' is a module: not allowed in rules")
+        return value
+
+    # Statement lists stop at return/break/continue (asteval checks that in run(), per node).
+    def on_module(self, node: ast.Module) -> None:
+        self._block(node.body)
+
+    def on_if(self, node: ast.If) -> None:
+        self._block(node.body if self.run(node.test) else node.orelse)
+
+    def on_for(self, node: ast.For) -> None:
+        for value in self.run(node.iter):
+            self.node_assign(node.target, value)
+            self._interrupt = None
+            self._block(node.body)
+            interrupt = self._interrupt
+            if interrupt is not None and interrupt.__class__ is not ast.Continue:
+                if interrupt.__class__ is ast.Break:
+                    self._interrupt = None
+                return  # break, or a return inside the loop (left set for the function to see)
+        else:
+            self._block(node.orelse)
+        self._interrupt = None
+
+    def on_augassign(self, node: ast.AugAssign) -> None:
+        # asteval builds new Assign/BinOp nodes here on every run; prepared trees need no new nodes
+        target = node.target
+        if isinstance(target, ast.Name):
+            current = self._load_name(target.id)
+        elif isinstance(target, ast.Subscript):
+            current = self.run(target.value)[self.run(target.slice)]
+        else:
+            raise TypeError("augmented assignment works on names and subscripts only")
+        self.node_assign(target, OPERATORS[node.op.__class__](current, self.run(node.value)))
+
+    def _load_name(self, name: str) -> Any:
+        try:
+            return self.symtable[name]
+        except KeyError:
+            raise NameError(f"name '{name}' is not defined") from None
+
+    def on_boolop(self, node: ast.BoolOp) -> Any:
+        is_and = node.op.__class__ is ast.And
+        value = None
+        for child in node.values:
+            value = self.run(child)
+            if bool(value) is not is_and:
+                return value
+        return value
+
+    def on_compare(self, node: ast.Compare) -> Any:
+        left = self.run(node.left)
+        for op, right_node in zip(node.ops, node.comparators):
+            right = self.run(right_node)
+            if not OPERATORS[op.__class__](left, right):
+                return False
+            left = right
+        return True
+
+    def on_binop(self, node: ast.BinOp) -> Any:
+        # asteval's operator table: its +, * and ** refuse results too large (safe_add, safe_mult, safe_pow)
+        return OPERATORS[node.op.__class__](self.run(node.left), self.run(node.right))
+
+    def on_call(self, node: ast.Call) -> Any:
+        func = self.run(node.func)
+        args = list(map(self.run, node.args))
+        kwargs = {k.arg: self.run(k.value) for k in node.keywords} if node.keywords else {}
+        if isinstance(func, Procedure):
+            if func in self._active:
+                raise RecursionError(f"function '{func.name}' called recursively: recursion is not allowed")
+            self._active.append(func)
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self._active.pop()
+        if not callable(func):
+            raise TypeError(f"'{type(func).__name__}' object is not callable")
+        return func(*args, **kwargs)
+
+    def on_functiondef(self, node: ast.FunctionDef) -> None:
+        # Defaults are constants (checker), so one Procedure per definition serves every run.
+        proc = self._procs.get(node)
+        if proc is None:
+            names = [a.arg for a in node.args.args]
+            defaults = [ast.literal_eval(d) for d in node.args.defaults]
+            split = len(names) - len(defaults)
+            proc = Procedure(node.name, self, lineno=node.lineno, body=node.body, text=node.name,
+                             args=names[:split], kwargs=list(zip(names[split:], defaults)))
+            self._procs[node] = proc
+        self.symtable[node.name] = proc

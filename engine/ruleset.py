@@ -1,0 +1,209 @@
+"""Compiled rules and the immutable rule set the engine reads; built off to the side, swapped whole.
+
+A rule file is read, checked and parsed once per save (`compile_rule`); a run only executes the
+tree. `scan` rebuilds the set from a directory the way OPA activates bundles: a file that fails
+keeps its last good version serving.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from .decisions import Decision
+from .errors import Location, RuleError, RuleLoadError
+from .events import Event
+from .hooks import HOOKS, RULE_SUFFIX, HookInfo, hook_for_file, valid_file_names
+from .lang.builtins import DECISIONS, HELPERS, SAFE_BUILTINS, make_log, topic_match
+from .lang.checker import check
+from .lang.interp import RuleAbort, RuleInterpreter
+
+
+class RuleRuntimeError(Exception):
+    """A run that failed; `error` says where and why."""
+
+    def __init__(self, error: RuleError):
+        super().__init__(error.one_line())
+        self.error = error
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-run bounds: asteval has none of its own."""
+
+    max_steps: int = 100_000
+    timeout: float = 0.1  # seconds
+
+
+@dataclass(eq=False)
+class CompiledRule:
+    hook: HookInfo
+    path: str
+    version: str  # sha256 of the file's bytes, first 12 hex digits
+    tree: ast.Module
+    topics: tuple[str, ...]
+    lines: tuple[str, ...]
+    base: dict[str, Any] = field(repr=False)
+    interp: RuleInterpreter = field(repr=False)
+
+    def wants(self, event: Event) -> bool:
+        """False when TOPICS is declared and the message topic matches none of them."""
+        if not self.topics:
+            return True
+        msg = event.message
+        return msg is None or any(topic_match(f, msg.topic) for f in self.topics)
+
+    def run(self, event: Event, limits: Limits) -> Decision | None:
+        symtable = self.base.copy()
+        symtable.update(event.names())
+        try:
+            return self.interp.execute(self.tree, symtable, limits.max_steps, time.monotonic() + limits.timeout)  # type: ignore[no-any-return]
+        except RuleAbort as exc:
+            raise RuleRuntimeError(self._error("deadline_error", str(exc), exc.node,
+                                               "keep loops over small collections")) from None
+        except Exception as exc:
+            raise RuleRuntimeError(self._error("runtime_error", f"{type(exc).__name__}: {exc}",
+                                               self.interp.error_node, "")) from None
+
+    def _error(self, code: str, message: str, node: ast.AST | None, hint: str) -> RuleError:
+        line = getattr(node, "lineno", 0) or 0
+        col = (getattr(node, "col_offset", 0) or 0) + 1
+        src = self.lines[line - 1] if 1 <= line <= len(self.lines) else ""
+        if line and src:
+            col = len(src.encode("utf-8")[: col - 1].decode("utf-8", errors="replace")) + 1
+        return RuleError(code, Location(self.path, line, col), message, hint, src)  # type: ignore[arg-type]
+
+
+def compile_rule(path: str, data: bytes, hook: HookInfo) -> CompiledRule:
+    """Check and parse one rule file; raises RuleLoadError."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RuleLoadError([RuleError("parse_error", Location(path), f"file is not UTF-8 ({exc.reason} at byte {exc.start})",
+                                       "save the file as UTF-8")]) from None
+    checked = check(path, text, hook)
+    try:
+        compile(checked.tree, path, "exec")  # Python's own flow checks: return/break outside their blocks
+    except SyntaxError as exc:
+        line = exc.lineno or 0
+        lines = text.splitlines()
+        src = lines[line - 1] if 1 <= line <= len(lines) else ""
+        hint = "end the rule with allow(), deny(...) or ignore()" if "return" in (exc.msg or "") else ""
+        raise RuleLoadError([RuleError("check_error", Location(path, line, exc.offset or 1), exc.msg, hint, src)]) from None
+    base: dict[str, Any] = dict(SAFE_BUILTINS)
+    base.update(HELPERS)
+    base.update({name: fn for name, fn in DECISIONS.items() if name in hook.decisions})
+    base["log"] = make_log(path)
+    interp = RuleInterpreter()
+    interp.prepare(checked.tree)
+    return CompiledRule(hook, path, hashlib.sha256(data).hexdigest()[:12], checked.tree, checked.topics,
+                        tuple(text.splitlines()), base, interp)
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """Immutable {hook name: CompiledRule}; a reload makes a new one."""
+
+    rules: Mapping[str, CompiledRule] = field(default_factory=lambda: MappingProxyType({}))
+
+    def get(self, hook: str) -> CompiledRule | None:
+        return self.rules.get(hook)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.rules)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def versions(self) -> dict[str, str]:
+        return {hook: rule.version for hook, rule in self.rules.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class FileOutcome:
+    """What a scan did with one file: loaded, unchanged, failed (kept or not), removed, invalid name."""
+
+    hook: str  # the hook, or the file name when it names none
+    result: str  # "loaded" | "unchanged" | "error" | "removed" | "invalid_name"
+    path: str
+    version: str = ""
+    errors: tuple[RuleError, ...] = ()
+    kept_version: str = ""
+
+
+def rule_files(directory: Path) -> Iterator[Path]:
+    """The *.star files directly in the directory; hidden and editor temp files are skipped."""
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name.endswith(RULE_SUFFIX) and not entry.name.startswith("."):
+            yield Path(entry.path)
+
+
+def scan(directory: Path, previous: RuleSet, missing_ok: frozenset[str] = frozenset()) -> tuple[RuleSet, list[FileOutcome]]:
+    """Build the rule set from the directory's current files, reusing unchanged ones.
+
+    `missing_ok` names hooks whose file may be briefly gone (an editor renaming it away); they keep
+    their previous rule instead of being removed.
+    """
+    rules: dict[str, CompiledRule] = {}
+    outcomes: list[FileOutcome] = []
+    seen: set[str] = set()
+    for path in rule_files(directory):
+        shown = str(path)
+        hook_name = hook_for_file(path.name)
+        if hook_name is None:
+            outcomes.append(FileOutcome(path.name, "invalid_name", shown, errors=(_invalid_name(path),)))
+            continue
+        seen.add(hook_name)
+        old = previous.get(hook_name)
+        try:
+            data = path.read_bytes()  # follows symlinks: ConfigMap mounts are links into ..data/
+        except OSError as exc:
+            if old is not None and hook_name in missing_ok:
+                rules[hook_name] = old
+                continue
+            err = RuleError("load_error", Location(shown), f"cannot read: {exc.strerror or exc}", "check the file's permissions")
+            outcomes.append(FileOutcome(hook_name, "error", shown, errors=(err,), kept_version=old.version if old else ""))
+            if old is not None:
+                rules[hook_name] = old
+            continue
+        version = hashlib.sha256(data).hexdigest()[:12]
+        if old is not None and old.version == version and old.path == shown:
+            rules[hook_name] = old
+            outcomes.append(FileOutcome(hook_name, "unchanged", shown, version))
+            continue
+        try:
+            rule = compile_rule(shown, data, HOOKS[hook_name])
+        except RuleLoadError as exc:
+            outcomes.append(FileOutcome(hook_name, "error", shown, version, tuple(exc.errors),
+                                        kept_version=old.version if old else ""))
+            if old is not None:
+                rules[hook_name] = old
+            continue
+        rules[hook_name] = rule
+        outcomes.append(FileOutcome(hook_name, "loaded", shown, version))
+    for hook_name, old in previous.rules.items():
+        if hook_name in seen:
+            continue
+        if hook_name in missing_ok:
+            rules[hook_name] = old
+        else:
+            outcomes.append(FileOutcome(hook_name, "removed", old.path, old.version))
+    return RuleSet(MappingProxyType(rules)), outcomes
+
+
+def _invalid_name(path: Path) -> RuleError:
+    return RuleError(
+        "load_error", Location(str(path)), f"'{path.name}' names no hook, so it is not loaded",
+        "name the file after the hook it answers; valid names: " + ", ".join(valid_file_names()),
+    )

@@ -1,0 +1,105 @@
+"""Server(config): puts the parts together and owns their lifecycle (uvicorn's Server, in small).
+
+Start: load the rules, start watching them, open the metrics endpoint, then the gRPC port.
+Stop (SIGTERM/SIGINT): stop accepting, give calls in flight the grace period, stop the watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+import grpc
+from prometheus_client import start_http_server
+
+from .adapters.exhook import ExhookAdapter
+from .config import Config, ConfigError, parse_address
+from .engine import Engine
+from .reload import Reloader
+
+log = logging.getLogger(__name__)
+
+
+def _grpc_target(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def announce(text: str) -> None:
+    """Where the server listens goes to stdout, so scripts (and tests) can read the ports."""
+    print(f"hookrules: {text}", flush=True)
+
+
+class Server:
+    def __init__(self, config: Config):
+        self.config = config
+        self.engine = Engine(policies=config.failure_policy, limits=config.limits)
+        self.reloader = Reloader(config.rules, self.engine, polling=config.polling)
+        self.exhook = ExhookAdapter(self.engine)
+        self.reloader.listeners.append(self.exhook.rules_changed)
+        self.grpc_server: grpc.aio.Server | None = None
+        self.metrics_server: Any = None
+        self.grpc_port = 0
+        self.metrics_port = 0
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.reloader.load()
+        self.reloader.start(loop)
+        announce(f"serving {len(self.engine.ruleset)} rule file(s) from {self.config.rules}")
+        if self.config.metrics is not None:
+            host, port = parse_address(self.config.metrics, "--metrics")
+            try:
+                self.metrics_server, _ = start_http_server(port, addr=host)
+            except OSError as exc:
+                raise ConfigError(f"cannot listen for metrics on {self.config.metrics}: {exc.strerror}") from None
+            self.metrics_port = self.metrics_server.server_port
+            announce(f"Prometheus metrics on http://{_grpc_target(host, self.metrics_port)}/metrics")
+        host, port = parse_address(self.config.grpc, "--grpc")
+        # so_reuseport=0: a second server on a busy port must fail loudly, not share it silently
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server.add_generic_rpc_handlers(self.exhook.generic_handlers())
+        try:
+            self.grpc_port = server.add_insecure_port(_grpc_target(host, port))
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen for gRPC on {self.config.grpc}: {exc} (is the port in use?)") from None
+        await server.start()
+        self.grpc_server = server
+        announce(f"EMQX ExHook (emqx.exhook.v2 and v3) on {_grpc_target(host, self.grpc_port)}")
+
+    async def stop(self) -> None:
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(self.config.grace_period)
+            self.grpc_server = None
+        self.reloader.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
+            self.metrics_server = None
+        log.info("stopped")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        await self.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # either one: stop accepting, drain, exit 0
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self._stop.wait()
+            log.info("stopping: draining calls in flight for up to %.0fs", self.config.grace_period)
+        finally:
+            await self.stop()
+
+
+def run(config: Config) -> int:
+    try:
+        asyncio.run(Server(config).serve())
+    except ConfigError as exc:
+        print(f"hookrules: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
