@@ -14,7 +14,7 @@ from typing import Literal
 
 from . import metrics
 from .decisions import IGNORE, POLICY_DECISIONS, Decision
-from .errors import RuleError
+from .errors import Location, RuleError
 from .events import Event
 from .hooks import HOOKS, Policy
 from .ruleset import Limits, RuleRuntimeError, RuleSet
@@ -54,7 +54,11 @@ class Engine:
         """Run the hook's rule on the event. Never raises for anything a rule does."""
         ruleset = self.ruleset  # one read: a swap during this call does not affect it
         rule = ruleset.get(event.hook)
-        if rule is None:
+        if rule is None and event.hook in ruleset.broken:
+            outcome = self._failed(event, "", RuleError("load_error", Location(ruleset.broken[event.hook]),
+                                                        "the rule file has errors and no earlier version loaded",
+                                                        "run 'hookrules check' on the rules directory"))
+        elif rule is None:
             outcome = Outcome(IGNORE, "no_rule")
         elif not rule.wants(event):
             outcome = Outcome(IGNORE, "filtered", rule.version)
@@ -74,7 +78,8 @@ class Engine:
     def _failed(self, event: Event, version: str, error: RuleError) -> Outcome:
         policy = self.policy(event.hook)
         kind = "deadline" if error.code == "deadline_error" else "runtime"
-        metrics.RULE_ERRORS.labels(event.hook, kind).inc()
+        if error.code != "load_error":  # load errors were counted when the file was read
+            metrics.RULE_ERRORS.labels(event.hook, kind).inc()
         self._log_error(event.hook, version, error, policy)
         return Outcome(POLICY_DECISIONS[policy], "policy", version, error)
 

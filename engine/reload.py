@@ -135,7 +135,7 @@ class Reloader:
                 del self._missing_since[hook]
         if waiting and self._loop is not None:
             self.poke(self.grace)  # decide about the vanished files once their grace is over
-        changed = ruleset.versions() != previous.versions()
+        changed = ruleset.versions() != previous.versions() or set(ruleset.broken) != set(previous.broken)
         self.engine.ruleset = ruleset  # the swap: one assignment, between two calls on the loop
         self._report(outcomes, previous, ruleset)
         if changed:

@@ -112,6 +112,9 @@ class RuleSet:
     """Immutable {hook name: CompiledRule}; a reload makes a new one."""
 
     rules: Mapping[str, CompiledRule] = field(default_factory=lambda: MappingProxyType({}))
+    #: hooks whose file exists but has never loaded: they answer by failure policy, not as if absent,
+    #: so a broken authentication rule fails closed
+    broken: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # hook -> path
 
     def get(self, hook: str) -> CompiledRule | None:
         return self.rules.get(hook)
@@ -156,6 +159,7 @@ def scan(directory: Path, previous: RuleSet, missing_ok: frozenset[str] = frozen
     their previous rule instead of being removed.
     """
     rules: dict[str, CompiledRule] = {}
+    broken: dict[str, str] = {}
     outcomes: list[FileOutcome] = []
     seen: set[str] = set()
     for path in rule_files(directory):
@@ -176,6 +180,8 @@ def scan(directory: Path, previous: RuleSet, missing_ok: frozenset[str] = frozen
             outcomes.append(FileOutcome(hook_name, "error", shown, errors=(err,), kept_version=old.version if old else ""))
             if old is not None:
                 rules[hook_name] = old
+            else:
+                broken[hook_name] = shown
             continue
         version = hashlib.sha256(data).hexdigest()[:12]
         if old is not None and old.version == version and old.path == shown:
@@ -189,6 +195,8 @@ def scan(directory: Path, previous: RuleSet, missing_ok: frozenset[str] = frozen
                                         kept_version=old.version if old else ""))
             if old is not None:
                 rules[hook_name] = old
+            else:
+                broken[hook_name] = shown
             continue
         rules[hook_name] = rule
         outcomes.append(FileOutcome(hook_name, "loaded", shown, version))
@@ -199,7 +207,7 @@ def scan(directory: Path, previous: RuleSet, missing_ok: frozenset[str] = frozen
             rules[hook_name] = old
         else:
             outcomes.append(FileOutcome(hook_name, "removed", old.path, old.version))
-    return RuleSet(MappingProxyType(rules)), outcomes
+    return RuleSet(MappingProxyType(rules), MappingProxyType(broken)), outcomes
 
 
 def _invalid_name(path: Path) -> RuleError:

@@ -241,12 +241,18 @@ class ExhookAdapter:
         return handle
 
     def hook_specs(self, ruleset: RuleSet) -> dict[str, tuple[str, ...]]:
-        """The EMQX hooks that have a rule, in EMQX's order, with their TOPICS."""
+        """The EMQX hooks that have a rule file, in EMQX's order, with their TOPICS.
+
+        A file that has never loaded is listed too (without topics): EMQX then calls it and it answers
+        by its failure policy, and fixing the file needs no provider reload.
+        """
         specs: dict[str, tuple[str, ...]] = {}
         for info in EMQX_HOOKS:
             rule = ruleset.get(info.name)
             if rule is not None:
                 specs[info.name] = rule.topics
+            elif info.name in ruleset.broken:
+                specs[info.name] = ()
         return specs
 
     def _loaded_handler(self, proto: ExhookProto) -> Callable[..., Any]:

@@ -1,0 +1,67 @@
+"""The hookrules command as an operator meets it: check, bad flags, busy ports, SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .support import BUNDLED_RULES, ServerProcess
+
+
+def hookrules(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hookrules", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_check_passes_on_the_bundled_rules() -> None:
+    result = hookrules("check", str(BUNDLED_RULES))
+    assert result.returncode == 0, result.stderr
+    assert "3 rule file(s) OK, 0 with errors" in result.stdout
+
+
+def test_check_reports_every_problem_with_file_line_col(tmp_path: Path) -> None:
+    (tmp_path / "client.authenticate.star").write_text("x = 1\nwhile x:\n    pass\nimport os\n")
+    (tmp_path / "client.authorize.star").write_text("allow()\n")
+    (tmp_path / "client.auth.star").write_text("allow()\n")
+    result = hookrules("check", str(tmp_path))
+    assert result.returncode == 1
+    err = result.stderr
+    assert f"{tmp_path / 'client.authenticate.star'}:2:1: check_error: 'while' is not allowed in rules" in err
+    assert f"{tmp_path / 'client.authenticate.star'}:4:1: check_error: 'import' is not allowed in rules" in err
+    assert "hint: loop over a finite collection" in err
+    assert "'client.auth.star' names no hook" in err and "client.authenticate.star" in err
+    assert "1 rule file(s) OK, 2 with errors" in err
+
+
+def test_bad_address_is_refused_with_a_clear_message() -> None:
+    result = hookrules("serve", "--rules", str(BUNDLED_RULES), "--grpc", "localhost")
+    assert result.returncode == 2
+    assert "--grpc 'localhost' is not HOST:PORT" in result.stderr
+
+
+def test_bad_failure_policy_is_refused() -> None:
+    result = hookrules("serve", "--failure-policy", "client.authenticate=maybe")
+    assert result.returncode == 2
+    assert "policy must be one of deny, ignore, allow" in result.stderr
+
+
+def test_busy_port_is_refused_not_shared(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = hookrules("serve", "--rules", str(BUNDLED_RULES), "--grpc", f"127.0.0.1:{port}", "--metrics", "off")
+    assert result.returncode == 2
+    assert f"cannot listen for gRPC on 127.0.0.1:{port}" in result.stderr
+
+
+def test_port_zero_prints_the_bound_ports_and_sigterm_exits_zero(start_server: Any, rules_dir: Path) -> None:
+    server: ServerProcess = start_server(rules_dir)
+    assert server.grpc_port > 0 and server.metrics_port > 0
+    assert "hookrules_rules_loaded 3.0" in server.metrics_text()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(15) == 0
+    assert "stopped" in server.log()
