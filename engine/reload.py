@@ -26,27 +26,33 @@ from watchdog.observers.polling import PollingObserver
 
 from . import metrics
 from .engine import Engine
+from .hooks import hook_for_file
 from .ruleset import FileOutcome, RuleSet, scan
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[RuleSet], None]
 
-#: events that can mean "a file now has new, complete contents" (or is gone)
-_SETTLED_EVENTS = {"closed", "moved", "deleted"}
+#: A file seen being written but never closed is read anyway after this long (a hard link, a writer
+#: that died): better a late read than a hook stuck on its old version.
+WRITE_TIMEOUT = 2.0
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, notify: Callable[[], None], polling: bool):
-        self.notify = notify
-        self.polling = polling
+    """Runs in watchdog's thread: hands each event to the loop, where all the state lives."""
+
+    def __init__(self, deliver: Callable[[str, str, str], None]):
+        self.deliver = deliver
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        src = os.fsdecode(event.src_path)
+        dest = os.fsdecode(getattr(event, "dest_path", "") or "")
         kind = event.event_type
-        if kind in _SETTLED_EVENTS or self.polling and kind in ("modified", "created"):
-            self.notify()
-        elif kind == "created" and os.path.islink(os.fsdecode(event.src_path)):
-            self.notify()  # a symlink is complete the moment it exists
+        if event.is_directory and kind != "moved":
+            return  # the directory's own modified/opened events say nothing about a rule
+        if kind == "created" and os.path.islink(src):
+            kind = "linked"  # a symlink is complete the moment it exists
+        self.deliver(kind, os.path.basename(src), os.path.basename(dest))
 
 
 class Reloader:
@@ -67,6 +73,7 @@ class Reloader:
         self._observer: BaseObserver | None = None
         self._periodic: asyncio.Task[None] | None = None
         self._missing_since: dict[str, float] = {}
+        self._writing: dict[str, float] = {}  # file name -> when a write to it was first seen
         self._reported: dict[str, str] = {}  # path -> version whose errors were already logged
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -80,7 +87,7 @@ class Reloader:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         observer: BaseObserver = PollingObserver(timeout=self.poll_interval) if self.polling else Observer()
-        observer.schedule(_Handler(self._notify_threadsafe, self.polling), str(self.directory), recursive=False)
+        observer.schedule(_Handler(self._deliver_threadsafe), str(self.directory), recursive=False)
         observer.daemon = True
         observer.start()
         self._observer = observer
@@ -100,15 +107,39 @@ class Reloader:
 
     # -- change handling ------------------------------------------------------------------------
 
-    def _notify_threadsafe(self) -> None:
+    def _deliver_threadsafe(self, kind: str, name: str, dest: str) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self.poke)
+            loop.call_soon_threadsafe(self.on_file_event, kind, name, dest)
+
+    def on_file_event(self, kind: str, name: str, dest: str = "") -> None:
+        """Track files being written; rescan when one has new, complete contents or is gone.
+
+        inotify says `created`/`modified` while a writer is still at work and `closed` when it is
+        done; a rescan meanwhile keeps the file's previous rule (see rescan). Polling sees only
+        finished snapshots, so there every change counts as complete.
+        """
+        if self.polling:
+            self.poke()
+        elif kind in ("created", "modified"):
+            self._writing.setdefault(name, time.monotonic())
+        elif kind in ("closed", "moved", "deleted", "linked"):
+            self._writing.pop(name, None)
+            if dest:
+                self._writing.pop(dest, None)
+            self.poke()
 
     def poke(self, delay: float | None = None) -> None:
-        """Ask for a rescan soon; further pokes before it runs are absorbed by it."""
-        if self._pending is None and self._loop is not None:
-            self._pending = self._loop.call_later(self.debounce if delay is None else delay, self._run_pending)
+        """Ask for a rescan after `delay` (default: the debounce); one rescan serves every poke before it."""
+        loop = self._loop
+        if loop is None:
+            return
+        when = loop.time() + (self.debounce if delay is None else delay)
+        if self._pending is not None:
+            if self._pending.when() <= when:
+                return
+            self._pending.cancel()  # a save is waiting: do not make it wait for a slower timer
+        self._pending = loop.call_at(when, self._run_pending)
 
     def _run_pending(self) -> None:
         self._pending = None
@@ -128,13 +159,19 @@ class Reloader:
                 self._missing_since.pop(hook, None)
             else:
                 self._missing_since.setdefault(hook, now)
-        waiting = frozenset(h for h, since in self._missing_since.items() if now - since < self.grace)
-        ruleset, outcomes = scan(self.directory, previous, waiting)
+        vanished = {h for h, since in self._missing_since.items() if now - since < self.grace}
+        for name, since in list(self._writing.items()):
+            if now - since >= WRITE_TIMEOUT:
+                del self._writing[name]
+        writing = {hook for hook in map(hook_for_file, self._writing) if hook is not None}
+        ruleset, outcomes = scan(self.directory, previous, frozenset(vanished | writing))
         for hook in list(self._missing_since):
             if hook not in ruleset.rules:
                 del self._missing_since[hook]
-        if waiting and self._loop is not None:
+        if vanished and self._loop is not None:
             self.poke(self.grace)  # decide about the vanished files once their grace is over
+        elif writing and self._loop is not None:
+            self.poke(WRITE_TIMEOUT)  # read files whose writer never said it was done
         changed = ruleset.versions() != previous.versions() or set(ruleset.broken) != set(previous.broken)
         self.engine.ruleset = ruleset  # the swap: one assignment, between two calls on the loop
         self._report(outcomes, previous, ruleset)
@@ -150,6 +187,8 @@ class Reloader:
     def _report(self, outcomes: list[FileOutcome], previous: RuleSet, ruleset: RuleSet) -> None:
         """One log line per thing an operator needs to know; metrics for all of it."""
         for out in outcomes:
+            if out.result not in ("error", "invalid_name"):
+                self._reported.pop(out.path, None)  # broken again later: say it again
             if out.result == "unchanged":
                 continue
             if out.result in ("error", "invalid_name"):
@@ -164,7 +203,6 @@ class Reloader:
                            if out.result == "error" else "file ignored")
                 log.error("%s\n  => %s", "\n".join(e.format() for e in out.errors), outcome)
                 continue
-            self._reported.pop(out.path, None)
             metrics.RELOADS.labels(out.hook, out.result).inc()
             old = previous.get(out.hook)
             if out.result == "loaded":

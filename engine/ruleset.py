@@ -22,7 +22,7 @@ from .errors import Location, RuleError, RuleLoadError
 from .events import Event
 from .hooks import HOOKS, RULE_SUFFIX, HookInfo, hook_for_file, valid_file_names
 from .lang.builtins import DECISIONS, HELPERS, SAFE_BUILTINS, make_log, topic_match
-from .lang.checker import check
+from .lang.checker import TOPICS_NAME, check
 from .lang.interp import RuleAbort, RuleInterpreter
 
 
@@ -97,14 +97,24 @@ def compile_rule(path: str, data: bytes, hook: HookInfo) -> CompiledRule:
         src = lines[line - 1] if 1 <= line <= len(lines) else ""
         hint = "end the rule with allow(), deny(...) or ignore()" if "return" in (exc.msg or "") else ""
         raise RuleLoadError([RuleError("check_error", Location(path, line, exc.offset or 1), exc.msg, hint, src)]) from None
+    if checked.topics:
+        # A literal declaration: bound once here instead of rebuilt on every run.
+        checked.tree.body = [s for s in checked.tree.body if not _declares_topics(s)]
     base: dict[str, Any] = dict(SAFE_BUILTINS)
     base.update(HELPERS)
     base.update({name: fn for name, fn in DECISIONS.items() if name in hook.decisions})
     base["log"] = make_log(path)
+    if checked.topics:
+        base[TOPICS_NAME] = checked.topics
     interp = RuleInterpreter()
     interp.prepare(checked.tree)
     return CompiledRule(hook, path, hashlib.sha256(data).hexdigest()[:12], checked.tree, checked.topics,
                         tuple(text.splitlines()), base, interp)
+
+
+def _declares_topics(stmt: ast.stmt) -> bool:
+    return (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+            and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id == TOPICS_NAME)
 
 
 @dataclass(frozen=True)
@@ -152,11 +162,11 @@ def rule_files(directory: Path) -> Iterator[Path]:
             yield Path(entry.path)
 
 
-def scan(directory: Path, previous: RuleSet, missing_ok: frozenset[str] = frozenset()) -> tuple[RuleSet, list[FileOutcome]]:
+def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset()) -> tuple[RuleSet, list[FileOutcome]]:
     """Build the rule set from the directory's current files, reusing unchanged ones.
 
-    `missing_ok` names hooks whose file may be briefly gone (an editor renaming it away); they keep
-    their previous rule instead of being removed.
+    `hold` names hooks whose file is in flux (being written, or briefly gone while an editor renames
+    it away): they keep their previous rule, or stay without one, and their file is not read.
     """
     rules: dict[str, CompiledRule] = {}
     broken: dict[str, str] = {}
@@ -170,12 +180,15 @@ def scan(directory: Path, previous: RuleSet, missing_ok: frozenset[str] = frozen
             continue
         seen.add(hook_name)
         old = previous.get(hook_name)
+        if hook_name in hold:
+            if old is not None:
+                rules[hook_name] = old
+            elif hook_name in previous.broken:
+                broken[hook_name] = previous.broken[hook_name]
+            continue
         try:
             data = path.read_bytes()  # follows symlinks: ConfigMap mounts are links into ..data/
         except OSError as exc:
-            if old is not None and hook_name in missing_ok:
-                rules[hook_name] = old
-                continue
             err = RuleError("load_error", Location(shown), f"cannot read: {exc.strerror or exc}", "check the file's permissions")
             outcomes.append(FileOutcome(hook_name, "error", shown, errors=(err,), kept_version=old.version if old else ""))
             if old is not None:
@@ -203,7 +216,7 @@ def scan(directory: Path, previous: RuleSet, missing_ok: frozenset[str] = frozen
     for hook_name, old in previous.rules.items():
         if hook_name in seen:
             continue
-        if hook_name in missing_ok:
+        if hook_name in hold:
             rules[hook_name] = old
         else:
             outcomes.append(FileOutcome(hook_name, "removed", old.path, old.version))
