@@ -34,6 +34,21 @@ class RuleRuntimeError(Exception):
         self.error = error
 
 
+#: What to do about the usual run-time failures, most specific first.
+RUNTIME_HINTS: tuple[tuple[type[BaseException], str], ...] = (
+    (KeyError, "check with 'if key in d:' or use d.get(key, default)"),
+    (IndexError, "check len(...) before indexing"),
+    (ZeroDivisionError, "check the divisor before dividing"),
+    (RecursionError, "loop with 'for' instead of calling a function from itself"),
+    (NameError, "assign the name on every path before it is used"),
+    (AttributeError, "see the README for the fields each object has"),
+    (TypeError, "check the values' types (a payload is bytes: compare it with b\"...\")"),
+    (ValueError, "check the value before passing it on"),
+    (RuntimeError, "keep values small: huge strings and numbers are refused"),
+)
+DEFAULT_RUNTIME_HINT = "guard the failing expression; until then the hook answers by its failure policy"
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Per-run bounds: asteval has none of its own."""
@@ -69,8 +84,9 @@ class CompiledRule:
             raise RuleRuntimeError(self._error("deadline_error", str(exc), exc.node,
                                                "keep loops over small collections")) from None
         except Exception as exc:
+            hint = next((h for kind, h in RUNTIME_HINTS if isinstance(exc, kind)), DEFAULT_RUNTIME_HINT)
             raise RuleRuntimeError(self._error("runtime_error", f"{type(exc).__name__}: {exc}",
-                                               self.interp.error_node, "")) from None
+                                               self.interp.error_node, hint)) from None
 
     def _error(self, code: str, message: str, node: ast.AST | None, hint: str) -> RuleError:
         line = getattr(node, "lineno", 0) or 0

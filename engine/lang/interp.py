@@ -28,6 +28,17 @@ _DISABLED_NODES = ("while", "try", "with", "raise", "import", "importfrom", "lam
 _NODE_CLASSES = [cls for cls in vars(ast).values() if isinstance(cls, type) and issubclass(cls, ast.AST)]
 
 
+def _innermost_node(tb: Any) -> ast.AST | None:
+    """The deepest node a handler was working on when the exception left it: the error's location."""
+    found = None
+    while tb is not None:
+        node = tb.tb_frame.f_locals.get("node")
+        if isinstance(node, ast.AST) and hasattr(node, "lineno"):
+            found = node
+        tb = tb.tb_next
+    return found
+
+
 class RuleAbort(BaseException):
     """The run went over its step budget or deadline. BaseException, so no handler swallows it."""
 
@@ -73,6 +84,9 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             self.run(tree)
         except Decided as made:
             return made.decision
+        except Exception as exc:
+            self.error_node = _innermost_node(exc.__traceback__)
+            raise
         finally:
             self.symtable = {}  # nothing a run bound survives it
         return None
@@ -80,19 +94,20 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
     # -- the dispatch loop ----------------------------------------------------------------------
 
     def run(self, node: Any, expr: Any = None, lineno: Any = None, with_raise: bool = True) -> Any:
-        # No retval/_interrupt checks here (asteval has them on every node): the statement-list
-        # handlers below stop at a return, break or continue instead, which is all that needs them.
+        """Statements (and asteval's own handlers) come through here; it counts the steps.
+
+        The hot expression handlers below call a child's bound handler directly (`n.hr_run(n)`),
+        skipping this frame: expressions without a loop or call are bounded by the file's size, and
+        every loop, comprehension item and function body statement still counts a step.
+        No retval/_interrupt checks either (asteval has them on every node): the statement-list
+        handlers stop at a return, break or continue instead.
+        """
         if node is None:
             return None
         self._steps -= 1
         if self._steps & 0xFF == 0:
             self._check_budget(node)
-        try:
-            return node.hr_run(node)  # bound by prepare()
-        except Exception:
-            if self.error_node is None:
-                self.error_node = node
-            raise
+        return node.hr_run(node)  # bound by prepare()
 
     def _block(self, body: list[ast.stmt]) -> None:
         run = self.run
@@ -116,7 +131,8 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             raise NameError(f"name '{node.id}' is not defined") from None
 
     def on_attribute(self, node: ast.Attribute) -> Any:
-        obj = self.run(node.value)
+        value_node = node.value
+        obj = value_node.hr_run(value_node)
         attr = node.attr
         if attr.startswith("_") or attr in DENIED_ATTRS or attr.startswith(DENIED_ATTR_PREFIXES):
             raise AttributeError(f"attribute '{attr}' is not allowed in rules")
@@ -138,7 +154,8 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         self._block(node.body)
 
     def on_if(self, node: ast.If) -> None:
-        self._block(node.body if self.run(node.test) else node.orelse)
+        test = node.test
+        self._block(node.body if test.hr_run(test) else node.orelse)
 
     def on_for(self, node: ast.For) -> None:
         for value in self.run(node.iter):
@@ -171,19 +188,77 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         except KeyError:
             raise NameError(f"name '{name}' is not defined") from None
 
+    def node_assign(self, node: ast.AST, val: Any) -> None:
+        # Names were vetted by the checker; asteval re-tokenizes each one on every assignment.
+        cls = node.__class__
+        if cls is ast.Name:
+            self.symtable[node.id] = val  # type: ignore[attr-defined]
+        elif cls is ast.Attribute:
+            raise AttributeError(f"cannot assign to attribute '{node.attr}': event data is read-only")  # type: ignore[attr-defined]
+        else:
+            super().node_assign(node, val)  # subscripts, tuple unpacking (which comes back here per name)
+
+    # Comprehensions: asteval deep-copies shadowed names and re-validates targets on every run.
+    def on_listcomp(self, node: ast.ListComp) -> list[Any]:
+        out: list[Any] = []
+        self._comprehend(node.generators, lambda: out.append(self.run(node.elt)))
+        return out
+
+    def on_setcomp(self, node: ast.SetComp) -> set[Any]:
+        out: set[Any] = set()
+        self._comprehend(node.generators, lambda: out.add(self.run(node.elt)))
+        return out
+
+    def on_dictcomp(self, node: ast.DictComp) -> dict[Any, Any]:
+        out: dict[Any, Any] = {}
+
+        def emit() -> None:
+            out[self.run(node.key)] = self.run(node.value)
+
+        self._comprehend(node.generators, emit)
+        return out
+
+    def _comprehend(self, generators: list[ast.comprehension], emit: Any) -> None:
+        """Python 3 scoping: the loop names are local to the comprehension, the outer ones come back."""
+        names = {n.id for g in generators for n in ast.walk(g.target) if isinstance(n, ast.Name)}
+        saved = {n: self.symtable[n] for n in names if n in self.symtable}
+        try:
+            self._generate(generators, 0, emit)
+        finally:
+            for name in names:
+                if name in saved:
+                    self.symtable[name] = saved[name]
+                else:
+                    self.symtable.pop(name, None)
+
+    def _generate(self, generators: list[ast.comprehension], index: int, emit: Any) -> None:
+        gen = generators[index]
+        last = index == len(generators) - 1
+        for value in self.run(gen.iter):
+            self._steps -= 1  # one step per item: the element may be a leaf, which costs none
+            if self._steps & 0xFF == 0:
+                self._check_budget(gen)
+            self.node_assign(gen.target, value)
+            if all(self.run(cond) for cond in gen.ifs):
+                if last:
+                    emit()
+                else:
+                    self._generate(generators, index + 1, emit)
+
     def on_boolop(self, node: ast.BoolOp) -> Any:
         is_and = node.op.__class__ is ast.And
         value = None
         for child in node.values:
-            value = self.run(child)
+            value = child.hr_run(child)
             if bool(value) is not is_and:
                 return value
         return value
 
     def on_compare(self, node: ast.Compare) -> Any:
-        left = self.run(node.left)
+        left_node = node.left
+        left = left_node.hr_run(left_node)
         for op, right_node in zip(node.ops, node.comparators):
-            right = self.run(right_node)
+            right = right_node.hr_run(right_node)
             if not OPERATORS[op.__class__](left, right):
                 return False
             left = right
@@ -191,12 +266,26 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
 
     def on_binop(self, node: ast.BinOp) -> Any:
         # asteval's operator table: its +, * and ** refuse results too large (safe_add, safe_mult, safe_pow)
-        return OPERATORS[node.op.__class__](self.run(node.left), self.run(node.right))
+        left, right = node.left, node.right
+        return OPERATORS[node.op.__class__](left.hr_run(left), right.hr_run(right))
+
+    def on_unaryop(self, node: ast.UnaryOp) -> Any:
+        operand = node.operand
+        return OPERATORS[node.op.__class__](operand.hr_run(operand))
+
+    def on_subscript(self, node: ast.Subscript) -> Any:
+        value, index = node.value, node.slice
+        return value.hr_run(value)[index.hr_run(index)]
+
+    def on_expr(self, node: ast.Expr) -> Any:
+        value = node.value
+        return value.hr_run(value)
 
     def on_call(self, node: ast.Call) -> Any:
-        func = self.run(node.func)
-        args = list(map(self.run, node.args))
-        kwargs = {k.arg: self.run(k.value) for k in node.keywords} if node.keywords else {}
+        func_node = node.func
+        func = func_node.hr_run(func_node)
+        args = [a.hr_run(a) for a in node.args]
+        kwargs = {k.arg: k.value.hr_run(k.value) for k in node.keywords} if node.keywords else {}
         if isinstance(func, Procedure):
             if func in self._active:
                 raise RecursionError(f"function '{func.name}' called recursively: recursion is not allowed")
