@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
+
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+
+
+def source_lines(text: str) -> list[str]:
+    """Lines as Python numbers them: str.splitlines also breaks at form feed, U+2028 and others."""
+    return _NEWLINE.split(text)
+
+
+def char_col(line: str, byte_offset: int) -> int:
+    """1-based column in characters from ast's 0-based UTF-8 byte offset."""
+    return len(line.encode("utf-8")[:byte_offset].decode("utf-8", errors="replace")) + 1
 
 Code = Literal["parse_error", "check_error", "load_error", "runtime_error", "deadline_error"]
 

@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .decisions import Decision
-from .errors import Location, RuleError, RuleLoadError
+from .errors import Location, RuleError, RuleLoadError, char_col, source_lines
 from .events import Event
 from .hooks import HOOKS, RULE_SUFFIX, HookInfo, hook_for_file, valid_file_names
 from .lang.builtins import DECISIONS, HELPERS, SAFE_BUILTINS, make_log, topic_match
@@ -93,7 +93,7 @@ class CompiledRule:
         col = (getattr(node, "col_offset", 0) or 0) + 1
         src = self.lines[line - 1] if 1 <= line <= len(self.lines) else ""
         if line and src:
-            col = len(src.encode("utf-8")[: col - 1].decode("utf-8", errors="replace")) + 1
+            col = char_col(src, col - 1)
         return RuleError(code, Location(self.path, line, col), message, hint, src)  # type: ignore[arg-type]
 
 
@@ -105,14 +105,6 @@ def compile_rule(path: str, data: bytes, hook: HookInfo) -> CompiledRule:
         raise RuleLoadError([RuleError("parse_error", Location(path), f"file is not UTF-8 ({exc.reason} at byte {exc.start})",
                                        "save the file as UTF-8")]) from None
     checked = check(path, text, hook)
-    try:
-        compile(checked.tree, path, "exec")  # Python's own flow checks: return/break outside their blocks
-    except SyntaxError as exc:
-        line = exc.lineno or 0
-        lines = text.splitlines()
-        src = lines[line - 1] if 1 <= line <= len(lines) else ""
-        hint = "end the rule with allow(), deny(...) or ignore()" if "return" in (exc.msg or "") else ""
-        raise RuleLoadError([RuleError("check_error", Location(path, line, exc.offset or 1), exc.msg, hint, src)]) from None
     if checked.topics:
         # A literal declaration: bound once here instead of rebuilt on every run.
         checked.tree.body = [s for s in checked.tree.body if not _declares_topics(s)]
@@ -125,7 +117,7 @@ def compile_rule(path: str, data: bytes, hook: HookInfo) -> CompiledRule:
     interp = RuleInterpreter()
     interp.prepare(checked.tree)
     return CompiledRule(hook, path, hashlib.sha256(data).hexdigest()[:12], checked.tree, checked.topics,
-                        tuple(text.splitlines()), base, interp)
+                        tuple(source_lines(text)), base, interp)
 
 
 def _declares_topics(stmt: ast.stmt) -> bool:

@@ -11,7 +11,7 @@ import difflib
 import re
 from dataclasses import dataclass
 
-from ..errors import Location, RuleError, RuleLoadError
+from ..errors import Location, RuleError, RuleLoadError, char_col, source_lines
 from ..hooks import HOOKS, PUBLISH, HookInfo
 from .builtins import DECISIONS, provided_names, validate_filter
 
@@ -85,16 +85,15 @@ class CheckedRule:
 
 
 def _col(lines: list[str], lineno: int, col_offset: int) -> int:
-    """ast's col_offset is a 0-based UTF-8 byte offset; authors count characters from 1."""
     if 1 <= lineno <= len(lines):
-        return len(lines[lineno - 1].encode("utf-8")[:col_offset].decode("utf-8", errors="replace")) + 1
+        return char_col(lines[lineno - 1], col_offset)
     return col_offset + 1
 
 
 class _Checker:
     def __init__(self, path: str, text: str, hook: HookInfo):
         self.path = path
-        self.lines = text.splitlines()
+        self.lines = source_lines(text)
         self.hook = hook
         self.errors: list[RuleError] = []
         self.provided = set(hook.all_names) | (provided_names() - set(DECISIONS)) | hook.decisions
@@ -132,20 +131,33 @@ class _Checker:
                        "choose another name for your variable")
         self.bound.add(name)
 
-    def _walk(self, node: ast.AST, depth: int) -> None:
+    def _walk(self, node: ast.AST, depth: int, where: ast.AST | None = None,
+              in_loop: bool = False, in_function: bool = False) -> None:
+        """`where` is the nearest node with a position (operators have none); the flags say what
+        encloses the node, for break/continue/return."""
+        if hasattr(node, "lineno"):
+            where = node
         if depth > MAX_DEPTH:
-            self.error(node, f"nested more than {MAX_DEPTH} levels deep", "split the expression with variables or functions")
+            self.error(where, f"nested more than {MAX_DEPTH} levels deep", "split the expression with variables or functions")
             return
         kind = type(node)
         if kind not in ALLOWED_NODES:
             message, hint = HINTS.get(kind.__name__, (f"'{kind.__name__}' is not allowed in rules", ""))
-            self.error(node, message, hint)
+            self.error(where, message, hint)
             return
+        if kind in (ast.Break, ast.Continue) and not in_loop:
+            word = "break" if kind is ast.Break else "continue"
+            self.error(node, f"'{word}' outside a loop", f"'{word}' works inside 'for'; to end the rule call allow(), deny(...) or ignore()")
+        elif kind is ast.Return and not in_function:
+            self.error(node, "'return' outside a function", "end the rule with allow(), deny(...) or ignore()")
         handler = getattr(self, f"visit_{kind.__name__}", None)
         if handler is not None:
             handler(node)
+        if kind is ast.FunctionDef:
+            in_loop, in_function = False, True
         for child in ast.iter_child_nodes(node):
-            self._walk(child, depth + 1)
+            loop_body = kind is ast.For and (child in node.body)  # type: ignore[attr-defined]
+            self._walk(child, depth + 1, where, in_loop or loop_body, in_function)
 
     # -- per-node checks ------------------------------------------------------------------------
 
@@ -336,7 +348,7 @@ def _syntax_hint(message: str, line: str) -> str:
 
 def check(path: str, text: str, hook: HookInfo) -> CheckedRule:
     """Parse and check one rule file; raise RuleLoadError listing every problem."""
-    lines = text.splitlines()
+    lines = source_lines(text)
     if len(text.encode("utf-8", errors="replace")) > MAX_SOURCE_BYTES:
         raise RuleLoadError([RuleError("load_error", Location(path), f"file is over {MAX_SOURCE_BYTES // 1024} KiB",
                                        "split shared logic into smaller rules")])
@@ -348,9 +360,12 @@ def check(path: str, text: str, hook: HookInfo) -> CheckedRule:
         msg = exc.msg or "invalid syntax"
         raise RuleLoadError([RuleError("parse_error", Location(path, line, exc.offset or 1), msg,
                                        _syntax_hint(msg, src), src)]) from None
-    except (ValueError, RecursionError, MemoryError) as exc:  # NUL bytes, absurd nesting
+    except (RecursionError, MemoryError):
+        raise RuleLoadError([RuleError("parse_error", Location(path), "too deeply nested to parse",
+                                       "split the expression with variables or functions")]) from None
+    except ValueError as exc:  # NUL bytes
         raise RuleLoadError([RuleError("parse_error", Location(path), f"cannot parse: {exc}",
-                                       "rules are short UTF-8 Python text")]) from None
+                                       "rules are UTF-8 Python text without NUL bytes")]) from None
     checker = _Checker(path, text, hook)
     checker.check(tree)
     if checker.errors:

@@ -2,7 +2,9 @@
 
 asteval supplies the node handlers; this subclass replaces the hot ones (run, name, attribute,
 call, def) with leaner versions that also count steps, keep a deadline, refuse recursion and
-let Python exceptions carry the failing node out, so errors point at file:line:col.
+let Python exceptions carry the failing node out, so errors point at file:line:col. Functions
+are its own: asteval's Procedure scopes names dynamically (a function sees its caller's
+variables, a returned function forgets its own); rules get Python's lexical scoping instead.
 One interpreter belongs to one compiled rule and is used by one run at a time: runs are synchronous
 on the server's event loop.
 """
@@ -15,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from asteval import Interpreter
-from asteval.astutils import OPERATORS, Procedure, safe_getattr
+from asteval.astutils import OPERATORS, ReturnedNone, safe_getattr
 
 from .builtins import Decided
 from .checker import DENIED_ATTR_PREFIXES, DENIED_ATTRS
@@ -39,6 +41,48 @@ def _innermost_node(tb: Any) -> ast.AST | None:
     return found
 
 
+class RuleFunction:
+    """A `def` of a rule: its tree, its defaults and the scope it was defined in (its closure).
+
+    Underscore attributes only: rules cannot read them (checker and on_attribute refuse `_` names).
+    """
+
+    __slots__ = ("_node", "_params", "_defaults", "_env", "__weakref__")
+
+    def __init__(self, node: ast.FunctionDef, params: list[str], defaults: dict[str, Any], env: dict[str, Any]):
+        self._node = node
+        self._params = params
+        self._defaults = defaults
+        self._env = env
+
+    @property
+    def name(self) -> str:
+        return self._node.name
+
+    def __repr__(self) -> str:
+        return f"<function {self._node.name}>"
+
+    def bind(self, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's local scope: the closure, then the parameters."""
+        params = self._params
+        if len(args) > len(params):
+            raise TypeError(f"{self.name}() takes {len(params)} arguments but {len(args)} were given")
+        frame = self._env.copy()
+        frame.update(zip(params, args))
+        for key, value in kwargs.items():
+            if key not in params:
+                raise TypeError(f"{self.name}() got an unexpected keyword argument '{key}'")
+            if key in params[: len(args)]:
+                raise TypeError(f"{self.name}() got multiple values for argument '{key}'")
+            frame[key] = value
+        for name in params[len(args):]:
+            if name not in kwargs:
+                if name not in self._defaults:
+                    raise TypeError(f"{self.name}() missing argument '{name}'")
+                frame[name] = self._defaults[name]
+        return frame
+
+
 class RuleAbort(BaseException):
     """The run went over its step budget or deadline. BaseException, so no handler swallows it."""
 
@@ -53,8 +97,8 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         self.symtable: dict[str, Any] = {}
         self._dispatch = {cls: self.node_handlers[cls.__name__.lower()] for cls in _NODE_CLASSES
                           if cls.__name__.lower() in self.node_handlers}
-        self._procs: dict[ast.FunctionDef, Procedure] = {}
-        self._active: list[Procedure] = []
+        self._defaults: dict[ast.FunctionDef, tuple[list[str], dict[str, Any]]] = {}
+        self._active: list[RuleFunction] = []
         self._steps = 0
         self._deadline = 0.0
         #: (type, attribute) pairs asteval's safe_getattr has vetted; its verdict depends on the type only
@@ -136,6 +180,8 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         attr = node.attr
         if attr.startswith("_") or attr in DENIED_ATTRS or attr.startswith(DENIED_ATTR_PREFIXES):
             raise AttributeError(f"attribute '{attr}' is not allowed in rules")
+        if obj.__class__ is RuleFunction:
+            raise AttributeError(f"functions have no attributes ('{attr}')")
         key = (obj if isinstance(obj, type) else obj.__class__, attr)
         if key not in self._vetted:
             # asteval's own guard as a second line (per-type deny-lists, unsafe modules)
@@ -286,26 +332,37 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         func = func_node.hr_run(func_node)
         args = [a.hr_run(a) for a in node.args]
         kwargs = {k.arg: k.value.hr_run(k.value) for k in node.keywords} if node.keywords else {}
-        if isinstance(func, Procedure):
-            if func in self._active:
-                raise RecursionError(f"function '{func.name}' called recursively: recursion is not allowed")
-            self._active.append(func)
-            try:
-                return func(*args, **kwargs)
-            finally:
-                self._active.pop()
+        if func.__class__ is RuleFunction:
+            return self._call_function(func, args, kwargs)
         if not callable(func):
             raise TypeError(f"'{type(func).__name__}' object is not callable")
         return func(*args, **kwargs)
 
     def on_functiondef(self, node: ast.FunctionDef) -> None:
-        # Defaults are constants (checker), so one Procedure per definition serves every run.
-        proc = self._procs.get(node)
-        if proc is None:
-            names = [a.arg for a in node.args.args]
-            defaults = [ast.literal_eval(d) for d in node.args.defaults]
-            split = len(names) - len(defaults)
-            proc = Procedure(node.name, self, lineno=node.lineno, body=node.body, text=node.name,
-                             args=names[:split], kwargs=list(zip(names[split:], defaults)))
-            self._procs[node] = proc
-        self.symtable[node.name] = proc
+        # Defaults are constants (checker), so they are evaluated once per load, not per run.
+        signature = self._defaults.get(node)
+        if signature is None:
+            params = [a.arg for a in node.args.args]
+            values = [ast.literal_eval(d) for d in node.args.defaults]
+            signature = self._defaults[node] = (params, dict(zip(params[len(params) - len(values):], values)))
+        # The scope it is defined in is its closure: the run's globals, or the enclosing call's locals.
+        self.symtable[node.name] = RuleFunction(node, signature[0], signature[1], self.symtable)
+
+    def _call_function(self, func: RuleFunction, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        if func in self._active:
+            raise RecursionError(f"function '{func.name}' called recursively: recursion is not allowed")
+        frame = func.bind(args, kwargs)
+        caller = self.symtable
+        self.symtable = frame
+        self._active.append(func)
+        self._calldepth += 1  # asteval's on_return refuses a return at depth 0
+        try:
+            self._block(func._node.body)
+            result = self.retval
+        finally:
+            self.symtable = caller
+            self._active.pop()
+            self._calldepth -= 1
+            self.retval = None
+            self._interrupt = None
+        return None if result is None or result is ReturnedNone else result
