@@ -1,0 +1,96 @@
+"""A bare emqx.exhook.v3 HookProvider with constant replies: the floor hookrules is measured against.
+
+It is built on hookrules' own stack (grpc.aio, `grpc.method_handlers_generic_handler`, the message
+classes of `hookrules.adapters.exhook_proto.load("v3")`, async handlers, the same server options), so
+the difference between it and `hookrules serve` is the price of the request -> Event -> rule -> reply
+path and nothing else:
+
+* OnClientAuthenticate / OnClientAuthorize -> ValuedResponse(STOP_AND_RETURN, bool_result=True)
+* OnMessagePublish -> ValuedResponse(STOP_AND_RETURN, message=<the request's message>)
+* every other RPC -> its (empty) response: EmptySuccess, and LoadedResponse() for OnProviderLoaded
+
+Run by bench/exhook_bench.py; it prints where it listens the way hookrules does
+(`bare: EMQX ExHook (emqx.exhook.v3, constant replies) on 127.0.0.1:PORT`), stops on SIGTERM/SIGINT,
+and in any case after --lifetime seconds, so it can never outlive a benchmark for long.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from hookrules.adapters import exhook_proto
+from hookrules.adapters.exhook_proto import ExhookProto
+
+Handler = Callable[[Any, grpc.aio.ServicerContext], Any]
+
+
+def _constant(reply: Any) -> Handler:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return reply
+
+    return handle
+
+
+def _echo_publish(proto: ExhookProto) -> Handler:
+    vr = proto.ValuedResponse
+    stop = vr.STOP_AND_RETURN
+
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return vr(type=stop, message=request.message)
+
+    return handle
+
+
+def generic_handler(proto: ExhookProto) -> grpc.GenericRpcHandler:
+    vr = proto.ValuedResponse
+    allow = vr(type=vr.STOP_AND_RETURN, bool_result=True)
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for rpc, (req_name, resp_name) in proto.methods.items():
+        if rpc in ("OnClientAuthenticate", "OnClientAuthorize"):
+            fn = _constant(allow)
+        elif rpc == "OnMessagePublish":
+            fn = _echo_publish(proto)
+        else:
+            fn = _constant(proto.messages[resp_name]())
+        handlers[rpc] = grpc.unary_unary_rpc_method_handler(
+            fn, request_deserializer=proto.messages[req_name].FromString,
+            response_serializer=proto.messages[resp_name].SerializeToString)
+    return grpc.method_handlers_generic_handler(proto.service_name, handlers)
+
+
+async def serve(host: str, port: int, lifetime: float) -> None:
+    proto = exhook_proto.load("v3")
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # as hookrules' server.py
+    server.add_generic_rpc_handlers([generic_handler(proto)])
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    print(f"bare: EMQX ExHook ({proto.package}, constant replies) on {host}:{bound}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await asyncio.wait_for(stop.wait(), lifetime)
+    except TimeoutError:
+        pass
+    finally:
+        await server.stop(1.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
+    parser.add_argument("--lifetime", type=float, default=900.0, help="exit after this many seconds (default 900)")
+    args = parser.parse_args()
+    asyncio.run(serve(args.host, args.port, args.lifetime))
+
+
+if __name__ == "__main__":
+    main()
