@@ -35,6 +35,9 @@ class Outcome:
     error: RuleError | None = None
 
 
+NO_RULE = Outcome(IGNORE, "no_rule")
+
+
 class Engine:
     def __init__(self, ruleset: RuleSet | None = None, policies: Mapping[str, Policy] | None = None,
                  limits: Limits | None = None):
@@ -50,6 +53,17 @@ class Engine:
         info = HOOKS.get(hook)
         return self.policies.get(hook, info.failure_policy if info else "ignore")
 
+    def needs_event(self, hook: str) -> bool:
+        """False when the hook has no rule file: the answer is ignore() whatever the event says, so an
+        adapter may skip building it (most EMQX calls are notifications nobody wrote a rule for)."""
+        ruleset = self.ruleset
+        return hook in ruleset.rules or hook in ruleset.broken
+
+    def skip(self, broker: str, hook: str) -> Outcome:
+        """The outcome of a call to a hook with no rule file, counted like any other decision."""
+        self._count(broker, hook, IGNORE)
+        return NO_RULE
+
     def decide(self, event: Event, timeout: float | None = None) -> Outcome:
         """Run the hook's rule on the event. Never raises for anything a rule does."""
         ruleset = self.ruleset  # one read: a swap during this call does not affect it
@@ -59,20 +73,21 @@ class Engine:
                                                         "the rule file has errors and no earlier version loaded",
                                                         "run 'hookrules check' on the rules directory"))
         elif rule is None:
-            outcome = Outcome(IGNORE, "no_rule")
+            outcome = NO_RULE
         elif not rule.wants(event):
             outcome = Outcome(IGNORE, "filtered", rule.version)
         else:
-            limits = self.limits if timeout is None else Limits(self.limits.max_steps, min(self.limits.timeout, timeout))
+            limits = self.limits
+            budget = limits.timeout if timeout is None or timeout > limits.timeout else timeout
             started = time.perf_counter()
             try:
-                decision = rule.run(event, limits)
+                decision = rule.run(event, limits, budget)
                 outcome = Outcome(decision or IGNORE, "rule", rule.version)
             except RuleRuntimeError as exc:
                 outcome = self._failed(event, rule.version, exc.error)
             finally:
                 self._rule_timer(event.hook).observe(time.perf_counter() - started)
-        self._count(event, outcome.decision)
+        self._count(event.broker, event.hook, outcome.decision)
         return outcome
 
     def _failed(self, event: Event, version: str, error: RuleError) -> Outcome:
@@ -94,8 +109,8 @@ class Engine:
         more = f"; {suppressed} more like it since the last report" if suppressed else ""
         log.error("%s (hook %s, answered %s by failure policy)%s", error.one_line(), hook, policy, more)
 
-    def _count(self, event: Event, decision: Decision) -> None:
-        key = (event.broker, event.hook, decision.kind)
+    def _count(self, broker: str, hook: str, decision: Decision) -> None:
+        key = (broker, hook, decision.kind)
         counter = self._decision_counters.get(key)
         if counter is None:
             counter = self._decision_counters[key] = metrics.DECISIONS.labels(*key)

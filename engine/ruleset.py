@@ -57,6 +57,9 @@ class Limits:
     timeout: float = 0.1  # seconds
 
 
+DEFAULT_LIMITS = Limits()
+
+
 @dataclass(eq=False)
 class CompiledRule:
     hook: HookInfo
@@ -75,11 +78,13 @@ class CompiledRule:
         msg = event.message
         return msg is None or any(topic_match(f, msg.topic) for f in self.topics)
 
-    def run(self, event: Event, limits: Limits) -> Decision | None:
+    def run(self, event: Event, limits: Limits = DEFAULT_LIMITS, timeout: float | None = None) -> Decision | None:
+        """One run; `timeout` (seconds) overrides limits.timeout when given, e.g. a gRPC deadline."""
         symtable = self.base.copy()
         symtable.update(event.names())
+        deadline = time.monotonic() + (limits.timeout if timeout is None else timeout)
         try:
-            return self.interp.execute(self.tree, symtable, limits.max_steps, time.monotonic() + limits.timeout)  # type: ignore[no-any-return]
+            return self.interp.execute(self.tree, symtable, limits.max_steps, deadline)  # type: ignore[no-any-return]
         except RuleAbort as exc:
             raise RuleRuntimeError(self._error("deadline_error", str(exc), exc.node,
                                                "keep loops over small collections")) from None

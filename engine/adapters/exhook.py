@@ -224,6 +224,8 @@ class ExhookAdapter:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             try:
+                if not engine.needs_event(hook):
+                    return reply(request, engine.skip(BROKER, hook).decision)
                 remaining = context.time_remaining()
                 timeout = None if remaining is None else max(remaining - DEADLINE_MARGIN, 0.001)
                 outcome = engine.decide(build(hook, request), timeout)
