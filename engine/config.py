@@ -37,7 +37,7 @@ def parse_policy(value: str) -> tuple[str, Policy]:
         raise ConfigError(f"failure policy '{value}': unknown hook '{hook}'")
     if policy not in POLICIES:
         raise ConfigError(f"failure policy '{value}': policy must be one of {', '.join(POLICIES)}")
-    return hook, policy  # type: ignore[return-value]
+    return hook, policy
 
 
 @dataclass(frozen=True)

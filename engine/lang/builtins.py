@@ -108,6 +108,8 @@ def topic_match(filter: str, topic: str) -> bool:
     if not isinstance(topic, str):
         raise TypeError(f"topic_match: topic must be a string, not {type(topic).__name__}")
     flevels = _filter_levels(filter)
+    if not topic:
+        return False  # an empty topic name is not valid MQTT, so no filter matches it
     if topic[:1] == "$" and filter[0] in "+#":
         return False
     tlevels = topic.split("/")
@@ -141,6 +143,8 @@ def make_log(where: str) -> Callable[[object], None]:
         msg = text if isinstance(text, str) else repr(text)
         if len(msg) > MAX_LOG_CHARS:
             msg = msg[:MAX_LOG_CHARS] + "..."
+        if not msg.isprintable():  # a newline in rule text must not forge a second log line
+            msg = "".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)
         rule_log.info("%s: %s", where, msg)
 
     return log

@@ -208,9 +208,9 @@ class _Checker:
         args = node.args
         for a in args.posonlyargs + args.kwonlyargs:
             self.error(a, "positional-only and keyword-only parameters are not allowed", "use plain parameters")
-        for a in [args.vararg, args.kwarg]:
-            if a is not None:
-                self.error(a, "'*args' and '**kwargs' parameters are not allowed", "use plain parameters")
+        for star in (args.vararg, args.kwarg):
+            if star is not None:
+                self.error(star, "'*args' and '**kwargs' parameters are not allowed", "use plain parameters")
         for a in args.args:
             if a.annotation is not None:
                 self.error(a.annotation, "annotations are not allowed in rules", "remove the annotation")
