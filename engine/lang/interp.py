@@ -115,7 +115,8 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         self._active: list[RuleFunction] = []
         self._steps = 0
         self._deadline = 0.0
-        #: (type, attribute) pairs asteval's safe_getattr has vetted; its verdict depends on the type only
+        #: (class, attribute) pairs that passed every check, asteval's safe_getattr included: the
+        #: verdict depends on the class only (types themselves and guarded methods are never cached)
         self._vetted: set[tuple[object, str]] = set()
         #: the innermost node that raised, for the error location
         self.error_node: ast.AST | None = None
@@ -194,6 +195,18 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         value_node = node.value
         obj = value_node.hr_run(value_node)
         attr = node.attr
+        if (obj.__class__, attr) in self._vetted:  # this class and attribute passed every check before
+            try:
+                value = getattr(obj, attr)
+            except AttributeError:
+                raise AttributeError(f"'{type(obj).__name__}' has no attribute '{attr}'") from None
+            if value.__class__ is ModuleType:
+                raise AttributeError(f"attribute '{attr}' is a module: not allowed in rules")
+            return value
+        return self._attribute(obj, attr, node)
+
+    def _attribute(self, obj: Any, attr: str, node: Any) -> Any:
+        """Every check, for a class and attribute not seen before (or a type, or a guarded method)."""
         if attr.startswith("_") or attr in DENIED_ATTRS or attr.startswith(DENIED_ATTR_PREFIXES):
             raise AttributeError(f"attribute '{attr}' is not allowed in rules")
         if obj.__class__ is RuleFunction:
@@ -201,17 +214,16 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         if attr in GUARDED_METHODS and (isinstance(obj, (str, bytes)) or obj is str or obj is bytes):
             guarded = GUARDED_METHODS[attr]
             return guarded if isinstance(obj, type) else functools.partial(guarded, obj)
-        key = (obj if isinstance(obj, type) else obj.__class__, attr)
-        if key not in self._vetted:
-            # asteval's own guard as a second line (per-type deny-lists, unsafe modules)
-            safe_getattr(obj, attr, self.raise_exception, node)
-            self._vetted.add(key)
+        # asteval's own guard as a second line (per-type deny-lists, unsafe modules)
+        safe_getattr(obj, attr, self.raise_exception, node)
         try:
             value = getattr(obj, attr)
         except AttributeError:
             raise AttributeError(f"'{type(obj).__name__}' has no attribute '{attr}'") from None
         if isinstance(value, ModuleType):
             raise AttributeError(f"attribute '{attr}' is a module: not allowed in rules")
+        if not isinstance(obj, type):  # a type's verdict depends on which type, not its class
+            self._vetted.add((obj.__class__, attr))
         return value
 
     # Statement lists stop at return/break/continue (asteval checks that in run(), per node).
@@ -348,8 +360,21 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
 
     def on_call(self, node: Any) -> Any:
         func_node = node.func
-        func = func_node.hr_run(func_node)
-        args = [a.hr_run(a) for a in node.args]
+        if func_node.__class__ is ast.Name:  # the usual case, inline
+            try:
+                func = self.symtable[func_node.id]
+            except KeyError:
+                raise NameError(f"name '{func_node.id}' is not defined") from None
+        else:
+            func = func_node.hr_run(func_node)
+        arg_nodes = node.args
+        if len(arg_nodes) == 1:  # no list comprehension frame for the most common call shapes
+            only = arg_nodes[0]
+            args = [only.hr_run(only)]
+        elif arg_nodes:
+            args = [a.hr_run(a) for a in arg_nodes]
+        else:
+            args = []
         kwargs: dict[str, Any] = {k.arg: k.value.hr_run(k.value) for k in node.keywords} if node.keywords else {}
         if func.__class__ is RuleFunction:
             return self._call_function(func, args, kwargs)
