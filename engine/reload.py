@@ -199,9 +199,11 @@ class Reloader:
                 metrics.RULE_ERRORS.labels(hook_label, "load").inc()
                 metrics.RELOADS.labels(hook_label, "error").inc()
                 outcome = (f"kept previous version {out.kept_version}" if out.kept_version
-                           else f"hook {out.hook} has no rule until this is fixed"
+                           else f"hook {out.hook} answers by its failure policy "
+                                f"({self.engine.policy(out.hook)}) until this is fixed"
                            if out.result == "error" else "file ignored")
-                log.error("%s\n  => %s", "\n".join(e.format() for e in out.errors), outcome)
+                for err in out.errors:  # one line each: log pipelines split on newlines
+                    log.error("%s => %s", err.one_line(), outcome)
                 continue
             metrics.RELOADS.labels(out.hook, out.result).inc()
             old = previous.get(out.hook)

@@ -107,3 +107,23 @@ def test_v3_publish_properties_reach_the_rule(start_server: Any, stubs: dict[str
             message=msg, meta=meta(pb), props=[pb.Property(name="Content-Type", value="json")]), timeout=10)
     assert blocked.message.headers["allow_publish"] == "false"
     assert (moved.message.topic, moved.message.qos, moved.message.payload) == ("out/json", 0, b"p")
+
+
+def test_undecodable_request_is_refused_and_the_server_keeps_answering(bundled_server: ServerProcess,
+                                                                       stubs: dict[str, Stubs]) -> None:
+    import grpc
+
+    s = stubs["v3"]
+    pb = s.pb2
+    with bundled_server.channel() as channel:
+        raw = channel.unary_unary("/emqx.exhook.v3.HookProvider/OnClientAuthenticate",
+                                  request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as info:
+            raw(b"\xff\xff\xff\xff not a protobuf", timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "cannot decode the client.authenticate request" in (info.value.details() or "")
+        reply = s.stub(channel).OnClientAuthenticate(pb.ClientAuthenticateRequest(
+            clientinfo=client_info(pb, "c", "gooduser"), meta=meta(pb)), timeout=10)
+    assert (reply.type, reply.bool_result) == (pb.ValuedResponse.STOP_AND_RETURN, True)
+    assert "refused an undecodable client.authenticate request" in bundled_server.log()
+    assert 'hookrules_bad_requests_total{broker="emqx",reason="undecodable"} 1.0' in bundled_server.metrics_text()

@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from .. import metrics
 from ..decisions import POLICY_DECISIONS, Decision
@@ -186,6 +188,29 @@ def _reply_kind(hook: str) -> str:
 
 # -- the servicer -------------------------------------------------------------------------------
 
+#: Undecodable requests are logged at most this often (each is counted).
+BAD_REQUEST_LOG_INTERVAL = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """Stands in for a request whose bytes did not parse, so the handler can refuse it clearly."""
+
+    error: str
+
+
+def _decoder(message_class: Any) -> Callable[[bytes], Any]:
+    parse = message_class.FromString
+
+    def decode(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:  # grpc would answer UNKNOWN with a Python traceback text
+            return Undecodable(str(exc))
+
+    return decode
+
+
 
 class ExhookAdapter:
     """Serves HookProvider for every proto version given, all answered by one engine."""
@@ -195,7 +220,7 @@ class ExhookAdapter:
         self.protos = [exhook_proto.load(v) for v in versions]
         #: the hook spec EMQX last loaded, to tell operators when the rules no longer match it
         self.advertised: dict[str, tuple[str, ...]] | None = None
-        self._timers: dict[str, Any] = {}
+        self._last_refusal_log = float("-inf")
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         return [self._service(proto) for proto in self.protos]
@@ -212,7 +237,7 @@ class ExhookAdapter:
                 hook = RPC_HOOKS[rpc]
                 fn = self._hook_handler(hook, getattr(replies, _reply_kind(hook)), replies)
             handlers[rpc] = grpc.unary_unary_rpc_method_handler(
-                fn, request_deserializer=proto.messages[req_name].FromString,
+                fn, request_deserializer=_decoder(proto.messages[req_name]),
                 response_serializer=proto.messages[resp_name].SerializeToString)
         return grpc.method_handlers_generic_handler(proto.service_name, handlers)
 
@@ -222,6 +247,8 @@ class ExhookAdapter:
         timer = metrics.REQUEST_SECONDS.labels(BROKER, hook)
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if request.__class__ is Undecodable:
+                return await self.refuse(request, hook, context)
             started = time.perf_counter()
             try:
                 if not engine.needs_event(hook):
@@ -242,6 +269,16 @@ class ExhookAdapter:
 
         return handle
 
+    async def refuse(self, request: Undecodable, what: str, context: grpc.aio.ServicerContext) -> Any:
+        """A request that is not the protobuf it claims to be: INVALID_ARGUMENT, counted, logged."""
+        metrics.BAD_REQUESTS.labels(BROKER, "undecodable").inc()
+        now = time.monotonic()
+        if now - self._last_refusal_log >= BAD_REQUEST_LOG_INTERVAL:
+            self._last_refusal_log = now
+            log.warning("refused an undecodable %s request (%s); more within %.0f s are only counted "
+                        "in hookrules_bad_requests_total", what, request.error, BAD_REQUEST_LOG_INTERVAL)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot decode the {what} request: {request.error}")
+
     def hook_specs(self, ruleset: RuleSet) -> dict[str, tuple[str, ...]]:
         """The EMQX hooks that have a rule file, in EMQX's order, with their TOPICS.
 
@@ -259,6 +296,8 @@ class ExhookAdapter:
 
     def _loaded_handler(self, proto: ExhookProto) -> Callable[..., Any]:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if request.__class__ is Undecodable:
+                return await self.refuse(request, "OnProviderLoaded", context)
             specs = self.hook_specs(self.engine.ruleset)
             self.advertised = specs
             log.info("EMQX %s (node %s, cluster %s) loaded hookrules over exhook %s: %s",
@@ -270,6 +309,8 @@ class ExhookAdapter:
 
     def _unloaded_handler(self, proto: ExhookProto, replies: _Replies) -> Callable[..., Any]:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if request.__class__ is Undecodable:
+                return await self.refuse(request, "OnProviderUnloaded", context)
             log.info("EMQX node %s unloaded hookrules (exhook %s)", request.meta.node or "?", proto.version)
             return replies.empty
 
