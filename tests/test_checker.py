@@ -9,26 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from hookrules.errors import RuleError, RuleLoadError
 from hookrules.hooks import HOOKS, hook_for_file
 from hookrules.lang.checker import MAX_DEPTH, MAX_SOURCE_BYTES
 from hookrules.ruleset import CompiledRule, RuleSet, compile_rule, scan
 
-BUNDLED_RULES = Path(__file__).resolve().parent.parent / "rules"
-
-AUTHZ = "client.authorize"
-AUTHN = "client.authenticate"
-PUBLISH = "message.publish"
-
-
-def rule_path(hook: str) -> str:
-    return f"rules/{hook}.star"
-
-
-def compile_src(src: str | bytes, hook: str = AUTHZ) -> CompiledRule:
-    data = src if isinstance(src, bytes) else src.encode("utf-8")
-    return compile_rule(rule_path(hook), data, HOOKS[hook])
+from .rule_helpers import AUTHN, AUTHZ, PUBLISH, compile_src, rule_path
+from .support import BUNDLED_RULES
 
 
 def load_errors(src: str | bytes, hook: str = AUTHZ) -> list[RuleError]:

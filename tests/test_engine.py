@@ -8,32 +8,32 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import pytest
-
-from hookrules.decisions import ALLOW, IGNORE, Allow, Decision, Deny, Drop, Ignore, Rewrite
+from hookrules.decisions import (
+    ALLOW,
+    IGNORE,
+    Allow,
+    Decision,
+    Deny,
+    Drop,
+    Ignore,
+    Rewrite,
+)
 from hookrules.engine import Engine, Outcome
 from hookrules.errors import RuleError, RuleLoadError
 from hookrules.events import Client, Event, Message, TopicFilter, frozen_map
-from hookrules.hooks import HOOKS
-from hookrules.ruleset import CompiledRule, Limits, RuleRuntimeError, RuleSet, compile_rule, scan
+from hookrules.ruleset import (
+    Limits,
+    RuleRuntimeError,
+    RuleSet,
+    scan,
+)
 
-BUNDLED_RULES = Path(__file__).resolve().parent.parent / "rules"
-
-AUTHZ = "client.authorize"
-AUTHN = "client.authenticate"
-PUBLISH = "message.publish"
-
-
-def rule_path(hook: str) -> str:
-    return f"rules/{hook}.star"
-
-
-def compile_src(src: str, hook: str = AUTHZ) -> CompiledRule:
-    return compile_rule(rule_path(hook), src.encode("utf-8"), HOOKS[hook])
+from .rule_helpers import AUTHN, AUTHZ, PUBLISH, compile_src, rule_path
+from .support import BUNDLED_RULES
 
 
 def authz_event(username: str = "u", client_id: str = "c1", action: str = "publish", topic: str = "a/b") -> Event:
