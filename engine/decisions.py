@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 Kind = Literal["allow", "deny", "ignore", "rewrite", "drop"]
 
 
 @dataclass(frozen=True, slots=True)
 class Allow:
+    """Let it happen. VerneMQ only: `modifiers` (checked against what the hook accepts) and `cache`
+    (seconds VerneMQ may reuse the answer)."""
+
+    modifiers: Mapping[str, Any] | None = None
+    cache: int | None = None
     kind: ClassVar[Kind] = "allow"
 
 
@@ -31,6 +37,9 @@ class Rewrite:
     topic: str | None = None
     payload: bytes | None = None
     qos: int | None = None
+    retain: bool | None = None
+    #: VerneMQ on_unsubscribe: the topic filters to unsubscribe instead
+    topics: tuple[str, ...] | None = None
     kind: ClassVar[Kind] = "rewrite"
 
 

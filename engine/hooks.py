@@ -36,6 +36,10 @@ class HookInfo:
     failure_policy: Policy = "ignore"
     #: whether the rule may declare TOPICS (EMQX HookSpec.topics, message hooks only)
     topic_filtered: bool = False
+    #: the fields rewrite() may set in this hook
+    rewrites: frozenset[str] = frozenset()
+    #: whether allow(cache=SECONDS) means something (VerneMQ caches ok answers of these hooks)
+    cacheable: bool = False
 
     @property
     def can_decide(self) -> bool:
@@ -47,11 +51,15 @@ class HookInfo:
 
 
 def _emqx(name: str, decisions: frozenset[str], *names: str, policy: Policy = "ignore") -> HookInfo:
-    return HookInfo(name, "emqx", decisions, names, policy, name.startswith("message."))
+    # EMQX reads back only topic, payload and qos of a returned message
+    rewrites = frozenset({"topic", "payload", "qos"}) if "rewrite" in decisions else frozenset()
+    return HookInfo(name, "emqx", decisions, names, policy, name.startswith("message."), rewrites)
 
 
-def _vmq(name: str, decisions: frozenset[str], *names: str, policy: Policy = "ignore") -> HookInfo:
-    return HookInfo(name, "vernemq", decisions, names + ("request",), policy)
+def _vmq(name: str, decisions: frozenset[str], *names: str, policy: Policy = "ignore",
+         rewrites: frozenset[str] = frozenset()) -> HookInfo:
+    cacheable = name.startswith(("auth_on_register", "auth_on_publish", "auth_on_subscribe"))
+    return HookInfo(name, "vernemq", decisions, names + ("request",), policy, False, rewrites, cacheable)
 
 
 _CONN_PROPS = ("conn", "properties", "user_properties")
@@ -80,27 +88,31 @@ EMQX_HOOKS: tuple[HookInfo, ...] = (
     _emqx("message.dropped", NOTIFY, "message", "reason"),
 )
 
-# VerneMQ hooks are listed now so one rules directory can hold both brokers' files; the
-# webhooks adapter (issue 3) gives them their data.
+# VerneMQ: `request` is the raw JSON body, for fields only VerneMQ has (clean_session, listener_*, ...).
 _VMQ_MSG = ("message", "topic", "qos")
+_M5 = ("properties", "user_properties")
+_PUBLISH_REWRITES = frozenset({"topic", "payload", "qos", "retain"})
+_DELIVER = frozenset({"allow", "ignore", "rewrite"})
+_UNSUBSCRIBE = frozenset({"allow", "ignore", "rewrite"})
 VERNEMQ_HOOKS: tuple[HookInfo, ...] = (
     _vmq("auth_on_register", AUTH, policy="deny"),
-    _vmq("auth_on_register_m5", AUTH, "properties", "user_properties", policy="deny"),
-    _vmq("auth_on_publish", PUBLISH, *_VMQ_MSG, policy="deny"),
-    _vmq("auth_on_publish_m5", PUBLISH, *_VMQ_MSG, policy="deny"),
+    _vmq("auth_on_register_m5", AUTH, *_M5, policy="deny"),
+    _vmq("auth_on_publish", PUBLISH, *_VMQ_MSG, policy="deny", rewrites=_PUBLISH_REWRITES),
+    _vmq("auth_on_publish_m5", PUBLISH, *_VMQ_MSG, policy="deny", rewrites=_PUBLISH_REWRITES),
+    # subscribe hooks run the rule once per requested topic
     _vmq("auth_on_subscribe", AUTH, "topic", "qos", policy="deny"),
-    _vmq("auth_on_subscribe_m5", AUTH, "topic", "qos", "properties", "user_properties", policy="deny"),
+    _vmq("auth_on_subscribe_m5", AUTH, "topic", "qos", *_M5, policy="deny"),
     _vmq("on_auth_m5", AUTH, "properties", policy="deny"),
     _vmq("on_register", NOTIFY),
-    _vmq("on_register_m5", NOTIFY, "properties", "user_properties"),
+    _vmq("on_register_m5", NOTIFY, *_M5),
     _vmq("on_publish", NOTIFY, *_VMQ_MSG),
     _vmq("on_publish_m5", NOTIFY, *_VMQ_MSG),
     _vmq("on_subscribe", NOTIFY, "topics"),
-    _vmq("on_subscribe_m5", NOTIFY, "topics", "properties", "user_properties"),
-    _vmq("on_unsubscribe", frozenset({"allow", "ignore", "rewrite"}), "topics"),
-    _vmq("on_unsubscribe_m5", frozenset({"allow", "ignore", "rewrite"}), "topics", "properties", "user_properties"),
-    _vmq("on_deliver", frozenset({"allow", "ignore", "rewrite"}), *_VMQ_MSG),
-    _vmq("on_deliver_m5", frozenset({"allow", "ignore", "rewrite"}), *_VMQ_MSG),
+    _vmq("on_subscribe_m5", NOTIFY, "topics", *_M5),
+    _vmq("on_unsubscribe", _UNSUBSCRIBE, "topics", rewrites=frozenset({"topics"})),
+    _vmq("on_unsubscribe_m5", _UNSUBSCRIBE, "topics", *_M5, rewrites=frozenset({"topics"})),
+    _vmq("on_deliver", _DELIVER, *_VMQ_MSG, rewrites=frozenset({"topic", "payload"})),
+    _vmq("on_deliver_m5", _DELIVER, *_VMQ_MSG, rewrites=frozenset({"topic", "payload"})),
     _vmq("on_offline_message", NOTIFY, *_VMQ_MSG),
     _vmq("on_client_wakeup", NOTIFY),
     _vmq("on_client_offline", NOTIFY),

@@ -21,7 +21,7 @@ from .decisions import Decision
 from .errors import Location, RuleError, RuleLoadError, char_col, source_lines
 from .events import Event
 from .hooks import HOOKS, RULE_SUFFIX, HookInfo, hook_for_file, valid_file_names
-from .lang.builtins import DECISIONS, HELPERS, SAFE_BUILTINS, make_log, topic_match
+from .lang.builtins import HELPERS, SAFE_BUILTINS, make_decisions, make_log, topic_match
 from .lang.checker import TOPICS_NAME, check
 from .lang.interp import RuleAbort, RuleInterpreter
 
@@ -115,7 +115,7 @@ def compile_rule(path: str, data: bytes, hook: HookInfo) -> CompiledRule:
         checked.tree.body = [s for s in checked.tree.body if not _declares_topics(s)]
     base: dict[str, Any] = dict(SAFE_BUILTINS)
     base.update(HELPERS)
-    base.update({name: fn for name, fn in DECISIONS.items() if name in hook.decisions})
+    base.update(make_decisions(hook))
     base["log"] = make_log(path)
     if checked.topics:
         base[TOPICS_NAME] = checked.topics

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 
-from ..decisions import ALLOW, IGNORE, Decision, Deny, Drop, Rewrite
+from ..decisions import ALLOW, IGNORE, Allow, Decision, Deny, Drop, Rewrite
+from ..hooks import HookInfo
+from ..modifiers import SCHEMAS
+from ..modifiers import validate as validate_modifiers
 
 MAX_RANGE = 100_000  # a bigger range is a mistake in a rule that answers in microseconds
 MAX_JSON_BYTES = 1 << 20
@@ -55,20 +59,38 @@ def drop(reason: str = "") -> None:
     raise Decided(Drop(_reason(reason)))
 
 
-def rewrite(topic: str | None = None, payload: str | bytes | None = None, qos: int | None = None) -> None:
-    """Publish with these fields changed and stop here; a str payload is sent as UTF-8."""
+def _check_topic(topic: Any, what: str) -> str:
+    if not isinstance(topic, str) or not topic:
+        raise ValueError(f"{what} needs a non-empty string")
+    if "+" in topic or "#" in topic:
+        raise ValueError(f"{what}: a published topic cannot hold the wildcards + or # ({topic!r})")
+    return topic
+
+
+def _rewrite(topic: Any, payload: Any, qos: Any, retain: Any, topics: Any) -> Rewrite:
     if topic is not None:
-        if not isinstance(topic, str) or not topic:
-            raise ValueError("rewrite(topic=...) needs a non-empty string")
-        if "+" in topic or "#" in topic:
-            raise ValueError(f"rewrite(topic={topic!r}): a published topic cannot hold the wildcards + or #")
+        _check_topic(topic, "rewrite(topic=...)")
     if isinstance(payload, str):
         payload = payload.encode("utf-8")
     elif payload is not None and not isinstance(payload, bytes):
         raise TypeError(f"rewrite(payload=...) needs str or bytes, not {type(payload).__name__}")
     if qos is not None and (type(qos) is not int or qos not in (0, 1, 2)):
         raise ValueError(f"rewrite(qos={qos!r}): qos is 0, 1 or 2")
-    raise Decided(Rewrite(topic, payload, qos))
+    if retain is not None and type(retain) is not bool:
+        raise ValueError(f"rewrite(retain={retain!r}): retain is True or False")
+    if topics is not None:
+        if not isinstance(topics, (list, tuple)) or not all(isinstance(t, str) and t for t in topics):
+            raise ValueError("rewrite(topics=...) needs a list of topic filter strings")
+        for t in topics:
+            validate_filter(t)
+        topics = tuple(topics)
+    return Rewrite(topic, payload, qos, retain, topics)
+
+
+def rewrite(topic: str | None = None, payload: str | bytes | None = None, qos: int | None = None,
+            retain: bool | None = None, topics: list[str] | None = None) -> None:
+    """Publish with these fields changed and stop here; a str payload is sent as UTF-8."""
+    raise Decided(_rewrite(topic, payload, qos, retain, topics))
 
 
 DECISIONS: dict[str, Callable[..., None]] = {
@@ -78,6 +100,45 @@ DECISIONS: dict[str, Callable[..., None]] = {
     "rewrite": rewrite,
     "drop": drop,
 }
+
+
+def make_decisions(hook: HookInfo) -> dict[str, Callable[..., None]]:
+    """The decision functions one hook's rules get: only the ones it can make, checking what only it
+    accepts (its rewrite fields, VerneMQ modifiers, cache) where the rule calls them, so a mistake is
+    a rule error with file:line:col rather than a reply the broker chokes on."""
+    schema = SCHEMAS.get(hook.name)
+
+    def hook_allow(modifiers: Mapping[str, Any] | None = None, cache: int | None = None) -> None:
+        """Let it happen and stop here (VerneMQ: with modifiers, and an answer cached for `cache` s)."""
+        if modifiers is None and cache is None:
+            raise Decided(ALLOW)
+        checked = None
+        if modifiers is not None:
+            if schema is None:
+                raise ValueError(f"{hook.name} takes no modifiers")
+            if not isinstance(modifiers, Mapping):
+                raise TypeError(f"allow(modifiers=...) needs a dict, not {type(modifiers).__name__}")
+            checked = MappingProxyType(validate_modifiers(modifiers, schema))
+        if cache is not None:
+            if not hook.cacheable:
+                raise ValueError(f"allow(cache=...) means nothing in {hook.name}: only VerneMQ auth_on_register, "
+                                 "auth_on_publish and auth_on_subscribe answers are cached")
+            if type(cache) is not int or cache < 0:
+                raise ValueError(f"allow(cache={cache!r}): cache is a whole number of seconds")
+        raise Decided(Allow(checked, cache))
+
+    def hook_rewrite(topic: str | None = None, payload: str | bytes | None = None, qos: int | None = None,
+                     retain: bool | None = None, topics: list[str] | None = None) -> None:
+        """Change the listed fields and stop here."""
+        given = {k for k, v in (("topic", topic), ("payload", payload), ("qos", qos), ("retain", retain),
+                                ("topics", topics)) if v is not None}
+        if given - hook.rewrites:
+            raise ValueError(f"{hook.name} cannot rewrite {', '.join(sorted(given - hook.rewrites))}; "
+                             f"it can rewrite {', '.join(sorted(hook.rewrites))}")
+        raise Decided(_rewrite(topic, payload, qos, retain, topics))
+
+    table: dict[str, Callable[..., None]] = {**DECISIONS, "allow": hook_allow, "rewrite": hook_rewrite}
+    return {name: fn for name, fn in table.items() if name in hook.decisions}
 
 
 def validate_filter(filter: str) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..errors import Location, RuleError, RuleLoadError, char_col, source_lines
 from ..hooks import HOOKS, PUBLISH, HookInfo
+from ..modifiers import SCHEMAS as MODIFIER_SCHEMAS
 from .builtins import DECISIONS, provided_names, validate_filter
 
 MAX_SOURCE_BYTES = 256 * 1024
@@ -223,6 +224,25 @@ class _Checker:
         for kw in node.keywords:
             if kw.arg is None:
                 self.error(kw.value, "'**' unpacking is not allowed in rules", "pass the keyword arguments one by one")
+        func = node.func
+        if isinstance(func, ast.Name) and func.id in ("allow", "rewrite") and func.id in self.hook.decisions:
+            self._check_decision_call(func.id, node)
+
+    def _check_decision_call(self, name: str, node: ast.Call) -> None:
+        """What allow()/rewrite() may carry depends on the hook; keywords are static, so say it now."""
+        hook = self.hook
+        if name == "rewrite":
+            accepted = set(hook.rewrites)
+            example = ", ".join(f"{f}=..." for f in sorted(hook.rewrites))
+        else:
+            accepted = ({"modifiers"} if hook.name in MODIFIER_SCHEMAS else set()) | ({"cache"} if hook.cacheable else set())
+            example = ", ".join(f"{f}=..." for f in sorted(accepted)) or ""
+        if node.args:
+            self.error(node, f"{name}() takes keyword arguments only", f"write {name}({example})")
+        for kw in node.keywords:
+            if kw.arg is not None and kw.arg not in accepted:
+                can = f"it takes {', '.join(sorted(accepted))}" if accepted else f"in {hook.name} it takes none"
+                self.error(kw.value, f"{name}() in {hook.name} has no '{kw.arg}'", can)
 
     def visit_FormattedValue(self, node: ast.FormattedValue) -> None:
         spec = node.format_spec
