@@ -8,7 +8,16 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import DEFAULT_GRPC, DEFAULT_METRICS, LOG_LEVELS, Config, ConfigError, parse_policy
+from .config import (
+    DEFAULT_GRPC,
+    DEFAULT_HTTP,
+    DEFAULT_MAX_BODY,
+    DEFAULT_METRICS,
+    LOG_LEVELS,
+    Config,
+    ConfigError,
+    parse_policy,
+)
 from .ruleset import Limits, RuleSet, scan
 
 
@@ -17,10 +26,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hookrules {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="answer EMQX ExHook calls from the rules directory")
+    serve = sub.add_parser("serve", help="answer EMQX ExHook calls and VerneMQ webhooks from the rules directory")
     serve.add_argument("--rules", type=Path, default=Path("rules"), help="rules directory (default: rules)")
     serve.add_argument("--grpc", default=DEFAULT_GRPC, metavar="HOST:PORT",
-                       help=f"ExHook gRPC address (default: {DEFAULT_GRPC}; port 0 picks a free port)")
+                       help=f"EMQX ExHook gRPC address (default: {DEFAULT_GRPC}; port 0 picks a free port; 'off')")
+    serve.add_argument("--http", default=DEFAULT_HTTP, metavar="HOST:PORT",
+                       help=f"VerneMQ webhooks HTTP address (default: {DEFAULT_HTTP}; port 0 picks a free port; 'off')")
+    serve.add_argument("--vernemq-base64", default="on", choices=("on", "off"),
+                       help="whether VerneMQ sends payloads base64-encoded, as its base64encode setting "
+                            "(default: on; an endpoint URL may override it with ?base64=off)")
+    serve.add_argument("--http-max-body", type=int, default=DEFAULT_MAX_BODY, metavar="BYTES",
+                       help="largest webhook body accepted (default: %(default)s)")
     serve.add_argument("--metrics", default=DEFAULT_METRICS, metavar="HOST:PORT",
                        help=f"Prometheus /metrics address (default: {DEFAULT_METRICS}; 'off' disables it)")
     serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
@@ -38,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _off(value: str) -> str | None:
+    return None if value == "off" else value
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .server import run  # grpc is imported only when serving
 
@@ -45,7 +65,8 @@ def _serve(args: argparse.Namespace) -> int:
                         stream=sys.stderr)
     try:
         config = Config(
-            rules=args.rules, grpc=args.grpc, metrics=None if args.metrics == "off" else args.metrics,
+            rules=args.rules, grpc=_off(args.grpc), http=_off(args.http), metrics=_off(args.metrics),
+            vernemq_base64=args.vernemq_base64 == "on", http_max_body=args.http_max_body,
             log_level=args.log_level, failure_policy=dict(parse_policy(p) for p in args.failure_policy),
             limits=Limits(args.max_steps, args.rule_timeout), polling=args.polling,
         )

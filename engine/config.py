@@ -9,7 +9,9 @@ from .hooks import HOOKS, Policy
 from .ruleset import Limits
 
 DEFAULT_GRPC = "0.0.0.0:9000"  # the port EMQX's documentation uses
+DEFAULT_HTTP = "0.0.0.0:8080"  # VerneMQ webhooks
 DEFAULT_METRICS = "0.0.0.0:9464"
+DEFAULT_MAX_BODY = 1024 * 1024
 POLICIES: tuple[Policy, ...] = ("deny", "ignore", "allow")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -43,8 +45,13 @@ def parse_policy(value: str) -> tuple[str, Policy]:
 @dataclass(frozen=True)
 class Config:
     rules: Path = Path("rules")
-    grpc: str = DEFAULT_GRPC
+    grpc: str | None = DEFAULT_GRPC  # None: no EMQX ExHook server
+    http: str | None = DEFAULT_HTTP  # None: no VerneMQ webhooks server
     metrics: str | None = DEFAULT_METRICS  # None: no metrics endpoint
+    #: payloads come base64-encoded (vmq_webhooks' base64encode, on by default); an endpoint URL may
+    #: say otherwise with ?base64=off
+    vernemq_base64: bool = True
+    http_max_body: int = DEFAULT_MAX_BODY
     log_level: str = "info"
     failure_policy: dict[str, Policy] = field(default_factory=dict)
     limits: Limits = Limits()
@@ -52,9 +59,13 @@ class Config:
     grace_period: float = 5.0  # seconds calls in flight get to finish on shutdown
 
     def __post_init__(self) -> None:
-        parse_address(self.grpc, "--grpc")
-        if self.metrics is not None:
-            parse_address(self.metrics, "--metrics")
+        for value, flag in ((self.grpc, "--grpc"), (self.http, "--http"), (self.metrics, "--metrics")):
+            if value is not None:
+                parse_address(value, flag)
+        if self.grpc is None and self.http is None:
+            raise ConfigError("--grpc and --http are both off: nothing would be served")
+        if self.http_max_body < 1024:
+            raise ConfigError(f"--http-max-body {self.http_max_body} is too small: a webhook body needs at least 1024 bytes")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log level '{self.log_level}' is not one of {', '.join(LOG_LEVELS)}")
         for hook, policy in self.failure_policy.items():

@@ -38,6 +38,17 @@ class Outcome:
 NO_RULE = Outcome(IGNORE, "no_rule")
 
 
+def _source(ruleset: RuleSet, hook: str) -> str | None:
+    """The hook whose rule file answers `hook`: its own, else its fallback's, else None."""
+    if hook in ruleset.rules or hook in ruleset.broken:
+        return hook
+    info = HOOKS.get(hook)
+    fallback = info.fallback if info is not None else None
+    if fallback is not None and (fallback in ruleset.rules or fallback in ruleset.broken):
+        return fallback
+    return None
+
+
 class Engine:
     def __init__(self, ruleset: RuleSet | None = None, policies: Mapping[str, Policy] | None = None,
                  limits: Limits | None = None):
@@ -56,8 +67,7 @@ class Engine:
     def needs_event(self, hook: str) -> bool:
         """False when the hook has no rule file: the answer is ignore() whatever the event says, so an
         adapter may skip building it (most EMQX calls are notifications nobody wrote a rule for)."""
-        ruleset = self.ruleset
-        return hook in ruleset.rules or hook in ruleset.broken
+        return _source(self.ruleset, hook) is not None
 
     def skip(self, broker: str, hook: str) -> Outcome:
         """The outcome of a call to a hook with no rule file, counted like any other decision."""
@@ -67,9 +77,10 @@ class Engine:
     def decide(self, event: Event, timeout: float | None = None) -> Outcome:
         """Run the hook's rule on the event. Never raises for anything a rule does."""
         ruleset = self.ruleset  # one read: a swap during this call does not affect it
-        rule = ruleset.get(event.hook)
-        if rule is None and event.hook in ruleset.broken:
-            outcome = self._failed(event, "", RuleError("load_error", Location(ruleset.broken[event.hook]),
+        source = _source(ruleset, event.hook)
+        rule = ruleset.get(source) if source is not None else None
+        if rule is None and source is not None:  # its file exists but never loaded
+            outcome = self._failed(event, "", RuleError("load_error", Location(ruleset.broken[source]),
                                                         "the rule file has errors and no earlier version loaded",
                                                         "run 'hookrules check' on the rules directory"))
         elif rule is None:

@@ -40,6 +40,9 @@ class HookInfo:
     rewrites: frozenset[str] = frozenset()
     #: whether allow(cache=SECONDS) means something (VerneMQ caches ok answers of these hooks)
     cacheable: bool = False
+    #: the hook whose rule serves this one when it has no file of its own (VerneMQ's _m5 hooks
+    #: fall back to their MQTT 3 twin, so one rule serves clients of both protocol versions)
+    fallback: str | None = None
 
     @property
     def can_decide(self) -> bool:
@@ -59,7 +62,8 @@ def _emqx(name: str, decisions: frozenset[str], *names: str, policy: Policy = "i
 def _vmq(name: str, decisions: frozenset[str], *names: str, policy: Policy = "ignore",
          rewrites: frozenset[str] = frozenset()) -> HookInfo:
     cacheable = name.startswith(("auth_on_register", "auth_on_publish", "auth_on_subscribe"))
-    return HookInfo(name, "vernemq", decisions, names + ("request",), policy, False, rewrites, cacheable)
+    twin = name.removesuffix("_m5") if name.endswith("_m5") and name != "on_auth_m5" else None
+    return HookInfo(name, "vernemq", decisions, names + ("request",), policy, False, rewrites, cacheable, twin)
 
 
 _CONN_PROPS = ("conn", "properties", "user_properties")

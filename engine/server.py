@@ -1,6 +1,7 @@
 """Server(config): puts the parts together and owns their lifecycle (uvicorn's Server, in small).
 
-Start: load the rules, start watching them, open the metrics endpoint, then the gRPC port.
+Start: load the rules, start watching them, open the metrics endpoint, then the broker ports (EMQX
+ExHook over gRPC, VerneMQ webhooks over HTTP), all on one asyncio loop.
 Stop (SIGTERM/SIGINT): stop accepting, give calls in flight the grace period, stop the watcher.
 """
 
@@ -9,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import sys
 from typing import Any
 
 import grpc
+from aiohttp import web
 from prometheus_client import start_http_server
 
 from .adapters.exhook import ExhookAdapter
+from .adapters.webhooks import WebhookAdapter
 from .config import Config, ConfigError, parse_address
 from .engine import Engine
 from .reload import Reloader
@@ -23,7 +27,7 @@ from .reload import Reloader
 log = logging.getLogger(__name__)
 
 
-def _grpc_target(host: str, port: int) -> str:
+def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -38,10 +42,13 @@ class Server:
         self.engine = Engine(policies=config.failure_policy, limits=config.limits)
         self.reloader = Reloader(config.rules, self.engine, polling=config.polling)
         self.exhook = ExhookAdapter(self.engine)
+        self.webhooks = WebhookAdapter(self.engine, base64=config.vernemq_base64, max_body=config.http_max_body)
         self.reloader.listeners.append(self.exhook.rules_changed)
         self.grpc_server: grpc.aio.Server | None = None
+        self.http_runner: web.AppRunner | None = None
         self.metrics_server: Any = None
         self.grpc_port = 0
+        self.http_port = 0
         self.metrics_port = 0
         self._stop = asyncio.Event()
 
@@ -51,29 +58,60 @@ class Server:
         self.reloader.start(loop)
         announce(f"serving {len(self.engine.ruleset)} rule file(s) from {self.config.rules}")
         if self.config.metrics is not None:
-            host, port = parse_address(self.config.metrics, "--metrics")
-            try:
-                self.metrics_server, _ = start_http_server(port, addr=host)
-            except OSError as exc:
-                raise ConfigError(f"cannot listen for metrics on {self.config.metrics}: {exc.strerror}") from None
-            self.metrics_port = self.metrics_server.server_port
-            announce(f"Prometheus metrics on http://{_grpc_target(host, self.metrics_port)}/metrics")
-        host, port = parse_address(self.config.grpc, "--grpc")
+            self._start_metrics(self.config.metrics)
+        if self.config.grpc is not None:
+            await self._start_grpc(self.config.grpc)
+        if self.config.http is not None:
+            await self._start_http(self.config.http)
+
+    def _start_metrics(self, address: str) -> None:
+        host, port = parse_address(address, "--metrics")
+        try:
+            self.metrics_server, _ = start_http_server(port, addr=host)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen for metrics on {address}: {exc.strerror}") from None
+        self.metrics_port = self.metrics_server.server_port
+        announce(f"Prometheus metrics on http://{_hostport(host, self.metrics_port)}/metrics")
+
+    async def _start_grpc(self, address: str) -> None:
+        host, port = parse_address(address, "--grpc")
         # so_reuseport=0: a second server on a busy port must fail loudly, not share it silently
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         server.add_generic_rpc_handlers(self.exhook.generic_handlers())
         try:
-            self.grpc_port = server.add_insecure_port(_grpc_target(host, port))
+            self.grpc_port = server.add_insecure_port(_hostport(host, port))
         except RuntimeError as exc:
-            raise ConfigError(f"cannot listen for gRPC on {self.config.grpc}: {exc} (is the port in use?)") from None
+            raise ConfigError(f"cannot listen for gRPC on {address}: {exc} (is the port in use?)") from None
         await server.start()
         self.grpc_server = server
-        announce(f"EMQX ExHook (emqx.exhook.v2 and v3) on {_grpc_target(host, self.grpc_port)}")
+        announce(f"EMQX ExHook (emqx.exhook.v2 and v3) on {_hostport(host, self.grpc_port)}")
+
+    async def _start_http(self, address: str) -> None:
+        host, port = parse_address(address, "--http")
+        # our own socket, so port 0 can be reported; access_log=None: one line per request is noise
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(1024)  # VerneMQ keeps up to 100 connections per endpoint
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot listen for HTTP on {address}: {exc.strerror} (is the port in use?)") from None
+        runner = web.AppRunner(self.webhooks.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.SockSite(runner, sock, shutdown_timeout=self.config.grace_period).start()
+        self.http_runner = runner
+        self.http_port = sock.getsockname()[1]
+        announce(f"VerneMQ webhooks on http://{_hostport(host, self.http_port)}/")
 
     async def stop(self) -> None:
         if self.grpc_server is not None:
             await self.grpc_server.stop(self.config.grace_period)
             self.grpc_server = None
+        if self.http_runner is not None:
+            await self.http_runner.cleanup()
+            self.http_runner = None
         self.reloader.stop()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
@@ -86,7 +124,11 @@ class Server:
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # whatever did start must not outlive a failed start
+            raise
         for sig in (signal.SIGTERM, signal.SIGINT):  # either one: stop accepting, drain, exit 0
             loop.add_signal_handler(sig, self.request_stop)
         try:

@@ -48,7 +48,8 @@ def generate_stubs(out_dir: Path) -> dict[str, Stubs]:
             for v in ("v2", "v3")}
 
 
-_LISTEN = re.compile(r"^hookrules: (?P<what>EMQX ExHook|Prometheus metrics) .* (?:on )?(?:http://)?(?P<host>[\d.]+):(?P<port>\d+)")
+_LISTEN = re.compile(r"^hookrules: (?P<what>EMQX ExHook|VerneMQ webhooks|Prometheus metrics) .*"
+                     r"on (?:http://)?(?P<host>[\d.]+):(?P<port>\d+)")
 
 
 class ServerProcess:
@@ -58,9 +59,12 @@ class ServerProcess:
         self.rules = rules
         self.log_path = log_path
         self.grpc_port = 0
+        self.http_port = 0
         self.metrics_port = 0
         cmd = [sys.executable, "-m", "hookrules", "serve", "--rules", str(rules), "--grpc", "127.0.0.1:0",
-               "--metrics", "127.0.0.1:0", "--log-level", "debug", *extra]
+               "--http", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--log-level", "debug", *extra]
+        # the last front-end to start announces last
+        self._last = "VerneMQ webhooks" if "--http" not in extra else "EMQX ExHook"
         self._log = open(log_path, "wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, env=env)
@@ -69,22 +73,28 @@ class ServerProcess:
     def _wait_ready(self) -> None:
         assert self.proc.stdout is not None
         deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline and not self.grpc_port:
+        ready = False
+        while time.monotonic() < deadline and not ready:
             line = self.proc.stdout.readline().decode()
             if not line:
                 raise RuntimeError(f"server exited early (rc={self.proc.poll()}):\n{self.log()}")
             m = _LISTEN.match(line)
-            if m and m["what"] == "EMQX ExHook":
-                self.grpc_port = int(m["port"])
-            elif m:
-                self.metrics_port = int(m["port"])
-        if not self.grpc_port:
+            if m:
+                attr = {"EMQX ExHook": "grpc_port", "VerneMQ webhooks": "http_port"}.get(m["what"], "metrics_port")
+                setattr(self, attr, int(m["port"]))
+                ready = m["what"] == self._last
+        if not ready:
             self.stop()
-            raise RuntimeError(f"server did not report its gRPC port in {START_TIMEOUT}s:\n{self.log()}")
+            raise RuntimeError(f"server did not report its ports in {START_TIMEOUT}s:\n{self.log()}")
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def url(self) -> str:
+        """The VerneMQ webhooks endpoint."""
+        return f"http://127.0.0.1:{self.http_port}/"
 
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(self.target)

@@ -1,0 +1,132 @@
+"""VerneMQ webhooks front-end: aiohttp on the server's event loop, one POST route for every hook.
+
+The hook is the `vernemq-hook` header, the path is free (VerneMQ allows any endpoint URL, query
+included). A body hookrules cannot read gets a JSON error with a status that says what is wrong;
+anything a rule does gets a 200 with a reply VerneMQ accepts (adapters/vernemq.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from .. import metrics
+from ..decisions import POLICY_DECISIONS
+from ..engine import Engine
+from ..hooks import HOOKS
+from .vernemq import (
+    BROKER,
+    SUBSCRIBE_HOOKS,
+    BadRequest,
+    Reply,
+    Unrepresentable,
+    events_for,
+    reply_for,
+    subscribe_reply,
+)
+
+log = logging.getLogger(__name__)
+
+HOOK_HEADER = "vernemq-hook"
+DEFAULT_MAX_BODY = 1024 * 1024
+#: bad requests are logged at most this often (all are counted)
+BAD_REQUEST_LOG_INTERVAL = 10.0
+_FLAGS = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
+
+
+class WebhookAdapter:
+    """Answers every VerneMQ webhook from the engine's rules."""
+
+    def __init__(self, engine: Engine, *, base64: bool = True, max_body: int = DEFAULT_MAX_BODY):
+        self.engine = engine
+        self.base64 = base64
+        self.max_body = max_body
+        self._timers: dict[str, Any] = {}
+        self._last_bad_log = float("-inf")
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_body)
+        app.router.add_route("POST", "/{path:.*}", self.handle)
+        app.router.add_route("*", "/{path:.*}", self.not_post)
+        return app
+
+    async def not_post(self, request: web.Request) -> web.Response:
+        return self._bad(BadRequest(405, "not_post", f"VerneMQ webhooks are POST requests, not {request.method}"))
+
+    async def handle(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        hook = request.headers.get(HOOK_HEADER, "")
+        try:
+            info = HOOKS.get(hook)
+            if not hook:
+                raise BadRequest(400, "missing_hook", f"the {HOOK_HEADER} header is missing: it names the hook")
+            if info is None or info.broker != BROKER:
+                raise BadRequest(404, "unknown_hook", f"unknown hook '{hook[:100]}'; VerneMQ hooks: "
+                                 + ", ".join(h for h, i in HOOKS.items() if i.broker == BROKER))
+            b64 = self._base64(request)
+            body = await self._body(request)
+            reply = self._answer(hook, body, b64)
+        except BadRequest as bad:
+            return self._bad(bad)
+        finally:
+            if hook in HOOKS and HOOKS[hook].broker == BROKER:
+                self._timer(hook).observe(time.perf_counter() - started)
+        return web.json_response(reply.body, headers=reply.headers)
+
+    def _answer(self, hook: str, body: dict[str, Any], b64: bool) -> Reply:
+        engine = self.engine
+        if not engine.needs_event(hook):
+            events_for(hook, body, b64)  # still refuse a malformed body, as with a rule
+            return reply_for(hook, engine.skip(BROKER, hook).decision, b64)
+        decisions = [engine.decide(event).decision for event in events_for(hook, body, b64)]
+        if hook in SUBSCRIBE_HOOKS:
+            return subscribe_reply(hook, body, decisions)
+        try:
+            return reply_for(hook, decisions[0], b64)
+        except Unrepresentable as exc:
+            policy = engine.policy(hook)
+            log.error("%s: cannot answer %s with that decision: %s (answered %s by failure policy)",
+                      hook, BROKER, exc, policy)
+            metrics.RULE_ERRORS.labels(hook, "runtime").inc()
+            return reply_for(hook, POLICY_DECISIONS[policy], b64)
+
+    def _base64(self, request: web.Request) -> bool:
+        """The endpoint URL may say how its payloads come (`?base64=off`), like vmq_webhooks' base64encode."""
+        flag = request.query.get("base64")
+        if flag is None:
+            return self.base64
+        if flag.lower() not in _FLAGS:
+            raise BadRequest(400, "bad_query", f"query parameter base64 must be on or off, not {flag[:20]!r}")
+        return _FLAGS[flag.lower()]
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise BadRequest(413, "too_large", f"the body is over {self.max_body} bytes") from None
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):  # bad JSON, bad UTF-8, absurd nesting
+            raise BadRequest(400, "malformed_json", "the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest(400, "not_an_object", "the body must be a JSON object")
+        return body
+
+    def _bad(self, bad: BadRequest) -> web.Response:
+        metrics.BAD_REQUESTS.labels(BROKER, bad.reason).inc()
+        now = time.monotonic()
+        if now - self._last_bad_log >= BAD_REQUEST_LOG_INTERVAL:
+            self._last_bad_log = now
+            log.warning("refused a webhook request: %s (HTTP %d); more within %.0f s are only counted in "
+                        "hookrules_bad_requests_total", bad, bad.status, BAD_REQUEST_LOG_INTERVAL)
+        return web.json_response({"error": str(bad)}, status=bad.status)
+
+    def _timer(self, hook: str) -> Any:
+        timer = self._timers.get(hook)
+        if timer is None:
+            timer = self._timers[hook] = metrics.REQUEST_SECONDS.labels(BROKER, hook)
+        return timer
