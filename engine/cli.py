@@ -18,7 +18,7 @@ from .config import (
     ConfigError,
     parse_policy,
 )
-from .ruleset import Limits, RuleSet, scan
+from .ruleset import DATA_HOOK, Limits, RuleSet, scan
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,8 +85,13 @@ def _check(args: argparse.Namespace) -> int:
     for out in problems:
         for err in out.errors:
             print(err.format(), file=sys.stderr)
-    ok = len(outcomes) - len(problems)
-    print(f"{ok} rule file(s) OK, {len(problems)} with errors", file=sys.stderr if problems else sys.stdout)
+    rules = [o for o in outcomes if o.hook != DATA_HOOK]
+    data = [o for o in outcomes if o.hook == DATA_HOOK]
+    bad_rules = sum(1 for o in rules if o.errors)
+    summary = f"{len(rules) - bad_rules} rule file(s) OK, {bad_rules} with errors"
+    if data:
+        summary += f"; {len(data) - sum(1 for o in data if o.errors)} data file(s) OK, {sum(1 for o in data if o.errors)} with errors"
+    print(summary, file=sys.stderr if problems else sys.stdout)
     return 1 if problems else 0
 
 

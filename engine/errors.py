@@ -59,7 +59,8 @@ class RuleLoadError(Exception):
     """A rule file that cannot be used; carries every problem found in it, sorted by position."""
 
     def __init__(self, errors: list[RuleError]):
-        self.errors = sorted(errors, key=lambda e: (e.location.line, e.location.col))
+        # grouped by file (a rule's errors can include those of a library it loads), then by position
+        self.errors = sorted(errors, key=lambda e: (e.location.file, e.location.line, e.location.col))
         super().__init__(self.format())
 
     def format(self) -> str:

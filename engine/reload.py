@@ -27,7 +27,7 @@ from watchdog.observers.polling import PollingObserver
 from . import metrics
 from .engine import Engine
 from .hooks import hook_for_file
-from .ruleset import FileOutcome, RuleSet, scan
+from .ruleset import DATA_HOOK, FileOutcome, RuleSet, scan
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,15 @@ Listener = Callable[[RuleSet], None]
 #: A file seen being written but never closed is read anyway after this long (a hard link, a writer
 #: that died): better a late read than a hook stuck on its old version.
 WRITE_TIMEOUT = 2.0
+#: files in subdirectories whose half-written state would change a rule
+WATCHED_SUFFIXES = (".star", ".json", ".yaml", ".yml", ".csv")
 
 
 class _Handler(FileSystemEventHandler):
     """Runs in watchdog's thread: hands each event to the loop, where all the state lives."""
 
-    def __init__(self, deliver: Callable[[str, str, str], None]):
+    def __init__(self, root: str, deliver: Callable[[str, str, str], None]):
+        self.root = root
         self.deliver = deliver
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -52,7 +55,8 @@ class _Handler(FileSystemEventHandler):
             return  # the directory's own modified/opened events say nothing about a rule
         if kind == "created" and os.path.islink(src):
             kind = "linked"  # a symlink is complete the moment it exists
-        self.deliver(kind, os.path.basename(src), os.path.basename(dest))
+        # paths relative to the rules directory: "x.star" is a rule, "lib/x.star" a library, "data/x.json" data
+        self.deliver(kind, os.path.relpath(src, self.root), os.path.relpath(dest, self.root) if dest else "")
 
 
 class Reloader:
@@ -73,7 +77,7 @@ class Reloader:
         self._observer: BaseObserver | None = None
         self._periodic: asyncio.Task[None] | None = None
         self._missing_since: dict[str, float] = {}
-        self._writing: dict[str, float] = {}  # file name -> when a write to it was first seen
+        self._writing: dict[str, float] = {}  # path in the rules dir -> when a write to it was first seen
         self._reported: dict[str, str] = {}  # path -> version whose errors were already logged
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -87,7 +91,8 @@ class Reloader:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         observer: BaseObserver = PollingObserver(timeout=self.poll_interval) if self.polling else Observer()
-        observer.schedule(_Handler(self._deliver_threadsafe), str(self.directory), recursive=False)
+        # recursive: libraries and data files live in subdirectories (lib/, data/)
+        observer.schedule(_Handler(str(self.directory), self._deliver_threadsafe), str(self.directory), recursive=True)
         observer.daemon = True
         observer.start()
         self._observer = observer
@@ -163,6 +168,9 @@ class Reloader:
         for name, since in list(self._writing.items()):
             if now - since >= WRITE_TIMEOUT:
                 del self._writing[name]
+        if any("/" in name and name.endswith(WATCHED_SUFFIXES) for name in self._writing) and self._loop is not None:
+            self.poke(WRITE_TIMEOUT)  # a library or data file is half written: rules built now could use half
+            return []
         writing = {hook for hook in map(hook_for_file, self._writing) if hook is not None}
         ruleset, outcomes = scan(self.directory, previous, frozenset(vanished | writing))
         for hook in list(self._missing_since):
@@ -198,20 +206,33 @@ class Reloader:
                 hook_label = out.hook if out.result == "error" else "invalid"
                 metrics.RULE_ERRORS.labels(hook_label, "load").inc()
                 metrics.RELOADS.labels(hook_label, "error").inc()
-                outcome = (f"kept previous version {out.kept_version}" if out.kept_version
-                           else f"hook {out.hook} answers by its failure policy "
-                                f"({self.engine.policy(out.hook)}) until this is fixed"
-                           if out.result == "error" else "file ignored")
+                if out.kept_version:
+                    outcome = f"kept previous version {out.kept_version}"
+                elif out.hook == DATA_HOOK:
+                    outcome = f"data.{Path(out.path).stem} is missing until this is fixed"
+                elif out.result == "error":
+                    outcome = f"hook {out.hook} answers by its failure policy ({self.engine.policy(out.hook)}) until this is fixed"
+                else:
+                    outcome = "file ignored"
                 for err in out.errors:  # one line each: log pipelines split on newlines
                     log.error("%s => %s", err.one_line(), outcome)
                 continue
             metrics.RELOADS.labels(out.hook, out.result).inc()
+            if out.hook == DATA_HOOK:
+                if out.result == "removed":
+                    log.warning("data file %s was removed: data.%s is gone", out.path, Path(out.path).stem)
+                else:
+                    log.info("loaded data file %s (version %s)", out.path, out.version)
+                continue
             old = previous.get(out.hook)
             if out.result == "loaded":
                 _forget_version(out.hook, old.version if old is not None else "")
                 metrics.RULE_INFO.labels(out.hook, out.version).set(1)
-                log.info("loaded %s (version %s%s)", out.path, out.version,
-                         f", was {old.version}" if old is not None else "")
+                if old is not None and old.version == out.version:
+                    log.info("reloaded %s (version %s): a library or data file it uses changed", out.path, out.version)
+                else:
+                    log.info("loaded %s (version %s%s)", out.path, out.version,
+                             f", was {old.version}" if old is not None else "")
             elif out.result == "removed":
                 _forget_version(out.hook, old.version if old is not None else "")
                 log.warning("%s was removed: hook %s now answers ignore()", out.path, out.hook)

@@ -22,7 +22,9 @@ from .errors import Location, RuleError, RuleLoadError, char_col, source_lines
 from .events import Event
 from .hooks import HOOKS, RULE_SUFFIX, HookInfo, hook_for_file, valid_file_names
 from .lang.builtins import HELPERS, SAFE_BUILTINS, make_decisions, make_log, topic_match
+from .datafiles import DataSet, scan_data
 from .lang.checker import TOPICS_NAME, check
+from .lang.loader import Libraries, Linker, strip_loads
 from .lang.interp import RuleAbort, RuleInterpreter
 
 
@@ -70,6 +72,8 @@ class CompiledRule:
     lines: tuple[str, ...]
     base: dict[str, Any] = field(repr=False)
     interp: RuleInterpreter = field(repr=False)
+    #: what it was built from besides its own file: (library module, version) pairs and the data version
+    deps: tuple[tuple[str, str], ...] = ()
 
     def wants(self, event: Event) -> bool:
         """False when TOPICS is declared and the message topic matches none of them."""
@@ -102,27 +106,57 @@ class CompiledRule:
         return RuleError(code, Location(self.path, line, col), message, hint, src)  # type: ignore[arg-type]
 
 
-def compile_rule(path: str, data: bytes, hook: HookInfo) -> CompiledRule:
-    """Check and parse one rule file; raises RuleLoadError."""
+@dataclass(frozen=True)
+class Context:
+    """What a rule is compiled against besides its own text: its directory's libraries and data."""
+
+    libraries: Libraries | None = None
+    data: DataSet = DataSet()
+
+
+DATA_DEP = "data/"  # the deps key of the data files' version
+DATA_HOOK = "data"  # FileOutcome.hook (and metric label) of a data file
+
+
+def _common_names(path: str, data: DataSet) -> dict[str, Any]:
+    """What every rule and library starts with: builtins, helpers, its own log(), the data files."""
+    base: dict[str, Any] = dict(SAFE_BUILTINS)
+    base.update(HELPERS)
+    base["log"] = make_log(path)
+    base["data"] = data.namespace()
+    return base
+
+
+def compile_rule(path: str, data: bytes, hook: HookInfo, context: Context = Context()) -> CompiledRule:
+    """Check and parse one rule file and link its load()s; raises RuleLoadError."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RuleLoadError([RuleError("parse_error", Location(path), f"file is not UTF-8 ({exc.reason} at byte {exc.start})",
                                        "save the file as UTF-8")]) from None
     checked = check(path, text, hook)
+    lines = tuple(source_lines(text))
     if checked.topics:
         # A literal declaration: bound once here instead of rebuilt on every run.
         checked.tree.body = [s for s in checked.tree.body if not _declares_topics(s)]
-    base: dict[str, Any] = dict(SAFE_BUILTINS)
-    base.update(HELPERS)
+    interp = RuleInterpreter()
+    base = _common_names(path, context.data)
     base.update(make_decisions(hook))
-    base["log"] = make_log(path)
+    deps: dict[str, str] = {}
+    if checked.loads:
+        if context.libraries is None:
+            raise RuleLoadError([RuleError("load_error", Location(path, checked.loads[0].node.lineno, 1),
+                                           "load() needs the rules directory, which this compile has not got",
+                                           "compile the rule with its directory's Context")])
+        linker = Linker(context.libraries, interp, lambda lib: _common_names(lib, context.data), deps)
+        base.update(linker.bind(checked.loads, path, lines))
+        strip_loads(checked.tree)
     if checked.topics:
         base[TOPICS_NAME] = checked.topics
-    interp = RuleInterpreter()
     interp.prepare(checked.tree)
+    deps[DATA_DEP] = context.data.version
     return CompiledRule(hook, path, hashlib.sha256(data).hexdigest()[:12], checked.tree, checked.topics,
-                        tuple(source_lines(text)), base, interp)
+                        lines, base, interp, tuple(sorted(deps.items())))
 
 
 def _declares_topics(stmt: ast.stmt) -> bool:
@@ -138,6 +172,8 @@ class RuleSet:
     #: hooks whose file exists but has never loaded: they answer by failure policy, not as if absent,
     #: so a broken authentication rule fails closed
     broken: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # hook -> path
+    #: the data files every rule was compiled with
+    data: DataSet = DataSet()
 
     def get(self, hook: str) -> CompiledRule | None:
         return self.rules.get(hook)
@@ -176,14 +212,16 @@ def rule_files(directory: Path) -> Iterator[Path]:
 
 
 def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset()) -> tuple[RuleSet, list[FileOutcome]]:
-    """Build the rule set from the directory's current files, reusing unchanged ones.
+    """Build the rule set from the directory's current files, reusing what has not changed.
 
-    `hold` names hooks whose file is in flux (being written, or briefly gone while an editor renames
-    it away): they keep their previous rule, or stay without one, and their file is not read.
+    A rule is rebuilt when its file, a library it loads or the data files change. `hold` names hooks
+    whose file is in flux (being written, or briefly gone while an editor renames it away): they
+    keep their previous rule, or stay without one, and their file is not read.
     """
+    data, outcomes = _scan_data(directory, previous.data)
+    context = Context(Libraries(directory), data)
     rules: dict[str, CompiledRule] = {}
     broken: dict[str, str] = {}
-    outcomes: list[FileOutcome] = []
     seen: set[str] = set()
     for path in rule_files(directory):
         shown = str(path)
@@ -200,7 +238,7 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset())
                 broken[hook_name] = previous.broken[hook_name]
             continue
         try:
-            data = path.read_bytes()  # follows symlinks: ConfigMap mounts are links into ..data/
+            raw = path.read_bytes()  # follows symlinks: ConfigMap mounts are links into ..data/
         except OSError as exc:
             err = RuleError("load_error", Location(shown), f"cannot read: {exc.strerror or exc}", "check the file's permissions")
             outcomes.append(FileOutcome(hook_name, "error", shown, errors=(err,), kept_version=old.version if old else ""))
@@ -209,13 +247,13 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset())
             else:
                 broken[hook_name] = shown
             continue
-        version = hashlib.sha256(data).hexdigest()[:12]
-        if old is not None and old.version == version and old.path == shown:
+        version = hashlib.sha256(raw).hexdigest()[:12]
+        if old is not None and old.version == version and old.path == shown and _deps_current(old, context):
             rules[hook_name] = old
             outcomes.append(FileOutcome(hook_name, "unchanged", shown, version))
             continue
         try:
-            rule = compile_rule(shown, data, HOOKS[hook_name])
+            rule = compile_rule(shown, raw, HOOKS[hook_name], context)
         except RuleLoadError as exc:
             outcomes.append(FileOutcome(hook_name, "error", shown, version, tuple(exc.errors),
                                         kept_version=old.version if old else ""))
@@ -233,7 +271,21 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset())
             rules[hook_name] = old
         else:
             outcomes.append(FileOutcome(hook_name, "removed", old.path, old.version))
-    return RuleSet(MappingProxyType(rules), MappingProxyType(broken)), outcomes
+    return RuleSet(MappingProxyType(rules), MappingProxyType(broken), data), outcomes
+
+
+def _deps_current(rule: CompiledRule, context: Context) -> bool:
+    """Whether every library the rule loaded and the data files are as they were when it compiled."""
+    for module, version in rule.deps:
+        current = context.data.version if module == DATA_DEP else context.libraries.version(module)  # type: ignore[union-attr]
+        if current != version:
+            return False
+    return True
+
+
+def _scan_data(directory: Path, previous: DataSet) -> tuple[DataSet, list[FileOutcome]]:
+    data, found = scan_data(directory, previous)
+    return data, [FileOutcome(DATA_HOOK, o.result, o.path, o.version, o.errors, o.kept_version) for o in found]
 
 
 def _invalid_name(path: Path) -> RuleError:

@@ -256,8 +256,8 @@ HELPERS: dict[str, Any] = {
     "json_decode": json_decode,
 }
 
-#: Names bound per rule file rather than globally.
-PER_RULE = ("log",)
+#: Names bound per rule file rather than globally (`data` holds the data files).
+PER_RULE = ("log", "data")
 
 
 def provided_names() -> frozenset[str]:

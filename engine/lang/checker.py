@@ -80,9 +80,24 @@ _BIG_NUMBER = re.compile(r"\d{4,}")
 
 
 @dataclass(frozen=True, slots=True)
+class LoadSpec:
+    """One `load("lib/x.star", "f", g="h")`: the module path and (alias, exported name) pairs."""
+
+    module: str
+    names: tuple[tuple[str, str], ...]
+    node: ast.Call
+
+
+@dataclass(frozen=True, slots=True)
 class CheckedRule:
     tree: ast.Module
     topics: tuple[str, ...]
+    loads: tuple[LoadSpec, ...] = ()
+
+
+#: Stands for "a library file" where a hook is expected: it reads no event and makes no decision.
+LIBRARY = HookInfo("library", "emqx", frozenset(), ())
+LIBRARY_NAMES = ("data",)
 
 
 def _col(lines: list[str], lineno: int, col_offset: int) -> int:
@@ -92,14 +107,18 @@ def _col(lines: list[str], lineno: int, col_offset: int) -> int:
 
 
 class _Checker:
-    def __init__(self, path: str, text: str, hook: HookInfo):
+    def __init__(self, path: str, text: str, hook: HookInfo | None):
         self.path = path
         self.lines = source_lines(text)
-        self.hook = hook
+        self.library = hook is None
+        self.hook = LIBRARY if hook is None else hook
         self.errors: list[RuleError] = []
-        self.provided = set(hook.all_names) | (provided_names() - set(DECISIONS)) | hook.decisions
+        common = provided_names() - set(DECISIONS)
+        self.provided = common if hook is None else set(hook.all_names) | common | hook.decisions
         self.bound: set[str] = set()
         self.topics: tuple[str, ...] = ()
+        self.loads: list[LoadSpec] = []
+        self._load_statements: set[int] = set()
 
     def error(self, node: ast.AST | None, message: str, hint: str = "", code: str = "check_error") -> None:
         line = getattr(node, "lineno", 0) or 0
@@ -110,10 +129,46 @@ class _Checker:
     # -- passes ---------------------------------------------------------------------------------
 
     def check(self, tree: ast.Module) -> None:
+        self._collect_loads(tree)
         self._collect_bindings(tree)
         self._walk(tree, 0)
         self._check_topics(tree)
         self._check_recursion(tree)
+
+    def _collect_loads(self, tree: ast.Module) -> None:
+        """Starlark's load(): a top-level statement of literal strings, resolved when the file loads."""
+        for stmt in tree.body:
+            call = stmt.value if isinstance(stmt, ast.Expr) else None
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "load"):
+                continue
+            self._load_statements.add(id(stmt))
+            spec = self._load_spec(call)
+            if spec is not None:
+                self.loads.append(spec)
+                for alias, _ in spec.names:
+                    self._bind(call, alias, False)
+
+    def _load_spec(self, call: ast.Call) -> LoadSpec | None:
+        usage = 'write load("lib/acl.star", "can_publish", check="check_user")'
+        args = call.args
+        if not args or not all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in args) \
+                or not all(isinstance(k.value, ast.Constant) and isinstance(k.value.value, str) for k in call.keywords):
+            self.error(call, "load() takes only literal strings: the module, then the names to import", usage)
+            return None
+        module = args[0].value  # type: ignore[attr-defined]
+        names = [(a.value, a.value) for a in args[1:]] + [(k.arg, k.value.value) for k in call.keywords]  # type: ignore[attr-defined]
+        if not names:
+            self.error(call, f"load(\"{module}\") imports nothing", usage)
+            return None
+        problem = module_path_problem(module)
+        if problem:
+            self.error(args[0], problem, "libraries live under the rules directory, e.g. lib/acl.star")
+            return None
+        for alias, name in names:
+            if alias is None or alias.startswith("_") or name.startswith("_"):
+                self.error(call, f"load() cannot import '{name}': names starting with '_' are private", usage)
+                return None
+        return LoadSpec(module, tuple((str(a), str(n)) for a, n in names), call)
 
     def _collect_bindings(self, tree: ast.Module) -> None:
         """Top-level names may not shadow what hookrules provides; inside a def they may (asteval
@@ -141,6 +196,8 @@ class _Checker:
         if depth > MAX_DEPTH:
             self.error(where, f"nested more than {MAX_DEPTH} levels deep", "split the expression with variables or functions")
             return
+        if id(node) in self._load_statements:
+            return  # checked by _collect_loads
         kind = type(node)
         if kind not in ALLOWED_NODES:
             message, hint = HINTS.get(kind.__name__, (f"'{kind.__name__}' is not allowed in rules", ""))
@@ -171,6 +228,14 @@ class _Checker:
             self._unknown_name(node, name)
 
     def _unknown_name(self, node: ast.Name, name: str) -> None:
+        if name == "load":
+            self.error(node, "load() must be a statement of its own at the top level of the file",
+                       'put load("lib/x.star", "name") on a line of its own, before the rule')
+            return
+        if self.library and (name in DECISIONS or name in HOOK_NAMES):
+            self.error(node, f"'{name}' is not available in a library: libraries hold functions and constants",
+                       "pass event values in as arguments and return a result; decide in the rule file")
+            return
         if name in DECISIONS:
             self.error(node, *_decision_unavailable(name, self.hook))
             return
@@ -366,8 +431,19 @@ def _syntax_hint(message: str, line: str) -> str:
     return "rules use Python syntax"
 
 
-def check(path: str, text: str, hook: HookInfo) -> CheckedRule:
-    """Parse and check one rule file; raise RuleLoadError listing every problem."""
+def module_path_problem(module: str) -> str:
+    """Why a load() path is not one hookrules will read, or ''."""
+    if not module.endswith(".star"):
+        return f"load(\"{module}\"): a library file ends with .star"
+    if module.startswith("/") or "\\" in module or any(part in ("", ".", "..") for part in module.split("/")):
+        return f"load(\"{module}\"): the path must be relative to the rules directory, without '..'"
+    if "/" not in module:
+        return f"load(\"{module}\"): libraries live in a subdirectory (files at the top are rules)"
+    return ""
+
+
+def check(path: str, text: str, hook: HookInfo | None) -> CheckedRule:
+    """Parse and check one rule file (a library when hook is None); raise RuleLoadError listing every problem."""
     lines = source_lines(text)
     if len(text.encode("utf-8", errors="replace")) > MAX_SOURCE_BYTES:
         raise RuleLoadError([RuleError("load_error", Location(path), f"file is over {MAX_SOURCE_BYTES // 1024} KiB",
@@ -390,4 +466,4 @@ def check(path: str, text: str, hook: HookInfo) -> CheckedRule:
     checker.check(tree)
     if checker.errors:
         raise RuleLoadError(checker.errors)
-    return CheckedRule(tree, checker.topics)
+    return CheckedRule(tree, checker.topics, tuple(checker.loads))

@@ -124,7 +124,10 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
     def prepare(self, tree: ast.Module) -> None:
         """Bind every node of the tree to its handler once, so run() skips the per-node lookup."""
         for node in ast.walk(tree):
-            node.hr_run = self._dispatch.get(node.__class__, self.unimplemented)  # type: ignore[attr-defined]
+            # only statements and expressions run; contexts and operators (ast.Load, ast.Add, ...) are
+            # singletons shared by every tree in the process and must not hold an interpreter
+            if isinstance(node, (ast.stmt, ast.expr, ast.Module)):
+                node.hr_run = self._dispatch.get(node.__class__, self.unimplemented)  # type: ignore[union-attr]
 
     def execute(self, tree: ast.Module, symtable: dict[str, Any], max_steps: int, deadline: float) -> Any:
         """Run a whole rule; returns the Decision it made, or None when it made none."""

@@ -1,0 +1,166 @@
+"""Shared libraries: `load("lib/acl.star", "can_publish")`, Starlark style.
+
+A library is checked like a rule but reads no event and makes no decision: it holds functions and
+constants. It runs once, when a rule that loads it is compiled, inside that rule's interpreter (so
+its functions share the rule's step budget and deadline), and everything it leaves at top level is
+frozen, so no run can change what the next one sees. Cycles and missing names are load errors
+with file:line:col.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import Location, RuleError, RuleLoadError, source_lines
+from ..events import freeze
+from .checker import CheckedRule, LoadSpec, check, module_path_problem
+from .interp import RuleFunction, RuleInterpreter
+
+#: a library's top level runs once per compile; it gets the same bounds as a rule run
+LIBRARY_MAX_STEPS = 100_000
+LIBRARY_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True)
+class Library:
+    module: str  # as written in load(), relative to the rules directory
+    path: str  # as shown in errors
+    version: str
+    checked: CheckedRule
+    lines: tuple[str, ...]
+
+
+class Libraries:
+    """The library files of one rules directory, read and checked at most once per scan."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._cache: dict[str, Library | RuleLoadError] = {}
+
+    def get(self, module: str) -> Library:
+        cached = self._cache.get(module)
+        if cached is None:
+            cached = self._cache[module] = self._read(module)
+        if isinstance(cached, RuleLoadError):
+            raise cached
+        return cached
+
+    def version(self, module: str) -> str:
+        """The library's current content hash, or '' when it cannot be read."""
+        try:
+            return self.get(module).version
+        except RuleLoadError as exc:
+            return getattr(exc, "version", "")
+
+    def _read(self, module: str) -> Library | RuleLoadError:
+        path = self.root / module
+        shown = str(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return RuleLoadError([RuleError("load_error", Location(shown), f"cannot read library: {exc.strerror or exc}",
+                                            "check the path given to load()")])
+        version = hashlib.sha256(data).hexdigest()[:12]
+        try:
+            text = data.decode("utf-8")
+            checked = check(shown, text, None)
+        except UnicodeDecodeError:
+            err = RuleLoadError([RuleError("parse_error", Location(shown), "library is not UTF-8", "save it as UTF-8")])
+            err.version = version  # type: ignore[attr-defined]
+            return err
+        except RuleLoadError as exc:
+            exc.version = version  # type: ignore[attr-defined]
+            return exc
+        return Library(module, shown, version, checked, tuple(source_lines(text)))
+
+
+@dataclass
+class Linker:
+    """Binds a file's load() statements inside one interpreter, collecting what they depended on."""
+
+    libraries: Libraries
+    interp: RuleInterpreter
+    base: Callable[[str], dict[str, Any]]  # the names a library starts with, given its path (log is per file)
+    deps: dict[str, str]  # module -> version of every library reached
+
+    def bind(self, loads: tuple[LoadSpec, ...], importer: str, lines: tuple[str, ...],
+             stack: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The names the load() statements import, by alias."""
+        out: dict[str, Any] = {}
+        errors: list[RuleError] = []
+        for spec in loads:
+            try:
+                env = self._module(spec.module, stack + (importer,), spec, lines)
+            except RuleLoadError as exc:
+                errors.extend(exc.errors)
+                if any(e.location.file != importer for e in exc.errors):  # say where the import happened too
+                    errors.append(_at(importer, lines, spec.node, f"cannot load \"{spec.module}\": see its errors",
+                                      "fix the library; every rule that loads it reloads when it is saved"))
+                continue
+            for alias, name in spec.names:
+                if name not in env:
+                    public = sorted(k for k in env if not k.startswith("_") and k not in self._provided)
+                    errors.append(_at(importer, lines, spec.node, f"\"{spec.module}\" has no '{name}'",
+                                      f"it defines: {', '.join(public) or 'nothing'}"))
+                else:
+                    out[alias] = env[name]
+        if errors:
+            raise RuleLoadError(errors)
+        return out
+
+    @property
+    def _provided(self) -> set[str]:
+        return set(self.base(""))
+
+    def _module(self, module: str, stack: tuple[str, ...], spec: LoadSpec, lines: tuple[str, ...]) -> dict[str, Any]:
+        lib = self.libraries.get(module)
+        self.deps[module] = lib.version
+        if lib.path in stack:
+            chain = " -> ".join(Path(p).name for p in stack + (lib.path,))
+            raise RuleLoadError([_at(stack[-1], lines, spec.node, f"load cycle: {chain}",
+                                     "move what both files need into a third library")])
+        tree = copy.deepcopy(lib.checked.tree)  # handlers are bound per interpreter (prepare)
+        tree.body = [s for s in tree.body if not _is_load(s)]
+        env = self.base(lib.path)
+        env.update(self.bind(lib.checked.loads, lib.path, lib.lines, stack))
+        self.interp.prepare(tree)
+        try:
+            self.interp.execute(tree, env, LIBRARY_MAX_STEPS, time.monotonic() + LIBRARY_TIMEOUT)
+        except Exception as exc:
+            node = self.interp.error_node
+            raise RuleLoadError([_at(lib.path, lib.lines, node, f"library failed to run: {type(exc).__name__}: {exc}",
+                                     "a library's top level may only define functions and constants")]) from None
+        except BaseException as exc:  # RuleAbort: over its budget
+            raise RuleLoadError([_at(lib.path, lib.lines, getattr(exc, "node", None), str(exc),
+                                     "keep a library's top level small")]) from None
+        # Starlark freezes a module once it has run: no run can change what the next one sees.
+        return {k: v if isinstance(v, RuleFunction) else freeze(v) for k, v in env.items()}
+
+
+def _is_load(stmt: ast.stmt) -> bool:
+    return (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
+            and isinstance(stmt.value.func, ast.Name) and stmt.value.func.id == "load")
+
+
+def strip_loads(tree: ast.Module) -> None:
+    """load() statements are resolved when the file compiles; runs never see them."""
+    tree.body = [s for s in tree.body if not _is_load(s)]
+
+
+def _at(path: str, lines: tuple[str, ...], node: ast.AST | None, message: str, hint: str) -> RuleError:
+    line = getattr(node, "lineno", 0) or 0
+    src = lines[line - 1] if 1 <= line <= len(lines) else ""
+    col = (getattr(node, "col_offset", 0) or 0) + 1
+    if src:
+        col = len(src.encode("utf-8")[: col - 1].decode("utf-8", errors="replace")) + 1
+    return RuleError("load_error", Location(path, line, col if line else 0), message, hint, src)
+
+
+__all__ = ["Libraries", "Library", "Linker", "module_path_problem", "strip_loads"]
