@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-steps", type=int, default=Limits().max_steps, help="evaluation steps per rule run")
     serve.add_argument("--rule-timeout", type=float, default=Limits().timeout,
                        help="seconds one rule run may take (default: %(default)s)")
+    serve.add_argument("--decision-log", metavar="stdout|FILE",
+                       help="write one JSON line per rule decision to stdout or a file (default: off)")
+    serve.add_argument("--decision-log-sample", type=float, default=1.0, metavar="RATE",
+                       help="share of decisions logged, above 0 and at most 1 (default: 1)")
+    serve.add_argument("--decision-log-secrets", action="store_true",
+                       help="include passwords and payloads (base64) in the decision log: only where that log is safe")
     serve.add_argument("--polling", action="store_true",
                        help="poll the rules directory instead of inotify (NFS, some container mounts)")
 
@@ -69,6 +75,8 @@ def _serve(args: argparse.Namespace) -> int:
             vernemq_base64=args.vernemq_base64 == "on", http_max_body=args.http_max_body,
             log_level=args.log_level, failure_policy=dict(parse_policy(p) for p in args.failure_policy),
             limits=Limits(args.max_steps, args.rule_timeout), polling=args.polling,
+            decision_log=args.decision_log, decision_log_sample=args.decision_log_sample,
+            decision_log_secrets=args.decision_log_secrets,
         )
     except ConfigError as exc:
         print(f"hookrules: error: {exc}", file=sys.stderr)

@@ -56,6 +56,10 @@ class Config:
     failure_policy: dict[str, Policy] = field(default_factory=dict)
     limits: Limits = Limits()
     polling: bool = False
+    #: "stdout" or a file path; None: no decision log
+    decision_log: str | None = None
+    decision_log_sample: float = 1.0
+    decision_log_secrets: bool = False
     grace_period: float = 5.0  # seconds calls in flight get to finish on shutdown
 
     def __post_init__(self) -> None:
@@ -70,5 +74,7 @@ class Config:
             raise ConfigError(f"log level '{self.log_level}' is not one of {', '.join(LOG_LEVELS)}")
         for hook, policy in self.failure_policy.items():
             parse_policy(f"{hook}={policy}")
+        if not 0.0 < self.decision_log_sample <= 1.0:
+            raise ConfigError(f"--decision-log-sample {self.decision_log_sample} must be above 0 and at most 1")
         if self.limits.max_steps < 1 or self.limits.timeout <= 0:
             raise ConfigError("rule limits must be positive (--max-steps, --rule-timeout)")

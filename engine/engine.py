@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from . import metrics
+from .decisionlog import DecisionLog
 from .decisions import IGNORE, POLICY_DECISIONS, Decision
 from .errors import Location, RuleError
 from .events import Event
@@ -51,8 +52,9 @@ def _source(ruleset: RuleSet, hook: str) -> str | None:
 
 class Engine:
     def __init__(self, ruleset: RuleSet | None = None, policies: Mapping[str, Policy] | None = None,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, decision_log: DecisionLog | None = None):
         self.ruleset = ruleset or RuleSet()
+        self.decision_log = decision_log
         self.policies = dict(policies or {})
         self.limits = limits or Limits()
         self._error_log: dict[tuple[str, str, str], tuple[float, int]] = {}
@@ -97,7 +99,11 @@ class Engine:
             except RuleRuntimeError as exc:
                 outcome = self._failed(event, rule.version, exc.error)
             finally:
-                self._rule_timer(event.hook).observe(time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                self._rule_timer(event.hook).observe(elapsed)
+            if self.decision_log is not None:
+                self.decision_log.record(event, outcome.decision, outcome.source, outcome.version,
+                                         outcome.error.one_line() if outcome.error else "", elapsed)
         self._count(event.broker, event.hook, outcome.decision)
         return outcome
 

@@ -21,6 +21,7 @@ from prometheus_client import start_http_server
 from .adapters.exhook import ExhookAdapter
 from .adapters.webhooks import WebhookAdapter
 from .config import Config, ConfigError, parse_address
+from .decisionlog import DecisionLog
 from .engine import Engine
 from .reload import Reloader
 
@@ -39,7 +40,14 @@ def announce(text: str) -> None:
 class Server:
     def __init__(self, config: Config):
         self.config = config
-        self.engine = Engine(policies=config.failure_policy, limits=config.limits)
+        self.decision_log = None
+        if config.decision_log is not None:
+            try:
+                self.decision_log = DecisionLog.open(config.decision_log, sample=config.decision_log_sample,
+                                                     secrets=config.decision_log_secrets)
+            except OSError as exc:
+                raise ConfigError(f"cannot open the decision log {config.decision_log}: {exc.strerror}") from None
+        self.engine = Engine(policies=config.failure_policy, limits=config.limits, decision_log=self.decision_log)
         self.reloader = Reloader(config.rules, self.engine, polling=config.polling)
         self.exhook = ExhookAdapter(self.engine)
         self.webhooks = WebhookAdapter(self.engine, base64=config.vernemq_base64, max_body=config.http_max_body)
@@ -113,6 +121,9 @@ class Server:
             await self.http_runner.cleanup()
             self.http_runner = None
         self.reloader.stop()
+        if self.decision_log is not None:
+            self.decision_log.close()
+            self.decision_log = None
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
@@ -140,7 +151,8 @@ class Server:
 
 def run(config: Config) -> int:
     try:
-        asyncio.run(Server(config).serve())
+        server = Server(config)
+        asyncio.run(server.serve())
     except ConfigError as exc:
         print(f"hookrules: error: {exc}", file=sys.stderr)
         return 2
