@@ -57,6 +57,19 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="load every rule file as the server would and report problems")
     check.add_argument("rules", type=Path, nargs="?", default=Path("rules"))
+
+    test = sub.add_parser("test", help="run the table tests in RULES/tests/*.yaml")
+    test.add_argument("rules", type=Path, nargs="?", default=Path("rules"))
+    test.add_argument("--coverage", action="store_true", help="report which statement lines the tests ran")
+    test.add_argument("-q", "--quiet", action="store_true", help="list only failing cases")
+
+    ev = sub.add_parser("eval", help="run one event through the rules and print the decision")
+    ev.add_argument("hook", help="the hook, e.g. client.authenticate or auth_on_register")
+    ev.add_argument("--event", required=True, metavar="FILE_OR_JSON",
+                    help='the event: JSON, e.g. \'{"client": {"username": "u"}}\', or a JSON/YAML file')
+    ev.add_argument("--rules", type=Path, default=Path("rules"))
+    ev.add_argument("--broker", choices=("emqx", "vernemq"), help="check the hook belongs to this broker")
+    ev.add_argument("--explain", action="store_true", help="show the lines that ran and what the conditions saw")
     return parser
 
 
@@ -103,11 +116,35 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _test(args: argparse.Namespace) -> int:
+    from .tester import run_tests
+
+    if not args.rules.is_dir():
+        print(f"hookrules: error: {args.rules} is not a directory", file=sys.stderr)
+        return 2
+    logging.basicConfig(level="ERROR", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return run_tests(args.rules, sys.stdout, coverage=args.coverage, verbose=not args.quiet)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .eventspec import SpecError
+    from .explain import evaluate, read_event
+
+    logging.basicConfig(level="ERROR", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        spec = read_event(args.event)
+    except SpecError as exc:
+        print(f"hookrules: error: {exc}", file=sys.stderr)
+        return 2
+    return evaluate(args.rules, args.hook, spec, sys.stdout, broker=args.broker, explain=args.explain)
+
+
+COMMANDS = {"serve": _serve, "check": _check, "test": _test, "eval": _eval}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "serve":
-        return _serve(args)
-    return _check(args)
+    return COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,8 @@ class Context:
 
     libraries: Libraries | None = None
     data: DataSet = DataSet()
+    #: the interpreter class rules run on (hookrules test/eval use a tracing one)
+    interpreter: type[RuleInterpreter] = RuleInterpreter
 
 
 DATA_DEP = "data/"  # the deps key of the data files' version
@@ -139,7 +141,7 @@ def compile_rule(path: str, data: bytes, hook: HookInfo, context: Context = Cont
     if checked.topics:
         # A literal declaration: bound once here instead of rebuilt on every run.
         checked.tree.body = [s for s in checked.tree.body if not _declares_topics(s)]
-    interp = RuleInterpreter()
+    interp = context.interpreter()
     base = _common_names(path, context.data)
     base.update(make_decisions(hook))
     deps: dict[str, str] = {}
@@ -153,7 +155,7 @@ def compile_rule(path: str, data: bytes, hook: HookInfo, context: Context = Cont
         strip_loads(checked.tree)
     if checked.topics:
         base[TOPICS_NAME] = checked.topics
-    interp.prepare(checked.tree)
+    interp.prepare(checked.tree, path)
     deps[DATA_DEP] = context.data.version
     return CompiledRule(hook, path, hashlib.sha256(data).hexdigest()[:12], checked.tree, checked.topics,
                         lines, base, interp, tuple(sorted(deps.items())))
@@ -211,7 +213,8 @@ def rule_files(directory: Path) -> Iterator[Path]:
             yield Path(entry.path)
 
 
-def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset()) -> tuple[RuleSet, list[FileOutcome]]:
+def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
+         interpreter: type[RuleInterpreter] = RuleInterpreter) -> tuple[RuleSet, list[FileOutcome]]:
     """Build the rule set from the directory's current files, reusing what has not changed.
 
     A rule is rebuilt when its file, a library it loads or the data files change. `hold` names hooks
@@ -219,7 +222,7 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset())
     keep their previous rule, or stay without one, and their file is not read.
     """
     data, outcomes = _scan_data(directory, previous.data)
-    context = Context(Libraries(directory), data)
+    context = Context(Libraries(directory), data, interpreter)
     rules: dict[str, CompiledRule] = {}
     broken: dict[str, str] = {}
     seen: set[str] = set()

@@ -121,9 +121,14 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         #: the innermost node that raised, for the error location
         self.error_node: ast.AST | None = None
 
-    def prepare(self, tree: ast.Module) -> None:
-        """Bind every node of the tree to its handler once, so run() skips the per-node lookup."""
+    def prepare(self, tree: ast.Module, path: str = "") -> None:
+        """Bind every node of the tree to its handler once, so run() skips the per-node lookup.
+
+        Statements also learn their file (`hr_file`), for coverage and --explain across libraries.
+        """
         for node in ast.walk(tree):
+            if isinstance(node, ast.stmt):
+                node.hr_file = path  # type: ignore[attr-defined]
             # only statements and expressions run; contexts and operators (ast.Load, ast.Add, ...) are
             # singletons shared by every tree in the process and must not hold an interpreter
             if isinstance(node, (ast.stmt, ast.expr, ast.Module)):

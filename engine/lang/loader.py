@@ -130,7 +130,7 @@ class Linker:
         tree.body = [s for s in tree.body if not _is_load(s)]
         env = self.base(lib.path)
         env.update(self.bind(lib.checked.loads, lib.path, lib.lines, stack))
-        self.interp.prepare(tree)
+        self.interp.prepare(tree, lib.path)
         try:
             self.interp.execute(tree, env, LIBRARY_MAX_STEPS, time.monotonic() + LIBRARY_TIMEOUT)
         except Exception as exc:

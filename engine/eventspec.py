@@ -1,0 +1,97 @@
+"""Events written by hand (in `hookrules test` tables and `hookrules eval --event`), as plain data.
+
+The keys are the names a rule reads: `client`, `message`, `conn`, `topic_filters`, `subopts`,
+`topics`, `action`, `topic`, `qos`, `result`, `reason`, `result_code`, `properties`,
+`user_properties`, `request`. Objects are mappings of their fields; a message payload is text
+(`payload`) or base64 (`payload_base64`). A key the hook does not provide is an error, so a typo
+does not silently test nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+from .events import Client, Conn, Event, Message, SubOpts, TopicFilter, freeze, frozen_map
+from .hooks import HOOKS
+
+
+class SpecError(ValueError):
+    """An event description that cannot be built; the message names the key."""
+
+
+def _object(cls: type, spec: Any, what: str, renames: Mapping[str, str] | None = None) -> Any:
+    if not isinstance(spec, Mapping):
+        raise SpecError(f"'{what}' must be a mapping of its fields, not {type(spec).__name__}")
+    names = {f.name for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in spec.items():
+        field_name = (renames or {}).get(key, key)
+        if field_name not in names:
+            raise SpecError(f"'{what}' has no field '{key}'; fields: {', '.join(sorted(names))}")
+        values[field_name] = value
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise SpecError(f"'{what}': {exc}") from None
+
+
+def _message(spec: Any) -> Message:
+    if not isinstance(spec, Mapping):
+        raise SpecError(f"'message' must be a mapping of its fields, not {type(spec).__name__}")
+    spec = dict(spec)
+    if "payload_base64" in spec:
+        try:
+            spec["payload"] = base64.b64decode(spec.pop("payload_base64"), validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            raise SpecError("'message.payload_base64' is not valid base64") from None
+    elif isinstance(spec.get("payload"), str):
+        spec["payload"] = spec["payload"].encode("utf-8")
+    for key in ("headers", "properties", "user_properties"):
+        if key in spec:
+            spec[key] = frozen_map(spec[key])
+    return _object(Message, spec, "message", {"from": "from_"})  # type: ignore[no-any-return]
+
+
+def build_event(hook: str, spec: Mapping[str, Any]) -> Event:
+    """The Event a broker would send for `hook`, from a hand-written description."""
+    info = HOOKS.get(hook)
+    if info is None:
+        raise SpecError(f"unknown hook '{hook}'")
+    if not isinstance(spec, Mapping):
+        raise SpecError(f"an event is a mapping of names to values, not {type(spec).__name__}")
+    allowed = set(info.names) | {"client"}
+    data: dict[str, Any] = {}
+    client = Client()
+    for key, value in spec.items():
+        if key not in allowed:
+            raise SpecError(f"{hook} does not provide '{key}'; it provides: {', '.join(sorted(allowed))}")
+        if key == "client":
+            client = _object(Client, value, "client")
+        elif key == "conn":
+            data[key] = _object(Conn, value, "conn")
+        elif key == "message":
+            data[key] = _message(value)
+        elif key == "subopts":
+            data[key] = _object(SubOpts, value, "subopts")
+        elif key == "topic_filters" or key == "topics" and not hook.startswith("on_unsubscribe"):
+            if not isinstance(value, list):
+                raise SpecError(f"'{key}' must be a list")
+            data[key] = tuple(_object(TopicFilter, v, key) if isinstance(v, Mapping) else TopicFilter(str(v))
+                              for v in value)
+        elif key in ("properties", "user_properties"):
+            data[key] = frozen_map(value)
+        else:
+            data[key] = freeze(value)
+    message = data.get("message")
+    if isinstance(message, Message):  # VerneMQ rules read topic and qos beside the message
+        if "topic" in allowed and "topic" not in data:
+            data["topic"] = message.topic
+        if "qos" in allowed and "qos" not in data:
+            data["qos"] = message.qos
+    if "request" in allowed and "request" not in data:
+        data["request"] = frozen_map({})
+    return Event(hook, info.broker, client, frozen_map(data))

@@ -1,0 +1,95 @@
+"""`hookrules eval`: one event through the rules, with --explain showing the lines that ran and the
+values the conditions saw (OPA's `opa eval --explain`, for this language)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from .engine import Engine, Outcome
+from .eventspec import SpecError, build_event
+from .hooks import HOOKS
+from .lang.trace import TracingInterpreter
+from .ruleset import RuleSet, scan
+
+
+def read_event(value: str) -> Any:
+    """--event: inline JSON, or a JSON/YAML file."""
+    text = value
+    if not value.lstrip().startswith("{"):
+        path = Path(value)
+        if not path.is_file():
+            raise SpecError(f"--event {value!r} is neither JSON nor a file")
+        text = path.read_text(encoding="utf-8")
+        if path.suffix in (".yaml", ".yml"):
+            return yaml.safe_load(text)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"--event is not valid JSON: {exc}") from None
+
+
+def describe(outcome: Outcome) -> str:
+    d = outcome.decision
+    parts: list[str] = [d.kind]
+    details = {k: v for k in ("reason", "topic", "payload", "qos", "retain", "topics", "modifiers", "cache")
+               if (v := getattr(d, k, None)) not in (None, "")}
+    if details:
+        parts.append("(" + ", ".join(f"{k}={_plain(v)!r}" for k, v in details.items()) + ")")
+    return " ".join(parts)
+
+
+def _plain(value: Any) -> Any:
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def evaluate(rules: Path, hook: str, event_spec: Any, out: TextIO, *, broker: str | None = None,
+             explain: bool = False) -> int:
+    info = HOOKS.get(hook)
+    if info is None:
+        out.write(f"error: unknown hook '{hook}'\n")
+        return 2
+    if broker is not None and broker != info.broker:
+        out.write(f"error: {hook} is a {info.broker} hook, not {broker}\n")
+        return 2
+    ruleset, outcomes = scan(rules, RuleSet(), interpreter=TracingInterpreter)
+    for bad in (o for o in outcomes if o.errors):
+        for err in bad.errors:
+            out.write(err.format() + "\n")
+    try:
+        event = build_event(hook, event_spec)
+    except SpecError as exc:
+        out.write(f"error: {exc}\n")
+        return 2
+    engine = Engine(ruleset)
+    outcome = engine.decide(event)
+    rule = ruleset.get(hook)
+    out.write(f"decision: {describe(outcome)}\n")
+    if rule is None:
+        out.write(f"rule: none ({hook} has no rule file in {rules}, so it answers ignore)\n")
+    else:
+        out.write(f"rule: {rule.path} (version {rule.version})\n")
+    if outcome.error is not None:
+        out.write(f"error: {outcome.error.one_line()} (answered by the failure policy)\n")
+    if explain and rule is not None and isinstance(rule.interp, TracingInterpreter):
+        out.write("explain:\n")
+        sources: dict[str, list[str]] = {}
+        for step in rule.interp.steps:
+            if step.kind == "stmt":
+                lines = sources.setdefault(step.file, _lines(step.file))
+                text = lines[step.line - 1].rstrip() if 0 < step.line <= len(lines) else ""
+                out.write(f"  {step.file}:{step.line}  {text}\n")
+            else:
+                out.write(f"      | {step.kind}: {step.text}\n")
+    return 0
+
+
+def _lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []

@@ -1,0 +1,97 @@
+"""`hookrules test`, `eval` and `check` as a rule author runs them, on real rule directories."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .support import BUNDLED_RULES
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def hookrules(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hookrules", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_the_bundled_rules_pass_their_own_tests_with_full_coverage() -> None:
+    result = hookrules("test", str(BUNDLED_RULES), "--coverage")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.rstrip().endswith("passed, 0 failed")
+    coverage = [line for line in result.stdout.splitlines() if line.strip().endswith("%") and ".star" in line]
+    assert len(coverage) == 6 and all("100.0%" in line for line in coverage), coverage
+
+
+@pytest.mark.parametrize("pack", sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir()) if EXAMPLES.is_dir() else [])
+def test_every_example_pack_passes_its_tests(pack: str) -> None:
+    result = hookrules("test", str(EXAMPLES / pack), "--coverage")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " passed, 0 failed" in result.stdout
+
+
+def test_a_failing_case_shows_a_diff_and_fails(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(BUNDLED_RULES, rules)
+    (rules / "tests" / "extra.yaml").write_text(
+        "- name: wrong on purpose\n  hook: client.authenticate\n  event: {client: {username: baduser}}\n"
+        "  expect: {decision: allow}\n"
+        "- name: typo in the event\n  hook: client.authenticate\n  event: {clinet: {}}\n  expect: {decision: allow}\n")
+    result = hookrules("test", str(rules), "-q")
+    assert result.returncode == 1
+    out = result.stdout
+    assert f"FAILED {rules / 'tests' / 'extra.yaml'}::wrong on purpose" in out
+    assert "decision: expected 'allow', got 'deny'" in out
+    assert "event: client.authenticate does not provide 'clinet'" in out
+    assert "PASSED" not in out  # -q lists failures only
+    assert out.rstrip().endswith("passed, 2 failed")
+
+
+def test_coverage_names_the_lines_no_case_ran(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    (rules / "tests").mkdir(parents=True)
+    (rules / "client.authenticate.star").write_text(
+        'if client.username == "a":\n    deny("a")\nif client.username == "b":\n    deny("b")\nallow()\n')
+    (rules / "tests" / "t.yaml").write_text(
+        "- {name: a, hook: client.authenticate, event: {client: {username: a}}, expect: {decision: deny}}\n")
+    result = hookrules("test", str(rules), "--coverage")
+    assert result.returncode == 0, result.stdout
+    assert "2/5    40.0%  missing: 3-5" in result.stdout
+
+
+def test_a_rule_that_does_not_load_fails_the_run(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    (rules / "tests").mkdir(parents=True)
+    (rules / "client.authenticate.star").write_text("while True:\n    pass\n")
+    (rules / "tests" / "t.yaml").write_text(
+        "- {name: a, hook: client.authenticate, event: {}, expect: {decision: deny, error: load_error}}\n")
+    result = hookrules("test", str(rules))
+    assert result.returncode == 1
+    assert "'while' is not allowed in rules" in result.stdout
+    assert "1 file(s) failed to load" in result.stdout
+
+
+def test_eval_prints_the_decision_and_explains_it() -> None:
+    event = json.dumps({"client": {"username": "gooduser", "id": "c1"}})
+    result = hookrules("eval", "client.authenticate", "--event", event, "--rules", str(BUNDLED_RULES), "--explain")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("decision: allow\n")
+    assert "client.authenticate.star:6  if client.username == \"baduser\":" in out
+    assert "compare: client.username == 'baduser'  ->  'gooduser' == 'baduser'  ->  False" in out
+    assert "client.authenticate.star:9  allow()" in out
+
+
+def test_eval_reads_an_event_file_and_knows_the_broker(tmp_path: Path) -> None:
+    event = tmp_path / "event.yaml"
+    event.write_text("client: {id: dev-1}\nmessage: {topic: t/demo, payload: x}\n")
+    result = hookrules("eval", "auth_on_publish", "--event", str(event), "--rules", str(BUNDLED_RULES),
+                       "--broker", "vernemq")
+    assert result.returncode == 0, result.stderr
+    assert "decision: rewrite (payload=b'hardcode payload by hookrules :)')" in result.stdout
+    wrong = hookrules("eval", "auth_on_publish", "--event", str(event), "--rules", str(BUNDLED_RULES), "--broker", "emqx")
+    assert wrong.returncode == 2 and "auth_on_publish is a vernemq hook, not emqx" in wrong.stdout
