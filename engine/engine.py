@@ -64,7 +64,15 @@ class Engine:
     def policy(self, hook: str) -> Policy:
         """The failure policy of a hook: the config's, else the hook's default."""
         info = HOOKS.get(hook)
-        return self.policies.get(hook, info.failure_policy if info else "ignore")
+        if info is None:
+            return self.policies.get(hook, "ignore")
+        if hook in self.policies:
+            return self.policies[hook]
+        # a _m5 hook served by its twin's rule follows the policy configured for that rule
+        fallback = info.fallback
+        if fallback is not None and fallback in self.policies and _source(self.ruleset, hook) == fallback:
+            return self.policies[fallback]
+        return info.failure_policy
 
     def needs_event(self, hook: str) -> bool:
         """False when the hook has no rule file: the answer is ignore() whatever the event says, so an

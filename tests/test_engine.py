@@ -692,3 +692,14 @@ def test_bundled_rules_answer(bundled_engine: Engine, event: Event, decision: De
     outcome = bundled_engine.decide(event)
     assert (outcome.decision, outcome.source, outcome.error) == (decision, source, None)
     assert isinstance(outcome.decision, (Allow, Deny, Ignore, Rewrite, Drop))
+
+
+def test_a_twin_served_m5_hook_follows_the_policy_configured_for_the_twin() -> None:
+    """auth_on_register_m5 with no file of its own is answered by auth_on_register.star: also its failure policy."""
+    rule = compile_src("x = {}['k']\nallow()\n", "auth_on_register")
+    engine = Engine(RuleSet(MappingProxyType({"auth_on_register": rule})), policies={"auth_on_register": "allow"})
+    m5 = Event("auth_on_register_m5", "vernemq", Client(id="c"), frozen_map({"request": frozen_map({})}))
+    outcome = engine.decide(m5)
+    assert (outcome.source, outcome.decision.kind) == ("policy", "allow")
+    assert engine.policy("auth_on_register_m5") == "allow"
+    assert Engine(RuleSet(MappingProxyType({"auth_on_register": rule}))).policy("auth_on_register_m5") == "deny"

@@ -60,7 +60,7 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 def _qos(body: Mapping[str, Any], key: str = "qos") -> int:
     value = body.get(key, 0)
-    if isinstance(value, str) and value.isdigit():  # on_offline_message sends "1"
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 3:  # on_offline_message sends "1"
         value = int(value)
     if type(value) is not int or not 0 <= value <= 255:
         raise BadRequest(400, "bad_field", f"field '{key}' must be a QoS number, not {value!r}")
@@ -134,7 +134,8 @@ def events_for(hook: str, body: Mapping[str, Any], b64: bool) -> list[Event]:
     info = HOOKS[hook]
     names = set(info.names)
     client = _client(body)
-    props, user = _properties(body) if "properties" in names else (frozen_map({}), frozen_map({}))
+    # MQTT 5 properties reach the rule as `properties` where the hook has them, and always in `message`
+    props, user = _properties(body) if "properties" in body else (frozen_map({}), frozen_map({}))
     data: dict[str, Any] = {"request": freeze(dict(body))}
     if "properties" in names:
         data["properties"] = props

@@ -69,7 +69,10 @@ class WebhookAdapter:
                                  + ", ".join(h for h, i in HOOKS.items() if i.broker == BROKER))
             b64 = self._base64(request)
             body = await self._body(request)
-            reply = self._answer(hook, body, b64)
+            try:
+                reply = self._answer(hook, body, b64)
+            except RecursionError:  # a body json.loads could parse but too deep to copy read-only
+                raise BadRequest(400, "too_deep", "the body is nested too deeply") from None
         except BadRequest as bad:
             return self._bad(bad)
         finally:
