@@ -1,0 +1,82 @@
+"""A bare VerneMQ webhook endpoint with a constant reply: the floor hookrules is measured against.
+
+It is built on hookrules' own HTTP stack (adapters/webhooks.py and server.py: an aiohttp
+`web.Application` with the same client_max_size and the same two routes, an `AppRunner` with
+access_log=None, a `SockSite` on a socket of its own with the same backlog), so the difference
+between it and `hookrules serve --http` is the price of the header -> JSON -> Event -> rule -> reply
+path and nothing else:
+
+* every POST: the body is read (aiohttp reads or drains it on a keep-alive connection anyway), then
+  the same reply for all, `{"result": "ok"}`, built by `web.json_response` as hookrules builds its own;
+* anything else: 405, as hookrules.
+
+Run by bench/webhooks_bench.py; it prints where it listens the way hookrules does
+(`bare: VerneMQ webhooks (constant replies) on http://127.0.0.1:PORT/`), stops on SIGTERM/SIGINT,
+and in any case after --lifetime seconds, so it can never outlive a benchmark for long.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+
+from aiohttp import web
+
+from hookrules.adapters.webhooks import DEFAULT_MAX_BODY
+
+#: the one reply, to every POST whatever its hook: what an allow-all endpoint answers
+REPLY = {"result": "ok"}
+
+
+async def _ok(request: web.Request) -> web.Response:
+    await request.read()
+    return web.json_response(REPLY)
+
+
+async def _not_post(request: web.Request) -> web.Response:
+    return web.json_response({"error": f"VerneMQ webhooks are POST requests, not {request.method}"}, status=405)
+
+
+def app() -> web.Application:
+    application = web.Application(client_max_size=DEFAULT_MAX_BODY)
+    application.router.add_route("POST", "/{path:.*}", _ok)
+    application.router.add_route("*", "/{path:.*}", _not_post)
+    return application
+
+
+async def serve(host: str, port: int, lifetime: float) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)  # as hookrules' server.py
+    runner = web.AppRunner(app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock, shutdown_timeout=1.0).start()
+        print(f"bare: VerneMQ webhooks (constant replies) on http://{host}:{sock.getsockname()[1]}/", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await asyncio.wait_for(stop.wait(), lifetime)
+        except TimeoutError:
+            pass
+    finally:
+        await runner.cleanup()
+        sock.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
+    parser.add_argument("--lifetime", type=float, default=900.0, help="exit after this many seconds (default 900)")
+    args = parser.parse_args()
+    asyncio.run(serve(args.host, args.port, args.lifetime))
+
+
+if __name__ == "__main__":
+    main()
