@@ -6,7 +6,7 @@ so a rule cannot change what the broker sent nor what the next run will see.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -29,6 +29,60 @@ def freeze(value: Any) -> Any:
         return tuple(freeze(v) for v in value)
     if isinstance(value, (set, frozenset)):
         return frozenset(freeze(v) for v in value)
+    return value
+
+
+class JSONObject(Mapping[str, Any]):
+    """A read-only view of a JSON object: children are wrapped as they are read, not copied up front.
+
+    For webhook bodies, which rules seldom read whole: freezing every request eagerly cost more than
+    most rules do.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]):
+        self._data = data
+
+    def __getitem__(self, key: str) -> Any:
+        return json_view(self._data[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+
+class JSONArray(Sequence[Any]):
+    """A read-only view of a JSON array (see JSONObject)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Sequence[Any]):
+        self._data = data
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return tuple(json_view(v) for v in self._data[index])
+        return json_view(self._data[index])
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+
+def json_view(value: Any) -> Any:
+    """Parsed JSON as a rule may see it: objects and arrays read-only, wrapped lazily."""
+    if isinstance(value, dict):
+        return JSONObject(value)
+    if isinstance(value, list):
+        return JSONArray(value)
     return value
 
 

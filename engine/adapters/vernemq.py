@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..decisions import Decision
-from ..events import Client, Event, Message, TopicFilter, freeze, frozen_map
+from ..events import Client, Event, Message, TopicFilter, freeze, frozen_map, json_view
 from ..hooks import HOOKS
 
 BROKER = "vernemq"
@@ -136,7 +136,7 @@ def events_for(hook: str, body: Mapping[str, Any], b64: bool) -> list[Event]:
     client = _client(body)
     # MQTT 5 properties reach the rule as `properties` where the hook has them, and always in `message`
     props, user = _properties(body) if "properties" in body else (frozen_map({}), frozen_map({}))
-    data: dict[str, Any] = {"request": freeze(dict(body))}
+    data: dict[str, Any] = {"request": json_view(body)}
     if "properties" in names:
         data["properties"] = props
     if "user_properties" in names:

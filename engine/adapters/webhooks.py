@@ -20,6 +20,9 @@ from ..engine import Engine
 from ..hooks import HOOKS
 from .vernemq import (
     BROKER,
+    NEXT,
+    NOTIFIED,
+    OK,
     SUBSCRIBE_HOOKS,
     BadRequest,
     Reply,
@@ -35,6 +38,7 @@ HOOK_HEADER = "vernemq-hook"
 DEFAULT_MAX_BODY = 1024 * 1024
 #: bad requests are logged at most this often (all are counted)
 BAD_REQUEST_LOG_INTERVAL = 10.0
+_CONSTANT = {id(r): json.dumps(r.body).encode() for r in (OK, NEXT, NOTIFIED)}
 _FLAGS = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
 
 
@@ -78,6 +82,10 @@ class WebhookAdapter:
         finally:
             if hook in HOOKS and HOOKS[hook].broker == BROKER:
                 self._timer(hook).observe(time.perf_counter() - started)
+        if not reply.headers:
+            constant = _CONSTANT.get(id(reply))
+            if constant is not None:  # most answers are one of three: no need to encode them each time
+                return web.Response(body=constant, content_type="application/json")
         return web.json_response(reply.body, headers=reply.headers)
 
     def _answer(self, hook: str, body: dict[str, Any], b64: bool) -> Reply:
@@ -99,6 +107,8 @@ class WebhookAdapter:
 
     def _base64(self, request: web.Request) -> bool:
         """The endpoint URL may say how its payloads come (`?base64=off`), like vmq_webhooks' base64encode."""
+        if "base64" not in request.query_string:  # parsing the query costs more than the check
+            return self.base64
         flag = request.query.get("base64")
         if flag is None:
             return self.base64

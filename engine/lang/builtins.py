@@ -17,6 +17,7 @@ from ..decisions import ALLOW, IGNORE, Allow, Decision, Deny, Drop, Rewrite
 from ..hooks import HookInfo
 from ..modifiers import SCHEMAS
 from ..modifiers import validate as validate_modifiers
+from . import helpers
 
 MAX_RANGE = 100_000  # a bigger range is a mistake in a rule that answers in microseconds
 MAX_JSON_BYTES = 1 << 20
@@ -254,6 +255,7 @@ SAFE_BUILTINS: dict[str, Any] = {
 HELPERS: dict[str, Any] = {
     "topic_match": topic_match,
     "json_decode": json_decode,
+    **helpers.HELPERS,  # password checks, topic templates, regex, base64, JSON text, HMAC
 }
 
 #: Names bound per rule file rather than globally (`data` holds the data files).
