@@ -74,6 +74,8 @@ class CompiledRule:
     interp: RuleInterpreter = field(repr=False)
     #: what it was built from besides its own file: (library module, version) pairs and the data version
     deps: tuple[tuple[str, str], ...] = ()
+    #: the lines of the libraries it loads, by path, so a failure inside one is shown in its own file
+    library_lines: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def wants(self, event: Event) -> bool:
         """False when TOPICS is declared and the message topic matches none of them."""
@@ -98,12 +100,14 @@ class CompiledRule:
                                                self.interp.error_node, hint)) from None
 
     def _error(self, code: str, message: str, node: ast.AST | None, hint: str) -> RuleError:
+        path = self.interp.error_file or getattr(node, "hr_file", "") or self.path
+        lines = self.lines if path == self.path else self.library_lines.get(path, ())
         line = getattr(node, "lineno", 0) or 0
         col = (getattr(node, "col_offset", 0) or 0) + 1
-        src = self.lines[line - 1] if 1 <= line <= len(self.lines) else ""
+        src = lines[line - 1] if 1 <= line <= len(lines) else ""
         if line and src:
             col = char_col(src, col - 1)
-        return RuleError(code, Location(self.path, line, col), message, hint, src)  # type: ignore[arg-type]
+        return RuleError(code, Location(path, line, col), message, hint, src)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,7 @@ def compile_rule(path: str, data: bytes, hook: HookInfo, context: Context = Cont
     base = _common_names(path, context.data)
     base.update(make_decisions(hook))
     deps: dict[str, str] = {}
+    library_lines: dict[str, tuple[str, ...]] = {}
     if checked.loads:
         if context.libraries is None:
             raise RuleLoadError([RuleError("load_error", Location(path, checked.loads[0].node.lineno, 1),
@@ -152,13 +157,14 @@ def compile_rule(path: str, data: bytes, hook: HookInfo, context: Context = Cont
                                            "compile the rule with its directory's Context")])
         linker = Linker(context.libraries, interp, lambda lib: _common_names(lib, context.data), deps)
         base.update(linker.bind(checked.loads, path, lines))
+        library_lines = linker.sources
         strip_loads(checked.tree)
     if checked.topics:
         base[TOPICS_NAME] = checked.topics
     interp.prepare(checked.tree, path)
     deps[DATA_DEP] = context.data.version
     return CompiledRule(hook, path, hashlib.sha256(data).hexdigest()[:12], checked.tree, checked.topics,
-                        lines, base, interp, tuple(sorted(deps.items())))
+                        lines, base, interp, tuple(sorted(deps.items())), library_lines)
 
 
 def _declares_topics(stmt: ast.stmt) -> bool:

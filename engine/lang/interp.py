@@ -38,15 +38,18 @@ OPERATORS = {**ASTEVAL_OPERATORS, **GUARDED_OPERATORS}
 _NODE_CLASSES = [cls for cls in vars(ast).values() if isinstance(cls, type) and issubclass(cls, ast.AST)]
 
 
-def _innermost_node(tb: Any) -> ast.AST | None:
-    """The deepest node a handler was working on when the exception left it: the error's location."""
+def _innermost_node(tb: Any) -> tuple[ast.AST | None, str]:
+    """The deepest node a handler was working on when the exception left it, and the file of the
+    deepest statement around it (a library's, when the error is inside one of its functions)."""
     found = None
+    file = ""
     while tb is not None:
         node = tb.tb_frame.f_locals.get("node")
         if isinstance(node, ast.AST) and hasattr(node, "lineno"):
             found = node
+            file = getattr(node, "hr_file", file)
         tb = tb.tb_next
-    return found
+    return found, file
 
 
 class RuleFunction:
@@ -118,8 +121,9 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         #: (class, attribute) pairs that passed every check, asteval's safe_getattr included: the
         #: verdict depends on the class only (types themselves and guarded methods are never cached)
         self._vetted: set[tuple[object, str]] = set()
-        #: the innermost node that raised, for the error location
+        #: the innermost node that raised, and its file, for the error location
         self.error_node: ast.AST | None = None
+        self.error_file = ""
 
     def prepare(self, tree: ast.Module, path: str = "") -> None:
         """Bind every node of the tree to its handler once, so run() skips the per-node lookup.
@@ -145,6 +149,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         self._active = []
         self.code_text: list[str] = []
         self.error_node = None
+        self.error_file = ""
         self._steps = max_steps
         self._deadline = deadline
         try:
@@ -152,7 +157,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         except Decided as made:
             return made.decision
         except Exception as exc:
-            self.error_node = _innermost_node(exc.__traceback__)
+            self.error_node, self.error_file = _innermost_node(exc.__traceback__)
             raise
         finally:
             self.symtable = {}  # nothing a run bound survives it

@@ -14,7 +14,7 @@ import copy
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,7 @@ class Linker:
     interp: RuleInterpreter
     base: Callable[[str], dict[str, Any]]  # the names a library starts with, given its path (log is per file)
     deps: dict[str, str]  # module -> version of every library reached
+    sources: dict[str, tuple[str, ...]] = field(default_factory=dict)  # path -> lines, for error locations
 
     def bind(self, loads: tuple[LoadSpec, ...], importer: str, lines: tuple[str, ...],
              stack: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -122,6 +123,7 @@ class Linker:
     def _module(self, module: str, stack: tuple[str, ...], spec: LoadSpec, lines: tuple[str, ...]) -> dict[str, Any]:
         lib = self.libraries.get(module)
         self.deps[module] = lib.version
+        self.sources[lib.path] = lib.lines
         if lib.path in stack:
             chain = " -> ".join(Path(p).name for p in stack + (lib.path,))
             raise RuleLoadError([_at(stack[-1], lines, spec.node, f"load cycle: {chain}",
@@ -140,8 +142,12 @@ class Linker:
         except BaseException as exc:  # RuleAbort: over its budget
             raise RuleLoadError([_at(lib.path, lib.lines, getattr(exc, "node", None), str(exc),
                                      "keep a library's top level small")]) from None
-        # Starlark freezes a module once it has run: no run can change what the next one sees.
-        return {k: v if isinstance(v, RuleFunction) else freeze(v) for k, v in env.items()}
+        # Starlark freezes a module once it has run: no run can change what the next one sees. In
+        # place: the module's functions keep this very dict as their globals.
+        for key, value in env.items():
+            if not isinstance(value, RuleFunction):
+                env[key] = freeze(value)
+        return env
 
 
 def _is_load(stmt: ast.stmt) -> bool:
