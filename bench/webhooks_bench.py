@@ -71,7 +71,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from exhook_bench import Child, Pinning, RunResult, _fmt, _goal, choose_pinning, print_run, stop_all
+from exhook_bench import Child, Pinning, RunResult, choose_pinning, print_run, print_summary, stop_all
 from loadgen import cpu_seconds, machine_busy_seconds
 from webhooks_loadgen import REQUEST_TIMEOUT, REQUESTS, Request
 
@@ -385,49 +385,6 @@ def print_run_header(args: argparse.Namespace, pin: Pinning) -> None:
           f"{'srv CPU':>7} {'cli CPU':>7} {'other':>6} {'bound':>6} {'errors':>6}")
 
 
-def print_summary(results: list[RunResult], rounds: int) -> None:
-    by = {(r.server, r.round): r for r in results}
-    bare = [by[("bare", i)] for i in range(1, rounds + 1)]
-    hr = [by[("hookrules", i)] for i in range(1, rounds + 1)]
-    rps_ratio = statistics.median(h.rps / b.rps for h, b in zip(hr, bare))
-    have_cpu = all(r.cpu_us_per_req for r in bare + hr)
-    cpu_ratio = (statistics.median(h.cpu_us_per_req / b.cpu_us_per_req  # type: ignore[operator]
-                                   for h, b in zip(hr, bare)) if have_cpu else None)
-
-    def med(rs: list[RunResult], key: Callable[[RunResult], float | None]) -> float | None:
-        values = [key(r) for r in rs]
-        return None if any(v is None for v in values) else statistics.median(v for v in values if v is not None)
-
-    print(f"\nMedian over {rounds} round(s)        {'bare':>9} {'hookrules':>9} {'hookrules/bare':>15}")
-    rows: list[tuple[str, float | None, float | None, float | None, str]] = [
-        ("req/s", med(bare, lambda r: r.rps), med(hr, lambda r: r.rps), rps_ratio, ".0f"),
-        ("p50 latency ms", med(bare, lambda r: r.p50_ms), med(hr, lambda r: r.p50_ms), None, ".2f"),
-        ("p99 latency ms", med(bare, lambda r: r.p99_ms), med(hr, lambda r: r.p99_ms), None, ".2f"),
-        ("server CPU us/request", med(bare, lambda r: r.cpu_us_per_req), med(hr, lambda r: r.cpu_us_per_req),
-         cpu_ratio, ".0f"),
-    ]
-    for label, b, h, ratio, spec in rows:
-        print(f"  {label:<28} {_fmt(b, spec):>9} {_fmt(h, spec):>9} {_fmt(ratio, '.2f') + ('x' if ratio else ''):>15}")
-    print(f"throughput ratio hookrules/bare = {rps_ratio:.2f}x (goal >= {THROUGHPUT_GOAL}x)  "
-          f"[{_goal(rps_ratio >= THROUGHPUT_GOAL)}]")
-    if cpu_ratio is not None:
-        print(f"server CPU per request ratio hookrules/bare = {cpu_ratio:.2f}x "
-              f"(server-bound throughput ratio = {1 / cpu_ratio:.2f}x)")
-    else:
-        print("server CPU per request: not available (no /proc)")
-    if any(r.bound == "client" for r in results):
-        print("note: the load generator's core was saturated in some runs, so their req/s measures the client: "
-              "trust CPU per request (or use --client wrk)")
-    busiest = max((r.other_cpu_pct for r in results if r.other_cpu_pct is not None), default=None)
-    if busiest is not None and busiest > NOISY_OTHER_PCT:
-        print(f"note: other processes used up to {busiest:.0f}% of a core during the measured windows, so req/s "
-              f"(and the throughput ratio) is noisy: trust CPU per request, or rerun on a quiet machine "
-              f"with more --rounds")
-
-
-# -- main ---------------------------------------------------------------------------------------
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="hookrules vs a bare aiohttp endpoint answering VerneMQ webhooks: "
                                             "throughput, latency and CPU per request over HTTP.")
@@ -511,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RuntimeError, OSError, ValueError) as exc:
         print(f"\nbenchmark failed: {exc}", file=sys.stderr)
         return 1
-    print_summary(results, args.rounds)
+    print_summary(results, args.rounds, THROUGHPUT_GOAL, " (or use --client wrk)")
     failures = wrong + sum(r.errors + r.bad_replies for r in results)
     if failures:
         print(f"\n{failures} failed or wrong replies: the figures above are not trustworthy", file=sys.stderr)
