@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument("rules", type=Path, nargs="?", default=Path("rules"))
     test.add_argument("--coverage", action="store_true", help="report which statement lines the tests ran")
     test.add_argument("-q", "--quiet", action="store_true", help="list only failing cases")
+    test.add_argument("--failure-policy", action="append", default=[], metavar="HOOK=POLICY",
+                      help="as for serve: test the policy you deploy with")
+    test.add_argument("--rule-timeout", type=float, default=Limits().timeout, help="as for serve")
+    test.add_argument("--max-steps", type=int, default=Limits().max_steps, help="as for serve")
 
     ev = sub.add_parser("eval", help="run one event through the rules and print the decision")
     ev.add_argument("hook", help="the hook, e.g. client.authenticate or auth_on_register")
@@ -122,8 +126,15 @@ def _test(args: argparse.Namespace) -> int:
     if not args.rules.is_dir():
         print(f"hookrules: error: {args.rules} is not a directory", file=sys.stderr)
         return 2
-    logging.basicConfig(level="ERROR", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    return run_tests(args.rules, sys.stdout, coverage=args.coverage, verbose=not args.quiet)
+    # rule errors are reported in each failing case's diff; a case may expect one, so no log lines
+    logging.basicConfig(level="CRITICAL", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        policies = dict(parse_policy(p) for p in args.failure_policy)
+    except ConfigError as exc:
+        print(f"hookrules: error: {exc}", file=sys.stderr)
+        return 2
+    return run_tests(args.rules, sys.stdout, coverage=args.coverage, verbose=not args.quiet, policies=policies,
+                     limits=Limits(args.max_steps, args.rule_timeout))
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -93,7 +93,8 @@ class CompiledRule:
             return self.interp.execute(self.tree, symtable, limits.max_steps, deadline)  # type: ignore[no-any-return]
         except RuleAbort as exc:
             raise RuleRuntimeError(self._error("deadline_error", str(exc), exc.node,
-                                               "keep loops over small collections")) from None
+                                               "keep loops short; raise --rule-timeout above the cost of slow "
+                                               "helpers (password hashes)")) from None
         except Exception as exc:
             hint = next((h for kind, h in RUNTIME_HINTS if isinstance(exc, kind)), DEFAULT_RUNTIME_HINT)
             raise RuleRuntimeError(self._error("runtime_error", f"{type(exc).__name__}: {exc}",

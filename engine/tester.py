@@ -20,7 +20,8 @@ import yaml
 from .decisions import Decision
 from .engine import Engine, Outcome
 from .eventspec import SpecError, build_event
-from .ruleset import FileOutcome, RuleSet, scan
+from .hooks import Policy
+from .ruleset import FileOutcome, Limits, RuleSet, scan
 from .lang.interp import RuleInterpreter
 from .lang.loader import strip_loads
 from .lang.trace import TracingInterpreter, statement_lines
@@ -134,7 +135,8 @@ def test_files(directory: Path) -> list[Path]:
     return sorted(p for p in tests.iterdir() if p.suffix in SUFFIXES and not p.name.startswith("."))
 
 
-def run_tests(directory: Path, out: TextIO, *, coverage: bool = False, verbose: bool = True) -> int:
+def run_tests(directory: Path, out: TextIO, *, coverage: bool = False, verbose: bool = True,
+              policies: Mapping[str, Policy] | None = None, limits: Limits | None = None) -> int:
     """Run every case of the directory's tests; the exit status (0 all passed, 1 any failed)."""
     interpreter: type[RuleInterpreter] = TracingInterpreter if coverage else RuleInterpreter
     ruleset, outcomes = scan(directory, RuleSet(), interpreter=interpreter)
@@ -142,7 +144,7 @@ def run_tests(directory: Path, out: TextIO, *, coverage: bool = False, verbose: 
     for bad in load_errors:
         for err in bad.errors:
             out.write(err.format() + "\n")
-    engine = Engine(ruleset)
+    engine = Engine(ruleset, policies, limits)
     results: list[CaseResult] = []
     files = test_files(directory)
     for path in files:

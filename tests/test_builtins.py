@@ -319,3 +319,29 @@ def test_decision_functions_raise_decided(name: str, args: tuple[object, ...], k
 def test_decided_is_not_an_exception_class() -> None:
     assert issubclass(builtins.Decided, BaseException)
     assert not issubclass(builtins.Decided, Exception)
+
+
+@pytest.mark.parametrize(("acl", "requested", "covered"), [
+    ("a/+", "a/#", False),  # "a/#" also stands for a/b/c, which "a/+" does not allow
+    ("a/#", "a/#", True),
+    ("a/#", "a/+/c", True),
+    ("a/+", "a/+", True),
+    ("a/b", "a/+", False),
+    ("+/b", "+/b", True),
+    ("#", "a/#", True),
+    ("a/+/c", "a/+/c", True),
+    ("a/+/c", "a/#", False),
+])
+def test_topic_match_with_a_filter_as_topic_means_covers(acl: str, requested: str, covered: bool) -> None:
+    """client.authorize passes a SUBSCRIBE's filter as `topic`: an ACL must cover all it stands for."""
+    assert topic_match(acl, requested) is covered
+
+
+def test_json_decode_with_a_default_never_fails_on_bad_text() -> None:
+    from hookrules.lang.builtins import json_decode
+
+    assert json_decode(b"{not json", default=None) is None
+    assert json_decode(b"\xff\xfe", default="x") == "x"
+    assert json_decode('{"a": 1}', default=None) == {"a": 1}
+    with pytest.raises(ValueError):
+        json_decode(b"{not json")

@@ -164,7 +164,12 @@ def _filter_levels(filter: str) -> tuple[str, ...]:
 
 
 def topic_match(filter: str, topic: str) -> bool:
-    """MQTT matching: '+' is one level, '#' the rest (parent included); '$' topics need a literal first level."""
+    """MQTT matching: '+' is one level, '#' the rest (parent included); '$' topics need a literal first level.
+
+    `topic` may itself be a filter (client.authorize for a SUBSCRIBE passes the requested filter): then
+    it matches only if every topic it stands for does, so an ACL of "a/+" does not let a client
+    subscribe to "a/#".
+    """
     if not isinstance(filter, str):
         raise TypeError(f"topic_match: filter must be a string, not {type(filter).__name__}")
     if not isinstance(topic, str):
@@ -180,13 +185,25 @@ def topic_match(filter: str, topic: str) -> bool:
             return True
         if i >= len(tlevels):
             return False
-        if f != "+" and f != tlevels[i]:
+        t = tlevels[i]
+        if t == "#" or t == "+" and f != "+":  # a wildcard in the topic is covered only by as wide a one
+            return False
+        if f != "+" and f != t:
             return False
     return len(flevels) == len(tlevels)
 
 
-def json_decode(data: str | bytes) -> Any:
-    """Parse JSON text (a payload is bytes, decoded as UTF-8)."""
+_RAISE = object()
+
+
+def json_decode(data: str | bytes, default: Any = _RAISE) -> Any:
+    """Parse JSON text (a payload is bytes, decoded as UTF-8). With `default`, text that is not JSON
+    (or not UTF-8) gives `default` instead of a rule error: rules have no try."""
+    if default is not _RAISE:
+        try:
+            return json_decode(data)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors; size limits too
+            return default
     if isinstance(data, (bytes, bytearray)):
         if len(data) > MAX_JSON_BYTES:
             raise ValueError(f"json_decode: input over {MAX_JSON_BYTES} bytes")

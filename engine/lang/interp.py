@@ -194,7 +194,8 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         if self._steps < 0:
             raise RuleAbort("the rule ran out of steps (an unbounded loop?)", node)
         if _monotonic() > self._deadline:
-            raise RuleAbort("the rule ran past its deadline", node)
+            raise RuleAbort("the rule ran past its deadline (a long loop, or a slow helper such as bcrypt_check "
+                            "just before this line)", node)
 
     # -- hot handlers, leaner than asteval's ----------------------------------------------------
 
