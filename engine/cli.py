@@ -16,7 +16,9 @@ from .config import (
     LOG_LEVELS,
     Config,
     ConfigError,
+    build_config,
     parse_policy,
+    read_config_file,
 )
 from .ruleset import DATA_HOOK, Limits, RuleSet, scan
 
@@ -27,33 +29,41 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="answer EMQX ExHook calls and VerneMQ webhooks from the rules directory")
-    serve.add_argument("--rules", type=Path, default=Path("rules"), help="rules directory (default: rules)")
-    serve.add_argument("--grpc", default=DEFAULT_GRPC, metavar="HOST:PORT",
+    # Every serve flag defaults to None, "not given", so a config file's value stands unless a flag says otherwise.
+    serve.add_argument("--config", type=Path, metavar="FILE", help="a TOML file with any of the settings below")
+    serve.add_argument("--rules", type=Path, help="rules directory (default: rules)")
+    serve.add_argument("--grpc", metavar="HOST:PORT",
                        help=f"EMQX ExHook gRPC address (default: {DEFAULT_GRPC}; port 0 picks a free port; 'off')")
-    serve.add_argument("--http", default=DEFAULT_HTTP, metavar="HOST:PORT",
+    serve.add_argument("--http", metavar="HOST:PORT",
                        help=f"VerneMQ webhooks HTTP address (default: {DEFAULT_HTTP}; port 0 picks a free port; 'off')")
-    serve.add_argument("--vernemq-base64", default="on", choices=("on", "off"),
+    serve.add_argument("--vernemq-base64", choices=("on", "off"),
                        help="whether VerneMQ sends payloads base64-encoded, as its base64encode setting "
                             "(default: on; an endpoint URL may override it with ?base64=off)")
-    serve.add_argument("--http-max-body", type=int, default=DEFAULT_MAX_BODY, metavar="BYTES",
-                       help="largest webhook body accepted (default: %(default)s)")
-    serve.add_argument("--metrics", default=DEFAULT_METRICS, metavar="HOST:PORT",
-                       help=f"Prometheus /metrics address (default: {DEFAULT_METRICS}; 'off' disables it)")
-    serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    serve.add_argument("--http-max-body", type=int, metavar="BYTES",
+                       help=f"largest webhook body accepted (default: {DEFAULT_MAX_BODY})")
+    serve.add_argument("--metrics", metavar="HOST:PORT",
+                       help=f"Prometheus /metrics, /healthz and /readyz address (default: {DEFAULT_METRICS}; 'off')")
+    serve.add_argument("--log-level", choices=LOG_LEVELS, help="default: info")
     serve.add_argument("--failure-policy", action="append", default=[], metavar="HOOK=POLICY",
                        help="what a failing rule answers: deny, ignore or allow (repeatable; "
                             "default deny for client.authenticate/authorize and VerneMQ auth_*, else ignore)")
-    serve.add_argument("--max-steps", type=int, default=Limits().max_steps, help="evaluation steps per rule run")
-    serve.add_argument("--rule-timeout", type=float, default=Limits().timeout,
-                       help="seconds one rule run may take (default: %(default)s)")
+    serve.add_argument("--max-steps", type=int, help=f"evaluation steps per rule run (default: {Limits().max_steps})")
+    serve.add_argument("--rule-timeout", type=float,
+                       help=f"seconds one rule run may take (default: {Limits().timeout})")
+    serve.add_argument("--max-concurrent-calls", type=int,
+                       help="calls in progress at once before more are refused (default: 1000)")
     serve.add_argument("--decision-log", metavar="stdout|FILE",
                        help="write one JSON line per rule decision to stdout or a file (default: off)")
-    serve.add_argument("--decision-log-sample", type=float, default=1.0, metavar="RATE",
+    serve.add_argument("--decision-log-sample", type=float, metavar="RATE",
                        help="share of decisions logged, above 0 and at most 1 (default: 1)")
-    serve.add_argument("--decision-log-secrets", action="store_true",
+    serve.add_argument("--decision-log-secrets", action="store_const", const=True,
                        help="include passwords and payloads (base64) in the decision log: only where that log is safe")
-    serve.add_argument("--polling", action="store_true",
+    serve.add_argument("--polling", action="store_const", const=True,
                        help="poll the rules directory instead of inotify (NFS, some container mounts)")
+    serve.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve gRPC and HTTP over TLS with this certificate")
+    serve.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
+    serve.add_argument("--tls-client-ca", type=Path, metavar="PEM",
+                       help="require client certificates signed by this CA (mTLS)")
 
     check = sub.add_parser("check", help="load every rule file as the server would and report problems")
     check.add_argument("rules", type=Path, nargs="?", default=Path("rules"))
@@ -77,27 +87,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _off(value: str) -> str | None:
-    return None if value == "off" else value
+def serve_config(args: argparse.Namespace) -> Config:
+    """The Config for `serve`: defaults, then --config's file, then the flags given."""
+    flags = {
+        "rules": args.rules, "grpc": args.grpc, "http": args.http, "metrics": args.metrics,
+        "vernemq_base64": None if args.vernemq_base64 is None else args.vernemq_base64 == "on",
+        "http_max_body": args.http_max_body, "log_level": args.log_level, "polling": args.polling,
+        "max_steps": args.max_steps, "rule_timeout": args.rule_timeout,
+        "max_concurrent_calls": args.max_concurrent_calls, "decision_log": args.decision_log,
+        "decision_log_sample": args.decision_log_sample, "decision_log_secrets": args.decision_log_secrets,
+        "tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_client_ca": args.tls_client_ca,
+        "failure_policy": dict(parse_policy(p) for p in args.failure_policy),
+    }
+    file_settings = read_config_file(args.config) if args.config is not None else {}
+    return build_config(file_settings, flags)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from .server import run  # grpc is imported only when serving
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
     try:
-        config = Config(
-            rules=args.rules, grpc=_off(args.grpc), http=_off(args.http), metrics=_off(args.metrics),
-            vernemq_base64=args.vernemq_base64 == "on", http_max_body=args.http_max_body,
-            log_level=args.log_level, failure_policy=dict(parse_policy(p) for p in args.failure_policy),
-            limits=Limits(args.max_steps, args.rule_timeout), polling=args.polling,
-            decision_log=args.decision_log, decision_log_sample=args.decision_log_sample,
-            decision_log_secrets=args.decision_log_secrets,
-        )
+        config = serve_config(args)
     except ConfigError as exc:
         print(f"hookrules: error: {exc}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
     return run(config)
 
 

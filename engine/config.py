@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import tomllib
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from .hooks import HOOKS, Policy
 from .ruleset import Limits
@@ -61,6 +63,14 @@ class Config:
     decision_log_sample: float = 1.0
     decision_log_secrets: bool = False
     grace_period: float = 5.0  # seconds calls in flight get to finish on shutdown
+    #: calls in progress at once before more are refused (gRPC RESOURCE_EXHAUSTED, HTTP 503)
+    max_concurrent_calls: int = 1000
+    #: TLS for both front-ends (EMQX https:// exhook URLs, HTTPS webhooks); a client CA asks for mTLS
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    #: the TOML file these settings came from, re-read on SIGHUP
+    config_file: Path | None = None
 
     def __post_init__(self) -> None:
         for value, flag in ((self.grpc, "--grpc"), (self.http, "--http"), (self.metrics, "--metrics")):
@@ -78,3 +88,87 @@ class Config:
             raise ConfigError(f"--decision-log-sample {self.decision_log_sample} must be above 0 and at most 1")
         if self.limits.max_steps < 1 or self.limits.timeout <= 0:
             raise ConfigError("rule limits must be positive (--max-steps, --rule-timeout)")
+        if self.max_concurrent_calls < 1:
+            raise ConfigError(f"--max-concurrent-calls {self.max_concurrent_calls} must be at least 1")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("--tls-client-ca (mTLS) needs --tls-cert and --tls-key too")
+        for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"TLS file {path} does not exist")
+
+
+#: TOML layout: [section] -> {key: (Config field, type)}; "" is the top level
+FILE_KEYS: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
+    "": {"rules": ("rules", str), "grpc": ("grpc", str), "http": ("http", str), "metrics": ("metrics", str),
+         "log_level": ("log_level", str), "polling": ("polling", bool), "grace_period": ("grace_period", (int, float)),
+         "max_concurrent_calls": ("max_concurrent_calls", int)},
+    "limits": {"max_steps": ("max_steps", int), "rule_timeout": ("rule_timeout", (int, float))},
+    "vernemq": {"base64": ("vernemq_base64", bool), "max_body": ("http_max_body", int)},
+    "decision_log": {"target": ("decision_log", str), "sample": ("decision_log_sample", (int, float)),
+                     "secrets": ("decision_log_secrets", bool)},
+    "tls": {"cert": ("tls_cert", str), "key": ("tls_key", str), "client_ca": ("tls_client_ca", str)},
+}
+_PATHS = {"rules", "tls_cert", "tls_key", "tls_client_ca"}
+_OFF = {"grpc", "http", "metrics"}
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Settings from a TOML file, as Config keyword arguments (plus max_steps/rule_timeout for Limits).
+
+    Relative paths are relative to the file's directory. Every problem names the key and what is accepted.
+    """
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    out: dict[str, Any] = {"config_file": path}
+    base = path.parent
+    sections = {k: v for k, v in raw.items() if isinstance(v, dict)}
+    top = {k: v for k, v in raw.items() if not isinstance(v, dict)}
+    for section, table in [("", top), *sections.items()]:
+        where = f"[{section}] " if section else ""
+        if section == "failure_policy":
+            out["failure_policy"] = dict(parse_policy(f"{hook}={policy}") for hook, policy in table.items())
+            continue
+        known = FILE_KEYS.get(section)
+        if known is None:
+            raise ConfigError(f"config file {path}: unknown section [{section}]; sections: "
+                              + ", ".join(f"[{s}]" for s in FILE_KEYS if s) + ", [failure_policy]")
+        for key, value in table.items():
+            if key not in known:
+                raise ConfigError(f"config file {path}: unknown key {where}{key}; known: {', '.join(known)}")
+            name, kind = known[key]
+            if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+                raise ConfigError(f"config file {path}: {where}{key} = {value!r} has the wrong type")
+            if name in _OFF and value == "off":
+                value = None
+            elif name in _PATHS:
+                value = base / str(value)
+            out[name] = value
+    return out
+
+
+def build_config(file_settings: dict[str, Any], flags: dict[str, Any]) -> Config:
+    """Defaults, overridden by the file, overridden by the flags given on the command line."""
+    settings = dict(file_settings)
+    policies = dict(settings.pop("failure_policy", {}))
+    policies.update(flags.pop("failure_policy", None) or {})
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    defaults = Limits()
+    limits = Limits(int(settings.pop("max_steps", defaults.max_steps)),
+                    float(settings.pop("rule_timeout", defaults.timeout)))
+    for name in _OFF:
+        if settings.get(name) == "off":
+            settings[name] = None
+    for name in _PATHS:
+        if isinstance(settings.get(name), str):
+            settings[name] = Path(settings[name])
+    known = {f.name for f in fields(Config)}
+    unknown = set(settings) - known
+    if unknown:  # a bug of ours, not the user's
+        raise ConfigError(f"internal: unknown settings {sorted(unknown)}")
+    return Config(**settings, failure_policy=policies, limits=limits)

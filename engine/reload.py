@@ -156,7 +156,8 @@ class Reloader:
             await asyncio.sleep(self.rescan_interval)
             self.rescan()
 
-    def rescan(self) -> list[FileOutcome]:
+    def rescan(self, force: bool = False) -> list[FileOutcome]:
+        """Bring the rule set up to date with the directory; `force` recompiles even unchanged files."""
         previous = self.engine.ruleset
         now = time.monotonic()
         for hook, rule in previous.rules.items():
@@ -172,7 +173,7 @@ class Reloader:
             self.poke(WRITE_TIMEOUT)  # a library or data file is half written: rules built now could use half
             return []
         writing = {hook for hook in map(hook_for_file, self._writing) if hook is not None}
-        ruleset, outcomes = scan(self.directory, previous, frozenset(vanished | writing))
+        ruleset, outcomes = scan(self.directory, previous, frozenset(vanished | writing), force=force)
         for hook in list(self._missing_since):
             if hook not in ruleset.rules:
                 del self._missing_since[hook]

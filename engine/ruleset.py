@@ -221,14 +221,14 @@ def rule_files(directory: Path) -> Iterator[Path]:
 
 
 def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
-         interpreter: type[RuleInterpreter] = RuleInterpreter) -> tuple[RuleSet, list[FileOutcome]]:
+         interpreter: type[RuleInterpreter] = RuleInterpreter, force: bool = False) -> tuple[RuleSet, list[FileOutcome]]:
     """Build the rule set from the directory's current files, reusing what has not changed.
 
     A rule is rebuilt when its file, a library it loads or the data files change. `hold` names hooks
     whose file is in flux (being written, or briefly gone while an editor renames it away): they
     keep their previous rule, or stay without one, and their file is not read.
     """
-    data, outcomes = _scan_data(directory, previous.data)
+    data, outcomes = _scan_data(directory, previous.data)  # unchanged data is the same data: no need to force
     context = Context(Libraries(directory), data, interpreter)
     rules: dict[str, CompiledRule] = {}
     broken: dict[str, str] = {}
@@ -258,7 +258,7 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
                 broken[hook_name] = shown
             continue
         version = hashlib.sha256(raw).hexdigest()[:12]
-        if old is not None and old.version == version and old.path == shown and _deps_current(old, context):
+        if not force and old is not None and old.version == version and old.path == shown and _deps_current(old, context):
             rules[hook_name] = old
             outcomes.append(FileOutcome(hook_name, "unchanged", shown, version))
             continue

@@ -49,7 +49,7 @@ def generate_stubs(out_dir: Path) -> dict[str, Stubs]:
 
 
 _LISTEN = re.compile(r"^hookrules: (?P<what>EMQX ExHook|VerneMQ webhooks|Prometheus metrics) .*"
-                     r"on (?:http://)?(?P<host>[\d.]+):(?P<port>\d+)")
+                     r"on (?:https?://)?(?P<host>[\d.]+):(?P<port>\d+)")
 
 
 class ServerProcess:

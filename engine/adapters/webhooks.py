@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -45,18 +46,36 @@ _FLAGS = {"on": True, "true": True, "1": True, "off": False, "false": False, "0"
 class WebhookAdapter:
     """Answers every VerneMQ webhook from the engine's rules."""
 
-    def __init__(self, engine: Engine, *, base64: bool = True, max_body: int = DEFAULT_MAX_BODY):
+    def __init__(self, engine: Engine, *, base64: bool = True, max_body: int = DEFAULT_MAX_BODY,
+                 max_concurrent: int = 1000):
         self.engine = engine
         self.base64 = base64
         self.max_body = max_body
+        self.max_concurrent = max_concurrent
+        self._in_flight = 0
         self._timers: dict[str, Any] = {}
         self._last_bad_log = float("-inf")
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_body)
+    def app(self, extra_routes: Callable[[web.Application], None] | None = None) -> web.Application:
+        """The application; `extra_routes` may add GET routes (health) before the catch-all ones."""
+        app = web.Application(client_max_size=self.max_body, middlewares=[self._shed])
+        if extra_routes is not None:
+            extra_routes(app)
         app.router.add_route("POST", "/{path:.*}", self.handle)
         app.router.add_route("*", "/{path:.*}", self.not_post)
         return app
+
+    @web.middleware
+    async def _shed(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Past max_concurrent calls in progress, refuse at once: VerneMQ then applies its own failure
+        handling instead of every client waiting on an overloaded server."""
+        if self._in_flight >= self.max_concurrent:
+            return self._bad(BadRequest(503, "overloaded", f"overloaded: {self._in_flight} calls in progress"))
+        self._in_flight += 1
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        finally:
+            self._in_flight -= 1
 
     async def not_post(self, request: web.Request) -> web.Response:
         return self._bad(BadRequest(405, "not_post", f"VerneMQ webhooks are POST requests, not {request.method}"))

@@ -1,0 +1,38 @@
+"""Health and metrics over HTTP: /healthz (alive), /readyz (rules loaded, not draining), /metrics.
+
+Served by aiohttp on the server's own loop (on the metrics address, and /healthz and /readyz also on
+the webhooks address), so a probe answers only when the loop that serves brokers does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+#: what /readyz reports: (ready, detail)
+Readiness = Callable[[], tuple[bool, str]]
+
+
+def add_health_routes(app: web.Application, readiness: Readiness) -> None:
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready, detail = readiness()
+        return web.json_response({"status": "ready" if ready else "not ready", "detail": detail},
+                                 status=200 if ready else 503)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+
+def metrics_app(readiness: Readiness) -> web.Application:
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    add_health_routes(app, readiness)
+    return app

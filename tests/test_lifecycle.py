@@ -1,0 +1,153 @@
+"""Operating the server: config file, health, readiness, SIGHUP, load shedding."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .emqx_session import client_info, meta
+from .support import BUNDLED_RULES, ServerProcess, Stubs, wait_for
+
+
+def get(port: int, path: str) -> tuple[int, dict[str, Any]]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def serve_check(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hookrules", "serve", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_health_and_readiness(bundled_server: ServerProcess) -> None:
+    for port in (bundled_server.metrics_port, bundled_server.http_port):
+        assert get(port, "/healthz") == (200, {"status": "ok"})
+        status, body = get(port, "/readyz")
+        assert (status, body["status"]) == (200, "ready") and "6 rule file(s) loaded" in body["detail"]
+    with bundled_server.channel() as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "emqx.exhook.v3.HookProvider", "emqx.exhook.v2.HookProvider"):
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+def test_config_file_with_flags_overriding_it(start_server: Any, tmp_path: Path, stubs: dict[str, Stubs]) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "client.authorize.star").write_text("x = {}['k']\nallow()\n")
+    config = tmp_path / "hookrules.toml"
+    config.write_text('rules = "rules"\nmetrics = "off"\n[failure_policy]\n"client.authorize" = "allow"\n'
+                      '[limits]\nrule_timeout = 0.5\n')
+    # --metrics given on the command line wins over the file's "off"
+    server: ServerProcess = start_server(rules, "--config", str(config))
+    assert server.metrics_port > 0
+    s = stubs["v3"]
+    pb = s.pb2
+    with server.channel() as channel:
+        reply = s.stub(channel).OnClientAuthorize(pb.ClientAuthorizeRequest(
+            clientinfo=client_info(pb, "c", "u"), topic="t", meta=meta(pb)), timeout=10)
+    assert (reply.type, reply.bool_result) == (pb.ValuedResponse.STOP_AND_RETURN, True)  # the file's policy
+
+
+def test_invalid_config_is_refused_at_start_with_a_clear_message(tmp_path: Path) -> None:
+    cases = {
+        "[limits]\nmax_stepz = 5\n": "unknown key [limits] max_stepz; known: max_steps, rule_timeout",
+        "[tls]\ncert = \"missing.pem\"\n": "TLS needs both a certificate and its key",
+        "grpc = 9000\n": "grpc = 9000 has the wrong type",
+        "[failure_policy]\n\"client.authorize\" = \"maybe\"\n": "policy must be one of deny, ignore, allow",
+        "[nope]\nx = 1\n": "unknown section [nope]",
+        "rules = \n": "is not valid TOML",
+    }
+    for text, message in cases.items():
+        config = tmp_path / "bad.toml"
+        config.write_text(text)
+        result = serve_check("--config", str(config))
+        assert result.returncode == 2, text
+        assert message in result.stderr, (text, result.stderr)
+
+
+def test_sighup_recompiles_everything_and_rereads_the_policies(start_server: Any, tmp_path: Path,
+                                                               stubs: dict[str, Stubs]) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(BUNDLED_RULES, rules)
+    (rules / "client.authorize.star").write_text("x = {}['k']\nallow()\n")
+    config = tmp_path / "hookrules.toml"
+    config.write_text(f'rules = "{rules}"\n')
+    server: ServerProcess = start_server(rules, "--config", str(config))
+    s = stubs["v3"]
+    pb = s.pb2
+
+    def authorize() -> bool:
+        with server.channel() as channel:
+            return bool(s.stub(channel).OnClientAuthorize(pb.ClientAuthorizeRequest(
+                clientinfo=client_info(pb, "c", "u"), topic="t", meta=meta(pb)), timeout=10).bool_result)
+
+    assert authorize() is False  # default policy for authorize: deny
+    config.write_text(f'rules = "{rules}"\n[failure_policy]\n"client.authorize" = "allow"\n')
+    server.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "SIGHUP: reloaded" in server.log())
+    assert authorize() is True
+    assert "reloaded" in server.log() and server.proc.poll() is None
+
+
+def test_http_calls_past_the_limit_are_shed(start_server: Any, tmp_path: Path) -> None:
+    """With one call allowed in progress, a request whose body is still arriving holds the place.
+
+    Result: the next request gets 503 at once, counted; after the first completes, calls pass again.
+    """
+    server: ServerProcess = start_server(tmp_path, "--max-concurrent-calls", "1")
+    body = json.dumps({"client_id": "c", "mountpoint": ""}).encode()
+    slow = socket.create_connection(("127.0.0.1", server.http_port), timeout=10)
+    try:
+        slow.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nvernemq-hook: on_client_gone\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:5])
+
+        def shed() -> bool:
+            conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+            conn.request("POST", "/", body, {"vernemq-hook": "on_client_gone"})
+            resp = conn.getresponse()
+            payload = json.loads(resp.read())
+            conn.close()
+            return resp.status == 503 and payload["error"].startswith("overloaded")
+
+        assert wait_for(shed, timeout=10)
+        slow.sendall(body[5:])
+        assert b"200 OK" in slow.recv(4096)
+    finally:
+        slow.close()
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+    try:
+        conn.request("POST", "/", body, {"vernemq-hook": "on_client_gone"})
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+    assert 'hookrules_bad_requests_total{broker="vernemq",reason="overloaded"}' in server.metrics_text()
+
+
+def test_sigterm_reports_draining_then_exits_zero(start_server: Any, rules_dir: Path) -> None:
+    server: ServerProcess = start_server(rules_dir)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(15) == 0
+    assert "stopping: draining calls in flight" in server.log()
+    with grpc.insecure_channel(server.target) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=1)
+            reachable = True
+        except grpc.FutureTimeoutError:
+            reachable = False
+    assert not reachable
