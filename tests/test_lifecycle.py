@@ -151,3 +151,23 @@ def test_sigterm_reports_draining_then_exits_zero(start_server: Any, rules_dir: 
         except grpc.FutureTimeoutError:
             reachable = False
     assert not reachable
+
+
+def test_a_slow_rule_is_cut_short_by_the_callers_grpc_deadline(start_server: Any, tmp_path: Path,
+                                                                stubs: dict[str, Stubs]) -> None:
+    """EMQX sends its request_timeout as the gRPC deadline; the rule's own limit (here 30 s) is longer.
+
+    Result: the reply arrives before the deadline, answered by the failure policy (deny), not DEADLINE_EXCEEDED.
+    """
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "client.authenticate.star").write_text(
+        "n = 0\nfor i in range(100000):\n    for j in range(100000):\n        n = n + 1\nallow()\n")
+    server: ServerProcess = start_server(rules, "--rule-timeout", "30", "--max-steps", "1000000000")
+    s = stubs["v3"]
+    pb = s.pb2
+    with server.channel() as channel:
+        reply = s.stub(channel).OnClientAuthenticate(pb.ClientAuthenticateRequest(
+            clientinfo=client_info(pb, "c", "u"), meta=meta(pb)), timeout=2.0)
+    assert (reply.type, reply.bool_result) == (pb.ValuedResponse.STOP_AND_RETURN, False)
+    assert wait_for(lambda: "deadline_error" in server.log())

@@ -29,8 +29,9 @@ from .exhook_proto import ExhookProto
 log = logging.getLogger(__name__)
 
 BROKER = "emqx"
-#: Leave this much of EMQX's request_timeout (the gRPC deadline) for the reply to travel back.
-DEADLINE_MARGIN = 0.05
+#: Leave this share of EMQX's request_timeout (the gRPC deadline) for the reply to travel back,
+#: within bounds: 0.5 s of the default 5 s, never less than 50 ms.
+DEADLINE_MARGIN = (0.1, 0.05, 0.5)
 
 RPC_HOOKS: dict[str, str] = {
     "OnClientConnect": "client.connect",
@@ -188,6 +189,12 @@ def _reply_kind(hook: str) -> str:
 
 # -- the servicer -------------------------------------------------------------------------------
 
+
+def _margin(remaining: float) -> float:
+    share, low, high = DEADLINE_MARGIN
+    return min(max(remaining * share, low), high)
+
+
 #: Undecodable requests are logged at most this often (each is counted).
 BAD_REQUEST_LOG_INTERVAL = 10.0
 
@@ -254,7 +261,7 @@ class ExhookAdapter:
                 if not engine.needs_event(hook):
                     return reply(request, engine.skip(BROKER, hook).decision)
                 remaining = context.time_remaining()
-                timeout = None if remaining is None else max(remaining - DEADLINE_MARGIN, 0.001)
+                timeout = None if remaining is None else max(remaining - _margin(remaining), 0.001)
                 outcome = engine.decide(build(hook, request), timeout)
                 return reply(request, outcome.decision)
             except Exception:  # a bug of ours must still give EMQX an answer it understands
