@@ -120,16 +120,33 @@ def parse(path: str, raw: bytes) -> Any:
             raise _error(path, 0, 0, "JSON nested too deeply", "flatten the structure") from None
     if suffix in (".yaml", ".yml"):
         try:
-            return freeze(yaml.safe_load(text))
+            return freeze(yaml.load(text, Loader=_NoAliasLoader))  # noqa: S506 - a SafeLoader subclass
+        except RecursionError:
+            raise _error(path, 0, 0, "YAML nested too deeply", "flatten the structure") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise _error(path, line, col, f"invalid YAML: {problem}", "check the indentation and quoting") from None
-    rows = list(csv.DictReader(io.StringIO(text)))
+    try:
+        rows = list(csv.DictReader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise _error(path, 0, 0, f"invalid CSV: {exc}", "check the quoting") from None
     if rows and None in rows[0]:
         raise _error(path, 2, 1, "a row has more fields than the header", "every row needs the header's columns")
     return tuple(MappingProxyType(dict(row)) for row in rows)
+
+
+class _NoAliasLoader(yaml.SafeLoader):  # type: ignore[misc]
+    """yaml.safe_load without anchors and aliases: a few hundred bytes of aliases can stand for
+    billions of items (a "billion laughs"), which freezing would expand."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.get_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in data files",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
 
 
 class DataError(Exception):

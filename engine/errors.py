@@ -14,6 +14,13 @@ def source_lines(text: str) -> list[str]:
     return _NEWLINE.split(text)
 
 
+def printable(text: str) -> str:
+    """Text safe for one log line: control characters (a newline in a rule's error) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 def char_col(line: str, byte_offset: int) -> int:
     """1-based column in characters from ast's 0-based UTF-8 byte offset."""
     return len(line.encode("utf-8")[:byte_offset].decode("utf-8", errors="replace")) + 1
@@ -43,16 +50,17 @@ class RuleError:
 
     def format(self) -> str:
         """The asteval-style report: header, the source line with a caret, then the hint."""
-        out = [f"{self.location}: {self.code}: {self.message}"]
+        out = [f"{printable(str(self.location))}: {self.code}: {printable(self.message)}"]
         if self.source_line:
-            out.append("    " + self.source_line.rstrip())
+            out.append("    " + printable(self.source_line.rstrip()))
             out.append("    " + " " * max(self.location.col - 1, 0) + "^")
         if self.hint:
-            out.append(f"  hint: {self.hint}")
+            out.append(f"  hint: {printable(self.hint)}")
         return "\n".join(out)
 
     def one_line(self) -> str:
-        return f"{self.location}: {self.code}: {self.message}" + (f" (hint: {self.hint})" if self.hint else "")
+        text = f"{self.location}: {self.code}: {self.message}" + (f" (hint: {self.hint})" if self.hint else "")
+        return printable(text)
 
 
 class RuleLoadError(Exception):

@@ -63,7 +63,8 @@ class Reloader:
     """Owns the rules directory: the first load, the watch, and every swap of the engine's rule set."""
 
     def __init__(self, directory: Path, engine: Engine, *, debounce: float = 0.05, grace: float = 0.3,
-                 polling: bool = False, poll_interval: float = 1.0, rescan_interval: float = 30.0):
+                 polling: bool = False, poll_interval: float = 1.0, rescan_interval: float = 30.0,
+                 settle: float = 0.5):
         self.directory = directory
         self.engine = engine
         self.debounce = debounce
@@ -71,6 +72,8 @@ class Reloader:
         self.polling = polling
         self.poll_interval = poll_interval
         self.rescan_interval = rescan_interval
+        self.settle = settle
+        self._postponed_since: float | None = None
         self.listeners: list[Listener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: asyncio.TimerHandle | None = None
@@ -83,10 +86,27 @@ class Reloader:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def load(self) -> list[FileOutcome]:
-        """The first load, before serving."""
+        """The first load, before serving: whatever is there now (no settling: nothing serves yet)."""
         if not self.directory.is_dir():
             log.warning("rules directory %s does not exist: serving no rules until it is created", self.directory)
-        return self.rescan()
+        return self.rescan(settle=0.0)
+
+    def _youngest_dependency_age(self) -> float | None:
+        """Seconds since the newest library or data file (anything under a subdirectory but tests/) changed."""
+        now = time.time()
+        youngest: float | None = None
+        for root, dirs, files in os.walk(self.directory):
+            if root == str(self.directory):
+                dirs[:] = [d for d in dirs if d != "tests"]
+                continue
+            for name in files:
+                if name.endswith(WATCHED_SUFFIXES):
+                    try:
+                        age = now - os.stat(os.path.join(root, name)).st_mtime
+                    except OSError:
+                        continue
+                    youngest = age if youngest is None else min(youngest, age)
+        return youngest
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -121,8 +141,9 @@ class Reloader:
         """Track files being written; rescan when one has new, complete contents or is gone.
 
         inotify says `created`/`modified` while a writer is still at work and `closed` when it is
-        done; a rescan meanwhile keeps the file's previous rule (see rescan). Polling sees only
-        finished snapshots, so there every change counts as complete.
+        done; a rescan meanwhile keeps the file's previous rule. Polling only sees that metadata
+        changed, so there every change asks for a rescan; in both modes the settle check in scan()
+        keeps a file that changed a moment ago (or while it was read) for a later rescan.
         """
         if self.polling:
             self.poke()
@@ -156,10 +177,24 @@ class Reloader:
             await asyncio.sleep(self.rescan_interval)
             self.rescan()
 
-    def rescan(self, force: bool = False) -> list[FileOutcome]:
-        """Bring the rule set up to date with the directory; `force` recompiles even unchanged files."""
+    def rescan(self, force: bool = False, settle: float | None = None) -> list[FileOutcome]:
+        """Bring the rule set up to date with the directory; `force` recompiles even unchanged files.
+
+        Files modified less than `settle` seconds ago are left for a later rescan: an editor may still
+        be writing them, and its events can reach us after the write began.
+        """
+        settle = self.settle if settle is None else settle
         previous = self.engine.ruleset
         now = time.monotonic()
+        if settle and self._loop is not None:
+            age = self._youngest_dependency_age()
+            if age is not None and age < settle:
+                if self._postponed_since is None:
+                    self._postponed_since = now
+                if now - self._postponed_since < WRITE_TIMEOUT:
+                    self.poke(settle - age + 0.01)  # a library or data file just changed: rules built now could use half
+                    return []
+            self._postponed_since = None
         for hook, rule in previous.rules.items():
             if os.path.exists(rule.path):
                 self._missing_since.pop(hook, None)
@@ -167,13 +202,17 @@ class Reloader:
                 self._missing_since.setdefault(hook, now)
         vanished = {h for h, since in self._missing_since.items() if now - since < self.grace}
         for name, since in list(self._writing.items()):
-            if now - since >= WRITE_TIMEOUT:
+            # a writer that never said it was done, or a file gone (a ConfigMap's old timestamped dir,
+            # whose files watchdog reported as created when it began watching the new one)
+            if now - since >= WRITE_TIMEOUT or not os.path.lexists(os.path.join(self.directory, name)):
                 del self._writing[name]
         if any("/" in name and name.endswith(WATCHED_SUFFIXES) for name in self._writing) and self._loop is not None:
             self.poke(WRITE_TIMEOUT)  # a library or data file is half written: rules built now could use half
             return []
         writing = {hook for hook in map(hook_for_file, self._writing) if hook is not None}
-        ruleset, outcomes = scan(self.directory, previous, frozenset(vanished | writing), force=force)
+        ruleset, outcomes = scan(self.directory, previous, frozenset(vanished | writing), force=force, settle=settle)
+        if any(o.result == "pending" for o in outcomes) and self._loop is not None:
+            self.poke(settle)
         for hook in list(self._missing_since):
             if hook not in ruleset.rules:
                 del self._missing_since[hook]
@@ -196,6 +235,8 @@ class Reloader:
     def _report(self, outcomes: list[FileOutcome], previous: RuleSet, ruleset: RuleSet) -> None:
         """One log line per thing an operator needs to know; metrics for all of it."""
         for out in outcomes:
+            if out.result == "pending":
+                continue  # not read yet: a later rescan reports it
             if out.result not in ("error", "invalid_name"):
                 self._reported.pop(out.path, None)  # broken again later: say it again
             if out.result == "unchanged":

@@ -157,7 +157,11 @@ def compile_rule(path: str, data: bytes, hook: HookInfo, context: Context = Cont
                                            "load() needs the rules directory, which this compile has not got",
                                            "compile the rule with its directory's Context")])
         linker = Linker(context.libraries, interp, lambda lib: _common_names(lib, context.data), deps)
-        base.update(linker.bind(checked.loads, path, lines))
+        try:
+            base.update(linker.bind(checked.loads, path, lines))
+        except RecursionError:
+            raise RuleLoadError([RuleError("load_error", Location(path, checked.loads[0].node.lineno, 1),
+                                           "libraries load each other too deeply", "flatten the chain of load() calls")]) from None
         library_lines = linker.sources
         strip_loads(checked.tree)
     if checked.topics:
@@ -199,10 +203,11 @@ class RuleSet:
 
 @dataclass(frozen=True, slots=True)
 class FileOutcome:
-    """What a scan did with one file: loaded, unchanged, failed (kept or not), removed, invalid name."""
+    """What a scan did with one file: loaded, unchanged, failed (kept or not), removed, invalid name,
+    or pending (not read yet: it may still be being written)."""
 
     hook: str  # the hook, or the file name when it names none
-    result: str  # "loaded" | "unchanged" | "error" | "removed" | "invalid_name"
+    result: str  # "loaded" | "unchanged" | "error" | "removed" | "invalid_name" | "pending"
     path: str
     version: str = ""
     errors: tuple[RuleError, ...] = ()
@@ -221,12 +226,15 @@ def rule_files(directory: Path) -> Iterator[Path]:
 
 
 def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
-         interpreter: type[RuleInterpreter] = RuleInterpreter, force: bool = False) -> tuple[RuleSet, list[FileOutcome]]:
+         interpreter: type[RuleInterpreter] = RuleInterpreter, force: bool = False,
+         settle: float = 0.0) -> tuple[RuleSet, list[FileOutcome]]:
     """Build the rule set from the directory's current files, reusing what has not changed.
 
     A rule is rebuilt when its file, a library it loads or the data files change. `hold` names hooks
     whose file is in flux (being written, or briefly gone while an editor renames it away): they
-    keep their previous rule, or stay without one, and their file is not read.
+    keep their previous rule, or stay without one, and their file is not read. With `settle`, a file
+    modified less than that many seconds ago, or changed while it was read, is "pending" and keeps
+    its previous rule too: the watcher's events can arrive after an editor has started writing.
     """
     data, outcomes = _scan_data(directory, previous.data)  # unchanged data is the same data: no need to force
     context = Context(Libraries(directory), data, interpreter)
@@ -241,21 +249,29 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
             continue
         seen.add(hook_name)
         old = previous.get(hook_name)
-        if hook_name in hold:
+        raw = None
+        if hook_name not in hold:
+            try:
+                raw = _read_settled(path, settle)
+            except FileNotFoundError:
+                raw = None  # renamed away between listing and reading (vim): as if it were briefly gone
+            except OSError as exc:
+                err = RuleError("load_error", Location(shown), f"cannot read: {exc.strerror or exc}",
+                                "check the file's permissions")
+                outcomes.append(FileOutcome(hook_name, "error", shown, errors=(err,),
+                                            kept_version=old.version if old else ""))
+                if old is not None:
+                    rules[hook_name] = old
+                else:
+                    broken[hook_name] = shown
+                continue
+        if raw is None:  # held, gone for a moment, or still being written: keep what served
+            if hook_name not in hold:
+                outcomes.append(FileOutcome(hook_name, "pending", shown))
             if old is not None:
                 rules[hook_name] = old
             elif hook_name in previous.broken:
                 broken[hook_name] = previous.broken[hook_name]
-            continue
-        try:
-            raw = path.read_bytes()  # follows symlinks: ConfigMap mounts are links into ..data/
-        except OSError as exc:
-            err = RuleError("load_error", Location(shown), f"cannot read: {exc.strerror or exc}", "check the file's permissions")
-            outcomes.append(FileOutcome(hook_name, "error", shown, errors=(err,), kept_version=old.version if old else ""))
-            if old is not None:
-                rules[hook_name] = old
-            else:
-                broken[hook_name] = shown
             continue
         version = hashlib.sha256(raw).hexdigest()[:12]
         if not force and old is not None and old.version == version and old.path == shown and _deps_current(old, context):
@@ -282,6 +298,18 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
         else:
             outcomes.append(FileOutcome(hook_name, "removed", old.path, old.version))
     return RuleSet(MappingProxyType(rules), MappingProxyType(broken), data), outcomes
+
+
+def _read_settled(path: Path, settle: float) -> bytes | None:
+    """The file's bytes, or None when it may still be being written (see scan)."""
+    before = path.stat()
+    if settle and time.time() - before.st_mtime < settle:
+        return None
+    raw = path.read_bytes()  # follows symlinks: ConfigMap mounts are links into ..data/
+    after = path.stat()
+    if (before.st_size, before.st_mtime_ns, before.st_ino) != (after.st_size, after.st_mtime_ns, after.st_ino):
+        return None
+    return raw
 
 
 def _deps_current(rule: CompiledRule, context: Context) -> bool:

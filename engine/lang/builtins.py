@@ -17,7 +17,7 @@ from ..decisions import ALLOW, IGNORE, Allow, Decision, Deny, Drop, Rewrite
 from ..hooks import HookInfo
 from ..modifiers import SCHEMAS
 from ..modifiers import validate as validate_modifiers
-from . import helpers
+from . import guards, helpers
 
 MAX_RANGE = 100_000  # a bigger range is a mistake in a rule that answers in microseconds
 MAX_JSON_BYTES = 1 << 20
@@ -219,7 +219,7 @@ def make_log(where: str) -> Callable[[object], None]:
     """`log(text)` for one rule file: one INFO line naming the file, cut to MAX_LOG_CHARS."""
 
     def log(text: object) -> None:
-        msg = text if isinstance(text, str) else repr(text)
+        msg = text if isinstance(text, str) else guards.safe_repr(text)
         if len(msg) > MAX_LOG_CHARS:
             msg = msg[:MAX_LOG_CHARS] + "..."
         if not msg.isprintable():  # a newline in rule text must not forge a second log line
@@ -252,7 +252,7 @@ SAFE_BUILTINS: dict[str, Any] = {
     "any": any,
     "bool": bool,
     "dict": dict,
-    "enumerate": enumerate,
+    "enumerate": guards.safe_enumerate,
     "float": float,
     "int": int,
     "len": len,
@@ -260,13 +260,13 @@ SAFE_BUILTINS: dict[str, Any] = {
     "max": max,
     "min": min,
     "range": safe_range,
-    "repr": repr,
-    "reversed": reversed,
+    "repr": guards.safe_repr,
+    "reversed": guards.safe_reversed,
     "sorted": sorted,
-    "str": str,
+    "str": guards.safe_str,
     "tuple": tuple,
     "type": type_name,
-    "zip": zip,
+    "zip": guards.safe_zip,
 }
 
 HELPERS: dict[str, Any] = {

@@ -73,6 +73,9 @@ DENIED_ATTRS: dict[str, str] = {
     "ljust": "pad with + and a short literal", "rjust": "pad with + and a short literal",
     "center": "pad with + and a short literal", "zfill": "pad with + and a short literal",
     "expandtabs": "replace tabs with .replace('\\t', ' ')",
+    "translate": "use .replace(...): translate can grow a string without bound",
+    "maketrans": "use .replace(...): translate can grow a string without bound",
+    "to_bytes": "int.to_bytes allocates what it is asked for: build bytes from short literals",
 }
 DENIED_ATTR_PREFIXES = ("func_", "im_", "gi_", "cr_", "ag_", "f_", "tb_", "co_")
 
@@ -118,6 +121,7 @@ class _Checker:
         self.bound: set[str] = set()
         self.topics: tuple[str, ...] = ()
         self.loads: list[LoadSpec] = []
+        self._unknown_count = 0
         self._load_statements: set[int] = set()
 
     def error(self, node: ast.AST | None, message: str, hint: str = "", code: str = "check_error") -> None:
@@ -246,7 +250,9 @@ class _Checker:
         if name == "print":
             self.error(node, "'print' is not available in rules", "use log(text): it goes to the server log with the file name")
             return
-        close = difflib.get_close_matches(name, sorted(self.provided | self.bound), n=1)
+        self._unknown_count += 1  # suggestions compare with every name: only for the first few
+        close = (difflib.get_close_matches(name, sorted(self.provided | self.bound)[:1000], n=1)
+                 if self._unknown_count <= 20 else [])
         hint = f"did you mean '{close[0]}'?" if close else "define it first, or see the README for the names each hook provides"
         self.error(node, f"unknown name '{name}'", hint)
 
@@ -355,21 +361,68 @@ class _Checker:
             self.topics = tuple(topics)
 
     def _check_recursion(self, tree: ast.Module) -> None:
-        """Starlark has no recursion; refuse call cycles among the file's functions (also checked at run time)."""
+        """Starlark has no recursion; refuse call cycles among the file's functions (also checked at run time).
+
+        Strongly connected components of the call graph (Tarjan, iterative): linear in the file, so a
+        long chain of functions cannot stall a reload.
+        """
         defs = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
         calls: dict[str, list[ast.Call]] = {}
         for name, fn in defs.items():
             calls[name] = [c for c in ast.walk(fn) if isinstance(c, ast.Call)
                            and isinstance(c.func, ast.Name) and c.func.id in defs]
-        reported: set[str] = set()
-        for start in defs:
-            path = _find_cycle(start, calls)
-            if path and start not in reported:
-                reported.update(path)
-                via = " -> ".join(path + [start])
-                call = next(c for c in calls[path[-1]] if c.func.id == start)  # type: ignore[attr-defined]
-                self.error(call, f"function '{start}' calls itself ({via}): recursion is not allowed",
-                           "loop over a finite collection with 'for' instead")
+        for component in _cycles({n: [c.func.id for c in cs] for n, cs in calls.items()}):  # type: ignore[attr-defined]
+            start = component[0]
+            # reported where the cycle closes: the call back to its first function
+            caller = next((n for n in component[1:] if any(c.func.id == start for c in calls[n])), start)  # type: ignore[attr-defined]
+            call = next(c for c in calls[caller] if c.func.id == start)  # type: ignore[attr-defined]
+            via = " -> ".join(component + [start])
+            self.error(call, f"function '{start}' calls itself ({via}): recursion is not allowed",
+                       "loop over a finite collection with 'for' instead")
+
+
+def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
+    """The call cycles: strongly connected components with more than one function, or a self-call."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    out: list[list[str]] = []
+    counter = 0
+    for root in graph:
+        if root in index:
+            continue
+        work: list[tuple[str, int]] = [(root, 0)]
+        while work:
+            node, i = work.pop()
+            if i == 0:
+                index[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack.add(node)
+            callees = graph.get(node, [])
+            if i < len(callees):
+                work.append((node, i + 1))
+                callee = callees[i]
+                if callee not in index:
+                    work.append((callee, 0))
+                elif callee in on_stack:
+                    low[node] = min(low[node], index[callee])
+                continue
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or node in graph.get(node, []):
+                    out.append(sorted(component, key=list(graph).index))
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return out
 
 
 def _walk_scoped(tree: ast.AST) -> list[tuple[ast.AST, bool]]:
@@ -382,21 +435,6 @@ def _walk_scoped(tree: ast.AST) -> list[tuple[ast.AST, bool]]:
         child_inside = inside or isinstance(node, ast.FunctionDef)
         stack.extend((child, child_inside) for child in ast.iter_child_nodes(node))
     return out
-
-
-def _find_cycle(start: str, calls: dict[str, list[ast.Call]]) -> list[str]:
-    stack: list[tuple[str, list[str]]] = [(start, [start])]
-    seen: set[str] = set()
-    while stack:
-        name, path = stack.pop()
-        for call in calls.get(name, []):
-            callee = call.func.id  # type: ignore[attr-defined]
-            if callee == start:
-                return path
-            if callee not in seen:
-                seen.add(callee)
-                stack.append((callee, path + [callee]))
-    return []
 
 
 def _is_constant(node: ast.AST) -> bool:
@@ -433,6 +471,8 @@ def _syntax_hint(message: str, line: str) -> str:
 
 def module_path_problem(module: str) -> str:
     """Why a load() path is not one hookrules will read, or ''."""
+    if not module.isprintable() or any(0xD800 <= ord(c) <= 0xDFFF for c in module):
+        return f"load({module!r}): the path holds characters a file name cannot"
     if not module.endswith(".star"):
         return f"load(\"{module}\"): a library file ends with .star"
     if module.startswith("/") or "\\" in module or any(part in ("", ".", "..") for part in module.split("/")):

@@ -22,8 +22,9 @@ MAX_INT_BITS = 100_000  # ~30,000 decimal digits; a product of two such numbers 
 
 _TEXT = (str, bytes)
 _SEQUENCE = (str, bytes, list, tuple)
-# a %-directive with a width or precision from '*' or of four digits or more
-_WIDE = re.compile(r"%[-#0 +]*(?:\*|\d{4,}|\d*\.(?:\*|\d{4,}))")
+# a %-directive (optionally with a (key)) whose width or precision comes from '*' or has 4+ digits
+_WIDE = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(?:\*|\d{4,}|\d*\.(?:\*|\d{4,}))")
+MAX_FORMAT_FIELDS = 100
 _WIDE_BYTES = re.compile(_WIDE.pattern.encode())
 
 
@@ -58,10 +59,21 @@ def mult(a: Any, b: Any) -> Any:
     if _is_int(a) and _is_int(b):
         _check_bits(a.bit_length() + b.bit_length())
     elif isinstance(a, _SEQUENCE) and _is_int(b):
-        _check_len(a, len(a) * b)
+        _check_repeat(a, b)
     elif isinstance(b, _SEQUENCE) and _is_int(a):
-        _check_len(b, len(b) * a)
+        _check_repeat(b, a)
     return a * b
+
+
+def _check_repeat(seq: Any, times: int) -> None:
+    _check_len(seq, len(seq) * times)
+    if isinstance(seq, (list, tuple)):
+        # [big_list] * n makes a cheap structure that str(), max() or `in` walk in full, in C, past any
+        # deadline: count what it stands for
+        inner = sum(len(x) for x in seq if isinstance(x, (list, tuple, dict, str, bytes)))
+        if inner * times > MAX_ITEMS * 10:
+            raise TooBig(f"repeating this list would stand for {inner * times} items, over the limit of "
+                         f"{MAX_ITEMS * 10}")
 
 
 def power(a: Any, b: Any) -> Any:
@@ -83,6 +95,9 @@ def lshift(a: Any, b: Any) -> Any:
 def mod(a: Any, b: Any) -> Any:
     if isinstance(a, str) and _WIDE.search(a) or isinstance(a, bytes) and _WIDE_BYTES.search(a):
         raise TooBig("%-formatting with a width or precision of 1000 or more, or '*', is not allowed")
+    percent: Any = "%" if isinstance(a, str) else b"%"
+    if isinstance(a, (str, bytes)) and a.count(percent) > 2 * MAX_FORMAT_FIELDS:
+        raise TooBig(f"%-formatting with more than {MAX_FORMAT_FIELDS} fields is not allowed")
     return a % b
 
 
@@ -112,3 +127,74 @@ def join(sep: Any, items: Iterable[Any]) -> Any:
 
 #: Methods of str and bytes served by the guarded versions above.
 GUARDED_METHODS: dict[str, Callable[..., Any]] = {"replace": replace, "join": join}
+
+
+# -- builtins that would hand rules lazy iterators or unbounded text ---------------------------------
+
+
+def _items(values: Any, what: str) -> list[Any]:
+    out = list(values)
+    if len(out) > MAX_ITEMS:
+        raise TooBig(f"{what}() of {len(out)} items is over the limit of {MAX_ITEMS}")
+    return out
+
+
+def safe_enumerate(values: Any, start: int = 0) -> list[tuple[int, Any]]:
+    """enumerate() as a list: a chain of nested lazy iterators overflows CPython's C stack."""
+    return _items(enumerate(values, start), "enumerate")
+
+
+def safe_zip(*values: Any) -> list[tuple[Any, ...]]:
+    """zip() as a list (see safe_enumerate)."""
+    return _items(zip(*values), "zip")
+
+
+def safe_reversed(values: Any) -> list[Any]:
+    """reversed() as a list (see safe_enumerate)."""
+    return _items(reversed(values), "reversed")
+
+
+MAX_TEXT_OF_VALUE = 64 * 1024
+
+
+def bounded_text(value: Any, convert: Any) -> str:
+    """str()/repr() of a value, refused when it would be huge: a list of big lists repeated is cheap
+    to build and gigabytes to print."""
+    if isinstance(value, (list, tuple, dict, set, frozenset)) or hasattr(value, "keys"):
+        budget = [MAX_TEXT_OF_VALUE]
+
+        def measure(v: Any, depth: int) -> None:
+            if depth > 100:
+                raise TooBig("a value nested more than 100 levels deep cannot be turned into text")
+            if isinstance(v, (list, tuple, set, frozenset)):
+                budget[0] -= 2 + len(v)
+                for item in v:
+                    if budget[0] < 0:
+                        break
+                    measure(item, depth + 1)
+            elif isinstance(v, dict) or hasattr(v, "keys") and hasattr(v, "items"):
+                budget[0] -= 2 + len(v)
+                for k, item in v.items():
+                    if budget[0] < 0:
+                        break
+                    measure(k, depth + 1)
+                    measure(item, depth + 1)
+            elif isinstance(v, (str, bytes)):
+                budget[0] -= len(v)
+            else:
+                budget[0] -= 8
+            if budget[0] < 0:
+                raise TooBig(f"the text of this value would be over {MAX_TEXT_OF_VALUE} characters")
+
+        measure(value, 0)
+    return str(convert(value))
+
+
+def safe_str(*args: Any) -> str:
+    if len(args) == 1:
+        return bounded_text(args[0], str)
+    return str(*args)  # str(bytes, encoding): bounded by the bytes
+
+
+def safe_repr(value: Any) -> str:
+    return bounded_text(value, repr)

@@ -23,7 +23,7 @@ from asteval.astutils import ReturnedNone, safe_getattr
 
 from .builtins import Decided
 from .checker import DENIED_ATTR_PREFIXES, DENIED_ATTRS
-from .guards import GUARDED_METHODS, GUARDED_OPERATORS
+from .guards import GUARDED_METHODS, GUARDED_OPERATORS, bounded_text
 
 # Everything the checker refuses is also switched off in asteval, so a tree that somehow skipped
 # the checker still cannot loop, import, raise or open files.
@@ -367,6 +367,20 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
     def on_subscript(self, node: Any) -> Any:
         value, index = node.value, node.slice
         return value.hr_run(value)[index.hr_run(index)]
+
+    def on_formattedvalue(self, node: Any) -> Any:
+        # asteval formats with str()/repr() of the whole value: a list of big lists is gigabytes
+        value_node = node.value
+        value = value_node.hr_run(value_node)
+        conversion = node.conversion
+        if conversion == 114:  # !r
+            value = bounded_text(value, repr)
+        elif conversion == 97:  # !a
+            value = bounded_text(value, ascii)
+        elif conversion == 115 or not isinstance(value, (str, int, float, bool)):  # !s, or a container
+            value = bounded_text(value, str)
+        spec = self.run(node.format_spec) if node.format_spec is not None else ""
+        return format(value, spec)
 
     def on_expr(self, node: Any) -> Any:
         value = node.value

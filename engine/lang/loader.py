@@ -26,6 +26,7 @@ from .interp import RuleFunction, RuleInterpreter
 #: a library's top level runs once per compile; it gets the same bounds as a rule run
 LIBRARY_MAX_STEPS = 100_000
 LIBRARY_TIMEOUT = 1.0
+MAX_LOAD_DEPTH = 32  # libraries loading libraries
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,8 @@ class Libraries:
         shown = str(path)
         try:
             data = path.read_bytes()
-        except OSError as exc:
-            return RuleLoadError([RuleError("load_error", Location(shown), f"cannot read library: {exc.strerror or exc}",
+        except (OSError, ValueError) as exc:  # ValueError: a path no file system takes (checked, but be sure)
+            return RuleLoadError([RuleError("load_error", Location(shown), f"cannot read library: {getattr(exc, 'strerror', None) or exc}",
                                             "check the path given to load()")])
         version = hashlib.sha256(data).hexdigest()[:12]
         try:
@@ -121,6 +122,9 @@ class Linker:
         return set(self.base(""))
 
     def _module(self, module: str, stack: tuple[str, ...], spec: LoadSpec, lines: tuple[str, ...]) -> dict[str, Any]:
+        if len(stack) > MAX_LOAD_DEPTH:
+            raise RuleLoadError([_at(stack[-1], lines, spec.node, f"libraries load each other more than "
+                                     f"{MAX_LOAD_DEPTH} deep", "flatten the chain of load() calls")])
         lib = self.libraries.get(module)
         self.deps[module] = lib.version
         self.sources[lib.path] = lib.lines
@@ -144,10 +148,26 @@ class Linker:
                                      "keep a library's top level small")]) from None
         # Starlark freezes a module once it has run: no run can change what the next one sees. In
         # place: the module's functions keep this very dict as their globals.
-        for key, value in env.items():
-            if not isinstance(value, RuleFunction):
-                env[key] = freeze(value)
+        try:
+            _freeze_scope(env, set())
+        except RecursionError:
+            raise RuleLoadError([_at(lib.path, lib.lines, None, "a value in this library is nested too deeply",
+                                     "flatten the data")]) from None
         return env
+
+
+def _freeze_scope(scope: dict[str, Any], done: set[int]) -> None:
+    """Freeze a scope's values in place, and the scopes its functions closed over: a function a
+    library made by calling another (a closure) keeps that call's variables, which must not stay
+    mutable either."""
+    if id(scope) in done:
+        return
+    done.add(id(scope))
+    for key, value in scope.items():
+        if isinstance(value, RuleFunction):
+            _freeze_scope(value._env, done)
+        else:
+            scope[key] = freeze(value)
 
 
 def _is_load(stmt: ast.stmt) -> bool:
