@@ -25,7 +25,7 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .adapters.exhook import ExhookAdapter
-from .adapters.webhooks import WebhookAdapter
+from .adapters.webhooks import QuietProtocolErrors, WebhookAdapter
 from .config import Config, ConfigError, build_config, parse_address, read_config_file
 from .decisionlog import DecisionLog
 from .engine import Engine
@@ -76,6 +76,7 @@ class Server:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        logging.getLogger("aiohttp.server").addFilter(QuietProtocolErrors())
         tls = self._tls()
         self.reloader.load()
         self.reloader.start(loop)
@@ -153,7 +154,9 @@ class Server:
         except OSError as exc:
             sock.close()
             raise ConfigError(f"cannot listen for HTTP on {address} ({flag}): {exc.strerror} (is the port in use?)") from None
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # auto_decompress=False: VerneMQ never compresses; a compressed body is refused with a JSON 415 by the
+        # adapter, not left to the parser's own plain-text errors (or its waiting on a broken stream)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
         await runner.setup()
         await web.SockSite(runner, sock, shutdown_timeout=self.config.grace_period, ssl_context=context).start()
         self.runners.append(runner)

@@ -80,7 +80,12 @@ def _text(data: bytes) -> str:
 
 def _payload(body: Mapping[str, Any], b64: bool) -> bytes:
     value = _field(body, "payload", str, "")  # absent with vmq_webhooks' no_payload
-    return _b64(value, "field 'payload'") if b64 else value.encode("utf-8")
+    if b64:
+        return _b64(value, "field 'payload'")
+    try:
+        return bytes(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate (\ud800) is valid JSON but no text
+        raise BadRequest(400, "bad_field", "field 'payload' is not valid UTF-8 text") from None
 
 
 def _properties(body: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, str]]:

@@ -7,6 +7,7 @@ anything a rule does gets a 200 with a reply VerneMQ accepts (adapters/vernemq.p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 HOOK_HEADER = "vernemq-hook"
 DEFAULT_MAX_BODY = 1024 * 1024
+BODY_TIMEOUT = 10.0  # seconds for a body to arrive once its headers have
 #: bad requests are logged at most this often (all are counted)
 BAD_REQUEST_LOG_INTERVAL = 10.0
 _CONSTANT = {id(r): json.dumps(r.body).encode() for r in (OK, NEXT, NOTIFIED)}
@@ -61,8 +63,9 @@ class WebhookAdapter:
         app = web.Application(client_max_size=self.max_body, middlewares=[self._shed])
         if extra_routes is not None:
             extra_routes(app)
-        app.router.add_route("POST", "/{path:.*}", self.handle)
-        app.router.add_route("*", "/{path:.*}", self.not_post)
+        # [\s\S]: any path VerneMQ may be pointed at, a percent-encoded newline included
+        app.router.add_route("POST", r"/{path:[\s\S]*}", self.handle)
+        app.router.add_route("*", r"/{path:[\s\S]*}", self.not_post)
         return app
 
     @web.middleware
@@ -136,10 +139,18 @@ class WebhookAdapter:
         return _FLAGS[flag.lower()]
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
+        encoding = request.headers.get("Content-Encoding", "identity").lower()
+        if encoding != "identity":  # VerneMQ never compresses; a decompressor is one more way to stall
+            raise BadRequest(415, "bad_encoding", f"Content-Encoding {encoding[:20]!r} is not accepted: send plain JSON")
         try:
-            raw = await request.read()
+            # a body that never finishes must not hold a place among max_concurrent_calls for ever
+            raw = await asyncio.wait_for(request.read(), BODY_TIMEOUT)
         except web.HTTPRequestEntityTooLarge:
             raise BadRequest(413, "too_large", f"the body is over {self.max_body} bytes") from None
+        except asyncio.TimeoutError:
+            raise BadRequest(408, "slow_body", f"the body did not arrive within {BODY_TIMEOUT:.0f} s") from None
+        except Exception as exc:  # the client went away, a broken chunked encoding, ...
+            raise BadRequest(400, "bad_body", f"the body could not be read ({type(exc).__name__})") from None
         try:
             body = json.loads(raw)
         except (ValueError, RecursionError):  # bad JSON, bad UTF-8, absurd nesting
@@ -162,3 +173,30 @@ class WebhookAdapter:
         if timer is None:
             timer = self._timers[hook] = metrics.REQUEST_SECONDS.labels(BROKER, hook)
         return timer
+
+
+class QuietProtocolErrors(logging.Filter):
+    """aiohttp logs every malformed HTTP request (a port scanner, a client that hangs up) with a
+    traceback: keep one line, without the traceback, at most every BAD_REQUEST_LOG_INTERVAL seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = float("-inf")
+        self._skipped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._last < BAD_REQUEST_LOG_INTERVAL:
+            self._skipped += 1
+            return False
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"malformed HTTP request refused: {type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+            record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        if self._skipped:
+            record.msg = f"{record.getMessage()} ({self._skipped} more since the last report)"
+            record.args = ()
+        self._last = now
+        self._skipped = 0
+        return True
