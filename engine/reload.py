@@ -206,9 +206,9 @@ class Reloader:
             # whose files watchdog reported as created when it began watching the new one)
             if now - since >= WRITE_TIMEOUT or not os.path.lexists(os.path.join(self.directory, name)):
                 del self._writing[name]
-        if any("/" in name and name.endswith(WATCHED_SUFFIXES) for name in self._writing) and self._loop is not None:
-            self.poke(WRITE_TIMEOUT)  # a library or data file is half written: rules built now could use half
-            return []
+        # (libraries and data files in subdirectories are covered by the settle check above: watchdog
+        # reports the files of a new subdirectory as created, with no close to follow, so writes
+        # tracked there would hold every rescan for WRITE_TIMEOUT)
         writing = {hook for hook in map(hook_for_file, self._writing) if hook is not None}
         ruleset, outcomes = scan(self.directory, previous, frozenset(vanished | writing), force=force, settle=settle)
         if any(o.result == "pending" for o in outcomes) and self._loop is not None:
