@@ -54,7 +54,7 @@ PAUSE = 0.002  # seconds
 #: be caught between truncate and write, and the watcher's events can come late): every SETTLE_EVERY
 #: saves the saver stops long enough for the current version to load, so the clients see versions change.
 SETTLE_EVERY = 125
-SETTLE_PAUSE = 0.8  # seconds: the server's 0.5 s settle, its debounce and a margin
+SETTLE_PAUSE = 1.5  # seconds: the server's 0.5 s settle, its debounce, late events and a margin
 POLLING_SETTLE_EVERY = 20
 POLLING_SETTLE_PAUSE = 1.8  # the poller looks once a second
 POLLING_PAUSE = 0.02  # seconds after every save: the poller snapshots once a second, let it see many states

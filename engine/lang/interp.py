@@ -112,6 +112,9 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
     def __init__(self) -> None:
         super().__init__(symtable={}, use_numpy=False, config={n: False for n in _DISABLED_NODES})
         self.symtable: dict[str, Any] = {}
+        self.error: list[Any] = []
+        self.code_text: list[str] = []
+        self._calldepth: int = 0
         self._dispatch = {cls: self.node_handlers[cls.__name__.lower()] for cls in _NODE_CLASSES
                           if cls.__name__.lower() in self.node_handlers}
         self._defaults: dict[ast.FunctionDef, tuple[list[str], dict[str, Any]]] = {}
@@ -143,11 +146,12 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         self.symtable = symtable
         self.retval = None
         self._interrupt = None
-        self.error: list[Any] = []
-        self.error_msg = None
-        self._calldepth = 0
-        self._active = []
-        self.code_text: list[str] = []
+        if self.error or self._active or self.code_text or self._calldepth:  # left over by a failed run
+            self.error = []
+            self.error_msg = None
+            self._active = []
+            self.code_text = []
+            self._calldepth = 0
         self.error_node = None
         self.error_file = ""
         self._steps = max_steps
@@ -348,7 +352,11 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
     def on_compare(self, node: Any) -> Any:
         left_node = node.left
         left = left_node.hr_run(left_node)
-        for op, right_node in zip(node.ops, node.comparators):
+        ops = node.ops
+        if len(ops) == 1:  # a == b: no chain to walk
+            right_node = node.comparators[0]
+            return bool(OPERATORS[ops[0].__class__](left, right_node.hr_run(right_node)))
+        for op, right_node in zip(ops, node.comparators):
             right = right_node.hr_run(right_node)
             if not OPERATORS[op.__class__](left, right):
                 return False
@@ -403,7 +411,13 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             args = [a.hr_run(a) for a in arg_nodes]
         else:
             args = []
-        kwargs: dict[str, Any] = {k.arg: k.value.hr_run(k.value) for k in node.keywords} if node.keywords else {}
+        if not node.keywords:  # the usual call: no keyword dict to build and unpack
+            if func.__class__ is RuleFunction:
+                return self._call_function(func, args, {})
+            if not callable(func):
+                raise TypeError(f"'{type(func).__name__}' object is not callable")
+            return func(*args)
+        kwargs: dict[str, Any] = {k.arg: k.value.hr_run(k.value) for k in node.keywords}
         if func.__class__ is RuleFunction:
             return self._call_function(func, args, kwargs)
         if not callable(func):
