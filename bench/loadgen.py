@@ -54,6 +54,32 @@ class Call:
     check: int
 
 
+def summarize(window: float, latencies: list[float], server_cpu: float | None, client_cpu: float | None,
+              busy: float | None, state: Any) -> dict[str, Any]:
+    """One measured window as the benchmark reports it (shared with bench/webhooks_loadgen.py)."""
+    lat = sorted(latencies)
+    calls = len(lat)
+    # what the rest of the machine used meanwhile: on a shared box, a sign of how noisy this run was
+    other_cpu = None
+    if busy is not None and server_cpu is not None and client_cpu is not None:
+        other_cpu = max(busy - server_cpu - client_cpu, 0.0)
+    return {
+        "calls": calls,
+        "window_s": window,
+        "rps": calls / window,
+        "p50_ms": _percentile(lat, 0.50) * 1e3,
+        "p99_ms": _percentile(lat, 0.99) * 1e3,
+        "server_cpu_s": server_cpu,
+        "server_cpu_us_per_req": None if server_cpu is None or not calls else server_cpu / calls * 1e6,
+        "server_cpu_pct": None if server_cpu is None else server_cpu / window * 100,
+        "client_cpu_pct": None if client_cpu is None else client_cpu / window * 100,
+        "other_cpu_pct": None if other_cpu is None else other_cpu / window * 100,
+        "errors": state.errors,
+        "bad_replies": state.bad_replies,
+        "first_error": state.first_error,
+    }
+
+
 def cpu_seconds(pid: int) -> float | None:
     """utime + stime of a whole process (all threads), from /proc/<pid>/stat; None where there is no /proc."""
     try:
@@ -206,30 +232,10 @@ async def run(target: str, server_pid: int, channels: int, concurrency: int, war
         await asyncio.wait_for(asyncio.gather(*tasks), CALL_TIMEOUT + 5.0)
     finally:
         await asyncio.gather(*(c.close() for c in chans), return_exceptions=True)
-    window = t1 - t0
-    lat = sorted(state.latencies)
-    calls = len(lat)
-    server_cpu = _delta(server_cpu0, server_cpu1)
-    client_cpu = _delta(client_cpu0, client_cpu1)
-    busy = _delta(busy0, busy1)
-    # what the rest of the machine used meanwhile: on a shared box, a sign of how noisy this run was
-    other_cpu = None
-    if busy is not None and server_cpu is not None and client_cpu is not None:
-        other_cpu = max(busy - server_cpu - client_cpu, 0.0)
+    report = summarize(t1 - t0, state.latencies, _delta(server_cpu0, server_cpu1), _delta(client_cpu0, client_cpu1),
+                       _delta(busy0, busy1), state)
     return {
-        "calls": calls,
-        "window_s": window,
-        "rps": calls / window,
-        "p50_ms": _percentile(lat, 0.50) * 1e3,
-        "p99_ms": _percentile(lat, 0.99) * 1e3,
-        "server_cpu_s": server_cpu,
-        "server_cpu_us_per_req": None if server_cpu is None or not calls else server_cpu / calls * 1e6,
-        "server_cpu_pct": None if server_cpu is None else server_cpu / window * 100,
-        "client_cpu_pct": None if client_cpu is None else client_cpu / window * 100,
-        "other_cpu_pct": None if other_cpu is None else other_cpu / window * 100,
-        "errors": state.errors,
-        "bad_replies": state.bad_replies,
-        "first_error": state.first_error,
+        **report,
         "calls_per_session": len(sessions[0]),
     }
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import aiohttp
 
-from loadgen import cpu_seconds, machine_busy_seconds
+from loadgen import _delta, cpu_seconds, machine_busy_seconds, summarize
 
 CLIENT_ID = "bench-0001"
 USERNAME = "gooduser"
@@ -125,16 +125,6 @@ async def _worker(index: int, session: aiohttp.ClientSession, url: str, state: S
             state.latencies.append(elapsed)
 
 
-def _delta(before: float | None, after: float | None) -> float | None:
-    return None if before is None or after is None else after - before
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
-
-
 async def run(url: str, server_pid: int, connections: int, concurrency: int, warmup: float,
               duration: float) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections)
@@ -153,31 +143,10 @@ async def run(url: str, server_pid: int, connections: int, concurrency: int, war
         client_cpu1, server_cpu1, busy1 = cpu_seconds(os.getpid()), cpu_seconds(server_pid), machine_busy_seconds()
         state.stop = True
         await asyncio.wait_for(asyncio.gather(*tasks), REQUEST_TIMEOUT + 5.0)
-    window = t1 - t0
-    lat = sorted(state.latencies)
-    requests = len(lat)
-    server_cpu = _delta(server_cpu0, server_cpu1)
-    client_cpu = _delta(client_cpu0, client_cpu1)
-    busy = _delta(busy0, busy1)
-    # what the rest of the machine used meanwhile: on a shared box, a sign of how noisy this run was
-    other_cpu = None
-    if busy is not None and server_cpu is not None and client_cpu is not None:
-        other_cpu = max(busy - server_cpu - client_cpu, 0.0)
-    return {
-        "requests": requests,
-        "window_s": window,
-        "rps": requests / window,
-        "p50_ms": _percentile(lat, 0.50) * 1e3,
-        "p99_ms": _percentile(lat, 0.99) * 1e3,
-        "server_cpu_s": server_cpu,
-        "server_cpu_us_per_req": None if server_cpu is None or not requests else server_cpu / requests * 1e6,
-        "server_cpu_pct": None if server_cpu is None else server_cpu / window * 100,
-        "client_cpu_pct": None if client_cpu is None else client_cpu / window * 100,
-        "other_cpu_pct": None if other_cpu is None else other_cpu / window * 100,
-        "errors": state.errors,
-        "bad_replies": state.bad_replies,
-        "first_error": state.first_error,
-    }
+    report = summarize(t1 - t0, state.latencies, _delta(server_cpu0, server_cpu1), _delta(client_cpu0, client_cpu1),
+                       _delta(busy0, busy1), state)
+    report["requests"] = report.pop("calls")
+    return report
 
 
 def main() -> int:
