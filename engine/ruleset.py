@@ -87,7 +87,10 @@ class CompiledRule:
     def run(self, event: Event, limits: Limits = DEFAULT_LIMITS, timeout: float | None = None) -> Decision | None:
         """One run; `timeout` (seconds) overrides limits.timeout when given, e.g. a gRPC deadline."""
         symtable = self.base.copy()
-        symtable.update(event.names())
+        symtable.update(event.data)  # event.names(), without building it first
+        symtable["hook"] = event.hook
+        symtable["broker"] = event.broker
+        symtable["client"] = event.client
         deadline = time.monotonic() + (limits.timeout if timeout is None else timeout)
         try:
             return self.interp.execute(self.tree, symtable, limits.max_steps, deadline)  # type: ignore[no-any-return]
