@@ -131,8 +131,17 @@ def _check(args: argparse.Namespace) -> int:
     summary = f"{len(rules) - bad_rules} rule file(s) OK, {bad_rules} with errors"
     if data:
         summary += f"; {len(data) - sum(1 for o in data if o.errors)} data file(s) OK, {sum(1 for o in data if o.errors)} with errors"
-    print(summary, file=sys.stderr if problems else sys.stdout)
-    return 1 if problems else 0
+    from .tester import check_test_files, test_files
+
+    table_problems = check_test_files(args.rules)
+    for problem in table_problems:
+        print(problem, file=sys.stderr)
+    tables = len(test_files(args.rules))
+    if tables:
+        summary += f"; {tables} test file(s), {len(table_problems)} problem(s)"
+    failed = bool(problems or table_problems)
+    print(summary, file=sys.stderr if failed else sys.stdout)
+    return 1 if failed else 0
 
 
 def _test(args: argparse.Namespace) -> int:

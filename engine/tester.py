@@ -110,6 +110,38 @@ def load_cases(path: Path) -> list[Any]:
     return data
 
 
+def check_test_files(directory: Path) -> list[str]:
+    """Problems in the test tables a run would hit before any rule runs (for `hookrules check`)."""
+    problems: list[str] = []
+    for path in test_files(directory):
+        try:
+            cases = load_cases(path)
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            problems.append(f"{path}: cannot read the test file: {exc}")
+            continue
+        for index, case in enumerate(cases):
+            where = f"{path}: case {index + 1}"
+            if not isinstance(case, Mapping):
+                problems.append(f"{where}: a case is a mapping with name, hook, event, expect")
+                continue
+            where = f"{path}: {case.get('name') or f'case {index + 1}'}"
+            hook = case.get("hook")
+            if not isinstance(hook, str):
+                problems.append(f"{where}: the case has no 'hook'")
+                continue
+            try:
+                build_event(hook, case.get("event") or {})
+            except SpecError as exc:
+                problems.append(f"{where}: event: {exc}")
+            expect = case.get("expect")
+            if not isinstance(expect, Mapping) or not expect:
+                problems.append(f"{where}: 'expect' must be a mapping with at least 'decision'")
+            else:
+                problems.extend(f"{where}: unknown expectation '{k}'; known: {', '.join(EXPECTATIONS)}"
+                                for k in expect if k not in EXPECTATIONS)
+    return problems
+
+
 def run_case(engine: Engine, file: str, index: int, case: Any) -> CaseResult:
     if not isinstance(case, Mapping):
         return CaseResult(file, f"case {index + 1}", ["a case is a mapping with name, hook, event, expect"])

@@ -95,3 +95,17 @@ def test_eval_reads_an_event_file_and_knows_the_broker(tmp_path: Path) -> None:
     assert "decision: rewrite (payload=b'hardcode payload by hookrules :)')" in result.stdout
     wrong = hookrules("eval", "auth_on_publish", "--event", str(event), "--rules", str(BUNDLED_RULES), "--broker", "emqx")
     assert wrong.returncode == 2 and "auth_on_publish is a vernemq hook, not emqx" in wrong.stdout
+
+
+def test_check_also_reads_the_test_tables(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(BUNDLED_RULES, rules)
+    (rules / "tests" / "bad.yaml").write_text(
+        "- {name: typo, hook: client.authenticate, event: {clinet: {}}, expect: {decison: allow}}\n- 5\n")
+    result = hookrules("check", str(rules))
+    assert result.returncode == 1
+    err = result.stderr
+    assert f"{rules / 'tests' / 'bad.yaml'}: typo: event: client.authenticate does not provide 'clinet'" in err
+    assert "typo: unknown expectation 'decison'" in err
+    assert "case 2: a case is a mapping" in err
+    assert "6 rule file(s) OK, 0 with errors; 3 test file(s), 3 problem(s)" in err
