@@ -221,6 +221,12 @@ def run_load(server: str, round_no: int, port: int, server_pid: int, args: argpa
     cmd = [*pin.prefix(pin.loadgen), sys.executable, str(BENCH / "loadgen.py"), "--target", f"{HOST}:{port}",
            "--server-pid", str(server_pid), "--channels", str(args.channels), "--concurrency", str(args.concurrency),
            "--warmup", str(args.warmup), "--duration", str(args.duration)]
+    return run_loadgen(cmd, server, round_no, args, workdir, children)
+
+
+def run_loadgen(cmd: list[str], server: str, round_no: int, args: argparse.Namespace, workdir: Path,
+                children: list[Child]) -> RunResult:
+    """Run one load generator process to its end and read its JSON report (shared with webhooks_bench)."""
     child = Child(f"loadgen-{server}-{round_no}", cmd, workdir)
     children.append(child)
     limit = args.warmup + args.duration + START_TIMEOUT

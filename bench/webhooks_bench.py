@@ -70,7 +70,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from exhook_bench import Child, Pinning, RunResult, choose_pinning, print_run, print_summary, stop_all
+from exhook_bench import Child, Pinning, RunResult, choose_pinning, print_run, print_summary, run_loadgen, stop_all
 from loadgen import cpu_seconds, machine_busy_seconds
 from webhooks_loadgen import REQUEST_TIMEOUT, REQUESTS, Request
 
@@ -345,22 +345,7 @@ def run_python(server: str, round_no: int, port: int, server_pid: int, args: arg
     cmd = [*pin.prefix(pin.loadgen), sys.executable, str(BENCH / "webhooks_loadgen.py"), "--url",
            f"http://{HOST}:{port}/", "--server-pid", str(server_pid), "--connections", str(args.connections),
            "--concurrency", str(args.concurrency), "--warmup", str(args.warmup), "--duration", str(args.duration)]
-    child = Child(f"loadgen-{server}-{round_no}", cmd, workdir)
-    children.append(child)
-    limit = args.warmup + args.duration + START_TIMEOUT
-    try:
-        rc = child.proc.wait(limit)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"load generator against {server} still running after {limit:.0f}s:\n"
-                           f"{child.stderr_tail()}") from None
-    finally:
-        child.stop()
-    if rc != 0:
-        raise RuntimeError(f"load generator failed (rc={rc}) against {server}:\n{child.stderr_tail()}")
-    r = json.loads(child.stdout())
-    return RunResult(server, round_no, r["rps"], r["p50_ms"], r["p99_ms"], r["server_cpu_us_per_req"],
-                     r["server_cpu_pct"], r["client_cpu_pct"], r["other_cpu_pct"], r["errors"], r["bad_replies"],
-                     r["first_error"])
+    return run_loadgen(cmd, server, round_no, args, workdir, children)
 
 
 # -- report -------------------------------------------------------------------------------------
