@@ -80,7 +80,7 @@ class Reloader:
         self._observer: BaseObserver | None = None
         self._periodic: asyncio.Task[None] | None = None
         self._missing_since: dict[str, float] = {}
-        self._writing: dict[str, float] = {}  # path in the rules dir -> when a write to it was first seen
+        self._writing: dict[str, float] = {}  # rule file -> when a write to it was first seen
         self._reported: dict[str, str] = {}  # path -> version whose errors were already logged
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -148,7 +148,8 @@ class Reloader:
         if self.polling:
             self.poke()
         elif kind in ("created", "modified"):
-            self._writing.setdefault(name, time.monotonic())
+            if hook_for_file(name) is not None:  # only rule files are held this way (see rescan)
+                self._writing.setdefault(name, time.monotonic())
         elif kind in ("closed", "moved", "deleted", "linked"):
             self._writing.pop(name, None)
             if dest:
@@ -202,13 +203,12 @@ class Reloader:
                 self._missing_since.setdefault(hook, now)
         vanished = {h for h, since in self._missing_since.items() if now - since < self.grace}
         for name, since in list(self._writing.items()):
-            # a writer that never said it was done, or a file gone (a ConfigMap's old timestamped dir,
-            # whose files watchdog reported as created when it began watching the new one)
+            # a writer that never said it was done, or a file gone (renamed away)
             if now - since >= WRITE_TIMEOUT or not os.path.lexists(os.path.join(self.directory, name)):
                 del self._writing[name]
-        # (libraries and data files in subdirectories are covered by the settle check above: watchdog
-        # reports the files of a new subdirectory as created, with no close to follow, so writes
-        # tracked there would hold every rescan for WRITE_TIMEOUT)
+        # Libraries and data files in subdirectories are covered by the settle check above alone:
+        # watchdog reports the files of a new subdirectory as created with no close to follow
+        # (ConfigMaps), so tracking writes there would hold every rescan for WRITE_TIMEOUT.
         writing = {hook for hook in map(hook_for_file, self._writing) if hook is not None}
         ruleset, outcomes = scan(self.directory, previous, frozenset(vanished | writing), force=force, settle=settle)
         if any(o.result == "pending" for o in outcomes) and self._loop is not None:
