@@ -145,6 +145,12 @@ class Reloader:
         changed, so there every change asks for a rescan; in both modes the settle check in scan()
         keeps a file that changed a moment ago (or while it was read) for a later rescan.
         """
+        present = dest if kind == "moved" else "" if kind == "deleted" else name
+        hook = hook_for_file(present) if present else None
+        if hook is not None:
+            # Back in place: its grace restarts at the next rescan that finds it missing, so the
+            # absences of two saves (vim renames the file away in each) never add up to a removal.
+            self._missing_since.pop(hook, None)
         if self.polling:
             self.poke()
         elif kind in ("created", "modified"):
@@ -196,12 +202,11 @@ class Reloader:
                     self.poke(settle - age + 0.01)  # a library or data file just changed: rules built now could use half
                     return []
             self._postponed_since = None
-        for hook, rule in previous.rules.items():
-            if os.path.exists(rule.path):
-                self._missing_since.pop(hook, None)
-            else:
-                self._missing_since.setdefault(hook, now)
-        vanished = {h for h, since in self._missing_since.items() if now - since < self.grace}
+        # A rule file that is not there loses its rule only once it has been gone for `grace` seconds
+        # (vim renames it away before writing the new one). Only scan()'s own listing says whether it
+        # is there: a look taken just before could catch another moment of the save.
+        removable = (frozenset(h for h, since in self._missing_since.items() if now - since >= self.grace)
+                     if self.grace > 0 else None)
         for name, since in list(self._writing.items()):
             # a writer that never said it was done, or a file gone (renamed away)
             if now - since >= WRITE_TIMEOUT or not os.path.lexists(os.path.join(self.directory, name)):
@@ -209,17 +214,17 @@ class Reloader:
         # Libraries and data files in subdirectories are covered by the settle check above alone:
         # watchdog reports the files of a new subdirectory as created with no close to follow
         # (ConfigMaps), so tracking writes there would hold every rescan for WRITE_TIMEOUT.
-        writing = {hook for hook in map(hook_for_file, self._writing) if hook is not None}
-        ruleset, outcomes = scan(self.directory, previous, frozenset(vanished | writing), force=force, settle=settle)
-        if any(o.result == "pending" for o in outcomes) and self._loop is not None:
-            self.poke(settle)
-        for hook in list(self._missing_since):
-            if hook not in ruleset.rules:
-                del self._missing_since[hook]
-        if vanished and self._loop is not None:
-            self.poke(self.grace)  # decide about the vanished files once their grace is over
-        elif writing and self._loop is not None:
-            self.poke(WRITE_TIMEOUT)  # read files whose writer never said it was done
+        writing = frozenset(hook for hook in map(hook_for_file, self._writing) if hook is not None)
+        ruleset, outcomes = scan(self.directory, previous, writing, force=force, settle=settle, removable=removable)
+        missing = {o.hook for o in outcomes if o.result == "missing"}
+        self._missing_since = {hook: self._missing_since.get(hook, now) for hook in missing}
+        if self._loop is not None:
+            if any(o.result == "pending" for o in outcomes):
+                self.poke(settle)
+            if missing:
+                self.poke(self.grace)  # decide about the missing files once their grace is over
+            elif writing:
+                self.poke(WRITE_TIMEOUT)  # read files whose writer never said it was done
         changed = ruleset.versions() != previous.versions() or set(ruleset.broken) != set(previous.broken)
         self.engine.ruleset = ruleset  # the swap: one assignment, between two calls on the loop
         self._report(outcomes, previous, ruleset)
@@ -235,8 +240,8 @@ class Reloader:
     def _report(self, outcomes: list[FileOutcome], previous: RuleSet, ruleset: RuleSet) -> None:
         """One log line per thing an operator needs to know; metrics for all of it."""
         for out in outcomes:
-            if out.result == "pending":
-                continue  # not read yet: a later rescan reports it
+            if out.result in ("pending", "missing"):
+                continue  # not read yet, or gone for a moment: a later rescan reports it
             if out.result not in ("error", "invalid_name"):
                 self._reported.pop(out.path, None)  # broken again later: say it again
             if out.result == "unchanged":

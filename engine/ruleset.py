@@ -207,10 +207,10 @@ class RuleSet:
 @dataclass(frozen=True, slots=True)
 class FileOutcome:
     """What a scan did with one file: loaded, unchanged, failed (kept or not), removed, invalid name,
-    or pending (not read yet: it may still be being written)."""
+    pending (not read yet: it may still be being written) or missing (gone, rule kept for now)."""
 
     hook: str  # the hook, or the file name when it names none
-    result: str  # "loaded" | "unchanged" | "error" | "removed" | "invalid_name" | "pending"
+    result: str  # "loaded" | "unchanged" | "error" | "removed" | "invalid_name" | "pending" | "missing"
     path: str
     version: str = ""
     errors: tuple[RuleError, ...] = ()
@@ -230,7 +230,7 @@ def rule_files(directory: Path) -> Iterator[Path]:
 
 def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
          interpreter: type[RuleInterpreter] = RuleInterpreter, force: bool = False,
-         settle: float = 0.0) -> tuple[RuleSet, list[FileOutcome]]:
+         settle: float = 0.0, removable: frozenset[str] | None = None) -> tuple[RuleSet, list[FileOutcome]]:
     """Build the rule set from the directory's current files, reusing what has not changed.
 
     A rule is rebuilt when its file, a library it loads or the data files change. `hold` names hooks
@@ -238,6 +238,9 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
     keep their previous rule, or stay without one, and their file is not read. With `settle`, a file
     modified less than that many seconds ago, or changed while it was read, is "pending" and keeps
     its previous rule too: the watcher's events can arrive after an editor has started writing.
+    With `removable`, only those hooks lose their rule when their file is not in the listing; the
+    others keep it and are reported "missing": this listing is the only one that counts, an earlier
+    look at the directory may have caught another moment of an editor's save.
     """
     data, outcomes = _scan_data(directory, previous.data)  # unchanged data is the same data: no need to force
     context = Context(Libraries(directory), data, interpreter)
@@ -298,6 +301,9 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
             continue
         if hook_name in hold:
             rules[hook_name] = old
+        elif removable is not None and hook_name not in removable:
+            rules[hook_name] = old
+            outcomes.append(FileOutcome(hook_name, "missing", old.path, old.version))
         else:
             outcomes.append(FileOutcome(hook_name, "removed", old.path, old.version))
     return RuleSet(MappingProxyType(rules), MappingProxyType(broken), data), outcomes

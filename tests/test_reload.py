@@ -11,12 +11,17 @@ import os
 import re
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from hookrules.engine import Engine
+from hookrules.reload import Reloader
+from hookrules.ruleset import RuleSet, scan
 
 from .emqx_session import client_info, meta
 from .support import ServerProcess, Stubs, wait_for
@@ -345,6 +350,49 @@ def test_deleting_the_file_removes_the_rule(rules: Path, serve: Callable[..., Cl
     assert metric(server, "hookrules_reloads_total", hook="client.authenticate", result="removed") == 1
     assert metric(server, "hookrules_rules_loaded") == 0
     assert [s for s in series(server, "hookrules_rule_info") if s["hook"] == "client.authenticate"] == []
+
+
+def test_a_rule_file_missing_from_the_listing_keeps_its_rule_until_gone_for_the_grace(tmp_path: Path) -> None:
+    """Only the scan's own listing counts: a file missing there is kept (vim's rename-away) and
+    removed by a later rescan once it has been gone for the whole grace period."""
+    (tmp_path / AUTHN).write_text(V1)
+    reloader = Reloader(tmp_path, Engine(), grace=0.2)
+    reloader.load()
+    (tmp_path / AUTHN).unlink()
+    assert [o.result for o in reloader.rescan(settle=0.0)] == ["missing"]
+    assert "client.authenticate" in reloader.engine.ruleset.rules
+    time.sleep(0.25)
+    assert [o.result for o in reloader.rescan(settle=0.0)] == ["removed"]
+    assert "client.authenticate" not in reloader.engine.ruleset.rules
+
+
+def test_absences_in_two_saves_do_not_add_up_to_a_removal(tmp_path: Path) -> None:
+    """vim renames the file away on every save: a rescan may catch it gone in one save and the next
+    rescan, past the grace, in another. The file seen back in between restarts its grace."""
+    (tmp_path / AUTHN).write_text(V1)
+    reloader = Reloader(tmp_path, Engine(), grace=0.2)
+    reloader.load()
+    (tmp_path / AUTHN).unlink()  # save 1, caught while renamed away
+    assert [o.result for o in reloader.rescan(settle=0.0)] == ["missing"]
+    (tmp_path / AUTHN).write_text(V2)
+    reloader.on_file_event("created", AUTHN)  # as the watcher reports it (no loop: nothing is scheduled)
+    time.sleep(0.25)
+    (tmp_path / AUTHN).unlink()  # save 2, caught while renamed away
+    assert [o.result for o in reloader.rescan(settle=0.0)] == ["missing"]
+    assert reloader.engine.ruleset.rules["client.authenticate"].version == version_of(V1)
+
+
+def test_scan_removes_only_the_removable_hooks(tmp_path: Path) -> None:
+    (tmp_path / AUTHN).write_text(V1)
+    (tmp_path / AUTHZ).write_text(V1)
+    previous, _ = scan(tmp_path, RuleSet())
+    (tmp_path / AUTHN).unlink()
+    (tmp_path / AUTHZ).unlink()
+    ruleset, outcomes = scan(tmp_path, previous, removable=frozenset({"client.authorize"}))
+    assert sorted((o.hook, o.result) for o in outcomes) == [("client.authenticate", "missing"),
+                                                            ("client.authorize", "removed")]
+    assert list(ruleset.rules) == ["client.authenticate"]
+    assert scan(tmp_path, previous)[0].rules == {}  # no removable set: the listing alone decides
 
 
 # -- 7: a new rule file while running --------------------------------------------------------------
