@@ -1,8 +1,8 @@
 """A bare VerneMQ webhook endpoint with a constant reply: the floor hookrules is measured against.
 
-It is built on hookrules' own HTTP stack (adapters/webhooks.py and server.py: an aiohttp
-`web.Application` with the same client_max_size and the same two routes, an `AppRunner` with
-access_log=None, a `SockSite` on a socket of its own with the same backlog), so the difference
+It is built on hookrules' own HTTP stack (adapters/webhooks.py and server.py: aiohttp's low-level
+`web.Server` with the same request factory (client_max_size) and auto_decompress=False, a
+`ServerRunner`, a `SockSite` on a socket of its own with the same backlog), so the difference
 between it and `hookrules serve --http` is the price of the header -> JSON -> Event -> rule -> reply
 path and nothing else:
 
@@ -21,29 +21,28 @@ import argparse
 import asyncio
 import signal
 import socket
+from typing import Any
 
 from aiohttp import web
-
 from hookrules.adapters.webhooks import DEFAULT_MAX_BODY
 
 #: the one reply, to every POST whatever its hook: what an allow-all endpoint answers
 REPLY = {"result": "ok"}
 
 
-async def _ok(request: web.Request) -> web.Response:
+async def _ok(request: web.BaseRequest) -> web.Response:
+    if request.method != "POST":
+        return web.json_response({"error": f"VerneMQ webhooks are POST requests, not {request.method}"}, status=405)
     await request.read()
     return web.json_response(REPLY)
 
 
-async def _not_post(request: web.Request) -> web.Response:
-    return web.json_response({"error": f"VerneMQ webhooks are POST requests, not {request.method}"}, status=405)
+def server() -> web.Server:
+    def factory(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+        return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
+                               client_max_size=DEFAULT_MAX_BODY)
 
-
-def app() -> web.Application:
-    application = web.Application(client_max_size=DEFAULT_MAX_BODY)
-    application.router.add_route("POST", "/{path:.*}", _ok)
-    application.router.add_route("*", "/{path:.*}", _not_post)
-    return application
+    return web.Server(_ok, request_factory=factory, access_log=None, auto_decompress=False)
 
 
 async def serve(host: str, port: int, lifetime: float) -> None:
@@ -51,7 +50,7 @@ async def serve(host: str, port: int, lifetime: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(1024)  # as hookrules' server.py
-    runner = web.AppRunner(app(), access_log=None, handle_signals=False)
+    runner = web.ServerRunner(server(), handle_signals=False)
     await runner.setup()
     try:
         await web.SockSite(runner, sock, shutdown_timeout=1.0).start()

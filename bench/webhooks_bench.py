@@ -5,8 +5,8 @@
     python bench/webhooks_bench.py --client python   # without wrk (the default takes wrk when installed)
 
 Two servers, both for the whole benchmark in their own processes:
-* bare: bench/bare_webhooks.py, an aiohttp endpoint on the same stack as hookrules (web.Application,
-  AppRunner with access_log=None, SockSite on its own socket) answering every POST with the same
+* bare: bench/bare_webhooks.py, an aiohttp endpoint on the same stack as hookrules (the low-level
+  web.Server, ServerRunner, SockSite on its own socket) answering every POST with the same
   `{"result": "ok"}`: the floor;
 * hookrules: `python -m hookrules serve --rules rules --grpc off --http 127.0.0.1:0 --metrics off`,
   as an operator runs it for VerneMQ (with no metrics endpoint, to leave only the webhooks running).

@@ -6,7 +6,7 @@ the webhooks address), so a probe answers only when the loop that serves brokers
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -15,17 +15,26 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 Readiness = Callable[[], tuple[bool, str]]
 
 
-def add_health_routes(app: web.Application, readiness: Readiness) -> None:
-    async def healthz(request: web.Request) -> web.Response:
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def health_handlers(readiness: Readiness) -> dict[str, Handler]:
+    """GET handlers by path, for an Application's router or the webhooks' own dispatch."""
+
+    async def healthz(request: web.BaseRequest) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    async def readyz(request: web.Request) -> web.Response:
+    async def readyz(request: web.BaseRequest) -> web.Response:
         ready, detail = readiness()
         return web.json_response({"status": "ready" if ready else "not ready", "detail": detail},
                                  status=200 if ready else 503)
 
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    return {"/healthz": healthz, "/readyz": readyz}
+
+
+def add_health_routes(app: web.Application, readiness: Readiness) -> None:
+    for path, handler in health_handlers(readiness).items():
+        app.router.add_get(path, handler)
 
 
 def metrics_app(readiness: Readiness) -> web.Application:

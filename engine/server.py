@@ -29,7 +29,7 @@ from .adapters.webhooks import QuietProtocolErrors, WebhookAdapter
 from .config import Config, ConfigError, build_config, parse_address, read_config_file
 from .decisionlog import DecisionLog
 from .engine import Engine
-from .health import add_health_routes, metrics_app
+from .health import health_handlers, metrics_app
 from .reload import Reloader
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class Server:
         self.reloader.listeners.append(self.exhook.rules_changed)
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_health = grpc_health.aio.HealthServicer()
-        self.runners: list[web.AppRunner] = []
+        self.runners: list[web.BaseRunner] = []
         self.grpc_port = 0
         self.http_port = 0
         self.metrics_port = 0
@@ -82,13 +82,15 @@ class Server:
         self.reloader.start(loop)
         announce(f"serving {len(self.engine.ruleset)} rule file(s) from {self.config.rules}")
         if self.config.metrics is not None:
-            self.metrics_port = await self._start_http(self.config.metrics, "--metrics", metrics_app(self.readiness),
-                                                       None, "Prometheus metrics on {url}metrics (and /healthz, /readyz)")
+            # access_log=None: one line per request is noise
+            metrics = web.AppRunner(metrics_app(self.readiness), access_log=None, handle_signals=False)
+            self.metrics_port = await self._start_http(self.config.metrics, "--metrics", metrics, None,
+                                                       "Prometheus metrics on {url}metrics (and /healthz, /readyz)")
         if self.config.grpc is not None:
             await self._start_grpc(self.config.grpc, tls)
         if self.config.http is not None:
-            app = self.webhooks.app(lambda a: add_health_routes(a, self.readiness))
-            self.http_port = await self._start_http(self.config.http, "--http", app, tls[2] if tls else None,
+            webhooks = web.ServerRunner(self.webhooks.server(health_handlers(self.readiness)), handle_signals=False)
+            self.http_port = await self._start_http(self.config.http, "--http", webhooks, tls[2] if tls else None,
                                                     "VerneMQ webhooks on {url}")
         # Everything loaded so far (libraries, protos, the first rules) lives as long as the process:
         # keep it out of the garbage collector's full passes, which otherwise rescan it every few
@@ -141,10 +143,10 @@ class Server:
         mode = "" if tls is None else (", TLS with client certificates" if self.config.tls_client_ca else ", TLS")
         announce(f"EMQX ExHook (emqx.exhook.v2 and v3{mode}) on {_hostport(host, self.grpc_port)}")
 
-    async def _start_http(self, address: str, flag: str, app: web.Application, context: ssl.SSLContext | None,
+    async def _start_http(self, address: str, flag: str, runner: web.BaseRunner, context: ssl.SSLContext | None,
                           message: str) -> int:
         host, port = parse_address(address, flag)
-        # our own socket, so port 0 can be reported; access_log=None: one line per request is noise
+        # our own socket, so port 0 can be reported
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -154,9 +156,6 @@ class Server:
         except OSError as exc:
             sock.close()
             raise ConfigError(f"cannot listen for HTTP on {address} ({flag}): {exc.strerror} (is the port in use?)") from None
-        # auto_decompress=False: VerneMQ never compresses; a compressed body is refused with a JSON 415 by the
-        # adapter, not left to the parser's own plain-text errors (or its waiting on a broken stream)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
         await runner.setup()
         await web.SockSite(runner, sock, shutdown_timeout=self.config.grace_period, ssl_context=context).start()
         self.runners.append(runner)
