@@ -58,8 +58,8 @@ class Engine:
         self.policies = dict(policies or {})
         self.limits = limits or Limits()
         self._error_log: dict[tuple[str, str, str], tuple[float, int]] = {}
-        self._decision_counters: dict[tuple[str, str, str], metrics.Counter] = {}
-        self._rule_timers: dict[str, metrics.Histogram] = {}
+        self._decision_counters: dict[tuple[str, str, str], metrics.CounterChild] = {}
+        self._rule_timers: dict[str, metrics.HistogramChild] = {}
 
     def policy(self, hook: str) -> Policy:
         """The failure policy of a hook: the config's, else the hook's default."""
@@ -141,7 +141,7 @@ class Engine:
             counter = self._decision_counters[key] = metrics.DECISIONS.labels(*key)
         counter.inc()
 
-    def _rule_timer(self, hook: str) -> metrics.Histogram:
+    def _rule_timer(self, hook: str) -> metrics.HistogramChild:
         timer = self._rule_timers.get(hook)
         if timer is None:
             timer = self._rule_timers[hook] = metrics.RULE_SECONDS.labels(hook)

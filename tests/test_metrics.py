@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .emqx_session import client_info, meta, run_session
@@ -77,3 +78,30 @@ def test_runtime_errors_are_counted_logged_and_answered_by_policy(start_server: 
     assert value(m, "hookrules_rule_errors_total", hook="client.authenticate", kind="runtime") == 1
     assert value(m, "hookrules_rule_errors_total", hook="client.authorize", kind="runtime") == 1
     assert value(m, "hookrules_decisions_total", broker="emqx", hook="client.authenticate", decision="deny") == 1
+
+
+# -- the lock-free families of the hot path export what prometheus-client's own would ------------------
+
+
+def test_loop_histogram_and_counter_export_exactly_what_prometheus_client_would() -> None:
+    """Same observations, one registry each: the scraped text must be identical, edges included
+    (a value equal to a bucket bound counts in that bucket, as Prometheus' `le` says)."""
+    from hookrules.metrics import LATENCY_BUCKETS, LoopCounter, LoopHistogram
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    theirs, ours = CollectorRegistry(), CollectorRegistry()
+    reference = Histogram("t_seconds", "doc", ["hook"], buckets=LATENCY_BUCKETS, registry=theirs)
+    reference_count = Counter("t_calls", "doc", ["hook", "decision"], registry=theirs)
+    fast = LoopHistogram("t_seconds", "doc", ["hook"], buckets=LATENCY_BUCKETS, registry=ours)
+    fast_count = LoopCounter("t_calls", "doc", ["hook", "decision"], registry=ours)
+    observations = [0.0, 1e-6, 25e-6, 25.000001e-6, 3e-4, 0.1, 1.0, 1.5, 60.0]
+    for i, amount in enumerate(observations):
+        hook = ("a", "b")[i % 2]
+        reference.labels(hook).observe(amount)
+        fast.labels(hook).observe(amount)
+        reference_count.labels(hook, "allow").inc()
+        fast_count.labels(hook, "allow").inc()
+    assert samples(generate_latest(ours).decode()) == samples(generate_latest(theirs).decode())
+    assert value(samples(generate_latest(ours).decode()), "t_seconds_bucket", hook="a", le="2.5e-05") == 2  # 0 and 25e-6
+    with pytest.raises(ValueError):
+        fast.labels("a", "extra")

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from hookrules.engine import Engine
 from hookrules.reload import Reloader
 from hookrules.ruleset import RuleSet, scan
+from prometheus_client.parser import text_string_to_metric_families
 
 from .emqx_session import client_info, meta
 from .support import ServerProcess, Stubs, wait_for
