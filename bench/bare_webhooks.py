@@ -10,6 +10,10 @@ path and nothing else:
   the same reply for all, `{"result": "ok"}`, built by `web.json_response` as hookrules builds its own;
 * anything else: 405, as hookrules.
 
+With --parse it is the floor of any webhook server that reads its requests: it also parses the
+body with json.loads and refuses one that is not a JSON object (400), and still answers the same
+constant reply. hookrules/parse is the price of the event, the rule and the reply alone.
+
 Run by bench/webhooks_bench.py; it prints where it listens the way hookrules does
 (`bare: VerneMQ webhooks (constant replies) on http://127.0.0.1:PORT/`), stops on SIGTERM/SIGINT,
 and in any case after --lifetime seconds, so it can never outlive a benchmark for long.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import socket
 from typing import Any
@@ -37,24 +42,37 @@ async def _ok(request: web.BaseRequest) -> web.Response:
     return web.json_response(REPLY)
 
 
-def server() -> web.Server:
+async def _parsed(request: web.BaseRequest) -> web.Response:
+    if request.method != "POST":
+        return web.json_response({"error": f"VerneMQ webhooks are POST requests, not {request.method}"}, status=405)
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return web.json_response({"error": "the body must be a JSON object"}, status=400)
+    return web.json_response(REPLY)
+
+
+def server(parse: bool = False) -> web.Server:
     def factory(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
         return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
                                client_max_size=DEFAULT_MAX_BODY)
 
-    return web.Server(_ok, request_factory=factory, access_log=None, auto_decompress=False)
+    return web.Server(_parsed if parse else _ok, request_factory=factory, access_log=None, auto_decompress=False)
 
 
-async def serve(host: str, port: int, lifetime: float) -> None:
+async def serve(host: str, port: int, lifetime: float, parse: bool) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(1024)  # as hookrules' server.py
-    runner = web.ServerRunner(server(), handle_signals=False)
+    runner = web.ServerRunner(server(parse), handle_signals=False)
     await runner.setup()
     try:
         await web.SockSite(runner, sock, shutdown_timeout=1.0).start()
-        print(f"bare: VerneMQ webhooks (constant replies) on http://{host}:{sock.getsockname()[1]}/", flush=True)
+        name, what = ("parse", "parsed, constant replies") if parse else ("bare", "constant replies")
+        print(f"{name}: VerneMQ webhooks ({what}) on http://{host}:{sock.getsockname()[1]}/", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -73,8 +91,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     parser.add_argument("--lifetime", type=float, default=900.0, help="exit after this many seconds (default 900)")
+    parser.add_argument("--parse", action="store_true", help="also parse each body as a JSON object")
     args = parser.parse_args()
-    asyncio.run(serve(args.host, args.port, args.lifetime))
+    asyncio.run(serve(args.host, args.port, args.lifetime, args.parse))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,13 @@ Two servers, both for the whole benchmark in their own processes:
 * bare: bench/bare_webhooks.py, an aiohttp endpoint on the same stack as hookrules (the low-level
   web.Server, ServerRunner, SockSite on its own socket) answering every POST with the same
   `{"result": "ok"}`: the floor;
+* parse: the same with --parse, which also parses every body with json.loads (the least any webhook
+  server that reads its requests does): the floor of a real endpoint;
 * hookrules: `python -m hookrules serve --rules rules --grpc off --http 127.0.0.1:0 --metrics off`,
   as an operator runs it for VerneMQ (with no metrics endpoint, to leave only the webhooks running).
 
-They are measured in alternation to spread machine noise evenly (bare, hookrules, bare, hookrules,
-... for --rounds rounds). Before the first round each server is sent one request of every kind and
+They are measured in alternation to spread machine noise evenly (bare, parse, hookrules, bare, parse,
+hookrules, ... for --rounds rounds). Before the first round each server is sent one request of every kind and
 its replies are shown (hookrules must really run the rules: the t/demo publish comes back rewritten).
 Each run loads one server with the VerneMQ requests of bench/webhooks_loadgen.py (auth_on_register,
 auth_on_subscribe with 2 topics, auth_on_publish to t/demo and to sensors/1, base64 payloads), cycled
@@ -31,7 +33,7 @@ over keep-alive connections (VerneMQ keeps up to 100 per endpoint), from a clien
 Reported per run: req/s, p50/p99 latency, the server's CPU time per request (utime+stime of its
 process from /proc/<pid>/stat, read at both ends of the window), and how busy the server, the client
 and everything else on the machine ("other", from /proc/stat) were; then the medians and the ratios
-hookrules/bare. Goal: throughput ratio hookrules/bare >= 0.8x.
+hookrules/bare (goal: throughput ratio >= 0.8x) and hookrules/parse.
 
 Why CPU per request: a Python HTTP client costs about as much CPU per request as a Python HTTP server,
 so with --client python the load generator saturates its own core before the server does; then req/s
@@ -60,6 +62,7 @@ import platform
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,7 +88,7 @@ LISTEN = re.compile(r"VerneMQ webhooks\b.*\bon http://(?P<host>[\d.]+):(?P<port>
 THROUGHPUT_GOAL = 0.8
 #: above this much CPU (% of one core) used by other processes during a window, req/s is called noisy
 NOISY_OTHER_PCT = 25.0
-SERVERS = ("bare", "hookrules")
+SERVERS = ("bare", "parse", "hookrules")
 
 
 # -- servers ------------------------------------------------------------------------------------
@@ -113,6 +116,8 @@ def start_servers(args: argparse.Namespace, pin: Pinning, workdir: Path,
     cmds = {
         "bare": [*prefix, sys.executable, str(BENCH / "bare_webhooks.py"), "--host", HOST, "--port", "0",
                  "--lifetime", str(lifetime)],
+        "parse": [*prefix, sys.executable, str(BENCH / "bare_webhooks.py"), "--host", HOST, "--port", "0",
+                  "--lifetime", str(lifetime), "--parse"],
         "hookrules": [*prefix, sys.executable, "-m", "hookrules", "serve", "--rules", str(RULES),
                       "--grpc", "off", "--http", f"{HOST}:0", "--metrics", "off", "--log-level", "warning"],
     }
@@ -379,7 +384,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=32, help="keep-alive connections (default 32)")
     p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: the client on one core)")
     p.add_argument("--concurrency", type=int, help="Python client: requests in flight (default: --connections)")
-    p.add_argument("--rounds", type=int, help="bare+hookrules run pairs (default 6, --quick 1)")
+    p.add_argument("--rounds", type=int, help="bare, parse, hookrules run triples (default 6, --quick 1)")
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin processes to CPUs with taskset")
     p.add_argument("--quick", action="store_true", help="smoke test: 2 s runs, 1 round")
     args = p.parse_args(argv)
@@ -398,6 +403,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     elif args.client == "wrk" and shutil.which("wrk") is None:
         p.error("--client wrk: wrk is not installed (apt-get install wrk), or use --client python")
     return args
+
+
+def print_parse_floor(results: list[RunResult], rounds: int) -> None:
+    """hookrules against the endpoint that also parses its requests: the price of event, rule and reply."""
+    by = {(r.server, r.round): r for r in results}
+    pairs = [(by[("parse", i)], by[("hookrules", i)]) for i in range(1, rounds + 1)]
+    rps = statistics.median(h.rps / p.rps for p, h in pairs)
+    line = f"against the parsing endpoint (bare + json.loads): throughput hookrules/parse = {rps:.2f}x"
+    if all(p.cpu_us_per_req and h.cpu_us_per_req for p, h in pairs):
+        cpu = statistics.median(h.cpu_us_per_req / p.cpu_us_per_req for p, h in pairs)  # type: ignore[operator]
+        parse_cpu = statistics.median(p.cpu_us_per_req for p, _ in pairs)  # type: ignore[misc]
+        line += f", server CPU per request {cpu:.2f}x (parse: {parse_cpu:.0f} us/request)"
+    print(line)
 
 
 def _versions(client: str) -> str:
@@ -453,6 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nbenchmark failed: {exc}", file=sys.stderr)
         return 1
     print_summary(results, args.rounds, THROUGHPUT_GOAL, " (or use --client wrk)")
+    print_parse_floor(results, args.rounds)
     failures = wrong + sum(r.errors + r.bad_replies for r in results)
     if failures:
         print(f"\n{failures} failed or wrong replies: the figures above are not trustworthy", file=sys.stderr)
