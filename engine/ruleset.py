@@ -11,7 +11,7 @@ import ast
 import hashlib
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -21,7 +21,7 @@ from .decisions import Decision
 from .errors import Location, RuleError, RuleLoadError, char_col, source_lines
 from .events import Event
 from .hooks import HOOKS, RULE_SUFFIX, HookInfo, hook_for_file, valid_file_names
-from .lang.builtins import HELPERS, SAFE_BUILTINS, make_decisions, make_log, topic_match
+from .lang.builtins import HELPERS, SAFE_BUILTINS, decision_makers, make_decisions, make_log, topic_filter_test
 from .datafiles import DataSet, scan_data
 from .lang.checker import TOPICS_NAME, check
 from .lang.loader import Libraries, Linker, strip_loads
@@ -76,13 +76,18 @@ class CompiledRule:
     deps: tuple[tuple[str, str], ...] = ()
     #: the lines of the libraries it loads, by path, so a failure inside one is shown in its own file
     library_lines: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    _topic_test: Callable[[str], bool] | None = field(init=False, repr=False, default=None)
+
+    def __post_init__(self) -> None:
+        self._topic_test = topic_filter_test(self.topics) if self.topics else None
 
     def wants(self, event: Event) -> bool:
         """False when TOPICS is declared and the message topic matches none of them."""
-        if not self.topics:
+        test = self._topic_test
+        if test is None:
             return True
         msg = event.message
-        return msg is None or any(topic_match(f, msg.topic) for f in self.topics)
+        return msg is None or test(msg.topic)
 
     def run(self, event: Event, limits: Limits = DEFAULT_LIMITS, timeout: float | None = None) -> Decision | None:
         """One run; `timeout` (seconds) overrides limits.timeout when given, e.g. a gRPC deadline."""
@@ -152,6 +157,7 @@ def compile_rule(path: str, data: bytes, hook: HookInfo, context: Context = Cont
     interp = context.interpreter()
     base = _common_names(path, context.data)
     base.update(make_decisions(hook))
+    interp.makers = decision_makers(base)
     deps: dict[str, str] = {}
     library_lines: dict[str, tuple[str, ...]] = {}
     if checked.loads:

@@ -120,6 +120,31 @@ def test_decision_made_inside_a_def_ends_the_run(src: str, expected: Decision) -
     assert run(src, publish_event()) == expected
 
 
+@pytest.mark.parametrize(("src", "expected"), [
+    pytest.param("for i in range(3):\n    allow()\n    deny()\ndeny()\n", ALLOW, id="statement-in-loop"),
+    pytest.param("for i in range(3):\n    for j in range(3):\n        ignore()\n    deny()\ndeny()\n", IGNORE,
+                 id="statement-in-nested-loop"),
+    pytest.param("def f():\n    deny('in f')\nx = f() or allow()\n", Deny("in f"), id="def-mid-expression"),
+    pytest.param("def f():\n    deny('in f')\n    allow()\nx = [f() for i in range(3)]\nallow()\n", Deny("in f"),
+                 id="def-in-comprehension"),
+    pytest.param("def f():\n    for i in range(3):\n        drop('loop in f')\n    allow()\nf()\nallow()\n",
+                 Drop("loop in f"), id="def-loop-statement"),
+])
+def test_a_decision_statement_stops_every_enclosing_block(src: str, expected: Decision) -> None:
+    """A decision made as a statement ends the run without an exception (interp._DECIDED): loops,
+    function bodies and the expressions around a call of that function stop as before."""
+    assert run(src, publish_event()) == expected
+
+
+def test_a_run_after_a_decided_one_starts_undecided(caplog: pytest.LogCaptureFixture) -> None:
+    rule = compile_src("if client.username == 'a':\n    allow()\nlog('undecided')\n", AUTHZ)
+    caplog.set_level(logging.INFO, logger="hookrules.rule")
+    assert rule.run(authz_event(username="a"), Limits()) == ALLOW
+    assert rule.run(authz_event(username="b"), Limits()) is None
+    assert rule.run(authz_event(username="a"), Limits()) == ALLOW
+    assert [r.getMessage() for r in caplog.records if r.name == "hookrules.rule"] == [f"{rule_path(AUTHZ)}: undecided"]
+
+
 def test_no_decision_is_none_and_the_engine_answers_ignore() -> None:
     src = "x = client.username\n"
     assert run(src) is None

@@ -1,14 +1,17 @@
 """What a rule may call: the decision functions, the helpers, and a small set of safe Python builtins.
 
 Decisions raise `Decided`, a BaseException, so the first one ends the run wherever it was made
-(asteval's handlers catch only Exception and would otherwise swallow it).
+(asteval's handlers catch only Exception and would otherwise swallow it). Each decision function
+also has a maker that returns the Decision instead (DECISION_MAKER): the interpreter calls that for
+a decision made as a statement of its own, the usual `allow()` line, and stops the run without
+unwinding an exception through every handler (measured: half the cost of a small rule).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
@@ -40,10 +43,40 @@ _ALLOWED = Decided(ALLOW)
 _IGNORED = Decided(IGNORE)
 
 
+#: the attribute a decision function keeps its maker in (rules cannot read `_` attributes)
+DECISION_MAKER = "_hr_maker"
+
+
+def _with_maker(decide: Callable[..., None], maker: Callable[..., Decision]) -> Callable[..., None]:
+    setattr(decide, DECISION_MAKER, maker)
+    return decide
+
+
+def decision_makers(names: Mapping[str, Any]) -> dict[Callable[..., None], Callable[..., Decision]]:
+    """The makers of the decision functions among `names`, keyed by the function a rule calls."""
+    return {fn: getattr(fn, DECISION_MAKER) for fn in names.values() if hasattr(fn, DECISION_MAKER)}
+
+
 def _reason(reason: object) -> str:
     if not isinstance(reason, str):
         raise TypeError(f"reason must be a string, not {type(reason).__name__}")
     return reason
+
+
+def _allowed() -> Decision:
+    return ALLOW
+
+
+def _denied(reason: str = "") -> Decision:
+    return Deny(_reason(reason))
+
+
+def _ignored() -> Decision:
+    return IGNORE
+
+
+def _dropped(reason: str = "") -> Decision:
+    return Drop(_reason(reason))
 
 
 def allow() -> None:
@@ -53,7 +86,7 @@ def allow() -> None:
 
 def deny(reason: str = "") -> None:
     """Refuse and stop here; the reason is logged (and sent to VerneMQ)."""
-    raise Decided(Deny(_reason(reason)))
+    raise Decided(_denied(reason))
 
 
 def ignore() -> None:
@@ -63,7 +96,7 @@ def ignore() -> None:
 
 def drop(reason: str = "") -> None:
     """Do not publish the message and stop here."""
-    raise Decided(Drop(_reason(reason)))
+    raise Decided(_dropped(reason))
 
 
 def _check_topic(topic: Any, what: str) -> str:
@@ -100,6 +133,15 @@ def rewrite(topic: str | None = None, payload: str | bytes | None = None, qos: i
     raise Decided(_rewrite(topic, payload, qos, retain, topics))
 
 
+def _rewritten(topic: str | None = None, payload: str | bytes | None = None, qos: int | None = None,
+               retain: bool | None = None, topics: list[str] | None = None) -> Decision:
+    return _rewrite(topic, payload, qos, retain, topics)
+
+
+for _decide, _maker in ((allow, _allowed), (deny, _denied), (ignore, _ignored), (drop, _dropped), (rewrite, _rewritten)):
+    _with_maker(_decide, _maker)
+
+
 DECISIONS: dict[str, Callable[..., None]] = {
     "allow": allow,
     "deny": deny,
@@ -115,10 +157,9 @@ def make_decisions(hook: HookInfo) -> dict[str, Callable[..., None]]:
     a rule error with file:line:col rather than a reply the broker chokes on."""
     schema = SCHEMAS.get(hook.name)
 
-    def hook_allow(modifiers: Mapping[str, Any] | None = None, cache: int | None = None) -> None:
-        """Let it happen and stop here (VerneMQ: with modifiers, and an answer cached for `cache` s)."""
+    def hook_allowed(modifiers: Mapping[str, Any] | None = None, cache: int | None = None) -> Decision:
         if modifiers is None and cache is None:
-            raise _ALLOWED.with_traceback(None)
+            return ALLOW
         checked = None
         if modifiers is not None:
             if schema is None:
@@ -132,18 +173,30 @@ def make_decisions(hook: HookInfo) -> dict[str, Callable[..., None]]:
                                  "auth_on_publish and auth_on_subscribe answers are cached")
             if type(cache) is not int or cache < 0:
                 raise ValueError(f"allow(cache={cache!r}): cache is a whole number of seconds")
-        raise Decided(Allow(checked, cache))
+        return Allow(checked, cache)
 
-    def hook_rewrite(topic: str | None = None, payload: str | bytes | None = None, qos: int | None = None,
-                     retain: bool | None = None, topics: list[str] | None = None) -> None:
-        """Change the listed fields and stop here."""
+    def hook_allow(modifiers: Mapping[str, Any] | None = None, cache: int | None = None) -> None:
+        """Let it happen and stop here (VerneMQ: with modifiers, and an answer cached for `cache` s)."""
+        if modifiers is None and cache is None:
+            raise _ALLOWED.with_traceback(None)
+        raise Decided(hook_allowed(modifiers, cache))
+
+    def hook_rewritten(topic: str | None = None, payload: str | bytes | None = None, qos: int | None = None,
+                       retain: bool | None = None, topics: list[str] | None = None) -> Decision:
         given = {k for k, v in (("topic", topic), ("payload", payload), ("qos", qos), ("retain", retain),
                                 ("topics", topics)) if v is not None}
         if given - hook.rewrites:
             raise ValueError(f"{hook.name} cannot rewrite {', '.join(sorted(given - hook.rewrites))}; "
                              f"it can rewrite {', '.join(sorted(hook.rewrites))}")
-        raise Decided(_rewrite(topic, payload, qos, retain, topics))
+        return _rewrite(topic, payload, qos, retain, topics)
 
+    def hook_rewrite(topic: str | None = None, payload: str | bytes | None = None, qos: int | None = None,
+                     retain: bool | None = None, topics: list[str] | None = None) -> None:
+        """Change the listed fields and stop here."""
+        raise Decided(hook_rewritten(topic, payload, qos, retain, topics))
+
+    _with_maker(hook_allow, hook_allowed)
+    _with_maker(hook_rewrite, hook_rewritten)
     table: dict[str, Callable[..., None]] = {**DECISIONS, "allow": hook_allow, "rewrite": hook_rewrite}
     return {name: fn for name, fn in table.items() if name in hook.decisions}
 
@@ -197,6 +250,34 @@ def topic_match(filter: str, topic: str) -> bool:
         if f != "+" and f != t:
             return False
     return len(flevels) == len(tlevels)
+
+
+def topic_filter_test(filters: Sequence[str]) -> Callable[[str], bool]:
+    """One test equal to `any(topic_match(f, topic) for f in filters)`, for a rule's TOPICS.
+
+    Asked before every message.* call: filters without wildcards become one set lookup and
+    `prefix/#` filters one startswith; only the others loop through topic_match.
+    """
+    exact: set[str] = set()
+    prefixes: list[str] = []
+    others: list[str] = []
+    for f in filters:
+        levels = _filter_levels(f)  # validates
+        if "+" not in levels and "#" not in levels:
+            exact.add(f)
+        elif len(levels) > 1 and levels[-1] == "#" and "+" not in levels and levels.count("#") == 1:
+            prefixes.append(f[:-2])  # "a/b/#" covers "a/b" and everything under "a/b/"
+        else:
+            others.append(f)
+    below = tuple(p + "/" for p in prefixes)
+    parents = frozenset(prefixes)
+
+    def test(topic: str) -> bool:
+        if not topic or "+" in topic or "#" in topic:  # not a topic name: the full rules
+            return any(topic_match(f, topic) for f in filters)
+        return topic in exact or topic in parents or topic.startswith(below) or any(topic_match(f, topic) for f in others)
+
+    return test
 
 
 _RAISE = object()

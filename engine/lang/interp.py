@@ -14,13 +14,15 @@ from __future__ import annotations
 import ast
 import functools
 import time
-from types import ModuleType
+from collections.abc import Callable
+from types import FunctionType, ModuleType
 from typing import Any
 
 from asteval import Interpreter
 from asteval.astutils import OPERATORS as ASTEVAL_OPERATORS
 from asteval.astutils import ReturnedNone, safe_getattr
 
+from ..decisions import Decision
 from .builtins import Decided
 from .checker import DENIED_ATTR_PREFIXES, DENIED_ATTRS
 from .guards import GUARDED_METHODS, GUARDED_OPERATORS, bounded_text
@@ -34,6 +36,9 @@ _monotonic = time.monotonic
 
 #: asteval's operators, with everything that can grow a value replaced by a size-guarded version
 OPERATORS = {**ASTEVAL_OPERATORS, **GUARDED_OPERATORS}
+
+#: `_interrupt` after a decision made as a statement: every block stops as at a `return`
+_DECIDED = object()
 
 _NODE_CLASSES = [cls for cls in vars(ast).values() if isinstance(cls, type) and issubclass(cls, ast.AST)]
 
@@ -127,6 +132,11 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         #: the innermost node that raised, and its file, for the error location
         self.error_node: ast.AST | None = None
         self.error_file = ""
+        #: decision function -> its maker (builtins.decision_makers), for decisions made as statements
+        self.makers: dict[Callable[..., None], Callable[..., Decision]] = {}
+        self.decision: Decision | None = None
+        #: what stops the statement lists: a Return, Break or Continue node, _DECIDED, or None
+        self._interrupt: Any = None
 
     def prepare(self, tree: ast.Module, path: str = "") -> None:
         """Bind every node of the tree to its handler once, so run() skips the per-node lookup.
@@ -154,18 +164,19 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             self._calldepth = 0
         self.error_node = None
         self.error_file = ""
+        self.decision = None
         self._steps = max_steps
         self._deadline = deadline
         try:
             self.run(tree)
-        except Decided as made:
+            return self.decision  # made as a statement, or None: no decision
+        except Decided as made:  # made inside an expression or a function
             return made.decision
         except Exception as exc:
             self.error_node, self.error_file = _innermost_node(exc.__traceback__)
             raise
         finally:
             self.symtable = {}  # nothing a run bound survives it
-        return None
 
     # -- the dispatch loop ----------------------------------------------------------------------
 
@@ -265,6 +276,15 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         else:
             self._block(node.orelse)
         self._interrupt = None
+
+    def on_assign(self, node: Any) -> None:
+        value_node = node.value
+        value = value_node.hr_run(value_node)
+        for target in node.targets:
+            if target.__class__ is ast.Name:  # checked names: no re-validation per run
+                self.symtable[target.id] = value
+            else:
+                self.node_assign(target, value)
 
     def on_augassign(self, node: Any) -> None:
         # asteval builds new Assign/BinOp nodes here on every run; prepared trees need no new nodes
@@ -392,9 +412,14 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
 
     def on_expr(self, node: Any) -> Any:
         value = node.value
+        if value.__class__ is ast.Call:  # a call as a statement: maybe a decision, which ends the run
+            return self._call(value, True)
         return value.hr_run(value)
 
     def on_call(self, node: Any) -> Any:
+        return self._call(node, False)
+
+    def _call(self, node: Any, statement: bool) -> Any:
         func_node = node.func
         if func_node.__class__ is ast.Name:  # the usual case, inline
             try:
@@ -411,18 +436,18 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             args = [a.hr_run(a) for a in arg_nodes]
         else:
             args = []
-        if not node.keywords:  # the usual call: no keyword dict to build and unpack
-            if func.__class__ is RuleFunction:
-                return self._call_function(func, args, {})
-            if not callable(func):
-                raise TypeError(f"'{type(func).__name__}' object is not callable")
-            return func(*args)
-        kwargs: dict[str, Any] = {k.arg: k.value.hr_run(k.value) for k in node.keywords}
+        kwargs: dict[str, Any] = {k.arg: k.value.hr_run(k.value) for k in node.keywords} if node.keywords else {}
         if func.__class__ is RuleFunction:
             return self._call_function(func, args, kwargs)
+        if statement and func.__class__ is FunctionType:
+            maker = self.makers.get(func)
+            if maker is not None:  # a decision: its value, and every block stops (no exception to unwind)
+                self.decision = maker(*args, **kwargs)
+                self._interrupt = _DECIDED
+                return None
         if not callable(func):
             raise TypeError(f"'{type(func).__name__}' object is not callable")
-        return func(*args, **kwargs)
+        return func(*args, **kwargs) if kwargs else func(*args)
 
     def on_functiondef(self, node: Any) -> None:
         # Defaults are constants (checker), so they are evaluated once per load, not per run.
@@ -445,10 +470,13 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         try:
             self._block(func._node.body)
             result = self.retval
+            decided = self._interrupt is _DECIDED
         finally:
             self.symtable = caller
             self._active.pop()
             self._calldepth -= 1
             self.retval = None
             self._interrupt = None
+        if decided:  # inside a function the caller may be in mid-expression: end the run the sure way
+            raise Decided(self.decision)  # type: ignore[arg-type]
         return None if result is None or result is ReturnedNone else result
