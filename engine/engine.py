@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from . import metrics
 from .decisionlog import DecisionLog
@@ -28,8 +27,10 @@ Source = Literal["rule", "no_rule", "filtered", "policy"]
 ERROR_LOG_INTERVAL = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
+    """A decision and where it came from. A NamedTuple: built on every call, and a frozen
+    dataclass's __init__ costs four times as much."""
+
     decision: Decision
     source: Source
     version: str = ""

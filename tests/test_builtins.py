@@ -10,6 +10,8 @@ import logging
 from types import MappingProxyType
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from hookrules.decisions import ALLOW, IGNORE, Deny, Drop, Rewrite
 from hookrules.events import Client, Event, Message, frozen_map
@@ -17,7 +19,7 @@ from hookrules.hooks import HOOKS
 from hookrules.lang import builtins
 from hookrules.lang.builtins import (
     DECISIONS, MAX_JSON_BYTES, MAX_LOG_CHARS, MAX_RANGE, SAFE_BUILTINS, Decided, json_decode, make_log, provided_names,
-    safe_range, topic_match, type_name, validate_filter,
+    safe_range, topic_filter_test, topic_match, type_name, validate_filter,
 )
 from hookrules.ruleset import Limits, RuleRuntimeError, compile_rule
 
@@ -345,3 +347,32 @@ def test_json_decode_with_a_default_never_fails_on_bad_text() -> None:
     assert json_decode('{"a": 1}', default=None) == {"a": 1}
     with pytest.raises(ValueError):
         json_decode(b"{not json")
+
+
+# -- TOPICS: one precompiled test, equal to topic_match over every filter ------------------------------
+
+_LEVELS = st.sampled_from(["a", "b", "$SYS", "", "+", "#", "sensors", "t"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(filters=st.lists(st.lists(_LEVELS, min_size=1, max_size=4).map("/".join), min_size=1, max_size=4),
+       topic=st.lists(_LEVELS, min_size=0, max_size=5).map("/".join))
+def test_topic_filter_test_equals_topic_match_over_the_filters(filters: list[str], topic: str) -> None:
+    valid = []
+    for f in filters:
+        try:
+            validate_filter(f)
+            valid.append(f)
+        except ValueError:
+            pass
+    assume(valid)
+    assert topic_filter_test(valid)(topic) == any(topic_match(f, topic) for f in valid)
+
+
+@pytest.mark.parametrize(("filters", "topic", "expected"), [
+    (["t/#"], "t", True), (["t/#"], "t/a/b", True), (["t/#"], "tt/a", False), (["t/#"], "$SYS/t", False),
+    (["/#"], "", False), (["/#"], "/", True), (["a/b"], "a/b", True), (["a/b"], "a/b/c", False),
+    (["+/x", "a/#"], "q/x", True), (["#"], "$SYS/x", False), (["$SYS/#"], "$SYS", True),
+])
+def test_topic_filter_test_cases(filters: list[str], topic: str, expected: bool) -> None:
+    assert topic_filter_test(filters)(topic) is expected
