@@ -408,6 +408,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def print_parse_floor(results: list[RunResult], rounds: int) -> None:
     """hookrules against the endpoint that also parses its requests: the price of event, rule and reply."""
     by = {(r.server, r.round): r for r in results}
+    floor = statistics.median(by[("parse", i)].rps / by[("bare", i)].rps for i in range(1, rounds + 1))
+    print(f"the parsing endpoint alone: throughput parse/bare = {floor:.2f}x")
     pairs = [(by[("parse", i)], by[("hookrules", i)]) for i in range(1, rounds + 1)]
     rps = statistics.median(h.rps / p.rps for p, h in pairs)
     line = f"against the parsing endpoint (bare + json.loads): throughput hookrules/parse = {rps:.2f}x"
