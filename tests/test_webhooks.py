@@ -12,6 +12,7 @@ import asyncio
 import base64
 import http.client
 import json
+import socket
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -891,6 +892,43 @@ def test_errors_do_not_close_the_keep_alive_connection(spec_server: ServerProces
             assert conn.sock is sock, "the server closed the connection"
     finally:
         conn.close()
+
+
+def _raw_exchange(port: int, head: bytes) -> tuple[socket.socket, bytes]:
+    """Send a request's head only, and read what the server says before any body is sent."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    sock.sendall(head)
+    return sock, sock.recv(4096)
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent(spec_server: ServerProcess) -> None:
+    """curl asks `Expect: 100-continue` before sending a body over 1 KiB and waits for the interim reply."""
+    body = _json(spec.EXAMPLES["auth_on_register"])
+    head = (b"POST /hooks HTTP/1.1\r\nHost: x\r\nvernemq-hook: auth_on_register\r\n"
+            b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    sock, interim = _raw_exchange(spec_server.http_port, head)
+    try:
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), interim
+        sock.sendall(body)
+        reply = interim[len(b"HTTP/1.1 100 Continue\r\n\r\n"):]
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = sock.recv(4096)
+            assert chunk, f"connection closed after {reply!r}"
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200 OK"), reply
+        assert reply.split(b"\r\n\r\n", 1)[1] == b'{"result": "ok"}'
+    finally:
+        sock.close()
+
+
+def test_an_unknown_expectation_is_refused_with_417(spec_server: ServerProcess) -> None:
+    head = (b"POST / HTTP/1.1\r\nHost: x\r\nvernemq-hook: auth_on_register\r\nExpect: teapot\r\n"
+            b"Content-Length: 2\r\n\r\n")
+    sock, reply = _raw_exchange(spec_server.http_port, head)
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 417 "), reply
+    assert b"only 100-continue" in reply
 
 
 # -- 11. metrics ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from .. import metrics
 from ..decisions import POLICY_DECISIONS
@@ -80,12 +80,26 @@ class WebhookAdapter:
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         method = request.method
         if method == "POST":
+            if "Expect" in request.headers and (refused := await self._expect(request)) is not None:
+                return refused
             return await self.handle(request)
         if method in ("GET", "HEAD"):
             route = self._get_routes.get(request.path)
             if route is not None:
                 return await route(request)
         return await self.not_post(request)
+
+    async def _expect(self, request: web.BaseRequest) -> web.Response | None:
+        """`Expect: 100-continue` (curl sends it with bodies over 1 KiB): say continue, or the client
+        waits before sending the body. An Application's router did this; the low-level server does not."""
+        expect = request.headers.get("Expect", "")
+        if request.version != HttpVersion11:
+            return None
+        if expect.lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the reply's own size starts after this interim line
+            return None
+        return self._bad(BadRequest(417, "bad_expect", f"Expect: {expect[:40]!r} is not understood, only 100-continue"))
 
     async def not_post(self, request: web.BaseRequest) -> web.Response:
         return self._bad(BadRequest(405, "not_post", f"VerneMQ webhooks are POST requests, not {request.method[:20]}"))
