@@ -746,6 +746,10 @@ BAD_REQUESTS = [
                  "a user property key is not valid base64", id="bad-base64-user-property"),
     pytest.param("auth_on_register", b'{"client_id": "\xff\xfe", "username": "u"}', "", "POST", 400,
                  "malformed_json", "the body is not valid JSON", id="not-utf8"),
+    pytest.param("auth_on_register", _json(spec.EXAMPLES["auth_on_register"]).decode().encode("utf-16"), "", "POST",
+                 400, "malformed_json", "the body is not valid JSON", id="utf16-not-utf8-as-json-on-the-wire-is"),
+    pytest.param("auth_on_register", b"\xef\xbb\xbf" + _json(spec.EXAMPLES["auth_on_register"]), "", "POST", 400,
+                 "malformed_json", "the body is not valid JSON", id="utf8-byte-order-mark"),
     pytest.param("auth_on_register", _json(spec.EXAMPLES["auth_on_register"]), "?base64=yes please", "POST", 400,
                  "bad_query", "query parameter base64 must be on or off, not 'yes please'", id="bad-query"),
 ]

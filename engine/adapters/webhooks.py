@@ -161,7 +161,8 @@ class WebhookAdapter:
 
     def _base64(self, request: web.BaseRequest) -> bool:
         """The endpoint URL may say how its payloads come (`?base64=off`), like vmq_webhooks' base64encode."""
-        if "base64" not in request.query_string:  # parsing the query costs more than the check
+        # most endpoint URLs have no query: the raw path says so without building the URL object
+        if "?" not in request.raw_path or "base64" not in request.query_string:
             return self.base64
         flag = request.query.get("base64")
         if flag is None:
@@ -187,7 +188,7 @@ class WebhookAdapter:
         except Exception as exc:  # the client went away, a broken chunked encoding, ...
             raise BadRequest(400, "bad_body", f"the body could not be read ({type(exc).__name__})") from None
         try:
-            body = json.loads(raw)
+            body = json.loads(raw.decode("utf-8"))  # JSON on the wire is UTF-8 (RFC 8259): no detection
         except (ValueError, RecursionError):  # bad JSON, bad UTF-8, absurd nesting
             raise BadRequest(400, "malformed_json", "the body is not valid JSON") from None
         if not isinstance(body, dict):
