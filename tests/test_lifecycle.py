@@ -171,3 +171,45 @@ def test_a_slow_rule_is_cut_short_by_the_callers_grpc_deadline(start_server: Any
             clientinfo=client_info(pb, "c", "u"), meta=meta(pb)), timeout=2.0)
     assert (reply.type, reply.bool_result) == (pb.ValuedResponse.STOP_AND_RETURN, False)
     assert wait_for(lambda: "deadline_error" in server.log())
+
+
+#: bursts of concurrent calls sent before giving up on seeing one shed
+SHED_BURSTS = 40
+SHED_BURST_SIZE = 32
+
+
+def test_grpc_calls_past_the_limit_are_shed_with_resource_exhausted(start_server: Any, tmp_path: Path,
+                                                                    stubs: dict[str, Stubs]) -> None:
+    """grpc's maximum_concurrent_rpcs, set from --max-concurrent-calls, refuses a call that arrives while
+    the limit is taken: EMQX then applies its failed_action at once instead of waiting.
+
+    Calls on one event loop overlap only in bursts (a call counts until its task's done callback ran),
+    so bursts are sent until one call is refused, a bounded number of times. Every other call must
+    get the rule's answer.
+    """
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "client.authenticate.star").write_text("allow()\n")
+    server: ServerProcess = start_server(rules, "--max-concurrent-calls", "1")
+    s = stubs["v3"]
+    pb = s.pb2
+    request = pb.ClientAuthenticateRequest(clientinfo=client_info(pb, "c", "u"), meta=meta(pb))
+    codes: dict[str, int] = {}
+    with server.channel() as channel:
+        stub = s.stub(channel)
+        for _ in range(SHED_BURSTS):
+            calls = [stub.OnClientAuthenticate.future(request, timeout=10) for _ in range(SHED_BURST_SIZE)]
+            for call in calls:
+                try:
+                    reply = call.result()
+                    answer = "allow" if (reply.type, reply.bool_result) == (pb.ValuedResponse.STOP_AND_RETURN, True) \
+                        else f"wrong: {reply}"
+                except grpc.RpcError as exc:
+                    answer = exc.code().name
+                codes[answer] = codes.get(answer, 0) + 1
+            if codes.get("RESOURCE_EXHAUSTED"):
+                break
+    assert set(codes) == {"allow", "RESOURCE_EXHAUSTED"}, codes
+    with server.channel() as channel:  # and it answers again once the burst is over
+        reply = s.stub(channel).OnClientAuthenticate(request, timeout=10)
+    assert (reply.type, reply.bool_result) == (pb.ValuedResponse.STOP_AND_RETURN, True)
