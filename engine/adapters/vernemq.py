@@ -109,7 +109,16 @@ def _properties(body: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str
 
 
 def _client(body: Mapping[str, Any]) -> Client:
+    get = body.get
     # auth_on_subscribe and on_subscribe keep VerneMQ's own names addr/port
+    texts = (get("client_id"), get("username"), get("password"), get("mountpoint"), get("peer_addr"), get("addr"))
+    numbers = (get("peer_port"), get("port"))
+    # The usual body: every field of its type or absent (null), read without a call per field.
+    if all(v is None or v.__class__ is str for v in texts) and all(v is None or v.__class__ is int for v in numbers):
+        cid, user, password, mount, peer_addr, addr = texts
+        return Client(id=cid or "", username=user or "", password=password or "", peerhost=peer_addr or addr or "",
+                      peerport=numbers[0] or numbers[1] or 0, protocol="mqtt", mountpoint=mount or "")
+    # a field of another type: the same reading, field by field, to say which one is wrong
     host = _field(body, "peer_addr", str) or _field(body, "addr", str, "")
     port = _field(body, "peer_port", int) or _field(body, "port", int, 0)
     return Client(id=_field(body, "client_id", str, ""), username=_field(body, "username", str, ""),
@@ -136,8 +145,7 @@ def _subscriptions(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 def events_for(hook: str, body: Mapping[str, Any], b64: bool) -> list[Event]:
     """The events a body stands for: one, or one per requested topic for the subscribe hooks."""
-    info = HOOKS[hook]
-    names = set(info.names)
+    names = HOOKS[hook].names
     client = _client(body)
     # MQTT 5 properties reach the rule as `properties` where the hook has them, and always in `message`
     props, user = _properties(body) if "properties" in body else (frozen_map({}), frozen_map({}))
