@@ -1,4 +1,4 @@
-"""VerneMQ webhooks front-end: aiohttp on the server's event loop, one POST route for every hook.
+"""VerneMQ webhooks front-end: aiohttp's low-level server on the server's event loop, every POST a webhook.
 
 The hook is the `vernemq-hook` header, the path is free (VerneMQ allows any endpoint URL, query
 included). A body hookrules cannot read gets a JSON error with a status that says what is wrong;
