@@ -1,0 +1,58 @@
+"""A bug of hookrules' own while answering a webhook: the webhook adapter on its real aiohttp server and a
+real HTTP client, with an engine made to fail (the one fault no request can provoke)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from hookrules.adapters.webhooks import WebhookAdapter
+from hookrules.engine import Engine, Outcome
+from hookrules.events import Event
+from hookrules.ruleset import RuleSet, scan
+from prometheus_client import REGISTRY
+
+from . import vernemq_examples as spec
+
+
+def _internal_errors() -> float:
+    return REGISTRY.get_sample_value("hookrules_bad_requests_total", {"broker": "vernemq", "reason": "internal_error"}) or 0.0
+
+
+class FailingEngine(Engine):
+    def decide(self, event: Event, timeout: float | None = None) -> Outcome:
+        raise RuntimeError("a bug in hookrules")
+
+
+async def _post(adapter: WebhookAdapter, hook: str, body: dict[str, Any]) -> tuple[int, Any]:
+    runner = web.ServerRunner(adapter.server(), handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            async with session.post(f"http://127.0.0.1:{port}/", json=body, headers={"vernemq-hook": hook}) as resp:
+                return resp.status, json.loads(await resp.read())
+    finally:
+        await runner.cleanup()
+
+
+def test_an_internal_error_is_answered_200_by_the_failure_policy_and_counted(tmp_path: Path) -> None:
+    (tmp_path / "auth_on_register.star").write_text("allow()\n")
+    (tmp_path / "on_register.star").write_text("log('seen')\n")
+    ruleset, _ = scan(tmp_path, RuleSet())
+    adapter = WebhookAdapter(FailingEngine(ruleset))
+    before = _internal_errors()
+    # auth_on_register fails closed by default (deny); a notification hook still gets its {}
+    assert asyncio.run(_post(adapter, "auth_on_register", spec.EXAMPLES["auth_on_register"])) == \
+        (200, {"result": {"error": "rule error"}})
+    assert asyncio.run(_post(adapter, "on_register", spec.EXAMPLES["on_register"])) == (200, {})
+    assert _internal_errors() == before + 2
+    configured = WebhookAdapter(FailingEngine(ruleset, policies={"auth_on_register": "ignore"}))
+    assert asyncio.run(_post(configured, "auth_on_register", spec.EXAMPLES["auth_on_register"])) == \
+        (200, {"result": "next"})
