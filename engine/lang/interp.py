@@ -150,6 +150,11 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             # singletons shared by every tree in the process and must not hold an interpreter
             if isinstance(node, (ast.stmt, ast.expr, ast.Module)):
                 node.hr_run = self._dispatch.get(node.__class__, self.unimplemented)  # type: ignore[union-attr]
+            if isinstance(node, ast.Call):  # a call that is a statement of its own may be a decision
+                node.hr_statement = False  # type: ignore[attr-defined]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+                node.value.hr_statement = True  # type: ignore[attr-defined]
 
     def execute(self, tree: ast.Module, symtable: dict[str, Any], max_steps: int, deadline: float) -> Any:
         """Run a whole rule; returns the Decision it made, or None when it made none."""
@@ -412,14 +417,9 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
 
     def on_expr(self, node: Any) -> Any:
         value = node.value
-        if value.__class__ is ast.Call:  # a call as a statement: maybe a decision, which ends the run
-            return self._call(value, True)
         return value.hr_run(value)
 
     def on_call(self, node: Any) -> Any:
-        return self._call(node, False)
-
-    def _call(self, node: Any, statement: bool) -> Any:
         func_node = node.func
         if func_node.__class__ is ast.Name:  # the usual case, inline
             try:
@@ -439,7 +439,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         kwargs: dict[str, Any] = {k.arg: k.value.hr_run(k.value) for k in node.keywords} if node.keywords else {}
         if func.__class__ is RuleFunction:
             return self._call_function(func, args, kwargs)
-        if statement and func.__class__ is FunctionType:
+        if node.hr_statement and func.__class__ is FunctionType:  # a decision made as a statement ends the run
             maker = self.makers.get(func)
             if maker is not None:  # a decision: its value, and every block stops (no exception to unwind)
                 self.decision = maker(*args, **kwargs)
