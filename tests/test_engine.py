@@ -145,6 +145,13 @@ def test_a_run_after_a_decided_one_starts_undecided(caplog: pytest.LogCaptureFix
     assert [r.getMessage() for r in caplog.records if r.name == "hookrules.rule"] == [f"{rule_path(AUTHZ)}: undecided"]
 
 
+@pytest.mark.parametrize("src", ["deny('a', 'b')\n", "x = [deny('a', 'b')]\n", "def f():\n    deny('a', 'b')\nf()\n"])
+def test_a_wrong_decision_call_is_named_as_the_rule_wrote_it(src: str) -> None:
+    """As a statement the interpreter calls the decision's maker, elsewhere the decision function:
+    either way the error names `deny()`, not an internal function."""
+    assert "deny() takes from 0 to 1 positional arguments but 2 were given" in runtime_error(src).message
+
+
 def test_no_decision_is_none_and_the_engine_answers_ignore() -> None:
     src = "x = client.username\n"
     assert run(src) is None

@@ -37,17 +37,21 @@ class Decided(BaseException):
         self.decision = decision
 
 
-# The two decisions without arguments, raised as one instance each (runs are one at a time, on the
-# server's loop): building an exception per run shows in rules that take microseconds.
-_ALLOWED = Decided(ALLOW)
-_IGNORED = Decided(IGNORE)
-
-
 #: the attribute a decision function keeps its maker in (rules cannot read `_` attributes)
 DECISION_MAKER = "_hr_maker"
 
 
-def _with_maker(decide: Callable[..., None], maker: Callable[..., Decision]) -> Callable[..., None]:
+def _decision(name: str, maker: Callable[..., Decision]) -> Callable[..., None]:
+    """The function a rule calls as `name`: it raises what `maker` returns, and keeps `maker` for the
+    interpreter. Both carry the decision's name, so a wrong call reads `deny() takes ...` whichever
+    way it ran."""
+
+    def decide(*args: Any, **kwargs: Any) -> None:
+        raise Decided(maker(*args, **kwargs))
+
+    for fn in (decide, maker):
+        fn.__name__ = fn.__qualname__ = name
+    decide.__doc__ = maker.__doc__
     setattr(decide, DECISION_MAKER, maker)
     return decide
 
@@ -63,40 +67,24 @@ def _reason(reason: object) -> str:
     return reason
 
 
-def _allowed() -> Decision:
+def _allow() -> Decision:
+    """Let it happen and stop here."""
     return ALLOW
 
 
-def _denied(reason: str = "") -> Decision:
+def _deny(reason: str = "") -> Decision:
+    """Refuse and stop here; the reason is logged (and sent to VerneMQ)."""
     return Deny(_reason(reason))
 
 
-def _ignored() -> Decision:
+def _ignore() -> Decision:
+    """Give no opinion and stop here: the broker asks its next authority."""
     return IGNORE
 
 
-def _dropped(reason: str = "") -> Decision:
-    return Drop(_reason(reason))
-
-
-def allow() -> None:
-    """Let it happen and stop here."""
-    raise _ALLOWED.with_traceback(None)
-
-
-def deny(reason: str = "") -> None:
-    """Refuse and stop here; the reason is logged (and sent to VerneMQ)."""
-    raise Decided(_denied(reason))
-
-
-def ignore() -> None:
-    """Give no opinion and stop here: the broker asks its next authority."""
-    raise _IGNORED.with_traceback(None)
-
-
-def drop(reason: str = "") -> None:
+def _drop(reason: str = "") -> Decision:
     """Do not publish the message and stop here."""
-    raise Decided(_dropped(reason))
+    return Drop(_reason(reason))
 
 
 def _check_topic(topic: Any, what: str) -> str:
@@ -107,7 +95,8 @@ def _check_topic(topic: Any, what: str) -> str:
     return topic
 
 
-def _rewrite(topic: Any, payload: Any, qos: Any, retain: Any, topics: Any) -> Rewrite:
+def _rewrite(topic: Any = None, payload: Any = None, qos: Any = None, retain: Any = None, topics: Any = None) -> Decision:
+    """Publish with these fields changed and stop here; a str payload is sent as UTF-8."""
     if topic is not None:
         _check_topic(topic, "rewrite(topic=...)")
     if isinstance(payload, str):
@@ -127,19 +116,11 @@ def _rewrite(topic: Any, payload: Any, qos: Any, retain: Any, topics: Any) -> Re
     return Rewrite(topic, payload, qos, retain, topics)
 
 
-def rewrite(topic: str | None = None, payload: str | bytes | None = None, qos: int | None = None,
-            retain: bool | None = None, topics: list[str] | None = None) -> None:
-    """Publish with these fields changed and stop here; a str payload is sent as UTF-8."""
-    raise Decided(_rewrite(topic, payload, qos, retain, topics))
-
-
-def _rewritten(topic: str | None = None, payload: str | bytes | None = None, qos: int | None = None,
-               retain: bool | None = None, topics: list[str] | None = None) -> Decision:
-    return _rewrite(topic, payload, qos, retain, topics)
-
-
-for _decide, _maker in ((allow, _allowed), (deny, _denied), (ignore, _ignored), (drop, _dropped), (rewrite, _rewritten)):
-    _with_maker(_decide, _maker)
+allow = _decision("allow", _allow)
+deny = _decision("deny", _deny)
+ignore = _decision("ignore", _ignore)
+drop = _decision("drop", _drop)
+rewrite = _decision("rewrite", _rewrite)
 
 
 DECISIONS: dict[str, Callable[..., None]] = {
@@ -157,7 +138,8 @@ def make_decisions(hook: HookInfo) -> dict[str, Callable[..., None]]:
     a rule error with file:line:col rather than a reply the broker chokes on."""
     schema = SCHEMAS.get(hook.name)
 
-    def hook_allowed(modifiers: Mapping[str, Any] | None = None, cache: int | None = None) -> Decision:
+    def hook_allow(modifiers: Mapping[str, Any] | None = None, cache: int | None = None) -> Decision:
+        """Let it happen and stop here (VerneMQ: with modifiers, and an answer cached for `cache` s)."""
         if modifiers is None and cache is None:
             return ALLOW
         checked = None
@@ -175,14 +157,9 @@ def make_decisions(hook: HookInfo) -> dict[str, Callable[..., None]]:
                 raise ValueError(f"allow(cache={cache!r}): cache is a whole number of seconds")
         return Allow(checked, cache)
 
-    def hook_allow(modifiers: Mapping[str, Any] | None = None, cache: int | None = None) -> None:
-        """Let it happen and stop here (VerneMQ: with modifiers, and an answer cached for `cache` s)."""
-        if modifiers is None and cache is None:
-            raise _ALLOWED.with_traceback(None)
-        raise Decided(hook_allowed(modifiers, cache))
-
-    def hook_rewritten(topic: str | None = None, payload: str | bytes | None = None, qos: int | None = None,
-                       retain: bool | None = None, topics: list[str] | None = None) -> Decision:
+    def hook_rewrite(topic: str | None = None, payload: str | bytes | None = None, qos: int | None = None,
+                     retain: bool | None = None, topics: list[str] | None = None) -> Decision:
+        """Change the listed fields and stop here."""
         given = {k for k, v in (("topic", topic), ("payload", payload), ("qos", qos), ("retain", retain),
                                 ("topics", topics)) if v is not None}
         if given - hook.rewrites:
@@ -190,14 +167,7 @@ def make_decisions(hook: HookInfo) -> dict[str, Callable[..., None]]:
                              f"it can rewrite {', '.join(sorted(hook.rewrites))}")
         return _rewrite(topic, payload, qos, retain, topics)
 
-    def hook_rewrite(topic: str | None = None, payload: str | bytes | None = None, qos: int | None = None,
-                     retain: bool | None = None, topics: list[str] | None = None) -> None:
-        """Change the listed fields and stop here."""
-        raise Decided(hook_rewritten(topic, payload, qos, retain, topics))
-
-    _with_maker(hook_allow, hook_allowed)
-    _with_maker(hook_rewrite, hook_rewritten)
-    table: dict[str, Callable[..., None]] = {**DECISIONS, "allow": hook_allow, "rewrite": hook_rewrite}
+    table = {**DECISIONS, "allow": _decision("allow", hook_allow), "rewrite": _decision("rewrite", hook_rewrite)}
     return {name: fn for name, fn in table.items() if name in hook.decisions}
 
 
