@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import (
     REGISTRY,
@@ -31,7 +32,6 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 #: Sub-millisecond resolution: a rule run takes microseconds, a gRPC round trip well under 1 ms.
 LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1.0)
-
 
 
 def _go_float(value: float) -> str:
@@ -64,7 +64,10 @@ class CounterChild:
         self.value += amount
 
 
-class _LoopFamily:
+Child = TypeVar("Child", HistogramChild, CounterChild)
+
+
+class _LoopFamily(Generic[Child]):
     """A metric family whose children are updated without locks and exported when scraped."""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
@@ -72,29 +75,32 @@ class _LoopFamily:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], Child] = {}
         registry.register(self)  # type: ignore[arg-type]  # a Collector by its collect()/describe()
 
-    def _check(self, values: tuple[str, ...]) -> None:
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name} takes the labels {self.labelnames}, got {values}")
+    def labels(self, *values: str) -> Child:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes the labels {self.labelnames}, got {values}")
+            child = self._children[values] = self._new_child()
+        return child
+
+    def _new_child(self) -> Child:
+        raise NotImplementedError
 
     def describe(self) -> list[Metric]:
         return []  # no name collision checks against families declared elsewhere: none are
 
 
-class LoopHistogram(_LoopFamily):
+class LoopHistogram(_LoopFamily[HistogramChild]):
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
                  registry: CollectorRegistry = REGISTRY):
-        super().__init__(name, documentation, labelnames, registry)
         self.bounds = tuple(sorted(buckets))
-        self._children: dict[tuple[str, ...], HistogramChild] = {}
+        super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> HistogramChild:
-        child = self._children.get(values)
-        if child is None:
-            self._check(values)
-            child = self._children[values] = HistogramChild(self.bounds)
-        return child
+    def _new_child(self) -> HistogramChild:
+        return HistogramChild(self.bounds)
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -108,18 +114,9 @@ class LoopHistogram(_LoopFamily):
         yield family
 
 
-class LoopCounter(_LoopFamily):
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
-                 registry: CollectorRegistry = REGISTRY):
-        super().__init__(name, documentation, labelnames, registry)
-        self._children: dict[tuple[str, ...], CounterChild] = {}
-
-    def labels(self, *values: str) -> CounterChild:
-        child = self._children.get(values)
-        if child is None:
-            self._check(values)
-            child = self._children[values] = CounterChild()
-        return child
+class LoopCounter(_LoopFamily[CounterChild]):
+    def _new_child(self) -> CounterChild:
+        return CounterChild()
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
