@@ -85,6 +85,15 @@ class Engine:
         self._count(broker, hook, IGNORE)
         return NO_RULE
 
+    def internal_error(self, broker: str, hook: str) -> Decision:
+        """The answer to a call an adapter failed on by a bug of hookrules' own: logged with the
+        traceback (call it from the except block), counted, and decided by the failure policy, so the
+        broker still gets an answer it reads."""
+        policy = self.policy(hook)
+        log.exception("internal error answering %s %s; answered %s by failure policy", broker, hook, policy)
+        metrics.BAD_REQUESTS.labels(broker, "internal_error").inc()
+        return POLICY_DECISIONS[policy]
+
     def decide(self, event: Event, timeout: float | None = None) -> Outcome:
         """Run the hook's rule on the event. Never raises for anything a rule does."""
         ruleset = self.ruleset  # one read: a swap during this call does not affect it

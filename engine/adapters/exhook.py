@@ -18,7 +18,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from .. import metrics
-from ..decisions import POLICY_DECISIONS, Decision
+from ..decisions import Decision
 from ..engine import Engine
 from ..events import Client, Conn, Event, Message, SubOpts, TopicFilter, frozen_map
 from ..hooks import EMQX_HOOKS
@@ -265,10 +265,8 @@ class ExhookAdapter:
                 outcome = engine.decide(build(hook, request), timeout)
                 return reply(request, outcome.decision)
             except Exception:  # a bug of ours must still give EMQX an answer it understands
-                log.exception("internal error answering %s; answered by the failure policy", hook)
-                metrics.BAD_REQUESTS.labels(BROKER, "internal_error").inc()
                 try:
-                    return reply(request, POLICY_DECISIONS[engine.policy(hook)])
+                    return reply(request, engine.internal_error(BROKER, hook))
                 except Exception:
                     return replies.ignore if reply is not replies.notify else replies.empty
             finally:

@@ -134,7 +134,8 @@ class WebhookAdapter:
             except BadRequest:
                 raise
             except Exception:  # a bug of ours must still give VerneMQ a 200 it reads, never a 500
-                reply = self._internal_error(hook)
+                # (VerneMQ reads a non-200 as a refusal of everything); allow/deny/ignore carry no payload
+                reply = reply_for(hook, self.engine.internal_error(BROKER, hook), True)
         except BadRequest as bad:
             return self._bad(bad)
         finally:
@@ -145,14 +146,6 @@ class WebhookAdapter:
             if constant is not None:  # most answers are one of three: no need to encode them each time
                 return web.Response(body=constant, content_type="application/json")
         return web.json_response(reply.body, headers=reply.headers)
-
-    def _internal_error(self, hook: str) -> Reply:
-        """VerneMQ reads a non-200 as a refusal of everything and would crash on a reply without a
-        valid result: answer by the hook's failure policy, as for a rule error, and say so."""
-        policy = self.engine.policy(hook)
-        log.exception("internal error answering %s; answered %s by failure policy", hook, policy)
-        metrics.BAD_REQUESTS.labels(BROKER, "internal_error").inc()
-        return reply_for(hook, POLICY_DECISIONS[policy], True)  # allow/deny/ignore carry no payload
 
     def _answer(self, hook: str, body: dict[str, Any], b64: bool) -> Reply:
         engine = self.engine
