@@ -26,40 +26,30 @@ import asyncio
 import json
 import signal
 import socket
-from typing import Any
 
 from aiohttp import web
-from hookrules.adapters.webhooks import DEFAULT_MAX_BODY
+from hookrules.adapters.webhooks import DEFAULT_MAX_BODY, body_limited_requests
 
 #: the one reply, to every POST whatever its hook: what an allow-all endpoint answers
 REPLY = {"result": "ok"}
 
 
-async def _ok(request: web.BaseRequest) -> web.Response:
-    if request.method != "POST":
-        return web.json_response({"error": f"VerneMQ webhooks are POST requests, not {request.method}"}, status=405)
-    await request.read()
-    return web.json_response(REPLY)
-
-
-async def _parsed(request: web.BaseRequest) -> web.Response:
-    if request.method != "POST":
-        return web.json_response({"error": f"VerneMQ webhooks are POST requests, not {request.method}"}, status=405)
-    try:
-        body = json.loads(await request.read())
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        return web.json_response({"error": "the body must be a JSON object"}, status=400)
-    return web.json_response(REPLY)
-
-
 def server(parse: bool = False) -> web.Server:
-    def factory(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
-        return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
-                               client_max_size=DEFAULT_MAX_BODY)
+    async def handle(request: web.BaseRequest) -> web.Response:
+        if request.method != "POST":
+            return web.json_response({"error": f"VerneMQ webhooks are POST requests, not {request.method}"}, status=405)
+        raw = await request.read()
+        if parse:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                return web.json_response({"error": "the body must be a JSON object"}, status=400)
+        return web.json_response(REPLY)
 
-    return web.Server(_parsed if parse else _ok, request_factory=factory, access_log=None, auto_decompress=False)
+    return web.Server(handle, request_factory=body_limited_requests(DEFAULT_MAX_BODY), access_log=None,
+                      auto_decompress=False)
 
 
 async def serve(host: str, port: int, lifetime: float, parse: bool) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import HttpVersion11, web
@@ -46,6 +46,16 @@ _CONSTANT = {id(r): json.dumps(r.body).encode() for r in (OK, NEXT, NOTIFIED)}
 _FLAGS = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
 
 
+def body_limited_requests(max_body: int) -> Callable[..., web.BaseRequest]:
+    """The request factory web.Server documents: where a low-level request learns its body limit."""
+
+    def make(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+        return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
+                               client_max_size=max_body)
+
+    return make
+
+
 class WebhookAdapter:
     """Answers every VerneMQ webhook from the engine's rules."""
 
@@ -70,12 +80,8 @@ class WebhookAdapter:
         self._get_routes = dict(get_routes or {})
         # auto_decompress=False: VerneMQ never compresses; a compressed body is refused with a JSON 415
         # here, not left to the parser's own plain-text errors (or its waiting on a broken stream)
-        return web.Server(self.dispatch, request_factory=self._request, access_log=None, auto_decompress=False)
-
-    def _request(self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
-        # the factory web.Server documents; it is where a low-level request learns its body limit
-        return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
-                               client_max_size=self.max_body)
+        return web.Server(self.dispatch, request_factory=body_limited_requests(self.max_body), access_log=None,
+                          auto_decompress=False)
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         method = request.method
