@@ -463,24 +463,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _versions() -> str:
-    def v(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "?"
+def dist_version(dist: str) -> str:
+    """An installed distribution's version, for the header of a benchmark's report."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "?"
 
+
+def _versions() -> str:
+    v = dist_version
     return (f"python {platform.python_version()}, grpcio {v('grpcio')}, protobuf {v('protobuf')}, "
             f"asteval {v('asteval')}, {os.cpu_count()} CPUs")
 
 
-def _terminate(signum: int, frame: Any) -> None:
+def interrupt(signum: int, frame: Any) -> None:
+    """A SIGTERM handler: stop as on Ctrl+C, so every child process is stopped on the way out."""
     raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)  # stop the children on SIGTERM too
+    signal.signal(signal.SIGTERM, interrupt)  # stop the children on SIGTERM too
     print(f"hookrules ExHook benchmark ({_versions()})")
 
     pin = choose_pinning(args.pin)

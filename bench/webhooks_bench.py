@@ -69,11 +69,10 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Any
 
-from exhook_bench import Child, Pinning, RunResult, choose_pinning, print_run, print_summary, run_loadgen, stop_all
+from exhook_bench import (Child, Pinning, RunResult, choose_pinning, dist_version, interrupt, print_run, print_summary,
+                          run_loadgen, stop_all)
 from loadgen import cpu_seconds, machine_busy_seconds
 from webhooks_loadgen import REQUEST_TIMEOUT, REQUESTS, Request
 
@@ -413,31 +412,23 @@ def print_parse_floor(results: list[RunResult], rounds: int) -> None:
     pairs = [(by[("parse", i)], by[("hookrules", i)]) for i in range(1, rounds + 1)]
     rps = statistics.median(h.rps / p.rps for p, h in pairs)
     line = f"against the parsing endpoint (bare + json.loads): throughput hookrules/parse = {rps:.2f}x"
-    if all(p.cpu_us_per_req and h.cpu_us_per_req for p, h in pairs):
-        cpu = statistics.median(h.cpu_us_per_req / p.cpu_us_per_req for p, h in pairs)  # type: ignore[operator]
-        parse_cpu = statistics.median(p.cpu_us_per_req for p, _ in pairs)  # type: ignore[misc]
+    cpus = [(p.cpu_us_per_req, h.cpu_us_per_req) for p, h in pairs]
+    if all(p and h for p, h in cpus):
+        cpu = statistics.median(h / p for p, h in cpus if p and h)
+        parse_cpu = statistics.median(p for p, _ in cpus if p)
         line += f", server CPU per request {cpu:.2f}x (parse: {parse_cpu:.0f} us/request)"
     print(line)
 
 
 def _versions(client: str) -> str:
-    def v(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "?"
-
+    v = dist_version
     load = wrk_version() if client == "wrk" else "Python load generator"
     return f"python {platform.python_version()}, aiohttp {v('aiohttp')}, {load}, {os.cpu_count()} CPUs"
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)  # stop the children on SIGTERM too
+    signal.signal(signal.SIGTERM, interrupt)  # stop the children on SIGTERM too
     print(f"hookrules VerneMQ webhooks benchmark ({_versions(args.client)})")
 
     pin = choose_pinning(args.pin)
