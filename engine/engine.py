@@ -40,7 +40,7 @@ class Outcome(NamedTuple):
 NO_RULE = Outcome(IGNORE, "no_rule")
 
 
-def _source(ruleset: RuleSet, hook: str) -> str | None:
+def source_hook(ruleset: RuleSet, hook: str) -> str | None:
     """The hook whose rule file answers `hook`: its own, else its fallback's, else None."""
     if hook in ruleset.rules or hook in ruleset.broken:
         return hook
@@ -54,7 +54,7 @@ def _source(ruleset: RuleSet, hook: str) -> str | None:
 class Engine:
     def __init__(self, ruleset: RuleSet | None = None, policies: Mapping[str, Policy] | None = None,
                  limits: Limits | None = None, decision_log: DecisionLog | None = None):
-        self.ruleset = ruleset or RuleSet()
+        self.ruleset = ruleset if ruleset is not None else RuleSet()  # an all-broken set is empty, not absent
         self.decision_log = decision_log
         self.policies = dict(policies or {})
         self.limits = limits or Limits()
@@ -71,14 +71,14 @@ class Engine:
             return self.policies[hook]
         # a _m5 hook served by its twin's rule follows the policy configured for that rule
         fallback = info.fallback
-        if fallback is not None and fallback in self.policies and _source(self.ruleset, hook) == fallback:
+        if fallback is not None and fallback in self.policies and source_hook(self.ruleset, hook) == fallback:
             return self.policies[fallback]
         return info.failure_policy
 
     def needs_event(self, hook: str) -> bool:
         """False when the hook has no rule file: the answer is ignore() whatever the event says, so an
         adapter may skip building it (most EMQX calls are notifications nobody wrote a rule for)."""
-        return _source(self.ruleset, hook) is not None
+        return source_hook(self.ruleset, hook) is not None
 
     def skip(self, broker: str, hook: str) -> Outcome:
         """The outcome of a call to a hook with no rule file, counted like any other decision."""
@@ -97,12 +97,15 @@ class Engine:
     def decide(self, event: Event, timeout: float | None = None) -> Outcome:
         """Run the hook's rule on the event. Never raises for anything a rule does."""
         ruleset = self.ruleset  # one read: a swap during this call does not affect it
-        source = _source(ruleset, event.hook)
+        source = source_hook(ruleset, event.hook)
         rule = ruleset.get(source) if source is not None else None
         if rule is None and source is not None:  # its file exists but never loaded
             outcome = self._failed(event, "", RuleError("load_error", Location(ruleset.broken[source]),
                                                         "the rule file has errors and no earlier version loaded",
                                                         "run 'hookrules check' on the rules directory"))
+            if self.decision_log is not None:  # answered by policy: a decision an audit must see
+                self.decision_log.record(event, outcome.decision, outcome.source, "",
+                                         outcome.error.one_line() if outcome.error else "", 0.0)
         elif rule is None:
             outcome = NO_RULE
         elif not rule.wants(event):

@@ -21,6 +21,36 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
+#: Longest error message kept: a KeyError of a 64 KiB key must not become a 64 KiB log line.
+MAX_MESSAGE = 500
+#: Python's own messages show at most this many characters of a value's repr (int(): "%.200R").
+_REPR_CUT = 200
+REDACTED = "<redacted>"
+
+
+def redact(message: str, secrets: tuple[str | bytes, ...]) -> str:
+    """A run-time error message without the secrets it may quote, cut to MAX_MESSAGE.
+
+    Python's messages quote values (`int(client.password)` says "invalid literal ...: 'hunter2'"),
+    and these messages reach the server log and the decision log, which must not hold a password or
+    a payload. Each secret is looked for as Python shows it: its repr, a repr cut at 200 characters,
+    and, for secrets of four characters or more, its bare text.
+    """
+    for secret in secrets:
+        if not secret:
+            continue
+        shown = repr(secret)
+        forms = [shown, shown[:_REPR_CUT]]
+        if len(secret) >= 4:
+            forms.append(secret if isinstance(secret, str) else secret.decode("utf-8", "replace"))
+        for form in forms:
+            if form in message:
+                message = message.replace(form, REDACTED)
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + "..."
+    return message
+
+
 def char_col(line: str, byte_offset: int) -> int:
     """1-based column in characters from ast's 0-based UTF-8 byte offset."""
     return len(line.encode("utf-8")[:byte_offset].decode("utf-8", errors="replace")) + 1
@@ -35,9 +65,8 @@ class Location:
     col: int = 0  # 1-based, in characters
 
     def __str__(self) -> str:
-        if not self.line:
-            return self.file
-        return f"{self.file}:{self.line}:{self.col or 1}"
+        # always file:line:col, 1:1 for the whole file, so editors and CI annotators can parse every line
+        return f"{self.file}:{self.line or 1}:{self.col or 1}"
 
 
 @dataclass(frozen=True, slots=True)

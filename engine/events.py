@@ -169,6 +169,11 @@ class Event:
         out["client"] = self.client
         return out
 
+    def secrets(self) -> tuple[str | bytes, ...]:
+        """What no log may show by default: the password and the payload."""
+        msg = self.message
+        return (self.client.password, msg.payload) if msg is not None else (self.client.password,)
+
     @property
     def message(self) -> Message | None:
         msg = self.data.get("message")

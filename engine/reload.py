@@ -275,8 +275,10 @@ class Reloader:
             if out.result == "loaded":
                 _forget_version(out.hook, old.version if old is not None else "")
                 metrics.RULE_INFO.labels(out.hook, out.version).set(1)
-                if old is not None and old.version == out.version:
-                    log.info("reloaded %s (version %s): a library or data file it uses changed", out.path, out.version)
+                new = ruleset.get(out.hook)
+                if old is not None and new is not None and old.file_version == new.file_version:
+                    log.info("reloaded %s (version %s, was %s): a library or data file it uses changed",
+                             out.path, out.version, old.version)
                 else:
                     log.info("loaded %s (version %s%s)", out.path, out.version,
                              f", was {old.version}" if old is not None else "")

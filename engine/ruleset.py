@@ -8,6 +8,7 @@ keeps its last good version serving.
 from __future__ import annotations
 
 import ast
+import difflib
 import hashlib
 import os
 import time
@@ -18,7 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .decisions import Decision
-from .errors import Location, RuleError, RuleLoadError, char_col, source_lines
+from .errors import Location, RuleError, RuleLoadError, char_col, redact, source_lines
 from .events import Event
 from .hooks import HOOKS, RULE_SUFFIX, HookInfo, hook_for_file, valid_file_names
 from .lang.builtins import HELPERS, SAFE_BUILTINS, decision_makers, make_decisions, make_log, topic_filter_test
@@ -66,7 +67,9 @@ DEFAULT_LIMITS = Limits()
 class CompiledRule:
     hook: HookInfo
     path: str
-    version: str  # sha256 of the file's bytes, first 12 hex digits
+    #: what decision logs and hookrules_rule_info name: the file's version alone when the rule uses no
+    #: library or data file, else a hash of it and theirs (a library change is a new rule version)
+    version: str
     tree: ast.Module
     topics: tuple[str, ...]
     lines: tuple[str, ...]
@@ -76,6 +79,7 @@ class CompiledRule:
     deps: tuple[tuple[str, str], ...] = ()
     #: the lines of the libraries it loads, by path, so a failure inside one is shown in its own file
     library_lines: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    file_version: str = ""  # sha256 of the rule file's bytes, first 12 hex digits
     _topic_test: Callable[[str], bool] | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
@@ -105,8 +109,8 @@ class CompiledRule:
                                                "helpers (password hashes)")) from None
         except Exception as exc:
             hint = next((h for kind, h in RUNTIME_HINTS if isinstance(exc, kind)), DEFAULT_RUNTIME_HINT)
-            raise RuleRuntimeError(self._error("runtime_error", f"{type(exc).__name__}: {exc}",
-                                               self.interp.error_node, hint)) from None
+            message = redact(f"{type(exc).__name__}: {exc}", event.secrets())
+            raise RuleRuntimeError(self._error("runtime_error", message, self.interp.error_node, hint)) from None
 
     def _error(self, code: str, message: str, node: ast.AST | None, hint: str) -> RuleError:
         path = self.interp.error_file or getattr(node, "hr_file", "") or self.path
@@ -177,8 +181,13 @@ def compile_rule(path: str, data: bytes, hook: HookInfo, context: Context = Cont
         base[TOPICS_NAME] = checked.topics
     interp.prepare(checked.tree, path)
     deps[DATA_DEP] = context.data.version
-    return CompiledRule(hook, path, hashlib.sha256(data).hexdigest()[:12], checked.tree, checked.topics,
-                        lines, base, interp, tuple(sorted(deps.items())), library_lines)
+    file_version = hashlib.sha256(data).hexdigest()[:12]
+    built_from = tuple(sorted(deps.items()))
+    version = file_version
+    if len(deps) > 1 or context.data.files:
+        version = hashlib.sha256(";".join([file_version] + [f"{m}={v}" for m, v in built_from]).encode()).hexdigest()[:12]
+    return CompiledRule(hook, path, version, checked.tree, checked.topics, lines, base, interp, built_from,
+                        library_lines, file_version)
 
 
 def _declares_topics(stmt: ast.stmt) -> bool:
@@ -286,9 +295,9 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
                 broken[hook_name] = previous.broken[hook_name]
             continue
         version = hashlib.sha256(raw).hexdigest()[:12]
-        if not force and old is not None and old.version == version and old.path == shown and _deps_current(old, context):
+        if not force and old is not None and old.file_version == version and old.path == shown and _deps_current(old, context):
             rules[hook_name] = old
-            outcomes.append(FileOutcome(hook_name, "unchanged", shown, version))
+            outcomes.append(FileOutcome(hook_name, "unchanged", shown, old.version))
             continue
         try:
             rule = compile_rule(shown, raw, HOOKS[hook_name], context)
@@ -301,7 +310,7 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
                 broken[hook_name] = shown
             continue
         rules[hook_name] = rule
-        outcomes.append(FileOutcome(hook_name, "loaded", shown, version))
+        outcomes.append(FileOutcome(hook_name, "loaded", shown, rule.version))
     for hook_name, old in previous.rules.items():
         if hook_name in seen:
             continue
@@ -342,7 +351,8 @@ def _scan_data(directory: Path, previous: DataSet) -> tuple[DataSet, list[FileOu
 
 
 def _invalid_name(path: Path) -> RuleError:
-    return RuleError(
-        "load_error", Location(str(path)), f"'{path.name}' names no hook, so it is not loaded",
-        "name the file after the hook it answers; valid names: " + ", ".join(valid_file_names()),
-    )
+    names = valid_file_names()
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.8)
+    hint = (f"did you mean '{close[0]}'? " if close else "") + \
+        "name the file after the hook it answers; valid names: " + ", ".join(names)
+    return RuleError("load_error", Location(str(path)), f"'{path.name}' names no hook, so it is not loaded", hint)

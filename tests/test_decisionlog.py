@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,9 @@ import pytest
 
 from hookrules.decisionlog import DecisionLog
 from hookrules.decisions import Deny
+from hookrules.engine import Engine
 from hookrules.events import Client, Event, Message, frozen_map
+from hookrules.ruleset import RuleSet, scan
 
 from .emqx_session import run_session
 from .support import ServerProcess, Stubs, wait_for
@@ -68,3 +71,39 @@ def test_a_broken_log_does_not_stop_decisions(caplog: pytest.LogCaptureFixture) 
     log.record(event(), Deny("no"), "rule", "abc", "", 0.0)
     assert [r.message for r in caplog.records if "decision log" in r.message] == [
         "decision log: cannot write (I/O operation on closed file); decisions go on unlogged"]
+
+
+LEAKY_RULES = {
+    # Python's messages quote the value they choke on; neither log may show it
+    "int(client.password)": "invalid literal for int()",
+    "int(message.payload)": "invalid literal for int()",
+    "{}[client.password]": "KeyError",
+    "{}[message.payload]": "KeyError",
+    "float(client.password + client.password)": "could not convert",
+}
+
+
+@pytest.mark.parametrize("expr", sorted(LEAKY_RULES))
+def test_error_messages_do_not_carry_secrets(expr: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "message.publish.star").write_text(f"x = {expr}\nallow()\n")
+    out = io.StringIO()
+    ruleset, _ = scan(tmp_path, RuleSet())
+    engine = Engine(ruleset, decision_log=DecisionLog(out))
+    secret_event = Event("message.publish", "emqx", Client(id="c", password="hunter2-pw"),
+                         frozen_map({"message": Message(topic="a/b", payload=b"TOP-SECRET-" * 40)}))
+    with caplog.at_level(logging.ERROR):
+        outcome = engine.decide(secret_event)
+    assert outcome.error is not None and LEAKY_RULES[expr] in outcome.error.message
+    logged = out.getvalue() + caplog.text
+    assert LEAKY_RULES[expr] in logged and "<redacted>" in logged
+    assert "hunter2" not in logged and "TOP-SECRET" not in logged
+
+
+def test_a_rule_that_never_loaded_is_logged_with_the_policy_answer(tmp_path: Path) -> None:
+    (tmp_path / "client.authenticate.star").write_text("while True:\n    pass\n")
+    out = io.StringIO()
+    ruleset, _ = scan(tmp_path, RuleSet())
+    Engine(ruleset, decision_log=DecisionLog(out)).decide(Event("client.authenticate", "emqx", Client(id="c")))
+    entry = json.loads(out.getvalue())
+    assert (entry["decision"], entry["reason"], entry["source"]) == ("deny", "rule error", "policy")
+    assert "load_error" in entry["error"]

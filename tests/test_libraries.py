@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,11 @@ def test_library_values_are_frozen_so_runs_cannot_share_state(tmp_path: Path) ->
 @pytest.mark.parametrize(("files", "where", "message"), [
     ({"client.authorize.star": 'load("lib/a.star", "f")\nallow()\n', "lib/a.star": 'load("lib/b.star", "g")\ndef f():\n    return 1\n',
       "lib/b.star": 'load("lib/a.star", "f")\ndef g():\n    return 2\n'},
-     "lib/b.star:1:1", "load cycle: client.authorize.star -> a.star -> b.star -> a.star"),
+     "lib/b.star:1:1", "load cycle: client.authorize.star -> lib/a.star -> lib/b.star -> lib/a.star"),
     ({"client.authorize.star": 'load("lib/a.star", "nope")\nallow()\n', "lib/a.star": "def f():\n    return 1\n"},
      "client.authorize.star:1:1", "\"lib/a.star\" has no 'nope'"),
     ({"client.authorize.star": 'load("lib/missing.star", "f")\nallow()\n'},
-     "lib/missing.star", "cannot read library"),
+     "lib/missing.star:1:1", "cannot read library"),
     ({"client.authorize.star": 'load("lib/a.star", "f")\nallow()\n', "lib/a.star": "def f():\n    return client.id\n"},
      "lib/a.star:2:12", "'client' is not available in a library"),
     ({"client.authorize.star": 'load("lib/a.star", "f")\nallow()\n', "lib/a.star": "def f():\n    deny('x')\n"},
@@ -134,6 +135,22 @@ def test_a_library_change_rebuilds_the_rules_that_load_it(tmp_path: Path) -> Non
     results = {o.hook: o.result for o in outcomes}
     assert results == {"client.authorize": "loaded", "client.authenticate": "unchanged"}
     assert Engine(rs2).decide(authz("bob", "home/bob/x")).decision == Allow()
+    # the decision log and hookrules_rule_info must tell the two builds apart
+    before, after = rs.rules["client.authorize"], rs2.rules["client.authorize"]
+    assert before.file_version == after.file_version and before.version != after.version
+    assert [o.version for o in outcomes if o.hook == "client.authorize"] == [after.version]
+    # a rule that uses no library and no data file is versioned by its own bytes, as `sha256sum` shows
+    plain = rs2.rules["client.authenticate"]
+    assert plain.version == plain.file_version == hashlib.sha256(b"allow()\n").hexdigest()[:12]
+
+
+def test_a_data_change_is_a_new_version_of_every_rule(tmp_path: Path) -> None:
+    write(tmp_path, {"client.authenticate.star": "allow()\n", "data/users.json": '["a"]'})
+    rs, _ = scan(tmp_path, RuleSet())
+    (tmp_path / "data/users.json").write_text('["a", "b"]')
+    rs2, _ = scan(tmp_path, rs)
+    before, after = rs.rules["client.authenticate"], rs2.rules["client.authenticate"]
+    assert before.file_version == after.file_version and before.version != after.version
 
 
 def test_the_server_reloads_a_rule_when_its_library_is_saved(start_server: Any, tmp_path: Path,

@@ -427,7 +427,7 @@ def test_file_with_an_invalid_name_is_reported_with_the_valid_names(rules: Path,
     (rules / "client.auth.star").write_text('deny("wrong file")\n')
     assert wait_for(lambda: "names no hook" in server.log(), timeout=TIMEOUT), quiet(server.log())
     log = server.log()
-    report = re.search(re.escape(str(rules / "client.auth.star")) + r": \w+: 'client\.auth\.star' names no hook"
+    report = re.search(re.escape(str(rules / "client.auth.star")) + r":1:1: \w+: 'client\.auth\.star' names no hook"
                        r".*valid names: (.*)\) => file ignored", log)
     assert report, quiet(log)
     names = report[1].split(", ")

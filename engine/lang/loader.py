@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import copy
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,7 +130,8 @@ class Linker:
         self.deps[module] = lib.version
         self.sources[lib.path] = lib.lines
         if lib.path in stack:
-            chain = " -> ".join(Path(p).name for p in stack + (lib.path,))
+            root = os.path.dirname(stack[0])  # the rule's directory: show paths as load() names them
+            chain = " -> ".join(os.path.relpath(p, root) for p in stack + (lib.path,))
             raise RuleLoadError([_at(stack[-1], lines, spec.node, f"load cycle: {chain}",
                                      "move what both files need into a third library")])
         tree = copy.deepcopy(lib.checked.tree)  # handlers are bound per interpreter (prepare)
