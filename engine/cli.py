@@ -20,6 +20,7 @@ from .config import (
     parse_policy,
     read_config_file,
 )
+from .lang.builtins import RULE_LOGGER
 from .ruleset import DATA_HOOK, Limits, RuleSet, scan
 
 
@@ -166,6 +167,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .explain import evaluate, read_event
 
     logging.basicConfig(level="ERROR", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger(RULE_LOGGER).setLevel(logging.INFO)  # what the rule's log() calls say
     try:
         spec = read_event(args.event)
     except SpecError as exc:

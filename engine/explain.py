@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from .engine import Engine, Outcome
+from .engine import Engine, Outcome, source_hook
 from .eventspec import SpecError, build_event
 from .hooks import HOOKS
 from .lang.trace import TracingInterpreter
@@ -67,10 +67,13 @@ def evaluate(rules: Path, hook: str, event_spec: Any, out: TextIO, *, broker: st
         return 2
     engine = Engine(ruleset)
     outcome = engine.decide(event)
-    rule = ruleset.get(hook)
+    source = source_hook(ruleset, hook)  # a VerneMQ _m5 hook may be answered by its twin's file
+    rule = ruleset.get(source) if source is not None else None
     out.write(f"decision: {describe(outcome)}\n")
-    if rule is None:
+    if source is None:
         out.write(f"rule: none ({hook} has no rule file in {rules}, so it answers ignore)\n")
+    elif rule is None:
+        out.write(f"rule: {ruleset.broken[source]} did not load, so the failure policy answers\n")
     else:
         out.write(f"rule: {rule.path} (version {rule.version})\n")
     if outcome.error is not None:

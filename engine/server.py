@@ -39,9 +39,10 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def announce(text: str) -> None:
-    """Where the server listens goes to stdout, so scripts (and tests) can read the ports."""
-    print(f"hookrules: {text}", flush=True)
+def announce(text: str, to_stderr: bool = False) -> None:
+    """Where the server listens goes to stdout, so scripts (and tests) can read the ports; to stderr
+    when the decision log has stdout, which must stay pure JSON lines."""
+    print(f"hookrules: {text}", file=sys.stderr if to_stderr else sys.stdout, flush=True)
 
 
 class Server:
@@ -54,6 +55,7 @@ class Server:
                                                      secrets=config.decision_log_secrets)
             except OSError as exc:
                 raise ConfigError(f"cannot open the decision log {config.decision_log}: {exc.strerror}") from None
+        self._banner_to_stderr = config.decision_log == "stdout"
         self.engine = Engine(policies=config.failure_policy, limits=config.limits, decision_log=self.decision_log)
         self.reloader = Reloader(config.rules, self.engine, polling=config.polling)
         self.exhook = ExhookAdapter(self.engine)
@@ -74,13 +76,16 @@ class Server:
             return True, f"{len(self.engine.ruleset)} rule file(s) loaded"
         return False, self.state
 
+    def _announce(self, text: str) -> None:
+        announce(text, to_stderr=self._banner_to_stderr)
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         logging.getLogger("aiohttp.server").addFilter(QuietProtocolErrors())
         tls = self._tls()
         self.reloader.load()
         self.reloader.start(loop)
-        announce(f"serving {len(self.engine.ruleset)} rule file(s) from {self.config.rules}")
+        self._announce(f"serving {len(self.engine.ruleset)} rule file(s) from {self.config.rules}")
         if self.config.metrics is not None:
             # access_log=None: one line per request is noise
             metrics = web.AppRunner(metrics_app(self.readiness), access_log=None, handle_signals=False)
@@ -141,7 +146,7 @@ class Server:
         await server.start()
         self.grpc_server = server
         mode = "" if tls is None else (", TLS with client certificates" if self.config.tls_client_ca else ", TLS")
-        announce(f"EMQX ExHook (emqx.exhook.v2 and v3{mode}) on {_hostport(host, self.grpc_port)}")
+        self._announce(f"EMQX ExHook (emqx.exhook.v2 and v3{mode}) on {_hostport(host, self.grpc_port)}")
 
     async def _start_http(self, address: str, flag: str, runner: web.BaseRunner, context: ssl.SSLContext | None,
                           message: str) -> int:
@@ -161,7 +166,7 @@ class Server:
         self.runners.append(runner)
         bound = sock.getsockname()[1]
         scheme = "https" if context is not None else "http"
-        announce(message.format(url=f"{scheme}://{_hostport(host, bound)}/"))
+        self._announce(message.format(url=f"{scheme}://{_hostport(host, bound)}/"))
         return int(bound)
 
     async def stop(self) -> None:

@@ -1,7 +1,7 @@
 """`hookrules test`: table tests kept beside the rules, run through the real engine.
 
 A test file is `<rules>/tests/*.yaml` (or .yml, .json): a list of cases, each
-    {name, hook, event: {...names the rule reads...}, expect: {decision, reason, ...}}
+    {name, hook, broker (optional, checked), event: {...names the rule reads...}, expect: {decision, reason, ...}}
 Only the expected keys are compared, so a case states just what it is about. Output follows
 pytest: a line per case, a diff for each failure, a summary, and line coverage with --coverage.
 """
@@ -9,19 +9,24 @@ pytest: a line per case, a diff for each failure, a summary, and line coverage w
 from __future__ import annotations
 
 import ast
+import difflib
 import json
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, get_args
 
 import yaml
 
-from .decisions import Decision
+from .decisions import Decision, Kind
 from .engine import Engine, Outcome
+from .errors import Code
+from .events import Event
 from .eventspec import SpecError, build_event
-from .hooks import Policy
+from .hooks import HOOKS, Policy
 from .ruleset import FileOutcome, Limits, RuleSet, scan
+from .lang.builtins import RULE_LOGGER
 from .lang.interp import RuleInterpreter
 from .lang.loader import strip_loads
 from .lang.trace import TracingInterpreter, statement_lines
@@ -35,19 +40,27 @@ class CaseResult:
     file: str
     name: str
     problems: list[str] = field(default_factory=list)
+    line: int = 0
+    #: what the rule's log() calls said during the case, shown under a failure (pytest's captured log)
+    logs: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return not self.problems
 
 
-def _rewrite_field(key: str) -> Callable[[Decision], Any]:
-    return lambda d: getattr(d, key, None)
+def _rewritten(key: str) -> Callable[[Outcome, Event], Any]:
+    """A message field the rule rewrote; None when it kept the broker's value (`topic: null` in a
+    table says "not rewritten")."""
+
+    def get(o: Outcome, event: Event) -> Any:
+        value = getattr(o.decision, key, None)
+        return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+    return get
 
 
-def _payload(d: Decision) -> Any:
-    payload = getattr(d, "payload", None)
-    return payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else payload
+MESSAGE_FIELDS = ("topic", "payload", "qos", "retain")
 
 
 def _modifiers(d: Decision) -> Any:
@@ -63,51 +76,123 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-#: expect key -> what of the outcome it is compared with
-EXPECTATIONS: dict[str, Callable[[Outcome], Any]] = {
-    "decision": lambda o: o.decision.kind,
-    "reason": lambda o: getattr(o.decision, "reason", None),
-    "error": lambda o: o.error.code if o.error else None,
-    "topic": lambda o: _rewrite_field("topic")(o.decision),
-    "payload": lambda o: _payload(o.decision),
-    "qos": lambda o: _rewrite_field("qos")(o.decision),
-    "retain": lambda o: _rewrite_field("retain")(o.decision),
-    "topics": lambda o: list(t) if (t := getattr(o.decision, "topics", None)) is not None else None,
-    "modifiers": lambda o: _modifiers(o.decision),
-    "cache": lambda o: getattr(o.decision, "cache", None),
+#: expect key -> what of the outcome (and the event it answered) it is compared with
+EXPECTATIONS: dict[str, Callable[[Outcome, Event], Any]] = {
+    "decision": lambda o, e: o.decision.kind,
+    "reason": lambda o, e: getattr(o.decision, "reason", None),
+    "error": lambda o, e: o.error.code if o.error else None,
+    "topic": _rewritten("topic"),
+    "payload": _rewritten("payload"),
+    "qos": _rewritten("qos"),
+    "retain": _rewritten("retain"),
+    "topics": lambda o, e: list(t) if (t := getattr(o.decision, "topics", None)) is not None else None,
+    "modifiers": lambda o, e: _modifiers(o.decision),
+    "cache": lambda o, e: getattr(o.decision, "cache", None),
 }
+CASE_KEYS = ("name", "hook", "broker", "event", "expect")
+DECISIONS: tuple[str, ...] = get_args(Kind)
+ERROR_CODES: tuple[str, ...] = get_args(Code)
 
 
-def _compare(expect: Any, outcome: Outcome) -> list[str]:
+def _unknown(what: str, key: Any, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known)}"
+    return f"unknown {what} '{key}'{hint}"
+
+
+@dataclass
+class Case:
+    """One table row, checked before it runs: a typo must fail the case, never test nothing."""
+
+    file: str
+    line: int
+    name: str
+    event: Event | None = None
+    expect: Mapping[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}:1" if self.line else self.file
+
+
+def parse_case(file: str, line: int, index: int, raw: Any) -> Case:
+    if not isinstance(raw, Mapping):
+        return Case(file, line, f"case {index + 1}", problems=["a case is a mapping with name, hook, event, expect"])
+    case = Case(file, line, str(raw.get("name") or f"case {index + 1}"))
+    problems = case.problems
+    problems.extend(_unknown("case key", k, CASE_KEYS) for k in raw if k not in CASE_KEYS)
+    hook = raw.get("hook")
+    info = HOOKS.get(hook) if isinstance(hook, str) else None
+    if not isinstance(hook, str):
+        problems.append("the case has no 'hook'")
+    elif info is None:
+        problems.append(_unknown("hook", hook, sorted(HOOKS)))
+    broker = raw.get("broker")
+    if info is not None and broker is not None and broker != info.broker:
+        problems.append(f"broker: {hook} is {info.broker}'s hook, not {broker!r}'s")
+    if info is not None:
+        try:
+            case.event = build_event(hook, raw.get("event") or {})  # type: ignore[arg-type]
+        except SpecError as exc:
+            problems.append(f"event: {exc}")
+    expect = raw.get("expect")
     if not isinstance(expect, Mapping) or not expect:
-        return ["'expect' must be a mapping with at least 'decision'"]
+        problems.append("'expect' must be a mapping with at least 'decision'")
+        return case
+    case.expect = expect
+    problems.extend(_unknown("expectation", k, list(EXPECTATIONS)) for k in expect if k not in EXPECTATIONS)
+    if "decision" not in expect:
+        problems.append("'expect' has no 'decision'")
+    else:
+        if expect["decision"] not in DECISIONS:
+            problems.append(_unknown("decision", expect["decision"], DECISIONS))
+        if "error" in expect and expect["error"] is not None and expect["error"] not in ERROR_CODES:
+            problems.append(_unknown("error code", expect["error"], ERROR_CODES))
+    return case
+
+
+def _compare(expect: Mapping[str, Any], outcome: Outcome, event: Event) -> list[str]:
     problems = []
     for key, wanted in expect.items():
-        getter = EXPECTATIONS.get(key)
-        if getter is None:
-            problems.append(f"unknown expectation '{key}'; known: {', '.join(EXPECTATIONS)}")
-            continue
-        got = getter(outcome)
+        got = EXPECTATIONS[key](outcome, event)
         if key == "topics" and isinstance(wanted, tuple):
             wanted = list(wanted)
         if got != wanted:
-            problems.append(f"{key}: expected {wanted!r}, got {got!r}")
+            kept = ""
+            if got is None and key in MESSAGE_FIELDS and event.message is not None:
+                original = getattr(event.message, key)
+                shown = original.decode("utf-8", errors="replace") if isinstance(original, bytes) else original
+                kept = f" (not rewritten: the message keeps {shown!r})"
+            problems.append(f"{key}: expected {wanted!r}, got {got!r}{kept}")
     if problems and outcome.error is not None and "error" not in expect:
         problems.append(f"the rule failed: {outcome.error.one_line()}")
     return problems
 
 
-def load_cases(path: Path) -> list[Any]:
+def load_cases(path: Path) -> list[tuple[int, Any]]:
+    """The cases of a test file, each with the line it starts on (0 when unknown)."""
     text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        data = json.loads(text)
-    else:
-        data = yaml.safe_load(text)
-    if isinstance(data, Mapping) and "cases" in data:
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    listed = isinstance(data, Mapping) and "cases" in data
+    if listed:
         data = data["cases"]
     if not isinstance(data, list):
         raise ValueError("a test file is a list of cases (or a mapping with 'cases')")
-    return data
+    return list(zip(_case_lines(text, listed, len(data)), data))
+
+
+def _case_lines(text: str, listed: bool, count: int) -> list[int]:
+    """Where each case starts, from YAML's node marks (JSON is YAML enough for this)."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if listed and isinstance(node, yaml.MappingNode):
+            node = next(v for k, v in node.value if k.value == "cases")
+        if isinstance(node, yaml.SequenceNode) and len(node.value) == count:
+            return [item.start_mark.line + 1 for item in node.value]
+    except (yaml.YAMLError, StopIteration):
+        pass
+    return [0] * count
 
 
 def check_test_files(directory: Path) -> list[str]:
@@ -117,46 +202,41 @@ def check_test_files(directory: Path) -> list[str]:
         try:
             cases = load_cases(path)
         except (OSError, ValueError, yaml.YAMLError) as exc:
-            problems.append(f"{path}: cannot read the test file: {exc}")
+            problems.append(f"{path}:1:1: cannot read the test file: {exc}")
             continue
-        for index, case in enumerate(cases):
-            where = f"{path}: case {index + 1}"
-            if not isinstance(case, Mapping):
-                problems.append(f"{where}: a case is a mapping with name, hook, event, expect")
-                continue
-            where = f"{path}: {case.get('name') or f'case {index + 1}'}"
-            hook = case.get("hook")
-            if not isinstance(hook, str):
-                problems.append(f"{where}: the case has no 'hook'")
-                continue
-            try:
-                build_event(hook, case.get("event") or {})
-            except SpecError as exc:
-                problems.append(f"{where}: event: {exc}")
-            expect = case.get("expect")
-            if not isinstance(expect, Mapping) or not expect:
-                problems.append(f"{where}: 'expect' must be a mapping with at least 'decision'")
-            else:
-                problems.extend(f"{where}: unknown expectation '{k}'; known: {', '.join(EXPECTATIONS)}"
-                                for k in expect if k not in EXPECTATIONS)
+        for index, (line, raw) in enumerate(cases):
+            case = parse_case(str(path), line, index, raw)
+            problems.extend(f"{case.where}: {case.name}: {p}" for p in case.problems)
     return problems
 
 
-def run_case(engine: Engine, file: str, index: int, case: Any) -> CaseResult:
-    if not isinstance(case, Mapping):
-        return CaseResult(file, f"case {index + 1}", ["a case is a mapping with name, hook, event, expect"])
-    result = CaseResult(file, str(case.get("name") or f"case {index + 1}"))
-    hook = case.get("hook")
-    if not isinstance(hook, str):
-        result.problems.append("the case has no 'hook'")
+class _Captured(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def run_case(engine: Engine, case: Case) -> CaseResult:
+    result = CaseResult(case.file, case.name, list(case.problems), case.line)
+    if case.event is None or case.problems:
         return result
+    logger = logging.getLogger(RULE_LOGGER)
+    captured = _Captured()
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(captured)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     try:
-        event = build_event(hook, case.get("event") or {})
-    except SpecError as exc:
-        result.problems.append(f"event: {exc}")
-        return result
-    outcome = engine.decide(event)
-    result.problems.extend(_compare(case.get("expect"), outcome))
+        outcome = engine.decide(case.event)
+    finally:
+        logger.removeHandler(captured)
+        logger.setLevel(level)
+        logger.propagate = propagate
+    result.problems.extend(_compare(case.expect, outcome, case.event))
+    result.logs = captured.lines
     return result
 
 
@@ -186,8 +266,8 @@ def run_tests(directory: Path, out: TextIO, *, coverage: bool = False, verbose: 
         except (OSError, ValueError, yaml.YAMLError) as exc:
             results.append(CaseResult(shown, "(file)", [f"cannot read the test file: {exc}"]))
             continue
-        for index, case in enumerate(cases):
-            results.append(run_case(engine, shown, index, case))
+        for index, (line, raw) in enumerate(cases):
+            results.append(run_case(engine, parse_case(shown, line, index, raw)))
     for r in results:
         if verbose or not r.passed:
             out.write(f"{r.file}::{r.name} {'PASSED' if r.passed else 'FAILED'}\n")
@@ -195,9 +275,11 @@ def run_tests(directory: Path, out: TextIO, *, coverage: bool = False, verbose: 
     if failed:
         out.write("\n" + "=" * 30 + " failures " + "=" * 30 + "\n")
         for r in failed:
-            out.write(f"FAILED {r.file}::{r.name}\n")
+            out.write(f"FAILED {r.file}::{r.name}" + (f" (line {r.line})" if r.line else "") + "\n")
             for problem in r.problems:
                 out.write(f"    {problem}\n")
+            for said in r.logs:
+                out.write(f"    log: {said}\n")
     if coverage:
         _coverage_report(ruleset, outcomes, out)
     passed = len(results) - len(failed)

@@ -73,6 +73,9 @@ def test_a_rule_that_does_not_load_fails_the_run(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "'while' is not allowed in rules" in result.stdout
     assert "1 file(s) failed to load" in result.stdout
+    # the case itself holds: the hook answers by its failure policy, as the server would
+    assert "t.yaml::a PASSED" in result.stdout
+    assert "1 passed, 0 failed" in result.stdout
 
 
 def test_eval_prints_the_decision_and_explains_it() -> None:
@@ -101,11 +104,31 @@ def test_check_also_reads_the_test_tables(tmp_path: Path) -> None:
     rules = tmp_path / "rules"
     shutil.copytree(BUNDLED_RULES, rules)
     (rules / "tests" / "bad.yaml").write_text(
-        "- {name: typo, hook: client.authenticate, event: {clinet: {}}, expect: {decison: allow}}\n- 5\n")
+        "- {name: typo, hook: client.authenticate, event: {clinet: {}}, expect: {decison: allow}}\n- 5\n"
+        "- name: wrong broker\n  hook: client.authenticate\n  broker: vernemq\n  expect: {decision: allow}\n"
+        "- name: misspelt\n  hook: client.authenticate\n  evnet: {client: {username: baduser}}\n"
+        "  expect: {decision: refuse}\n")
     result = hookrules("check", str(rules))
     assert result.returncode == 1
     err = result.stderr
-    assert f"{rules / 'tests' / 'bad.yaml'}: typo: event: client.authenticate does not provide 'clinet'" in err
-    assert "typo: unknown expectation 'decison'" in err
-    assert "case 2: a case is a mapping" in err
-    assert "6 rule file(s) OK, 0 with errors; 3 test file(s), 3 problem(s)" in err
+    bad = rules / "tests" / "bad.yaml"
+    assert f"{bad}:1:1: typo: event: client.authenticate does not provide 'clinet'" in err
+    assert f"{bad}:1:1: typo: unknown expectation 'decison'; did you mean 'decision'?" in err
+    assert f"{bad}:2:1: case 2: a case is a mapping" in err
+    assert f"{bad}:3:1: wrong broker: broker: client.authenticate is emqx's hook, not 'vernemq''s" in err
+    assert f"{bad}:7:1: misspelt: unknown case key 'evnet'; did you mean 'event'?" in err
+    assert f"{bad}:7:1: misspelt: unknown decision 'refuse'" in err
+    assert "6 rule file(s) OK, 0 with errors; 3 test file(s), 7 problem(s)" in err
+
+
+def test_a_misspelt_case_fails_instead_of_testing_nothing(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(BUNDLED_RULES, rules)
+    # with the key ignored, the empty event would be allowed and the case would pass
+    (rules / "tests" / "typo.yaml").write_text(
+        "- name: misspelt\n  hook: client.authenticate\n  evnet: {client: {username: baduser}}\n"
+        "  expect: {decision: allow}\n")
+    result = hookrules("test", str(rules))
+    assert result.returncode == 1
+    assert "typo.yaml::misspelt FAILED" in result.stdout
+    assert "unknown case key 'evnet'" in result.stdout

@@ -26,7 +26,8 @@ MAX_RANGE = 100_000  # a bigger range is a mistake in a rule that answers in mic
 MAX_JSON_BYTES = 1 << 20
 MAX_LOG_CHARS = 1000
 
-rule_log = logging.getLogger("hookrules.rule")
+RULE_LOGGER = "hookrules.rule"  # where log() in a rule writes
+rule_log = logging.getLogger(RULE_LOGGER)
 
 
 class Decided(BaseException):
