@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -57,6 +58,7 @@ class ServerProcess:
 
     def __init__(self, rules: Path, *extra: str, log_path: Path):
         self.rules = rules
+        self.extra = extra
         self.log_path = log_path
         self.grpc_port = 0
         self.http_port = 0
@@ -70,12 +72,31 @@ class ServerProcess:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, env=env)
         self._wait_ready()
 
-    def _wait_ready(self) -> None:
+    def _banner_lines(self) -> Iterator[str]:
+        """The start banner's lines: on stdout, or in the log when the decision log has stdout."""
         assert self.proc.stdout is not None
+        on_stderr = "--decision-log" in self.extra and self.extra[self.extra.index("--decision-log") + 1] == "stdout"
+        seen = 0
+        while True:
+            if not on_stderr:
+                yield self.proc.stdout.readline().decode()
+                continue
+            lines = self.log().splitlines(keepends=True)
+            if seen < len(lines) and lines[-1].endswith("\n"):
+                yield from lines[seen:]
+                seen = len(lines)
+            elif self.proc.poll() is not None:
+                yield ""
+            else:
+                time.sleep(0.02)
+                yield "\n"  # nothing yet: lets the caller look at its deadline
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         ready = False
+        lines = self._banner_lines()
         while time.monotonic() < deadline and not ready:
-            line = self.proc.stdout.readline().decode()
+            line = next(lines)
             if not line:
                 raise RuntimeError(f"server exited early (rc={self.proc.poll()}):\n{self.log()}")
             m = _LISTEN.match(line)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import select
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,18 @@ def test_a_rule_that_never_loaded_is_logged_with_the_policy_answer(tmp_path: Pat
     entry = json.loads(out.getvalue())
     assert (entry["decision"], entry["reason"], entry["source"]) == ("deny", "rule error", "policy")
     assert "load_error" in entry["error"]
+
+
+def test_with_the_log_on_stdout_stdout_holds_only_json_lines(start_server: Any, rules_dir: Path,
+                                                             stubs: dict[str, Stubs]) -> None:
+    server: ServerProcess = start_server(rules_dir, "--decision-log", "stdout")
+    assert "hookrules: EMQX ExHook" in server.log()  # the banner went to stderr
+    s = stubs["v3"]
+    with server.channel() as channel:
+        run_session(s, s.stub(channel), "c-1", "gooduser", [])
+    assert server.proc.stdout is not None
+    readable, _, _ = select.select([server.proc.stdout], [], [], 10)  # bounded: never hang on a silent log
+    assert readable, server.log()
+    first = json.loads(server.proc.stdout.readline())
+    assert (first["hook"], first["decision"]) == ("client.authenticate", "allow")
+    server.stop()
