@@ -139,7 +139,13 @@ def parse(path: str, raw: bytes) -> Any:
 
 class _NoAliasLoader(yaml.SafeLoader):  # type: ignore[misc]
     """yaml.safe_load without anchors and aliases: a few hundred bytes of aliases can stand for
-    billions of items (a "billion laughs"), which freezing would expand."""
+    billions of items (a "billion laughs"), which freezing would expand. Dates and times stay
+    strings: a datetime object would hand rules a clock (.now(), .today()) and an unbounded strftime."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -196,3 +202,7 @@ def scan_data(root: Path, previous: DataSet) -> tuple[DataSet, list[DataOutcome]
         if name not in files and not any(o.name == name for o in outcomes):
             outcomes.append(DataOutcome(name, old.path, "removed", old.version))
     return DataSet(MappingProxyType(files)), outcomes
+
+
+# an explicit !!timestamp tag stays a string too
+_NoAliasLoader.add_constructor("tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node))

@@ -423,7 +423,7 @@ RUNTIME: list[tuple[str, str, str, Expect]] = [
     ("int-to-str-of-9000-digits", "x = 10 ** 9000\ny = str(x)\n", AUTHZ, fails(2, "ValueError")),
     ("json-encode-of-a-list-holding-itself", "x = []\nx.append(x)\ny = json_encode(x)\n", AUTHZ, fails(3, "nested")),
     ("compare-lists-holding-themselves", "y = []\ny.append(y)\nz = []\nz.append(z)\nif y == z:\n    allow()\n", AUTHZ,
-     fails(5, "RecursionError")),
+     fails(5, "would walk over")),
     ("str-of-a-2000-deep-tuple", "t = ()\nfor i in range(2000):\n    t = (t,)\nx = str(t)\n", AUTHZ,
      fails(4, "nested more than 100 levels")),
     ("self-referential-list-in-log", "x = []\nx.append(x)\nlog(x)\nallow()\n", AUTHZ, SAFE),
@@ -616,6 +616,34 @@ CONTAINED_RUNS: list[tuple[str, str, float, tuple[str, ...]]] = [
     # (with 1 s they crash too on an idle machine; see test_nesting_kept_across_runs_... for default limits).
     ("enumerate-chain-with-a-2s-timeout", _chain("enumerate"), 2.0, ("runtime_error", "deadline_error", "decision")),
     ("zip-chain-with-a-2s-timeout", _chain("zip"), 2.0, ("runtime_error", "deadline_error", "decision")),
+    # found by a second audit: one step that multiplied its input past the limits, unchecked
+    ("fstring-of-2000-fields", "s = 'a' * 262144\nt = f'" + "{s}" * 2000 + "'\nallow()\n", 0.1, ("runtime_error",)),
+    ("fstring-of-100-fields-twice", "s = 'a' * 262144\nt = f'" + "{s}" * 100 + "'\nu = f'" + "{t}" * 100
+     + "'\nallow()\n", 0.1, ("runtime_error",)),
+    ("fstring-width-of-a-hundred-million", "t = f'{1:>100000000}'\nallow()\n", 0.1, ("runtime_error", "load_error")),
+    ("percent-one-key-100-times-twice", "s = 'a' * 262144\nt = ('%(a)s' * 100) % {'a': s}\n"
+     "u = ('%(a)s' * 100) % {'a': t}\nallow()\n", 0.1, ("runtime_error",)),
+    ("encode-utf32-chain", "s = 'a' * 262144\nx = s" + ".encode('utf-32').decode('latin-1')" * 6 + "\nallow()\n",
+     0.1, ("runtime_error",)),
+    ("hex-chain", "x = b'a' * 262144\ny = x" + ".hex().encode()" * 12 + "\nallow()\n", 0.1, ("runtime_error",)),
+    ("upper-of-ligatures", "x = ('\\ufb03' * 262144).upper()\nallow()\n", 0.1, ("runtime_error",)),
+    ("split-past-the-item-limit", "x = ('a ' * 131072).split()\nallow()\n", 0.1, ("runtime_error",)),
+    ("int-from-2-megabits-then-divide", "a = int.from_bytes(b'\\xff' * 262144, 'big')\n"
+     "b = int.from_bytes(b'\\xfe' * 131072, 'big')\nc = a // b\nallow()\n", 0.1, ("runtime_error",)),
+    ("compare-lists-aliased-four-deep", "a = [0] * 1000\nb = [0] * 1000\nA = []\nB = []\n"
+     "for i in range(1000):\n    A.append(a)\n    B.append(b)\nD = []\nE = []\n"
+     "for i in range(1000):\n    D.append(A)\n    E.append(B)\nif D == E:\n    allow()\n", 1.0,
+     ("runtime_error",)),
+    ("hash-of-a-tuple-repeated-three-deep", "a = tuple(range(1000))\nA = (a,) * 1000\nD = (A,) * 1000\n"
+     "x = {D: 1}\nallow()\n", 0.1, ("runtime_error",)),
+    ("json-integers-equal-modulo-the-int-hash",
+     "p = '[' + ','.join([str(i * (2**61 - 1)) for i in range(1, 20000)]) + ']'\n"
+     "x = {v: 1 for v in json_decode(p)}\nallow()\n", 0.1, ("runtime_error", "deadline_error")),
+    ("pbkdf2-with-a-million-iterations-of-16-blocks",
+     "x = pbkdf2_check('pw', '00' * 256, 'salt', 1000000, 'md5', 256)\nallow()\n", 0.1, ("runtime_error",)),
+    ("topic-match-cache-of-huge-filters",
+     "s = 'a/' * 131000\nfor i in range(700):\n    x = topic_match(s + client.id + str(i), 'b')\nallow()\n", 5.0,
+     ("decision", "deadline_error")),
     ("hash-of-a-deep-tuple-with-a-1s-timeout",
      "t = ()\nfor i in range(20000):\n    t = " + "(" * 55 + "t," + ")," * 54 + ")\ns = {t}\nallow()\n", 1.0,
      ("runtime_error", "deadline_error", "decision")),
@@ -635,6 +663,9 @@ CONTAINED_LOADS: list[tuple[str, str]] = [
     ("did-you-mean-for-1500-near-miss-names",
      "".join(f"value{i:05d} = 1\n" for i in range(1500)) + "".join(f"x = walue{i:05d}\n" for i in range(1500))),
     ("6000-unknown-names", "".join(f"x = zz{i:05d}\n" for i in range(6000))),
+    # each nested function's subtree was walked again: 50 s for this shape at 120,000 items
+    ("58-nested-defs-around-a-long-list", "".join("\t" * i + f"def f{i}():\n" for i in range(58))
+     + "\t" * 58 + "x = [" + ",".join(["1"] * 40000) + "]\n"),
 ]
 
 
@@ -862,6 +893,24 @@ def test_a_library_closure_does_not_carry_state_between_runs_or_clients(tmp_path
     # the closure's list was frozen with the library: appending to it is a rule error, every time
     assert first.error is not None and "'tuple' object has no attribute 'append'" in first.error.message
     assert second.error is not None and second.decision == first.decision
+
+
+@pytest.mark.parametrize("kept", ["FNS = [make()]", "T = {'get': make()}", "P = (1, [make()])"])
+def test_a_closure_kept_inside_a_library_container_is_frozen_too(tmp_path: Path, kept: str) -> None:
+    """The closure's list must freeze wherever the library keeps the function: found by an audit,
+    with a list of closures (and, kept growing across clients, a crash in C when hashed)."""
+    get = {"FNS": "FNS[0]", "T": "T['get']", "P": "P[1][0]"}[kept.split()[0]]
+    write(tmp_path, {
+        LIB: f"def make():\n    box = []\n    def get():\n        return box\n    return get\n{kept}\n",
+        "client.authorize.star": f'load("lib/evil.star", "{kept.split()[0]}")\nb = {get}()\n'
+                                 'b.append(client.password)\ndeny(",".join(b))\n'})
+    ruleset, outcomes = scan_rules(tmp_path)
+    assert not [e.one_line() for o in outcomes.values() for e in o.errors]
+    engine = Engine(ruleset)
+    engine.decide(authz_event("alice"))
+    second = engine.decide(authz_event("bob"))
+    assert "alice-secret" not in repr(second), f"bob's run saw alice's password: {second!r}"
+    assert second.error is not None and "'tuple' object has no attribute 'append'" in second.error.message
 
 
 def test_library_constants_and_data_are_read_only(tmp_path: Path) -> None:

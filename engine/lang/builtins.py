@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from types import MappingProxyType
@@ -179,9 +180,20 @@ def validate_filter(filter: str) -> None:
     _filter_levels(filter)
 
 
-@lru_cache(maxsize=4096)
+#: filters longer than this are split on every call instead of cached: a cache of 4096 filters of
+#: 256 KiB each (a rule matching against the client's own topic) would hold a gigabyte
+MAX_CACHED_FILTER = 256
+
+
 def _filter_levels(filter: str) -> tuple[str, ...]:
-    """The filter's levels, validated once: rules match against the same few filters all day."""
+    if len(filter) <= MAX_CACHED_FILTER:
+        return _cached_filter_levels(filter)
+    return _split_filter(filter)
+
+
+def _split_filter(filter: str) -> tuple[str, ...]:
+    """The filter's levels, validated: rules match against the same few filters all day, so the
+    short ones are cached."""
     if not filter:
         raise ValueError("a topic filter is a non-empty string")
     levels = tuple(filter.split("/"))
@@ -191,6 +203,9 @@ def _filter_levels(filter: str) -> tuple[str, ...]:
         if "+" in level and level != "+":
             raise ValueError(f"invalid topic filter {filter!r}: '+' must be a whole level")
     return levels
+
+
+_cached_filter_levels = lru_cache(maxsize=4096)(_split_filter)
 
 
 def topic_match(filter: str, topic: str) -> bool:
@@ -270,13 +285,41 @@ def json_decode(data: str | bytes, default: Any = _RAISE) -> Any:
         raise TypeError(f"json_decode needs str or bytes, not {type(data).__name__}")
     elif len(data) > MAX_JSON_BYTES:
         raise ValueError(f"json_decode: input over {MAX_JSON_BYTES} characters")
-    return json.loads(data)
+    return json.loads(data, parse_int=_json_int)
+
+
+#: digits of a JSON integer: a payload of 10,000 integers that are equal modulo 2**61 - 1 (Python's
+#: int hash) makes set() or dict keys of them quadratic, and a client writes the payload
+MAX_JSON_INT_DIGITS = 19
+
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise ValueError(f"json_decode: an integer of {len(text)} digits is over the limit of "
+                         f"{MAX_JSON_INT_DIGITS} (write big numbers as strings)")
+    return int(text)
+
+
+#: lines one rule file may log per second; past it they are counted, and the count logged
+MAX_LOG_LINES_PER_SECOND = 50
 
 
 def make_log(where: str) -> Callable[[object], None]:
-    """`log(text)` for one rule file: one INFO line naming the file, cut to MAX_LOG_CHARS."""
+    """`log(text)` for one rule file: one INFO line naming the file, cut to MAX_LOG_CHARS, at most
+    MAX_LOG_LINES_PER_SECOND a second (a log() in a loop must not flood the operator's log)."""
+    window = [0.0, 0, 0]  # second it began, lines logged in it, lines dropped in it
 
     def log(text: object) -> None:
+        now = time.monotonic()
+        if now - window[0] >= 1.0:
+            if window[2]:
+                rule_log.warning("%s: %d log() lines dropped (over %d a second)", where, window[2],
+                                 MAX_LOG_LINES_PER_SECOND)
+            window[:] = [now, 0, 0]
+        if window[1] >= MAX_LOG_LINES_PER_SECOND:
+            window[2] += 1
+            return
+        window[1] += 1
         msg = text if isinstance(text, str) else guards.safe_repr(text)
         if len(msg) > MAX_LOG_CHARS:
             msg = msg[:MAX_LOG_CHARS] + "..."

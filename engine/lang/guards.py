@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Callable, Iterable
+from types import MappingProxyType
 from typing import Any
 
 MAX_TEXT = 256 * 1024  # characters of a str, bytes of a bytes (asteval's MAX_STR_LEN)
@@ -65,15 +66,49 @@ def mult(a: Any, b: Any) -> Any:
     return a * b
 
 
+#: items a value may stand for, counting a list as often as it is referred to: [[big] * 1000] * 1000
+#: is cheap to build and a thousand times bigger for ==, `in`, hash() or str(), which walk it in C
+MAX_WALK = MAX_ITEMS * 10
+CONTAINERS = frozenset({list, tuple, dict, set, frozenset, MappingProxyType})
+
+
+def walk_size(value: Any, budget: int = MAX_WALK) -> int:
+    """How many items a walk of the value visits, shared parts counted each time; stops past budget."""
+    seen = 0
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        cls = v.__class__
+        if cls in (dict, MappingProxyType):
+            seen += 2 * len(v)
+            if seen > budget:
+                return seen
+            stack.extend(x for x in v.values() if x.__class__ in CONTAINERS)
+            stack.extend(x for x in v if x.__class__ is tuple or x.__class__ is frozenset)
+        elif cls in CONTAINERS:
+            seen += len(v)
+            if seen > budget:
+                return seen
+            stack.extend(x for x in v if x.__class__ in CONTAINERS)
+        elif cls is str or cls is bytes:
+            seen += len(v) // 64  # text is compared a machine word at a time
+    return seen
+
+
 def _check_repeat(seq: Any, times: int) -> None:
     _check_len(seq, len(seq) * times)
-    if isinstance(seq, (list, tuple)):
-        # [big_list] * n makes a cheap structure that str(), max() or `in` walk in full, in C, past any
-        # deadline: count what it stands for
-        inner = sum(len(x) for x in seq if isinstance(x, (list, tuple, dict, str, bytes)))
-        if inner * times > MAX_ITEMS * 10:
-            raise TooBig(f"repeating this list would stand for {inner * times} items, over the limit of "
-                         f"{MAX_ITEMS * 10}")
+    if isinstance(seq, (list, tuple)) and times > 1:
+        size = walk_size(seq, MAX_WALK // times + 1) * times
+        if size > MAX_WALK:
+            raise TooBig(f"repeating this list would stand for over {MAX_WALK} items (lists inside count "
+                         "each time they appear)")
+
+
+def check_walk(a: Any, b: Any) -> None:
+    """Before comparing two containers (==, <, `in`): the C code walks both, past any deadline."""
+    if walk_size(a) > MAX_WALK or walk_size(b) > MAX_WALK:
+        raise TooBig(f"comparing these values would walk over {MAX_WALK} items (lists inside count each "
+                     "time they appear)")
 
 
 def power(a: Any, b: Any) -> Any:
@@ -98,7 +133,44 @@ def mod(a: Any, b: Any) -> Any:
     percent: Any = "%" if isinstance(a, str) else b"%"
     if isinstance(a, (str, bytes)) and a.count(percent) > 2 * MAX_FORMAT_FIELDS:
         raise TooBig(f"%-formatting with more than {MAX_FORMAT_FIELDS} fields is not allowed")
-    return a % b
+    return check_size(a % b)  # '%(k)s' * 100 % {'k': big}: 100 fields of one big value
+
+
+def check_size(value: Any) -> Any:
+    """The result of a call or format, refused when over the limits an operator's result has: a method
+    (encode('utf-32'), hex(), upper(), split()) or helper can make its input several times bigger."""
+    cls = value.__class__
+    if cls is str or cls is bytes:
+        if len(value) > MAX_TEXT:
+            _check_len(value, len(value))
+    elif cls is list or cls is tuple:
+        if len(value) > MAX_ITEMS:
+            _check_len(value, len(value))
+    elif cls is int:
+        _check_bits(value.bit_length())
+    return value
+
+
+#: the classes check_size looks at (a set lookup decides whether a call's result needs it)
+SIZED = frozenset({str, bytes, list, tuple, int})
+
+#: a format spec's width or precision of 5 digits or more: format(x, '>99999999') is 100 MB
+_WIDE_SPEC = re.compile(r"\d{5,}")
+
+
+def format_value(value: Any, spec: str) -> str:
+    """format() of an f-string field, refused for widths and precisions of 10,000 or more."""
+    if spec and _WIDE_SPEC.search(spec):
+        raise TooBig("an f-string field with a width or precision of 10000 or more is not allowed")
+    return format(value, spec)
+
+
+def join_fields(parts: list[str]) -> str:
+    """An f-string's fields joined, refused when the result would be over the size limit."""
+    total = sum(len(p) for p in parts)
+    if total > MAX_TEXT:
+        raise TooBig(f"an f-string of {total} characters is over the limit of {MAX_TEXT}")
+    return "".join(parts)
 
 
 #: The arithmetic that can grow values; lang/interp lays these over asteval's operator table.

@@ -77,6 +77,9 @@ MAX_BCRYPT_COST = 14
 BCRYPT_MAX_PASSWORD = 72  # bytes bcrypt reads; every implementation ignores the rest
 MAX_PBKDF2_ITERATIONS = 1_000_000
 MAX_PBKDF2_DK_LENGTH = 256  # bytes; each digest-size block costs `iterations` more HMACs
+#: iterations x blocks: one check must not hold the event loop much past a second (1,000,000
+#: iterations of one block is about that; 1,000,000 of md5 at dk_length 256 would be eight)
+MAX_PBKDF2_WORK = 1_000_000
 CHECK_CACHE_SIZE = 1024
 
 _BCRYPT_HASH = re.compile(rb"\$2[aby]\$([0-9]{2})\$[./A-Za-z0-9]{53}")
@@ -209,6 +212,10 @@ def pbkdf2_check(password: str | bytes, hashed: str | bytes, salt: str | bytes, 
     digest = _DIGESTS[_choice(helper, "algorithm", algorithm, _DIGESTS)]
     size = hashlib.new(digest).digest_size
     length = size if dk_length is None else _whole(helper, "dk_length", dk_length, 1, MAX_PBKDF2_DK_LENGTH)
+    blocks = -(-length // size)
+    if rounds * blocks > MAX_PBKDF2_WORK:
+        raise ValueError(f"{helper}: {rounds} iterations x {blocks} blocks of {digest} is over the limit of "
+                         f"{MAX_PBKDF2_WORK} (a shorter dk_length, or fewer iterations)")
     expected = _stored_digest(helper, hashed, _choice(helper, "encoding", encoding, _ENCODINGS))
     if len(expected) != length:
         raise ValueError(f"{helper}: hashed is {len(expected)} bytes but the derived key is {length}: "

@@ -25,7 +25,17 @@ from asteval.astutils import ReturnedNone, safe_getattr
 from ..decisions import Decision
 from .builtins import Decided
 from .checker import DENIED_ATTR_PREFIXES, DENIED_ATTRS
-from .guards import GUARDED_METHODS, GUARDED_OPERATORS, bounded_text
+from .guards import (
+    CONTAINERS,
+    GUARDED_METHODS,
+    GUARDED_OPERATORS,
+    SIZED,
+    bounded_text,
+    check_size,
+    check_walk,
+    format_value,
+    join_fields,
+)
 
 # Everything the checker refuses is also switched off in asteval, so a tree that somehow skipped
 # the checker still cannot loop, import, raise or open files.
@@ -380,9 +390,14 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         ops = node.ops
         if len(ops) == 1:  # a == b: no chain to walk
             right_node = node.comparators[0]
-            return bool(OPERATORS[ops[0].__class__](left, right_node.hr_run(right_node)))
+            right = right_node.hr_run(right_node)
+            if left.__class__ in CONTAINERS and right.__class__ in CONTAINERS:
+                check_walk(left, right)
+            return bool(OPERATORS[ops[0].__class__](left, right))
         for op, right_node in zip(ops, node.comparators):
             right = right_node.hr_run(right_node)
+            if left.__class__ in CONTAINERS and right.__class__ in CONTAINERS:
+                check_walk(left, right)
             if not OPERATORS[op.__class__](left, right):
                 return False
             left = right
@@ -413,7 +428,10 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         elif conversion == 115 or not isinstance(value, (str, int, float, bool)):  # !s, or a container
             value = bounded_text(value, str)
         spec = self.run(node.format_spec) if node.format_spec is not None else ""
-        return format(value, spec)
+        return format_value(value, spec)
+
+    def on_joinedstr(self, node: Any) -> str:
+        return join_fields([self.run(v) for v in node.values])
 
     def on_expr(self, node: Any) -> Any:
         value = node.value
@@ -447,7 +465,10 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
                 return None
         if not callable(func):
             raise TypeError(f"'{type(func).__name__}' object is not callable")
-        return func(*args, **kwargs) if kwargs else func(*args)
+        result = func(*args, **kwargs) if kwargs else func(*args)
+        if result.__class__ in SIZED:  # a method or helper may have made its input several times bigger
+            check_size(result)
+        return result
 
     def on_functiondef(self, node: Any) -> None:
         # Defaults are constants (checker), so they are evaluated once per load, not per run.

@@ -14,13 +14,14 @@ import copy
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from ..errors import Location, RuleError, RuleLoadError, source_lines
-from ..events import freeze
 from .checker import CheckedRule, LoadSpec, check, module_path_problem
 from .interp import RuleFunction, RuleInterpreter
 
@@ -70,6 +71,19 @@ class Libraries:
             return RuleLoadError([RuleError("load_error", Location(shown), f"cannot read library: {getattr(exc, 'strerror', None) or exc}",
                                             "check the path given to load()")])
         version = hashlib.sha256(data).hexdigest()[:12]
+        key = (module, shown, version)
+        known = _CHECKED.get(key)
+        if known is not None:  # unchanged since an earlier scan: its check cannot have changed either
+            _CHECKED.move_to_end(key)
+            return known
+        result = self._check(module, shown, version, data)
+        _CHECKED[key] = result
+        if len(_CHECKED) > MAX_CHECKED_LIBRARIES:
+            _CHECKED.popitem(last=False)
+        return result
+
+    @staticmethod
+    def _check(module: str, shown: str, version: str, data: bytes) -> Library | RuleLoadError:
         try:
             text = data.decode("utf-8")
             checked = check(shown, text, None)
@@ -81,6 +95,13 @@ class Libraries:
             exc.version = version  # type: ignore[attr-defined]
             return exc
         return Library(module, shown, version, checked, tuple(source_lines(text)))
+
+
+#: libraries checked by earlier scans, by (module, path, content hash): every rescan (each save, and
+#: the periodic one) reads every library, and checking a big one again each time held the event loop.
+#: Runs never change a checked tree (the linker runs a deep copy).
+_CHECKED: OrderedDict[tuple[str, str, str], Library | RuleLoadError] = OrderedDict()
+MAX_CHECKED_LIBRARIES = 256
 
 
 @dataclass
@@ -161,15 +182,26 @@ class Linker:
 def _freeze_scope(scope: dict[str, Any], done: set[int]) -> None:
     """Freeze a scope's values in place, and the scopes its functions closed over: a function a
     library made by calling another (a closure) keeps that call's variables, which must not stay
-    mutable either."""
+    mutable either, wherever the function is kept (a constant, or inside a list or dict)."""
     if id(scope) in done:
         return
     done.add(id(scope))
     for key, value in scope.items():
-        if isinstance(value, RuleFunction):
-            _freeze_scope(value._env, done)
-        else:
-            scope[key] = freeze(value)
+        scope[key] = _freeze_value(value, done)
+
+
+def _freeze_value(value: Any, done: set[int]) -> Any:
+    """events.freeze, which also reaches the closures of the functions inside containers."""
+    if isinstance(value, RuleFunction):
+        _freeze_scope(value._env, done)
+        return value
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _freeze_value(v, done) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze_value(v, done) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return frozenset(_freeze_value(v, done) for v in value)
+    return value
 
 
 def _is_load(stmt: ast.stmt) -> bool:
