@@ -11,6 +11,7 @@ import pytest
 from hookrules.decisions import Allow, Deny
 from hookrules.engine import Engine
 from hookrules.events import Client, Event, frozen_map
+from hookrules.lang import loader
 from hookrules.ruleset import RuleSet, scan
 
 from .support import ServerProcess, Stubs, wait_for
@@ -142,6 +143,20 @@ def test_a_library_change_rebuilds_the_rules_that_load_it(tmp_path: Path) -> Non
     # a rule that uses no library and no data file is versioned by its own bytes, as `sha256sum` shows
     plain = rs2.rules["client.authenticate"]
     assert plain.version == plain.file_version == hashlib.sha256(b"allow()\n").hexdigest()[:12]
+
+
+def test_an_unchanged_library_is_not_checked_again_on_a_rescan(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, {"client.authorize.star": RULE, "lib/acl.star": ACL, "lib/util.star": UTIL})
+    rs, _ = scan(tmp_path, RuleSet())
+    checked: list[str] = []
+    real_check = loader.check
+    monkeypatch.setattr(loader, "check", lambda path, *a: checked.append(path) or real_check(path, *a))
+    rs, _ = scan(tmp_path, rs, force=True)  # SIGHUP: every rule rebuilt, its libraries not re-checked
+    assert checked == [] and rs.get("client.authorize") is not None
+    (tmp_path / "lib/util.star").write_text('def prefix(user):\n    return "home/" + user + "/"\n')
+    scan(tmp_path, rs)
+    assert checked == [str(tmp_path / "lib/util.star")]
 
 
 def test_a_data_change_is_a_new_version_of_every_rule(tmp_path: Path) -> None:
