@@ -16,6 +16,7 @@ import signal
 import socket
 import ssl
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,6 +34,12 @@ from .health import health_handlers, metrics_app
 from .reload import Reloader
 
 log = logging.getLogger(__name__)
+
+#: a draining gRPC server stops once no call has come or been answered for this long (or at the grace)
+DRAIN_QUIET = 0.2
+DRAIN_POLL = 0.02
+#: what grpc.aio's own stop() then gives the calls it still holds (health Watch streams never end)
+DRAIN_STOP_GRACE = 0.5
 
 
 def _hostport(host: str, port: int) -> str:
@@ -58,7 +65,7 @@ class Server:
         self._banner_to_stderr = config.decision_log == "stdout"
         self.engine = Engine(policies=config.failure_policy, limits=config.limits, decision_log=self.decision_log)
         self.reloader = Reloader(config.rules, self.engine, polling=config.polling)
-        self.exhook = ExhookAdapter(self.engine)
+        self.exhook = ExhookAdapter(self.engine, max_concurrent=config.max_concurrent_calls)
         self.webhooks = WebhookAdapter(self.engine, base64=config.vernemq_base64, max_body=config.http_max_body,
                                        max_concurrent=config.max_concurrent_calls)
         self.reloader.listeners.append(self.exhook.rules_changed)
@@ -172,17 +179,33 @@ class Server:
     async def stop(self) -> None:
         self.state = "draining"
         await self.grpc_health.enter_graceful_shutdown()
-        if self.grpc_server is not None:
-            await self.grpc_server.stop(self.config.grace_period)
-            self.grpc_server = None
-        for runner in reversed(self.runners):
-            await runner.cleanup()
-        self.runners = []
+        await asyncio.gather(self._stop_grpc(), self._stop_http())
         self.reloader.stop()
         if self.decision_log is not None:
             self.decision_log.close()
             self.decision_log = None
         log.info("stopped")
+
+    async def _stop_grpc(self) -> None:
+        """grpc.aio's stop(grace) cancels every call it has received but not yet handed to a handler,
+        which under load is most of those EMQX sent before the signal. So first keep serving until the
+        calls have been answered and none came for DRAIN_QUIET (EMQX does not read health, so under
+        steady traffic that is the whole grace period), then stop: what is left is only what arrived
+        in the last moment, and open health Watch streams no longer hold the exit for the grace."""
+        server = self.grpc_server
+        if server is None:
+            return
+        deadline = time.monotonic() + self.config.grace_period
+        admission = self.exhook.admission
+        while time.monotonic() < deadline and not admission.quiet_for(DRAIN_QUIET):
+            await asyncio.sleep(DRAIN_POLL)
+        await server.stop(min(DRAIN_STOP_GRACE, self.config.grace_period))
+        self.grpc_server = None
+
+    async def _stop_http(self) -> None:
+        for runner in reversed(self.runners):  # each drains its connections for up to grace_period
+            await runner.cleanup()
+        self.runners = []
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -24,6 +24,7 @@ from ..events import Client, Conn, Event, Message, SubOpts, TopicFilter, frozen_
 from ..hooks import EMQX_HOOKS
 from ..ruleset import RuleSet
 from . import exhook_proto
+from .admission import Admission
 from .exhook_proto import ExhookProto
 
 log = logging.getLogger(__name__)
@@ -222,12 +223,14 @@ def _decoder(message_class: Any) -> Callable[[bytes], Any]:
 class ExhookAdapter:
     """Serves HookProvider for every proto version given, all answered by one engine."""
 
-    def __init__(self, engine: Engine, versions: Iterable[str] = ("v2", "v3")):
+    def __init__(self, engine: Engine, versions: Iterable[str] = ("v2", "v3"), max_concurrent: int = 1000):
         self.engine = engine
+        self.admission = Admission(max_concurrent)
         self.protos = [exhook_proto.load(v) for v in versions]
         #: the hook spec EMQX last loaded, to tell operators when the rules no longer match it
         self.advertised: dict[str, tuple[str, ...]] | None = None
         self._last_refusal_log = float("-inf")
+        self._last_shed_log = float("-inf")
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         return [self._service(proto) for proto in self.protos]
@@ -251,15 +254,23 @@ class ExhookAdapter:
     def _hook_handler(self, hook: str, reply: Callable[[Any, Decision], Any], replies: _Replies) -> Callable[..., Any]:
         build = EVENT_BUILDERS[hook]
         engine = self.engine
+        admission = self.admission
         timer = metrics.REQUEST_SECONDS.labels(BROKER, hook)
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if request.__class__ is Undecodable:
                 return await self.refuse(request, hook, context)
             started = time.perf_counter()
-            try:
-                if not engine.needs_event(hook):
+            if not engine.needs_event(hook):  # no rule: answered at once, nothing to queue for
+                try:
                     return reply(request, engine.skip(BROKER, hook).decision)
+                finally:
+                    timer.observe(time.perf_counter() - started)
+            if not admission.enter():
+                return await self.shed(hook, context)
+            try:
+                # no yield here, unlike the webhooks: grpc.aio takes calls from grpc-core one per loop
+                # turn, so a yield would not show the backlog, only cost every call a loop turn
                 remaining = context.time_remaining()
                 timeout = None if remaining is None else max(remaining - _margin(remaining), 0.001)
                 outcome = engine.decide(build(hook, request), timeout)
@@ -270,9 +281,23 @@ class ExhookAdapter:
                 except Exception:
                     return replies.ignore if reply is not replies.notify else replies.empty
             finally:
+                admission.leave()
                 timer.observe(time.perf_counter() - started)
 
         return handle
+
+    async def shed(self, hook: str, context: grpc.aio.ServicerContext) -> Any:
+        """Past max_concurrent_calls: RESOURCE_EXHAUSTED at once, so EMQX applies its failed_action
+        instead of waiting out its request_timeout. Counted, and logged at most every 10 s."""
+        metrics.BAD_REQUESTS.labels(BROKER, "overloaded").inc()
+        now = time.monotonic()
+        if now - self._last_shed_log >= BAD_REQUEST_LOG_INTERVAL:
+            self._last_shed_log = now
+            log.warning("overloaded: %d calls waiting or running, refused a %s call with RESOURCE_EXHAUSTED "
+                        "(--max-concurrent-calls); more within %.0f s are only counted", self.admission.in_flight,
+                        hook, BAD_REQUEST_LOG_INTERVAL)
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"overloaded: {self.admission.in_flight} calls waiting or running")
 
     async def refuse(self, request: Undecodable, what: str, context: grpc.aio.ServicerContext) -> Any:
         """A request that is not the protobuf it claims to be: INVALID_ARGUMENT, counted, logged."""

@@ -21,6 +21,7 @@ from ..decisions import POLICY_DECISIONS
 from ..engine import Engine
 from ..health import Handler
 from ..hooks import HOOKS
+from .admission import Admission
 from .vernemq import (
     BROKER,
     NEXT,
@@ -64,8 +65,7 @@ class WebhookAdapter:
         self.engine = engine
         self.base64 = base64
         self.max_body = max_body
-        self.max_concurrent = max_concurrent
-        self._in_flight = 0
+        self.admission = Admission(max_concurrent)
         self._timers: dict[str, Any] = {}
         self._last_bad_log = float("-inf")
         self._get_routes: dict[str, Handler] = {}
@@ -113,13 +113,14 @@ class WebhookAdapter:
     async def handle(self, request: web.BaseRequest) -> web.Response:
         """One webhook. Past max_concurrent calls in progress it refuses at once: VerneMQ then applies
         its own failure handling instead of every client waiting on an overloaded server."""
-        if self._in_flight >= self.max_concurrent:
-            return self._bad(BadRequest(503, "overloaded", f"overloaded: {self._in_flight} calls in progress"))
-        self._in_flight += 1
+        admission = self.admission
+        if not admission.enter():
+            return self._bad(BadRequest(503, "overloaded", f"overloaded: {admission.in_flight} calls in progress"))
         try:
+            await asyncio.sleep(0)  # let every request already received be counted first (admission.py)
             return await self._handle(request)
         finally:
-            self._in_flight -= 1
+            admission.leave()
 
     async def _handle(self, request: web.BaseRequest) -> web.Response:
         started = time.perf_counter()
