@@ -53,13 +53,18 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"seconds one rule run may take (default: {Limits().timeout})")
     serve.add_argument("--max-concurrent-calls", type=int,
                        help="calls in progress at once before more are refused (default: 1000)")
-    serve.add_argument("--decision-log", metavar="stdout|FILE",
+    serve.add_argument("--hard-timeout", type=float, metavar="SECONDS",
+                       help="seconds one rule run may hold the server before a watchdog process kills it for its "
+                            "supervisor to restart (default: 5; 0: no watchdog)")
+    serve.add_argument("--grace-period", type=float, metavar="SECONDS",
+                       help="seconds calls in flight get to finish after SIGTERM (default: 5)")
+    serve.add_argument("--decision-log", metavar="stdout|FILE|off",
                        help="write one JSON line per rule decision to stdout or a file (default: off)")
     serve.add_argument("--decision-log-sample", type=float, metavar="RATE",
                        help="share of decisions logged, above 0 and at most 1 (default: 1)")
-    serve.add_argument("--decision-log-secrets", action="store_const", const=True,
+    serve.add_argument("--decision-log-secrets", action=argparse.BooleanOptionalAction,
                        help="include passwords and payloads (base64) in the decision log: only where that log is safe")
-    serve.add_argument("--polling", action="store_const", const=True,
+    serve.add_argument("--polling", action=argparse.BooleanOptionalAction,
                        help="poll the rules directory instead of inotify (NFS, some container mounts)")
     serve.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve gRPC and HTTP over TLS with this certificate")
     serve.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
@@ -96,6 +101,7 @@ def serve_config(args: argparse.Namespace) -> Config:
         "http_max_body": args.http_max_body, "log_level": args.log_level, "polling": args.polling,
         "max_steps": args.max_steps, "rule_timeout": args.rule_timeout,
         "max_concurrent_calls": args.max_concurrent_calls, "decision_log": args.decision_log,
+        "hard_timeout": args.hard_timeout, "grace_period": args.grace_period,
         "decision_log_sample": args.decision_log_sample, "decision_log_secrets": args.decision_log_secrets,
         "tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_client_ca": args.tls_client_ca,
         "failure_policy": dict(parse_policy(p) for p in args.failure_policy),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,10 @@ class Config:
     decision_log_sample: float = 1.0
     decision_log_secrets: bool = False
     grace_period: float = 5.0  # seconds calls in flight get to finish on shutdown
+    #: seconds one rule run may hold the server before the watchdog process kills it (0: no watchdog);
+    #: None: 5 s (EMQX's default request_timeout: the broker has given up on the call anyway), or
+    #: twice the rule timeout when that is longer
+    hard_timeout: float | None = None
     #: calls in progress at once before more are refused (gRPC RESOURCE_EXHAUSTED, HTTP 503)
     max_concurrent_calls: int = 1000
     #: TLS for both front-ends (EMQX https:// exhook URLs, HTTPS webhooks); a client CA asks for mTLS
@@ -71,6 +77,15 @@ class Config:
     tls_client_ca: Path | None = None
     #: the TOML file these settings came from, re-read on SIGHUP
     config_file: Path | None = None
+    #: the settings the command line gave, which override the file again after a SIGHUP
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def watchdog_limit(self) -> float:
+        """--hard-timeout, or its default; 0: no watchdog."""
+        if self.hard_timeout is not None:
+            return self.hard_timeout
+        return max(5.0, 2 * self.limits.timeout)
 
     def __post_init__(self) -> None:
         for value, flag in ((self.grpc, "--grpc"), (self.http, "--http"), (self.metrics, "--metrics")):
@@ -86,8 +101,17 @@ class Config:
             parse_policy(f"{hook}={policy}")
         if not 0.0 < self.decision_log_sample <= 1.0:
             raise ConfigError(f"--decision-log-sample {self.decision_log_sample} must be above 0 and at most 1")
+        for number, flag in ((self.limits.timeout, "--rule-timeout"), (self.grace_period, "--grace-period"),
+                             (self.watchdog_limit, "--hard-timeout"), (self.decision_log_sample, "--decision-log-sample")):
+            if not math.isfinite(number):
+                raise ConfigError(f"{flag} {number} must be a finite number")
         if self.limits.max_steps < 1 or self.limits.timeout <= 0:
             raise ConfigError("rule limits must be positive (--max-steps, --rule-timeout)")
+        if self.grace_period < 0:
+            raise ConfigError(f"--grace-period {self.grace_period} must be 0 or more seconds")
+        if self.hard_timeout and self.hard_timeout <= self.limits.timeout:
+            raise ConfigError(f"--hard-timeout {self.hard_timeout} must be above --rule-timeout "
+                              f"{self.limits.timeout} (or 0 for no watchdog)")
         if self.max_concurrent_calls < 1:
             raise ConfigError(f"--max-concurrent-calls {self.max_concurrent_calls} must be at least 1")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -104,14 +128,15 @@ FILE_KEYS: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
     "": {"rules": ("rules", str), "grpc": ("grpc", str), "http": ("http", str), "metrics": ("metrics", str),
          "log_level": ("log_level", str), "polling": ("polling", bool), "grace_period": ("grace_period", (int, float)),
          "max_concurrent_calls": ("max_concurrent_calls", int)},
-    "limits": {"max_steps": ("max_steps", int), "rule_timeout": ("rule_timeout", (int, float))},
+    "limits": {"max_steps": ("max_steps", int), "rule_timeout": ("rule_timeout", (int, float)),
+               "hard_timeout": ("hard_timeout", (int, float))},
     "vernemq": {"base64": ("vernemq_base64", bool), "max_body": ("http_max_body", int)},
     "decision_log": {"target": ("decision_log", str), "sample": ("decision_log_sample", (int, float)),
                      "secrets": ("decision_log_secrets", bool)},
     "tls": {"cert": ("tls_cert", str), "key": ("tls_key", str), "client_ca": ("tls_client_ca", str)},
 }
 _PATHS = {"rules", "tls_cert", "tls_key", "tls_client_ca"}
-_OFF = {"grpc", "http", "metrics"}
+_OFF = {"grpc", "http", "metrics", "decision_log"}
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -154,6 +179,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 def build_config(file_settings: dict[str, Any], flags: dict[str, Any]) -> Config:
     """Defaults, overridden by the file, overridden by the flags given on the command line."""
+    overrides = {k: v for k, v in flags.items() if v is not None and v != {}}
+    flags = dict(flags)
     settings = dict(file_settings)
     policies = dict(settings.pop("failure_policy", {}))
     policies.update(flags.pop("failure_policy", None) or {})
@@ -171,4 +198,4 @@ def build_config(file_settings: dict[str, Any], flags: dict[str, Any]) -> Config
     unknown = set(settings) - known
     if unknown:  # a bug of ours, not the user's
         raise ConfigError(f"internal: unknown settings {sorted(unknown)}")
-    return Config(**settings, failure_policy=policies, limits=limits)
+    return Config(**settings, failure_policy=policies, limits=limits, overrides=overrides)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from . import metrics
 from .decisionlog import DecisionLog
@@ -18,6 +18,9 @@ from .errors import Location, RuleError
 from .events import Event
 from .hooks import HOOKS, Policy
 from .ruleset import Limits, RuleRuntimeError, RuleSet
+
+if TYPE_CHECKING:
+    from .watchdog import RunClock
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,8 @@ class Engine:
         self._error_log: dict[tuple[str, str, str], tuple[float, int]] = {}
         self._decision_counters: dict[tuple[str, str, str], metrics.CounterChild] = {}
         self._rule_timers: dict[str, metrics.HistogramChild] = {}
+        #: where a watchdog process sees how long the current run has taken (watchdog.py), if any
+        self.run_clock: RunClock | None = None
 
     def policy(self, hook: str) -> Policy:
         """The failure policy of a hook: the config's, else the hook's default."""
@@ -113,6 +118,9 @@ class Engine:
         else:
             limits = self.limits
             budget = limits.timeout if timeout is None or timeout > limits.timeout else timeout
+            clock = self.run_clock
+            if clock is not None:
+                clock.started(event.hook)
             started = time.perf_counter()
             try:
                 decision = rule.run(event, limits, budget)
@@ -121,6 +129,8 @@ class Engine:
                 outcome = self._failed(event, rule.version, exc.error)
             finally:
                 elapsed = time.perf_counter() - started
+                if clock is not None:
+                    clock.finished()
                 self._rule_timer(event.hook).observe(elapsed)
             if self.decision_log is not None:
                 self.decision_log.record(event, outcome.decision, outcome.source, outcome.version,

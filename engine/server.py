@@ -32,6 +32,7 @@ from .decisionlog import DecisionLog
 from .engine import Engine
 from .health import health_handlers, metrics_app
 from .reload import Reloader
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class Server:
         self.http_port = 0
         self.metrics_port = 0
         self.state = "starting"  # -> "ready" -> "draining"
+        self.watchdog: Watchdog | None = None
         self._stop = asyncio.Event()
 
     def readiness(self) -> tuple[bool, str]:
@@ -90,6 +92,8 @@ class Server:
         loop = asyncio.get_running_loop()
         logging.getLogger("aiohttp.server").addFilter(QuietProtocolErrors())
         tls = self._tls()
+        if not self.config.rules.is_dir():  # a mistyped path must not serve "no rules" (ignore everything)
+            raise ConfigError(f"the rules directory {self.config.rules} does not exist or is not a directory (--rules)")
         self.reloader.load()
         self.reloader.start(loop)
         self._announce(f"serving {len(self.engine.ruleset)} rule file(s) from {self.config.rules}")
@@ -109,6 +113,9 @@ class Server:
         # hundred calls (measured: 17 ms a pass over ~50,000 objects).
         gc.collect()
         gc.freeze()
+        if self.config.watchdog_limit:
+            self.watchdog = Watchdog(self.config.watchdog_limit)
+            self.engine.run_clock = self.watchdog.clock
         self.state = "ready"
         for service in ("", *(p.service_name for p in self.exhook.protos)):
             await self.grpc_health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -181,6 +188,10 @@ class Server:
         await self.grpc_health.enter_graceful_shutdown()
         await asyncio.gather(self._stop_grpc(), self._stop_http())
         self.reloader.stop()
+        if self.watchdog is not None:
+            self.engine.run_clock = None
+            self.watchdog.stop()
+            self.watchdog = None
         if self.decision_log is not None:
             self.decision_log.close()
             self.decision_log = None
@@ -215,7 +226,7 @@ class Server:
         config = self.config
         if config.config_file is not None:
             try:
-                fresh = build_config(read_config_file(Path(config.config_file)), {})
+                fresh = build_config(read_config_file(Path(config.config_file)), dict(config.overrides))
             except ConfigError as exc:
                 log.error("SIGHUP: %s; kept the running settings", exc)
             else:

@@ -67,7 +67,11 @@ def test_config_file_with_flags_overriding_it(start_server: Any, tmp_path: Path,
 
 def test_invalid_config_is_refused_at_start_with_a_clear_message(tmp_path: Path) -> None:
     cases = {
-        "[limits]\nmax_stepz = 5\n": "unknown key [limits] max_stepz; known: max_steps, rule_timeout",
+        "[limits]\nmax_stepz = 5\n": "unknown key [limits] max_stepz; known: max_steps, rule_timeout, hard_timeout",
+        "[limits]\nrule_timeout = nan\n": "--rule-timeout nan must be a finite number",
+        "grace_period = -5\n": "--grace-period -5 must be 0 or more seconds",
+        "[limits]\nhard_timeout = 0.05\n": "--hard-timeout 0.05 must be above --rule-timeout",
+        f'rules = "{tmp_path / "missing"}"\n': "does not exist or is not a directory",
         "[tls]\ncert = \"missing.pem\"\n": "TLS needs both a certificate and its key",
         "grpc = 9000\n": "grpc = 9000 has the wrong type",
         "[failure_policy]\n\"client.authorize\" = \"maybe\"\n": "policy must be one of deny, ignore, allow",
@@ -104,6 +108,73 @@ def test_sighup_recompiles_everything_and_rereads_the_policies(start_server: Any
     assert wait_for(lambda: "SIGHUP: reloaded" in server.log())
     assert authorize() is True
     assert "reloaded" in server.log() and server.proc.poll() is None
+
+
+def test_sighup_keeps_what_the_command_line_set(start_server: Any, tmp_path: Path, stubs: dict[str, Stubs]) -> None:
+    """A flag overrides the file at start; it must still override it after a SIGHUP re-reads the file."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "client.authorize.star").write_text("x = {}['k']\nallow()\n")
+    config = tmp_path / "hookrules.toml"
+    config.write_text('[failure_policy]\n"client.authorize" = "deny"\n')
+    server: ServerProcess = start_server(rules, "--config", str(config), "--failure-policy", "client.authorize=allow")
+    s = stubs["v3"]
+    pb = s.pb2
+
+    def authorize() -> bool:
+        with server.channel() as channel:
+            return bool(s.stub(channel).OnClientAuthorize(pb.ClientAuthorizeRequest(
+                clientinfo=client_info(pb, "c", "u"), topic="t", meta=meta(pb)), timeout=10).bool_result)
+
+    assert authorize() is True
+    server.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "SIGHUP: reloaded" in server.log())
+    assert authorize() is True  # the flag's allow, not the file's deny
+
+
+def test_the_watchdog_kills_a_server_held_by_one_endless_step(start_server: Any, tmp_path: Path,
+                                                              stubs: dict[str, Stubs]) -> None:
+    """One C call the guards did not foresee (max() comparing lists that share their parts, a million
+    million items in all) cannot be interrupted from Python, and holds every call.
+
+    Result: past --hard-timeout the watchdog process logs the hook and kills the server, for its
+    supervisor to restart; nothing else in the tree is left running.
+    """
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "client.authenticate.star").write_text(
+        "a = [0] * 1000\nb = [0] * 1000\nA = []\nB = []\nfor i in range(1000):\n    A.append(a)\n    B.append(b)\n"
+        "D = []\nE = []\nfor i in range(1000):\n    D.append(A)\n    E.append(B)\n"
+        "F = []\nG = []\nfor i in range(1000):\n    F.append(D)\n    G.append(E)\n"
+        "x = max([F, G])\nallow()\n")
+    server: ServerProcess = start_server(rules, "--hard-timeout", "1", "--rule-timeout", "0.5")
+    s = stubs["v3"]
+    pb = s.pb2
+    with server.channel() as channel:
+        call = s.stub(channel).OnClientAuthenticate.future(
+            pb.ClientAuthenticateRequest(clientinfo=client_info(pb, "c", "u"), meta=meta(pb)), timeout=30)
+        assert server.proc.wait(20) == -signal.SIGKILL
+        try:
+            call.result()
+            answered = "answered"
+        except grpc.RpcError as exc:
+            answered = exc.code().name
+    assert answered == "UNAVAILABLE"
+    log = server.log()
+    assert "watchdog: a run of the client.authenticate rule has held the server for over 1 s" in log, log[-2000:]
+    mine = ["-m", "hookrules.watchdog", str(server.proc.pid)]
+
+    def watchdog_gone() -> bool:
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                argv = cmdline.read_bytes().decode(errors="replace").split("\0")
+            except OSError:  # ended while we looked
+                continue
+            if argv[1:4] == mine:
+                return False
+        return True
+
+    assert wait_for(watchdog_gone, timeout=10), "the watchdog outlived the server"
 
 
 def test_http_calls_past_the_limit_are_shed(start_server: Any, tmp_path: Path) -> None:

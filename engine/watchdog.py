@@ -1,0 +1,101 @@
+"""The last resort: a process of its own that ends the server when one rule run holds it too long.
+
+The sandbox bounds the cost of every step it knows of, and the deadline is checked between steps.
+But one C call the guards did not foresee (a comparison or a hash walking a structure much bigger
+than it looks) cannot be interrupted from Python: the event loop, and every other thread (the GIL),
+wait for it, and every broker call with them. asteval's own safety notes say it: a hard kill needs
+another process. This is that process. The server writes when its current rule run started (and for
+which hook) into a shared page; past --hard-timeout the watchdog logs the hook and kills the server
+with SIGKILL, so its supervisor (systemd, Docker, Kubernetes) starts it again. Meanwhile each broker
+applies its failure handling to the calls that fail (EMQX's failed_action, VerneMQ's next plugin).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from .hooks import HOOKS
+
+_HOOKS = list(HOOKS)
+_INDEX = {name: i for i, name in enumerate(_HOOKS)}
+_PAGE = 16  # two doubles: when the current run started (0: none running), its hook's index
+#: how often the watchdog looks, as a share of the limit (and never less often than every 0.5 s)
+_POLL_SHARE = 0.1
+
+
+class RunClock:
+    """The server's side: two stores per rule run into the shared page (about 100 ns)."""
+
+    def __init__(self, page: mmap.mmap):
+        self._page = page
+        self._view = memoryview(page).cast("d")
+
+    def started(self, hook: str) -> None:
+        view = self._view
+        view[1] = _INDEX.get(hook, -1)
+        view[0] = time.monotonic()  # CLOCK_MONOTONIC: the same clock in both processes
+
+    def finished(self) -> None:
+        self._view[0] = 0.0
+
+    def close(self) -> None:
+        self._view.release()
+        self._page.close()
+
+
+class Watchdog:
+    def __init__(self, limit: float):
+        self.limit = limit
+        fd, path = tempfile.mkstemp(prefix="hookrules-watchdog-")
+        try:
+            os.unlink(path)  # only the two processes hold it
+            os.ftruncate(fd, _PAGE)
+            page = mmap.mmap(fd, _PAGE)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "hookrules.watchdog", str(os.getpid()), str(fd), repr(limit)],
+                pass_fds=[fd], stdin=subprocess.DEVNULL)
+        finally:
+            os.close(fd)
+        self.clock = RunClock(page)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.clock.close()
+
+
+def watch(server: int, fd: int, limit: float) -> int:
+    """The watchdog process: returns when the server is gone, or after killing it."""
+    page = mmap.mmap(fd, _PAGE)
+    view = memoryview(page).cast("d")
+    poll = min(max(limit * _POLL_SHARE, 0.01), 0.5)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the server's to handle
+    while os.getppid() == server:
+        time.sleep(poll)
+        started = view[0]
+        if started and time.monotonic() - started > limit:
+            index = int(view[1])
+            hook = _HOOKS[index] if 0 <= index < len(_HOOKS) else "?"
+            print(f"hookrules: watchdog: a run of the {hook} rule has held the server for over {limit:g} s "
+                  f"(--hard-timeout) in one step the sandbox could not interrupt; killing the server (SIGKILL) "
+                  f"so that its supervisor restarts it. Fix the rule: 'hookrules eval {hook}' runs it alone.",
+                  file=sys.stderr, flush=True)
+            os.kill(server, signal.SIGKILL)
+            return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(watch(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])))
