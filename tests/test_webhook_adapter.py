@@ -1,5 +1,5 @@
-"""A bug of hookrules' own while answering a webhook: the webhook adapter on its real aiohttp server and a
-real HTTP client, with an engine made to fail (the one fault no request can provoke)."""
+"""The webhook adapter on its real aiohttp server and a real HTTP client, with an engine made to fail (the
+one fault no request can provoke) or one noting the budget of each run."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from hookrules.adapters.webhooks import WebhookAdapter
+from hookrules.adapters.webhooks import MIN_SHARE, WebhookAdapter
 from hookrules.engine import Engine, Outcome
 from hookrules.events import Event
-from hookrules.ruleset import RuleSet, scan
+from hookrules.ruleset import Limits, RuleSet, scan
 from prometheus_client import REGISTRY
 
 from . import vernemq_examples as spec
@@ -56,3 +56,29 @@ def test_an_internal_error_is_answered_200_by_the_failure_policy_and_counted(tmp
     configured = WebhookAdapter(FailingEngine(ruleset, policies={"auth_on_register": "ignore"}))
     assert asyncio.run(_post(configured, "auth_on_register", spec.EXAMPLES["auth_on_register"])) == \
         (200, {"result": "next"})
+
+
+class RecordingEngine(Engine):
+    """The real engine, noting the time budget each run is given."""
+
+    budgets: list[float | None]
+
+    def decide(self, event: Event, timeout: float | None = None) -> Outcome:
+        self.budgets.append(timeout)
+        return super().decide(event, timeout)
+
+
+def test_a_subscription_of_many_topics_shares_one_runs_budget(tmp_path: Path) -> None:
+    """auth_on_subscribe runs the rule once per topic; with the whole budget each, 80 topics on a slow
+    rule kept VerneMQ waiting 8 s. Result: the topics share one budget, the first run here uses it up,
+    and the rest fail at once by the policy (deny: each topic refused with 128)."""
+    (tmp_path / "auth_on_subscribe.star").write_text("for i in range(1000):\n    for j in range(1000):\n        x = j\nallow()\n")
+    ruleset, _ = scan(tmp_path, RuleSet())
+    engine = RecordingEngine(ruleset, limits=Limits(max_steps=10**7, timeout=0.05))
+    engine.budgets = []
+    body = dict(spec.EXAMPLES["auth_on_subscribe"], topics=[{"topic": f"t/{i}", "qos": 1} for i in range(80)])
+    status, reply = asyncio.run(_post(WebhookAdapter(engine), "auth_on_subscribe", body))
+    assert status == 200 and reply == {"result": "ok", "topics": [{"topic": f"t/{i}", "qos": 128} for i in range(80)]}
+    first, rest = engine.budgets[0], engine.budgets[1:]
+    assert first is not None and first <= 0.05 and len(rest) == 79
+    assert all(b == MIN_SHARE for b in rest), rest
