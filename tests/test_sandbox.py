@@ -704,7 +704,7 @@ FORGED = "x\\nERROR hookrules.engine: forged line"
     pytest.param(f"x = int('{FORGED}')\n", AUTHZ, id="int-of-text-with-a-newline"),
     pytest.param(f"x = data['{FORGED}']\n", AUTHZ, id="data-file-name-with-a-newline"),
     pytest.param(f"x = topic_fill('{FORGED}/${{nope}}')\n", AUTHZ, id="topic-fill-with-a-newline"),
-    pytest.param(f"x = regex_match('({FORGED}', 'a')\n", AUTHZ, id="regex-with-a-newline"),
+    pytest.param(f"x = regex_match(str('({FORGED}'), 'a')\n", AUTHZ, id="regex-with-a-newline"),
     pytest.param(f"x = 'abc'.encode('{FORGED}')\n", AUTHZ, id="codec-name-with-a-newline"),
     pytest.param(f"allow(modifiers={{'{FORGED}': 1}})\n", REGISTER, id="modifier-name-with-a-newline"),
 ])

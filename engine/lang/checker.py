@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import ast
 import difflib
+import inspect
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from ..errors import Location, RuleError, RuleLoadError, char_col, source_lines
+from ..events import Client, Conn, Message, SubOpts
 from ..hooks import HOOKS, PUBLISH, HookInfo
 from ..modifiers import SCHEMAS as MODIFIER_SCHEMAS
-from .builtins import DECISIONS, provided_names, validate_filter
+from .builtins import DECISIONS, HELPERS, provided_names, validate_filter
+from .helpers import PATTERN_HELPERS, pattern_problem
 
 MAX_SOURCE_BYTES = 256 * 1024
 MAX_DEPTH = 64
@@ -101,6 +104,19 @@ class CheckedRule:
 #: Stands for "a library file" where a hook is expected: it reads no event and makes no decision.
 LIBRARY = HookInfo("library", "emqx", frozenset(), ())
 LIBRARY_NAMES = ("data",)
+
+
+#: the fields of the event objects rules read, for spotting a misspelt one (client.usernam)
+EVENT_FIELDS: dict[str, tuple[str, ...]] = {
+    name: tuple(f.name for f in fields(cls))
+    for name, cls in (("client", Client), ("message", Message), ("conn", Conn), ("subopts", SubOpts))
+}
+
+
+def _plain_signature(signature: inspect.Signature) -> str:
+    """(filter, topic), without the annotations a rule author does not write."""
+    return "(" + ", ".join(p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
+                           for p in signature.parameters.values()) + ")"
 
 
 def _col(lines: list[str], lineno: int, col_offset: int) -> int:
@@ -268,6 +284,16 @@ class _Checker:
         if isinstance(node.ctx, ast.Store):
             self.error(node, f"cannot assign to attribute '{attr}'", "event data is read-only: build a new value")
 
+        value = node.value
+        refused = attr.startswith("_") or attr in DENIED_ATTRS or attr.startswith(DENIED_ATTR_PREFIXES)
+        if (not refused and isinstance(value, ast.Name) and isinstance(node.ctx, ast.Load)
+                and value.id in EVENT_FIELDS and value.id in self.hook.all_names and value.id not in self.bound):
+            known = EVENT_FIELDS[value.id]
+            if attr not in known:
+                close = difflib.get_close_matches(attr, known, n=1)
+                self.error(node, f"'{value.id}' has no field '{attr}'; every run would fail here",
+                           f"did you mean '{close[0]}'?" if close else f"its fields: {', '.join(known)}")
+
     def visit_Subscript(self, node: ast.Subscript) -> None:
         # Assigning into a container the rule built itself is fine; event data refuses at run time.
         pass
@@ -298,6 +324,28 @@ class _Checker:
         func = node.func
         if isinstance(func, ast.Name) and func.id in ("allow", "rewrite") and func.id in self.hook.decisions:
             self._check_decision_call(func.id, node)
+        if isinstance(func, ast.Name) and func.id in HELPERS and func.id not in self.bound:
+            self._check_helper_call(func.id, node)
+
+    def _check_helper_call(self, name: str, node: ast.Call) -> None:
+        """A helper called with the wrong arguments, or a literal pattern that cannot compile, fails
+        every run: say so before the rule meets a broker."""
+        if any(isinstance(a, ast.Starred) for a in node.args):
+            return
+        try:
+            signature = inspect.signature(HELPERS[name])
+        except (TypeError, ValueError):
+            return
+        try:
+            signature.bind(*node.args, **{k.arg: k.value for k in node.keywords if k.arg is not None})
+        except TypeError as exc:
+            self.error(node, f"{name}(): {exc}", f"call it as {name}{_plain_signature(signature)}")
+            return
+        if name in PATTERN_HELPERS and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            problem = pattern_problem(node.args[0].value)
+            if problem:
+                self.error(node.args[0], f"{name}(): {problem}", "fix the pattern (Python re syntax)")
 
     def _check_decision_call(self, name: str, node: ast.Call) -> None:
         """What allow()/rewrite() may carry depends on the hook; keywords are static, so say it now."""

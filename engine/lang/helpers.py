@@ -408,6 +408,19 @@ def _compile(pattern: str) -> Any:
         raise ValueError(f"invalid pattern {pattern!r}: {exc}") from None
 
 
+def pattern_problem(pattern: str) -> str | None:
+    """Why a pattern cannot be used, or None: for `hookrules check` on patterns written literally."""
+    try:
+        _compile(pattern)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+#: helpers whose first argument is a pattern
+PATTERN_HELPERS = ("regex_match", "regex_search")
+
+
 def _match(helper: str, pattern: object, text: object, how: str) -> Any:
     source = _str(helper, "pattern", pattern)
     if isinstance(text, bytes):
