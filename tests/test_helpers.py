@@ -788,3 +788,18 @@ def test_b64decode_and_json_errors_in_a_rule_are_runtime_errors() -> None:
 def test_helpers_return_plain_values_to_rules(expr: str, kind: type) -> None:
     rule = compile_src(f'if type({expr}) == "{kind.__name__}":\n    allow()\ndeny(type({expr}))\n', AUTHN)
     assert rule.run(authn("u", "pw")) == ALLOW
+
+
+def test_pbkdf2_takes_every_mac_fun_emqx_offers() -> None:
+    """EMQX's pbkdf2 mac_fun: md4, md5, ripemd160, sha, sha224, sha256, sha384, sha512. md4 and ripemd160
+    depend on the OpenSSL build: where it has them they must check, where not the error must say why."""
+    for algorithm in ("md4", "md5", "ripemd160", "sha", "sha224", "sha256", "sha384", "sha512"):
+        name = "sha1" if algorithm == "sha" else algorithm
+        try:
+            stored = hashlib.pbkdf2_hmac(name, b"pw", b"salt", 100).hex()
+        except ValueError:  # not in this OpenSSL
+            with pytest.raises(ValueError, match="not available in this server's OpenSSL"):
+                pbkdf2_check("pw", "00" * 16, "salt", 100, algorithm)
+            continue
+        assert pbkdf2_check("pw", stored, "salt", 100, algorithm) is True
+        assert pbkdf2_check("pX", stored, "salt", 100, algorithm) is False

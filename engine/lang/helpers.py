@@ -85,8 +85,18 @@ CHECK_CACHE_SIZE = 1024
 _BCRYPT_HASH = re.compile(rb"\$2[aby]\$([0-9]{2})\$[./A-Za-z0-9]{53}")
 
 #: EMQX's names (sha) and hashlib's (sha1) both work
-_DIGESTS = {"md5": "md5", "sha": "sha1", "sha1": "sha1", "sha224": "sha224", "sha256": "sha256",
-            "sha384": "sha384", "sha512": "sha512"}
+_DIGESTS = {"md4": "md4", "md5": "md5", "ripemd160": "ripemd160", "sha": "sha1", "sha1": "sha1", "sha224": "sha224",
+            "sha256": "sha256", "sha384": "sha384", "sha512": "sha512"}  # EMQX's pbkdf2 mac_fun choices
+
+
+def _digest_size(helper: str, digest: str) -> int:
+    """md4 and ripemd160 come from OpenSSL, whose version 3 moved them to a 'legacy' provider that
+    many builds leave out: say so instead of failing with hashlib's 'unsupported hash type'."""
+    try:
+        return hashlib.new(digest).digest_size
+    except ValueError:
+        raise ValueError(f"{helper}: {digest} is not available in this server's OpenSSL (OpenSSL 3 keeps it in "
+                         f"its legacy provider); rehash the stored passwords with sha256") from None
 _SIMPLE_HASHES = ("plain", "md5", "sha", "sha1", "sha256", "sha512")  # EMQX's simple hashes
 _SALT_POSITIONS = ("prefix", "suffix", "disable")
 _ENCODINGS = ("hex", "base64")
@@ -210,7 +220,7 @@ def pbkdf2_check(password: str | bytes, hashed: str | bytes, salt: str | bytes, 
     salt_bytes = _text(helper, "salt", salt)
     rounds = _whole(helper, "iterations", iterations, 1, MAX_PBKDF2_ITERATIONS)
     digest = _DIGESTS[_choice(helper, "algorithm", algorithm, _DIGESTS)]
-    size = hashlib.new(digest).digest_size
+    size = _digest_size(helper, digest)
     length = size if dk_length is None else _whole(helper, "dk_length", dk_length, 1, MAX_PBKDF2_DK_LENGTH)
     blocks = -(-length // size)
     if rounds * blocks > MAX_PBKDF2_WORK:
