@@ -227,7 +227,7 @@ class Reloader:
                 self.poke(WRITE_TIMEOUT)  # read files whose writer never said it was done
         changed = ruleset.versions() != previous.versions() or set(ruleset.broken) != set(previous.broken)
         self.engine.ruleset = ruleset  # the swap: one assignment, between two calls on the loop
-        self._report(outcomes, previous, ruleset)
+        self._report(outcomes, previous, ruleset, forced=force)
         if changed:
             metrics.LAST_RELOAD.set(time.time())
             for listener in self.listeners:
@@ -237,7 +237,7 @@ class Reloader:
                     log.exception("rule set listener failed")
         return outcomes
 
-    def _report(self, outcomes: list[FileOutcome], previous: RuleSet, ruleset: RuleSet) -> None:
+    def _report(self, outcomes: list[FileOutcome], previous: RuleSet, ruleset: RuleSet, forced: bool = False) -> None:
         """One log line per thing an operator needs to know; metrics for all of it."""
         for out in outcomes:
             if out.result in ("pending", "missing"):
@@ -277,8 +277,8 @@ class Reloader:
                 metrics.RULE_INFO.labels(out.hook, out.version).set(1)
                 new = ruleset.get(out.hook)
                 if old is not None and new is not None and old.file_version == new.file_version:
-                    log.info("reloaded %s (version %s, was %s): a library or data file it uses changed",
-                             out.path, out.version, old.version)
+                    why = "rebuilt on SIGHUP" if forced else "a library or data file it uses changed"
+                    log.info("reloaded %s (version %s, was %s): %s", out.path, out.version, old.version, why)
                 else:
                     log.info("loaded %s (version %s%s)", out.path, out.version,
                              f", was {old.version}" if old is not None else "")
