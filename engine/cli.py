@@ -130,9 +130,13 @@ def _check(args: argparse.Namespace) -> int:
         return 2
     _, outcomes = scan(args.rules, RuleSet())
     problems = [o for o in outcomes if o.errors]
+    shown: set[str] = set()
     for out in problems:
         for err in out.errors:
-            print(err.format(), file=sys.stderr)
+            text = err.format()
+            if text not in shown:  # a broken library is reported by every rule that loads it: once is enough
+                shown.add(text)
+                print(text, file=sys.stderr)
     rules = [o for o in outcomes if o.hook != DATA_HOOK]
     data = [o for o in outcomes if o.hook == DATA_HOOK]
     bad_rules = sum(1 for o in rules if o.errors)
@@ -175,6 +179,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level="ERROR", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger(RULE_LOGGER).setLevel(logging.INFO)  # what the rule's log() calls say
+    logging.getLogger("hookrules.engine").setLevel(logging.CRITICAL)  # its rule errors are printed below
     try:
         spec = read_event(args.event)
     except SpecError as exc:

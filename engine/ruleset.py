@@ -109,7 +109,9 @@ class CompiledRule:
                                                "helpers (password hashes)")) from None
         except Exception as exc:
             hint = next((h for kind, h in RUNTIME_HINTS if isinstance(exc, kind)), DEFAULT_RUNTIME_HINT)
-            message = redact(f"{type(exc).__name__}: {exc}", event.secrets())
+            # read-only data is a mappingproxy to Python; to a rule author it is a dict they cannot change
+            text = str(exc).replace("'mappingproxy' object", "read-only dict")
+            message = redact(f"{type(exc).__name__}: {text}", event.secrets())
             raise RuleRuntimeError(self._error("runtime_error", message, self.interp.error_node, hint)) from None
 
     def _error(self, code: str, message: str, node: ast.AST | None, hint: str) -> RuleError:
