@@ -65,6 +65,15 @@ def test_config_file_with_flags_overriding_it(start_server: Any, tmp_path: Path,
     assert (reply.type, reply.bool_result) == (pb.ValuedResponse.STOP_AND_RETURN, True)  # the file's policy
 
 
+def authorized(server: ServerProcess, stubs: dict[str, Stubs]) -> bool:
+    """What client.authorize answers for one publish: True for allowed."""
+    s = stubs["v3"]
+    pb = s.pb2
+    with server.channel() as channel:
+        return bool(s.stub(channel).OnClientAuthorize(pb.ClientAuthorizeRequest(
+            clientinfo=client_info(pb, "c", "u"), topic="t", meta=meta(pb)), timeout=10).bool_result)
+
+
 def test_invalid_config_is_refused_at_start_with_a_clear_message(tmp_path: Path) -> None:
     cases = {
         "[limits]\nmax_stepz = 5\n": "unknown key [limits] max_stepz; known: max_steps, rule_timeout, hard_timeout",
@@ -94,13 +103,9 @@ def test_sighup_recompiles_everything_and_rereads_the_policies(start_server: Any
     config = tmp_path / "hookrules.toml"
     config.write_text(f'rules = "{rules}"\n')
     server: ServerProcess = start_server(rules, "--config", str(config))
-    s = stubs["v3"]
-    pb = s.pb2
 
     def authorize() -> bool:
-        with server.channel() as channel:
-            return bool(s.stub(channel).OnClientAuthorize(pb.ClientAuthorizeRequest(
-                clientinfo=client_info(pb, "c", "u"), topic="t", meta=meta(pb)), timeout=10).bool_result)
+        return authorized(server, stubs)
 
     assert authorize() is False  # default policy for authorize: deny
     config.write_text(f'rules = "{rules}"\n[failure_policy]\n"client.authorize" = "allow"\n')
@@ -118,13 +123,9 @@ def test_sighup_keeps_what_the_command_line_set(start_server: Any, tmp_path: Pat
     config = tmp_path / "hookrules.toml"
     config.write_text('[failure_policy]\n"client.authorize" = "deny"\n')
     server: ServerProcess = start_server(rules, "--config", str(config), "--failure-policy", "client.authorize=allow")
-    s = stubs["v3"]
-    pb = s.pb2
 
     def authorize() -> bool:
-        with server.channel() as channel:
-            return bool(s.stub(channel).OnClientAuthorize(pb.ClientAuthorizeRequest(
-                clientinfo=client_info(pb, "c", "u"), topic="t", meta=meta(pb)), timeout=10).bool_result)
+        return authorized(server, stubs)
 
     assert authorize() is True
     server.proc.send_signal(signal.SIGHUP)
