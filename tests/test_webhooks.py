@@ -1027,3 +1027,26 @@ def test_hot_reload_serves_the_new_vernemq_rule(start_server: Callable[..., Serv
     assert answer("auth_on_register", register) == OK
     (rules / "auth_on_register_m5.star").unlink()
     assert wait_for(lambda: answer("auth_on_register_m5", register_m5) == OK, TIMEOUT)
+
+
+def test_malformed_http_is_refused_counted_and_logged_on_one_line(start_server: Any, tmp_path: Path) -> None:
+    """aiohttp refuses a request it cannot parse (400) and logs its message over several lines, with a
+    caret under the fault. Result: one log line an operator can grep, and a count."""
+    norule_server: ServerProcess = start_server(tmp_path)  # its own: the log line comes once per 10 s
+
+    def malformed() -> float:
+        text = norule_server.metrics_text()
+        family = next(f for f in text_string_to_metric_families(text) if f.name == "hookrules_bad_requests")
+        return sum(s.value for s in family.samples
+                   if s.name.endswith("_total") and s.labels == {"broker": "vernemq", "reason": "malformed_http"})
+
+    before = malformed()
+    with socket.create_connection(("127.0.0.1", norule_server.http_port), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.0 400 ")
+    assert wait_for(lambda: malformed() == before + 1)
+    lines = norule_server.log().splitlines()
+    reports = [i for i, line in enumerate(lines) if "malformed HTTP request refused" in line]
+    assert reports, norule_server.log()[-2000:]
+    following = lines[reports[-1] + 1: reports[-1] + 2]
+    assert not [line for line in following if line.startswith(" ")], lines[reports[-1]:reports[-1] + 4]

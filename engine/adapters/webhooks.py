@@ -19,6 +19,7 @@ from aiohttp import HttpVersion11, web
 from .. import metrics
 from ..decisions import POLICY_DECISIONS
 from ..engine import Engine
+from ..errors import printable
 from ..health import Handler
 from ..hooks import HOOKS
 from .admission import Admission
@@ -242,12 +243,15 @@ class QuietProtocolErrors(logging.Filter):
         self._skipped = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
+        metrics.BAD_REQUESTS.labels(BROKER, "malformed_http").inc()
         now = time.monotonic()
         if now - self._last < BAD_REQUEST_LOG_INTERVAL:
             self._skipped += 1
             return False
         if record.exc_info and record.exc_info[1] is not None:
-            record.msg = f"malformed HTTP request refused: {type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+            exc = record.exc_info[1]
+            detail = " ".join(str(exc).split())  # aiohttp's message spans lines, with a caret under the fault
+            record.msg = f"malformed HTTP request refused: {type(exc).__name__}: {printable(detail)[:300]}"
             record.args = ()
         record.exc_info = None
         record.exc_text = None
