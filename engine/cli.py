@@ -22,7 +22,7 @@ from .config import (
     read_config_file,
 )
 from .lang.builtins import RULE_LOGGER
-from .ruleset import DATA_HOOK, Limits, RuleSet, scan
+from .ruleset import Limits
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -125,35 +125,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from .checkdir import check_directory
+
     if not args.rules.is_dir():
         print(f"hookrules: error: {args.rules} is not a directory", file=sys.stderr)
         return 2
-    _, outcomes = scan(args.rules, RuleSet())
-    problems = [o for o in outcomes if o.errors]
-    shown: set[str] = set()
-    for out in problems:
-        for err in out.errors:
-            text = err.format()
-            if text not in shown:  # a broken library is reported by every rule that loads it: once is enough
-                shown.add(text)
-                print(text, file=sys.stderr)
-    rules = [o for o in outcomes if o.hook != DATA_HOOK]
-    data = [o for o in outcomes if o.hook == DATA_HOOK]
-    bad_rules = sum(1 for o in rules if o.errors)
-    summary = f"{len(rules) - bad_rules} rule file(s) OK, {bad_rules} with errors"
-    if data:
-        summary += f"; {len(data) - sum(1 for o in data if o.errors)} data file(s) OK, {sum(1 for o in data if o.errors)} with errors"
-    from .tester import check_test_files, test_files
-
-    table_problems = check_test_files(args.rules)
-    for problem in table_problems:
-        print(problem, file=sys.stderr)
-    tables = len(test_files(args.rules))
-    if tables:
-        summary += f"; {tables} test file(s), {len(table_problems)} problem(s)"
-    failed = bool(problems or table_problems)
-    print(summary, file=sys.stderr if failed else sys.stdout)
-    return 1 if failed else 0
+    return check_directory(args.rules, sys.stdout, sys.stderr)
 
 
 def _test(args: argparse.Namespace) -> int:

@@ -36,6 +36,23 @@ def test_check_reports_every_problem_with_file_line_col(tmp_path: Path) -> None:
     assert "1 rule file(s) OK, 2 with errors" in err
 
 
+def test_check_reports_a_broken_library_once_even_unused_and_a_data_file_it_ignores(tmp_path: Path) -> None:
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "lib" / "shared.star").write_text("def f(:\n")
+    (tmp_path / "lib" / "later.star").write_text("def g():\n    return h\n")  # no rule loads it yet
+    (tmp_path / "data" / "users.txt").write_text("bob\n")
+    for hook in ("client.authenticate", "client.authorize"):
+        (tmp_path / f"{hook}.star").write_text('load("lib/shared.star", "f")\nallow()\n')
+    result = hookrules("check", str(tmp_path))
+    assert result.returncode == 1
+    err = result.stderr
+    assert err.count(f"{tmp_path / 'lib' / 'shared.star'}:1:7: parse_error") == 1
+    assert f"{tmp_path / 'lib' / 'later.star'}:2:12: check_error: unknown name 'h'" in err
+    assert f"{tmp_path / 'data' / 'users.txt'}:1:1: warning: not read: data files are .json, .yaml, .yml or .csv" in err
+    assert "0 rule file(s) OK, 2 with errors; 1 library file(s) no rule loads" in err
+
+
 def test_bad_address_is_refused_with_a_clear_message() -> None:
     result = hookrules("serve", "--rules", str(BUNDLED_RULES), "--grpc", "localhost")
     assert result.returncode == 2

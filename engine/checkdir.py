@@ -1,0 +1,89 @@
+"""`hookrules check DIR`: every problem a rules directory has, before it meets a broker.
+
+It loads every rule file exactly as the server would (libraries and data files included), then
+looks at what the server would pass over in silence but an author wants to hear about before a
+commit: a library no rule loads yet (checked on its own, so it is not broken when one starts to),
+a file in data/ the server does not read, and the test tables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TextIO
+
+from .datafiles import DATA_DIR, SUFFIXES
+from .errors import Location, RuleError, RuleLoadError
+from .lang.loader import Libraries
+from .ruleset import DATA_HOOK, RuleSet, scan
+from .tester import TESTS_DIR, check_test_files, test_files
+
+LIBRARY_SUFFIX = ".star"
+
+
+def check_directory(directory: Path, out: TextIO, err: TextIO) -> int:
+    """Print every problem as file:line:col, and a summary; the exit status (0: none, 1: some)."""
+    ruleset, outcomes = scan(directory, RuleSet())
+    errors = [e for o in outcomes for e in o.errors]
+    reached = {module for rule in ruleset.rules.values() for module, _ in rule.deps}
+    reached |= {module for e in errors if (module := _module_of(directory, e.location.file))}
+    libraries = Libraries(directory)
+    unused = [m for m in _library_modules(directory) if m not in reached]
+    for module in unused:
+        try:
+            libraries.get(module)
+        except RuleLoadError as exc:
+            errors.extend(exc.errors)
+    shown: set[str] = set()
+    for error in errors:
+        text = error.format()
+        if text not in shown:  # a broken library is reported by every rule that loads it: once is enough
+            shown.add(text)
+            print(text, file=err)
+    for path in _ignored_data_files(directory):
+        print(RuleError("load_error", Location(str(path)), "not read: data files are .json, .yaml, .yml or .csv",
+                        "rename it, or keep it outside data/").format().replace(": load_error:", ": warning:"),
+              file=err)
+    rules = [o for o in outcomes if o.hook != DATA_HOOK]
+    data = [o for o in outcomes if o.hook == DATA_HOOK]
+    bad_rules = sum(1 for o in rules if o.errors)
+    summary = f"{len(rules) - bad_rules} rule file(s) OK, {bad_rules} with errors"
+    if unused:
+        summary += f"; {len(unused)} library file(s) no rule loads"
+    if data:
+        bad_data = sum(1 for o in data if o.errors)
+        summary += f"; {len(data) - bad_data} data file(s) OK, {bad_data} with errors"
+    table_problems = check_test_files(directory)
+    for problem in table_problems:
+        print(problem, file=err)
+    tables = len(test_files(directory))
+    if tables:
+        summary += f"; {tables} test file(s), {len(table_problems)} problem(s)"
+    failed = bool(errors or table_problems)
+    print(summary, file=err if failed else out)
+    return 1 if failed else 0
+
+
+def _library_modules(directory: Path) -> list[str]:
+    """Every .star file below a subdirectory (where libraries live), as load() would name it."""
+    found = []
+    for path in sorted(directory.rglob(f"*{LIBRARY_SUFFIX}")):
+        rel = path.relative_to(directory)
+        if len(rel.parts) > 1 and rel.parts[0] not in (TESTS_DIR, DATA_DIR) \
+                and not any(p.startswith(".") for p in rel.parts):
+            found.append(rel.as_posix())
+    return found
+
+
+def _module_of(directory: Path, file: str) -> str | None:
+    try:
+        return Path(file).relative_to(directory).as_posix()
+    except ValueError:
+        return None
+
+
+def _ignored_data_files(directory: Path) -> list[Path]:
+    data = directory / DATA_DIR
+    if not data.is_dir():
+        return []
+    return sorted(p for p in data.iterdir()
+                  if p.is_file() and p.suffix not in SUFFIXES and not p.name.startswith("."))
