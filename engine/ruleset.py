@@ -26,7 +26,7 @@ from .lang.builtins import HELPERS, SAFE_BUILTINS, decision_makers, make_decisio
 from .datafiles import DataSet, scan_data
 from .lang.checker import TOPICS_NAME, check
 from .lang.loader import Libraries, Linker, strip_loads
-from .lang.interp import RuleAbort, RuleInterpreter
+from .lang.interp import ListChanged, RuleAbort, RuleInterpreter
 
 
 class RuleRuntimeError(Exception):
@@ -47,6 +47,7 @@ RUNTIME_HINTS: tuple[tuple[type[BaseException], str], ...] = (
     (AttributeError, "see the README for the fields each object has"),
     (TypeError, "check the values' types (a payload is bytes: compare it with b\"...\")"),
     (ValueError, "check the value before passing it on"),
+    (ListChanged, "loop over one list and build another: for x in items: out.append(...)"),
     (RuntimeError, "keep values small: huge strings and numbers are refused"),
 )
 DEFAULT_RUNTIME_HINT = "guard the failing expression; until then the hook answers by its failure policy"

@@ -67,6 +67,22 @@ def _innermost_node(tb: Any) -> tuple[ast.AST | None, str]:
     return found, file
 
 
+class ListChanged(RuntimeError):
+    """A list changed while a loop went over it."""
+
+
+def _frozen_while_iterated(items: list[Any]) -> Any:
+    """Go over a list, failing as Starlark does if it grows or shrinks meanwhile (Python would go on
+    over what the loop appends, until the step budget ran out)."""
+    size = len(items)
+    for value in items:
+        if len(items) != size:
+            break
+        yield value
+    if len(items) != size:
+        raise ListChanged(f"the list changed size during the loop over it ({size} items, now {len(items)})")
+
+
 class RuleFunction:
     """A `def` of a rule: its tree, its defaults and the scope it was defined in (its closure).
 
@@ -279,7 +295,10 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         self._block(node.body if test.hr_run(test) else node.orelse)
 
     def on_for(self, node: Any) -> None:
-        for value in self.run(node.iter):
+        iterable = self.run(node.iter)
+        if iterable.__class__ is list:  # Starlark: a list may not change while a loop goes over it
+            iterable = _frozen_while_iterated(iterable)
+        for value in iterable:
             self.node_assign(node.target, value)
             self._interrupt = None
             self._block(node.body)
@@ -364,7 +383,10 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
     def _generate(self, generators: list[ast.comprehension], index: int, emit: Any) -> None:
         gen = generators[index]
         last = index == len(generators) - 1
-        for value in self.run(gen.iter):
+        iterable = self.run(gen.iter)
+        if iterable.__class__ is list:
+            iterable = _frozen_while_iterated(iterable)
+        for value in iterable:
             self._steps -= 1  # one step per item: the element may be a leaf, which costs none
             if self._steps < 0 or _monotonic() > self._deadline:
                 self._check_budget(gen.iter)  # the comprehension node itself has no position
