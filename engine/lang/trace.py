@@ -9,6 +9,7 @@ import ast
 from dataclasses import dataclass
 from typing import Any
 
+from .guards import CONTAINERS, check_walk
 from .interp import OPERATORS, RuleInterpreter
 
 MAX_VALUE_CHARS = 80
@@ -63,6 +64,8 @@ class TracingInterpreter(RuleInterpreter):
             right = right_node.hr_run(right_node)
             shown.append(_OP_TEXT.get(op.__class__, "?"))
             shown.append(show(right))
+            if left.__class__ in CONTAINERS and right.__class__ in CONTAINERS:
+                check_walk(left, right)  # the same guard as the interpreter it traces
             if not OPERATORS[op.__class__](left, right):
                 result = False
                 break
