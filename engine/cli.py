@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import (
@@ -23,6 +26,9 @@ from .config import (
 )
 from .lang.builtins import RULE_LOGGER
 from .ruleset import Limits
+
+if TYPE_CHECKING:
+    from .watchdog import RunClock
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="as for serve: test the policy you deploy with")
     test.add_argument("--rule-timeout", type=float, default=Limits().timeout, help="as for serve")
     test.add_argument("--max-steps", type=int, default=Limits().max_steps, help="as for serve")
+    test.add_argument("--hard-timeout", type=float, default=None, metavar="SECONDS",
+                      help="as for serve: a rule step stuck this long ends the run (default: 5, or twice "
+                           "--rule-timeout; 0: never)")
 
     ev = sub.add_parser("eval", help="run one event through the rules and print the decision")
     ev.add_argument("hook", help="the hook, e.g. client.authenticate or auth_on_register")
@@ -146,8 +155,14 @@ def _test(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"hookrules: error: {exc}", file=sys.stderr)
         return 2
-    return run_tests(args.rules, sys.stdout, coverage=args.coverage, verbose=not args.quiet, policies=policies,
-                     limits=Limits(args.max_steps, args.rule_timeout))
+    limits = Limits(args.max_steps, args.rule_timeout)
+    if args.hard_timeout and args.hard_timeout <= args.rule_timeout:
+        print(f"hookrules: error: --hard-timeout {args.hard_timeout} must be above --rule-timeout "
+              f"{args.rule_timeout} (or 0 for no watchdog)", file=sys.stderr)
+        return 2
+    with _watchdog(args.hard_timeout, limits, "this test run") as clock:
+        return run_tests(args.rules, sys.stdout, coverage=args.coverage, verbose=not args.quiet, policies=policies,
+                         limits=limits, run_clock=clock)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -162,7 +177,25 @@ def _eval(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(f"hookrules: error: {exc}", file=sys.stderr)
         return 2
-    return evaluate(args.rules, args.hook, spec, sys.stdout, broker=args.broker, explain=args.explain)
+    with _watchdog(None, Limits(), "this eval") as clock:
+        return evaluate(args.rules, args.hook, spec, sys.stdout, broker=args.broker, explain=args.explain,
+                        run_clock=clock)
+
+
+@contextlib.contextmanager
+def _watchdog(hard_timeout: float | None, limits: Limits, what: str) -> Iterator[RunClock | None]:
+    """A watchdog process for the CLI's rule runs, as `serve` has (see watchdog.py)."""
+    limit = hard_timeout if hard_timeout is not None else max(5.0, 2 * limits.timeout)
+    if not limit:
+        yield None
+        return
+    from .watchdog import Watchdog
+
+    dog = Watchdog(limit, what)
+    try:
+        yield dog.clock
+    finally:
+        dog.stop()
 
 
 COMMANDS = {"serve": _serve, "check": _check, "test": _test, "eval": _eval}

@@ -15,6 +15,7 @@ from .eventspec import SpecError, build_event
 from .hooks import HOOKS
 from .lang.trace import TracingInterpreter
 from .ruleset import RuleSet, scan
+from .watchdog import RunClock
 
 
 def read_event(value: str) -> Any:
@@ -48,7 +49,7 @@ def _plain(value: Any) -> Any:
 
 
 def evaluate(rules: Path, hook: str, event_spec: Any, out: TextIO, *, broker: str | None = None,
-             explain: bool = False) -> int:
+             explain: bool = False, run_clock: RunClock | None = None) -> int:
     info = HOOKS.get(hook)
     if info is None:
         out.write(f"error: unknown hook '{hook}'\n")
@@ -66,6 +67,7 @@ def evaluate(rules: Path, hook: str, event_spec: Any, out: TextIO, *, broker: st
         out.write(f"error: {exc}\n")
         return 2
     engine = Engine(ruleset)
+    engine.run_clock = run_clock
     outcome = engine.decide(event)
     source = source_hook(ruleset, hook)  # a VerneMQ _m5 hook may be answered by its twin's file
     rule = ruleset.get(source) if source is not None else None

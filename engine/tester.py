@@ -26,6 +26,7 @@ from .events import Event
 from .eventspec import SpecError, build_event
 from .hooks import HOOKS, Policy
 from .ruleset import FileOutcome, Limits, RuleSet, scan
+from .watchdog import RunClock
 from .lang.builtins import RULE_LOGGER
 from .lang.interp import RuleInterpreter
 from .lang.loader import strip_loads
@@ -248,7 +249,8 @@ def test_files(directory: Path) -> list[Path]:
 
 
 def run_tests(directory: Path, out: TextIO, *, coverage: bool = False, verbose: bool = True,
-              policies: Mapping[str, Policy] | None = None, limits: Limits | None = None) -> int:
+              policies: Mapping[str, Policy] | None = None, limits: Limits | None = None,
+              run_clock: RunClock | None = None) -> int:
     """Run every case of the directory's tests; the exit status (0 all passed, 1 any failed)."""
     interpreter: type[RuleInterpreter] = TracingInterpreter if coverage else RuleInterpreter
     ruleset, outcomes = scan(directory, RuleSet(), interpreter=interpreter)
@@ -257,6 +259,7 @@ def run_tests(directory: Path, out: TextIO, *, coverage: bool = False, verbose: 
         for err in bad.errors:
             out.write(err.format() + "\n")
     engine = Engine(ruleset, policies, limits)
+    engine.run_clock = run_clock  # a watchdog's: a step stuck in C must not hang a CI job
     results: list[CaseResult] = []
     files = test_files(directory)
     for path in files:

@@ -50,7 +50,8 @@ class RunClock:
 
 
 class Watchdog:
-    def __init__(self, limit: float):
+    def __init__(self, limit: float, what: str = "the server"):
+        """`what` the watchdog kills, for its log line: the server, or a `hookrules test` run."""
         self.limit = limit
         fd, path = tempfile.mkstemp(prefix="hookrules-watchdog-")
         try:
@@ -58,7 +59,7 @@ class Watchdog:
             os.ftruncate(fd, _PAGE)
             page = mmap.mmap(fd, _PAGE)
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "hookrules.watchdog", str(os.getpid()), str(fd), repr(limit)],
+                [sys.executable, "-m", "hookrules.watchdog", str(os.getpid()), str(fd), repr(limit), what],
                 pass_fds=[fd], stdin=subprocess.DEVNULL)
         finally:
             os.close(fd)
@@ -75,7 +76,7 @@ class Watchdog:
         self.clock.close()
 
 
-def watch(server: int, fd: int, limit: float) -> int:
+def watch(server: int, fd: int, limit: float, what: str = "the server") -> int:
     """The watchdog process: returns when the server is gone, or after killing it."""
     page = mmap.mmap(fd, _PAGE)
     view = memoryview(page).cast("d")
@@ -88,14 +89,14 @@ def watch(server: int, fd: int, limit: float) -> int:
         if started and time.monotonic() - started > limit:
             index = int(view[1])
             hook = _HOOKS[index] if 0 <= index < len(_HOOKS) else "?"
-            print(f"hookrules: watchdog: a run of the {hook} rule has held the server for over {limit:g} s "
-                  f"(--hard-timeout) in one step the sandbox could not interrupt; killing the server (SIGKILL) "
-                  f"so that its supervisor restarts it. Fix the rule: 'hookrules eval {hook}' runs it alone.",
-                  file=sys.stderr, flush=True)
+            print(f"hookrules: watchdog: a run of the {hook} rule has held {what} for over {limit:g} s "
+                  f"(--hard-timeout) in one step the sandbox could not interrupt; killing {what} (SIGKILL)"
+                  + (" so that its supervisor restarts it" if what == "the server" else "")
+                  + f". Fix the rule: 'hookrules eval {hook}' runs it alone.", file=sys.stderr, flush=True)
             os.kill(server, signal.SIGKILL)
             return 0
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(watch(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])))
+    sys.exit(watch(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), *sys.argv[4:5]))
