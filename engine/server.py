@@ -144,6 +144,7 @@ class Server:
                                  maximum_concurrent_rpcs=self.config.max_concurrent_calls)
         server.add_generic_rpc_handlers(self.exhook.generic_handlers())
         health_pb2_grpc.add_HealthServicer_to_server(self.grpc_health, server)
+        server.add_generic_rpc_handlers([self.exhook.unknown_methods_handler()])  # last: what no one else serves
         for service in ("", *(p.service_name for p in self.exhook.protos)):
             await self.grpc_health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         target = _hostport(host, port)

@@ -127,3 +127,29 @@ def test_undecodable_request_is_refused_and_the_server_keeps_answering(bundled_s
     assert (reply.type, reply.bool_result) == (pb.ValuedResponse.STOP_AND_RETURN, True)
     assert "refused an undecodable client.authenticate request" in bundled_server.log()
     assert 'hookrules_bad_requests_total{broker="emqx",reason="undecodable"} 1.0' in bundled_server.metrics_text()
+
+
+def test_an_unknown_method_is_unimplemented_and_counted(start_server: Any, stubs: dict[str, Stubs],
+                                                        tmp_path: Any) -> None:
+    """A broker speaking another protocol (or a newer exhook version): UNIMPLEMENTED as grpc itself says
+    it, but counted and logged; the hooks and the health service still answer."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    (tmp_path / "client.authenticate.star").write_text("allow()\n")
+    server: ServerProcess = start_server(tmp_path)
+    s = stubs["v3"]
+    pb = s.pb2
+    with server.channel() as channel:
+        for method in ("/emqx.exhook.v9.HookProvider/OnClientAuthenticate", "/no.such.Service/Call"):
+            raw = channel.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            with pytest.raises(grpc.RpcError) as info:
+                raw(b"", timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        reply = s.stub(channel).OnClientAuthenticate(pb.ClientAuthenticateRequest(
+            clientinfo=client_info(pb, "c", "u"), meta=meta(pb)), timeout=10)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert (reply.type, reply.bool_result) == (pb.ValuedResponse.STOP_AND_RETURN, True)
+    assert 'hookrules_bad_requests_total{broker="emqx",reason="unknown_method"} 2.0' in server.metrics_text()
+    assert "refused a call to unknown gRPC method '/emqx.exhook.v9.HookProvider/OnClientAuthenticate'" in server.log()

@@ -235,6 +235,28 @@ class ExhookAdapter:
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         return [self._service(proto) for proto in self.protos]
 
+    def unknown_methods_handler(self) -> grpc.GenericRpcHandler:
+        """Register it last: every method no other handler serves gets UNIMPLEMENTED, as from grpc
+        itself, but counted (unknown_method) and logged, so a broker on another protocol is seen."""
+        adapter = self
+
+        class UnknownMethods(grpc.GenericRpcHandler):  # type: ignore[misc]
+            def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+                method = str(details.method)[:200]
+
+                async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                    metrics.BAD_REQUESTS.labels(BROKER, "unknown_method").inc()
+                    now = time.monotonic()
+                    if now - adapter._last_refusal_log >= BAD_REQUEST_LOG_INTERVAL:
+                        adapter._last_refusal_log = now
+                        log.warning("refused a call to unknown gRPC method %r (UNIMPLEMENTED); more within %.0f s "
+                                    "are only counted", method, BAD_REQUEST_LOG_INTERVAL)
+                    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {method}")
+
+                return grpc.unary_unary_rpc_method_handler(refuse)
+
+        return UnknownMethods()
+
     def _service(self, proto: ExhookProto) -> grpc.GenericRpcHandler:
         replies = _Replies(proto)
         handlers: dict[str, grpc.RpcMethodHandler] = {}
