@@ -149,3 +149,14 @@ def test_a_rule_step_stuck_in_c_ends_the_test_run_instead_of_hanging_it(tmp_path
     result = hookrules("test", str(rules), "--hard-timeout", "1", "--rule-timeout", "0.5")
     assert result.returncode == -signal.SIGKILL
     assert "watchdog: a run of the client.authenticate rule has held this test run for over 1 s" in result.stderr
+
+
+def test_explain_shows_each_operand_of_and_and_or_that_ran(tmp_path: Path) -> None:
+    (tmp_path / "client.authorize.star").write_text(
+        'admin = client.username in ["root"]\nif admin or topic_match("users/" + client.username + "/#", topic):\n'
+        '    allow()\ndeny("not yours")\n')
+    event = json.dumps({"client": {"username": "bob"}, "topic": "users/bob/x", "action": "publish"})
+    result = hookrules("eval", "client.authorize", "--event", event, "--rules", str(tmp_path), "--explain")
+    assert result.returncode == 0, result.stderr
+    assert "| or: admin  ->  False;  topic_match('users/' + client.username + '/#', topic)  ->  True" in result.stdout
+    assert "decision: allow" in result.stdout

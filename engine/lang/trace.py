@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
-from .guards import CONTAINERS, check_walk
+from .guards import CONTAINERS, TooBig, bounded_text, check_walk
 from .interp import OPERATORS, RuleInterpreter
 
 MAX_VALUE_CHARS = 80
@@ -21,12 +22,19 @@ class Step:
 
     file: str
     line: int
-    kind: str  # "stmt" | "if" | "compare"
+    kind: str  # "stmt" | "if" | "compare" | "and" | "or"
     text: str
 
 
 def show(value: Any) -> str:
-    text = repr(value)
+    """A value as --explain prints it: bounded (a list of big lists would be gigabytes of text), and
+    read-only data shown as the dict it reads like."""
+    if isinstance(value, MappingProxyType):
+        value = dict(value)
+    try:
+        text = bounded_text(value, repr)
+    except TooBig:
+        return f"<a {type(value).__name__} too big to show>"
     return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 3] + "..."
 
 
@@ -54,6 +62,19 @@ class TracingInterpreter(RuleInterpreter):
         value = test.hr_run(test)
         self.steps.append(Step(self._file, node.lineno, "if", f"{ast.unparse(test)}  ->  {bool(value)}"))
         self._block(node.body if value else node.orelse)
+
+    def on_boolop(self, node: Any) -> Any:
+        """`a or b`: what each operand that ran gave (the rest were not evaluated)."""
+        is_and = node.op.__class__ is ast.And
+        seen = []
+        value = None
+        for child in node.values:
+            value = child.hr_run(child)
+            seen.append(f"{ast.unparse(child)}  ->  {show(value)}")
+            if bool(value) is not is_and:
+                break
+        self.steps.append(Step(self._file, node.lineno, "and" if is_and else "or", ";  ".join(seen)))
+        return value
 
     def on_compare(self, node: Any) -> Any:
         left_node = node.left
