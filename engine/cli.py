@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -100,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--rules", type=Path, default=Path("rules"))
     ev.add_argument("--broker", choices=("emqx", "vernemq"), help="check the hook belongs to this broker")
     ev.add_argument("--explain", action="store_true", help="show the lines that ran and what the conditions saw")
+    ev.add_argument("--raw", action="store_true",
+                    help="the event as the broker sends it: a VerneMQ webhook body, or an EMQX request in "
+                         "protobuf JSON (the v3 proto's field names)")
+    ev.add_argument("--vernemq-base64", choices=("on", "off"), default="on",
+                    help="with --raw: whether the body's payloads are base64 (VerneMQ's base64encode; default on)")
     return parser
 
 
@@ -177,9 +183,18 @@ def _eval(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(f"hookrules: error: {exc}", file=sys.stderr)
         return 2
+    events = None
+    if args.raw:
+        from .adapters.raw import RawEventError, raw_events  # the adapters read what brokers send
+
+        try:
+            events = raw_events(args.hook, json.dumps(spec), vernemq_base64=args.vernemq_base64 == "on")
+        except RawEventError as exc:
+            print(f"hookrules: error: --raw: {exc}", file=sys.stderr)
+            return 2
     with _watchdog(None, Limits(), "this eval") as clock:
         return evaluate(args.rules, args.hook, spec, sys.stdout, broker=args.broker, explain=args.explain,
-                        run_clock=clock)
+                        run_clock=clock, events=events)
 
 
 @contextlib.contextmanager

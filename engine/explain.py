@@ -4,13 +4,14 @@ values the conditions saw (OPA's `opa eval --explain`, for this language)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
 from .engine import Engine, Outcome, source_hook
+from .events import Event
 from .eventspec import SpecError, build_event
 from .hooks import HOOKS
 from .lang.trace import TracingInterpreter
@@ -49,7 +50,10 @@ def _plain(value: Any) -> Any:
 
 
 def evaluate(rules: Path, hook: str, event_spec: Any, out: TextIO, *, broker: str | None = None,
-             explain: bool = False, run_clock: RunClock | None = None) -> int:
+             explain: bool = False, run_clock: RunClock | None = None,
+             events: Sequence[Event] | None = None) -> int:
+    """`event_spec` written by hand (eventspec), or `events` already built (eval --raw: one per topic of
+    a VerneMQ subscription)."""
     info = HOOKS.get(hook)
     if info is None:
         out.write(f"error: unknown hook '{hook}'\n")
@@ -61,13 +65,23 @@ def evaluate(rules: Path, hook: str, event_spec: Any, out: TextIO, *, broker: st
     for bad in (o for o in outcomes if o.errors):
         for err in bad.errors:
             out.write(err.format() + "\n")
-    try:
-        event = build_event(hook, event_spec)
-    except SpecError as exc:
-        out.write(f"error: {exc}\n")
-        return 2
+    if events is None:
+        try:
+            events = [build_event(hook, event_spec)]
+        except SpecError as exc:
+            out.write(f"error: {exc}\n")
+            return 2
     engine = Engine(ruleset)
     engine.run_clock = run_clock
+    for event in events:
+        if len(events) > 1:
+            out.write(f"-- topic {event.data.get('topic')!r}\n")
+        _explain_one(engine, rules, hook, event, out, explain)
+    return 0
+
+
+def _explain_one(engine: Engine, rules: Path, hook: str, event: Event, out: TextIO, explain: bool) -> None:
+    ruleset = engine.ruleset
     outcome = engine.decide(event)
     source = source_hook(ruleset, hook)  # a VerneMQ _m5 hook may be answered by its twin's file
     rule = ruleset.get(source) if source is not None else None
@@ -90,7 +104,6 @@ def evaluate(rules: Path, hook: str, event_spec: Any, out: TextIO, *, broker: st
                 out.write(f"  {step.file}:{step.line}  {text}\n")
             else:
                 out.write(f"      | {step.kind}: {step.text}\n")
-    return 0
 
 
 def _lines(path: str) -> list[str]:

@@ -1,0 +1,45 @@
+"""Events from what a broker really sends, for `hookrules eval --raw`: a body captured from VerneMQ,
+or an EMQX request written as protobuf JSON, read by the same code that reads live calls."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.protobuf import json_format
+
+from ..events import Event
+from ..hooks import HOOKS
+from . import exhook_proto
+from .exhook import EVENT_BUILDERS, RPC_HOOKS
+from .vernemq import BadRequest, events_for
+
+
+class RawEventError(ValueError):
+    """A raw body that cannot be read; the message says why, as the server's refusal would."""
+
+
+def raw_events(hook: str, text: str, *, vernemq_base64: bool = True) -> list[Event]:
+    """The events the broker's call stands for: one, or one per topic of a VerneMQ subscription."""
+    info = HOOKS.get(hook)
+    if info is None:
+        raise RawEventError(f"unknown hook '{hook}'")
+    if info.broker == "vernemq":
+        try:
+            body = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RawEventError(f"the body is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise RawEventError("a webhook body is a JSON object")
+        try:
+            return events_for(hook, body, vernemq_base64)
+        except BadRequest as exc:
+            raise RawEventError(str(exc)) from None
+    rpc = next(r for r, h in RPC_HOOKS.items() if h == hook)
+    proto = exhook_proto.load("v3")
+    request: Any = proto.messages[proto.methods[rpc][0]]()
+    try:
+        json_format.Parse(text, request)
+    except json_format.ParseError as exc:
+        raise RawEventError(f"not a {proto.methods[rpc][0]} in protobuf JSON: {exc}") from None
+    return [EVENT_BUILDERS[hook](hook, request)]
