@@ -25,6 +25,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ import pytest
 from hookrules.decisions import Decision, Deny
 from hookrules.engine import Engine
 from hookrules.errors import RuleError, RuleLoadError
+from hookrules.lang.loader import Libraries
 from hookrules.events import Client, Event, Message, TopicFilter, frozen_map, json_view
 from hookrules.ruleset import CompiledRule, Limits, RuleRuntimeError, RuleSet, scan
 
@@ -1092,3 +1094,37 @@ def test_the_server_answers_attacks_by_policy_and_keeps_serving(start_server: An
     assert "Traceback" not in log
     assert log.count("runtime_error") >= 8 and "deadline_error" in log, log[-3000:]
     assert server.proc.poll() is None
+
+
+@pytest.mark.parametrize("kept", ["put = store.setdefault", "push = items.append", "ADD = [seen.add]"])
+def test_a_library_cannot_keep_a_method_of_a_mutable_value(tmp_path: Path, kept: str) -> None:
+    """`put = store.setdefault` would let every run write into one dict all clients share: found by a
+    review. Refused when the library loads, with where and why."""
+    write(tmp_path, {LIB: f"store = {{}}\nitems = []\nseen = {{1}}\n{kept}\n",
+                     "client.authorize.star": f'load("{LIB}", "{kept.split()[0]}")\nallow()\n'})
+    _, outcomes = scan_rules(tmp_path)
+    errors = [e.one_line() for o in outcomes.values() for e in o.errors]
+    assert any("runs could share state through it" in e and LIB in e for e in errors), errors
+
+
+def test_a_library_of_shared_parts_freezes_in_linear_time(tmp_path: Path) -> None:
+    """t = (t, t) forty times over is forty tuples; freezing copied every shared part again (2**40)."""
+    write(tmp_path, {LIB: "t = ()\nfor i in range(40):\n    t = (t, t)\n",
+                     "client.authorize.star": f'load("{LIB}", "t")\nallow()\n'})
+    result = in_child("scan", directory=tmp_path, wall=30.0)
+    assert result["kind"] == "scanned", result
+
+
+def test_a_broken_library_does_not_grow_with_each_scan(tmp_path: Path) -> None:
+    """The cached error was raised again on every scan, its traceback (and every scan's interpreter)
+    growing with it."""
+    write(tmp_path, {LIB: "def f(:\n", "client.authorize.star": f'load("{LIB}", "f")\nallow()\n'})
+    ruleset, _ = scan_rules(tmp_path)
+    libraries = Libraries(tmp_path)
+    depths = []
+    for _ in range(5):
+        try:
+            libraries.get(LIB)
+        except RuleLoadError as exc:
+            depths.append(len(traceback.extract_tb(exc.__traceback__)))
+    assert len(depths) == 5 and len(set(depths)) == 1, depths

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
+from types import BuiltinMethodType, MappingProxyType
 from typing import Any
 
 from ..errors import Location, RuleError, RuleLoadError, source_lines
@@ -52,7 +52,11 @@ class Libraries:
         if cached is None:
             cached = self._cache[module] = self._read(module)
         if isinstance(cached, RuleLoadError):
-            raise cached
+            # a fresh exception each time: raising the cached one would grow its traceback on every
+            # scan, and keep every scan's interpreter alive with it
+            fresh = RuleLoadError(cached.errors)
+            fresh.version = getattr(cached, "version", "")  # type: ignore[attr-defined]
+            raise fresh
         return cached
 
     def version(self, module: str) -> str:
@@ -71,13 +75,14 @@ class Libraries:
             return RuleLoadError([RuleError("load_error", Location(shown), f"cannot read library: {getattr(exc, 'strerror', None) or exc}",
                                             "check the path given to load()")])
         version = hashlib.sha256(data).hexdigest()[:12]
-        key = (module, shown, version)
+        key = (module, shown)
         known = _CHECKED.get(key)
-        if known is not None:  # unchanged since an earlier scan: its check cannot have changed either
+        if known is not None and known[0] == version:  # unchanged since an earlier scan: so is its check
             _CHECKED.move_to_end(key)
-            return known
+            return known[1]
         result = self._check(module, shown, version, data)
-        _CHECKED[key] = result
+        _CHECKED[key] = (version, result)  # the current version only: an old one is never asked for again
+        _CHECKED.move_to_end(key)
         if len(_CHECKED) > MAX_CHECKED_LIBRARIES:
             _CHECKED.popitem(last=False)
         return result
@@ -97,10 +102,10 @@ class Libraries:
         return Library(module, shown, version, checked, tuple(source_lines(text)))
 
 
-#: libraries checked by earlier scans, by (module, path, content hash): every rescan (each save, and
-#: the periodic one) reads every library, and checking a big one again each time held the event loop.
-#: Runs never change a checked tree (the linker runs a deep copy).
-_CHECKED: OrderedDict[tuple[str, str, str], Library | RuleLoadError] = OrderedDict()
+#: the last check of each library, by (module, path), with the content hash it was made on: every
+#: rescan (each save, and the periodic one) reads every library, and checking a big one again each
+#: time held the event loop. Runs never change a checked tree (the linker runs a deep copy).
+_CHECKED: OrderedDict[tuple[str, str], tuple[str, Library | RuleLoadError]] = OrderedDict()
 MAX_CHECKED_LIBRARIES = 256
 
 
@@ -172,14 +177,26 @@ class Linker:
         # Starlark freezes a module once it has run: no run can change what the next one sees. In
         # place: the module's functions keep this very dict as their globals.
         try:
-            _freeze_scope(env, set())
+            _freeze_scope(env, set(), {})
         except RecursionError:
             raise RuleLoadError([_at(lib.path, lib.lines, None, "a value in this library is nested too deeply",
                                      "flatten the data")]) from None
+        except _MutableMethod as exc:
+            raise RuleLoadError([_at(lib.path, lib.lines, None, str(exc),
+                                     "keep data in constants and read it in functions: a library cannot hold "
+                                     "state that runs share")]) from None
         return env
 
 
-def _freeze_scope(scope: dict[str, Any], done: set[int]) -> None:
+class _MutableMethod(ValueError):
+    """A library keeps a method of a list, dict or set (`put = store.setdefault`): calling it would
+    change what every later run, and every other client, sees."""
+
+
+_MUTABLE = (list, dict, set, bytearray)
+
+
+def _freeze_scope(scope: dict[str, Any], done: set[int], memo: dict[int, tuple[Any, Any]]) -> None:
     """Freeze a scope's values in place, and the scopes its functions closed over: a function a
     library made by calling another (a closure) keeps that call's variables, which must not stay
     mutable either, wherever the function is kept (a constant, or inside a list or dict)."""
@@ -187,21 +204,33 @@ def _freeze_scope(scope: dict[str, Any], done: set[int]) -> None:
         return
     done.add(id(scope))
     for key, value in scope.items():
-        scope[key] = _freeze_value(value, done)
+        scope[key] = _freeze_value(value, done, memo)
 
 
-def _freeze_value(value: Any, done: set[int]) -> Any:
-    """events.freeze, which also reaches the closures of the functions inside containers."""
+def _freeze_value(value: Any, done: set[int], memo: dict[int, tuple[Any, Any]]) -> Any:
+    """events.freeze, which also reaches the closures of the functions inside containers. A part
+    shared by several containers is frozen once and stays shared (`memo`, by id): t = (t, t) twenty
+    times over is 20 tuples, not a million copies."""
+    known = memo.get(id(value))
+    if known is not None:
+        return known[1]
+    frozen: Any
     if isinstance(value, RuleFunction):
-        _freeze_scope(value._env, done)
+        _freeze_scope(value._env, done, memo)
+        frozen = value
+    elif isinstance(value, BuiltinMethodType) and isinstance(getattr(value, "__self__", None), _MUTABLE):
+        raise _MutableMethod(f"a library value is the method {value.__name__}() of a "
+                             f"{type(value.__self__).__name__}: runs could share state through it")
+    elif isinstance(value, Mapping):
+        frozen = MappingProxyType({k: _freeze_value(v, done, memo) for k, v in value.items()})
+    elif isinstance(value, (list, tuple)):
+        frozen = tuple(_freeze_value(v, done, memo) for v in value)
+    elif isinstance(value, (set, frozenset)):
+        frozen = frozenset(_freeze_value(v, done, memo) for v in value)
+    else:
         return value
-    if isinstance(value, Mapping):
-        return MappingProxyType({k: _freeze_value(v, done) for k, v in value.items()})
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze_value(v, done) for v in value)
-    if isinstance(value, (set, frozenset)):
-        return frozenset(_freeze_value(v, done) for v in value)
-    return value
+    memo[id(value)] = (value, frozen)  # the original too: alive, its id cannot be reused meanwhile
+    return frozen
 
 
 def _is_load(stmt: ast.stmt) -> bool:
