@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -162,6 +163,10 @@ def _test(args: argparse.Namespace) -> int:
         print(f"hookrules: error: {exc}", file=sys.stderr)
         return 2
     limits = Limits(args.max_steps, args.rule_timeout)
+    if not all(math.isfinite(v) for v in (args.rule_timeout, args.hard_timeout or 0.0)) or args.rule_timeout <= 0:
+        print("hookrules: error: --rule-timeout and --hard-timeout must be finite numbers of seconds, the first "
+              "above 0", file=sys.stderr)
+        return 2
     if args.hard_timeout and args.hard_timeout <= args.rule_timeout:
         print(f"hookrules: error: --hard-timeout {args.hard_timeout} must be above --rule-timeout "
               f"{args.rule_timeout} (or 0 for no watchdog)", file=sys.stderr)

@@ -96,6 +96,7 @@ class Server:
             raise ConfigError(f"the rules directory {self.config.rules} does not exist or is not a directory (--rules)")
         self.reloader.load()
         self.reloader.start(loop)
+        self._start_watchdog(self.config.watchdog_limit)  # before any port opens: every run is watched
         self._announce(f"serving {len(self.engine.ruleset)} rule file(s) from {self.config.rules}")
         if self.config.metrics is not None:
             # access_log=None: one line per request is noise
@@ -113,12 +114,26 @@ class Server:
         # hundred calls (measured: 17 ms a pass over ~50,000 objects).
         gc.collect()
         gc.freeze()
-        if self.config.watchdog_limit:
-            self.watchdog = Watchdog(self.config.watchdog_limit)
-            self.engine.run_clock = self.watchdog.clock
         self.state = "ready"
         for service in ("", *(p.service_name for p in self.exhook.protos)):
             await self.grpc_health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    def _start_watchdog(self, limit: float) -> None:
+        """(Re)start the watchdog process with this limit; 0 stops it. Without a temporary file to share
+        (a read-only file system) the server serves on without one, and says so."""
+        if self.watchdog is not None:
+            self.engine.run_clock = None
+            self.watchdog.stop()
+            self.watchdog = None
+        if not limit:
+            return
+        try:
+            self.watchdog = Watchdog(limit)
+        except OSError as exc:
+            log.error("watchdog: cannot start (%s); serving without it: a rule step stuck in C would hang the "
+                      "server", exc)
+            return
+        self.engine.run_clock = self.watchdog.clock
 
     def _tls(self) -> tuple[bytes, bytes, ssl.SSLContext] | None:
         """Certificate, key and an HTTPS context, or None without TLS."""
@@ -186,13 +201,15 @@ class Server:
 
     async def stop(self) -> None:
         self.state = "draining"
-        await self.grpc_health.enter_graceful_shutdown()
-        await asyncio.gather(self._stop_grpc(), self._stop_http())
+        try:
+            await self.grpc_health.enter_graceful_shutdown()
+            await asyncio.gather(self._stop_grpc(), self._stop_http())
+        finally:  # whatever failed above, the watchdog, the watcher and the decision log are closed
+            self._close()
+
+    def _close(self) -> None:
         self.reloader.stop()
-        if self.watchdog is not None:
-            self.engine.run_clock = None
-            self.watchdog.stop()
-            self.watchdog = None
+        self._start_watchdog(0)
         if self.decision_log is not None:
             self.decision_log.close()
             self.decision_log = None
@@ -226,16 +243,19 @@ class Server:
         """SIGHUP: the config file's rule settings again, and every rule, library and data file rebuilt."""
         config = self.config
         if config.config_file is not None:
-            try:
+            try:  # the whole new setting is built and checked before any of it is applied
                 fresh = build_config(read_config_file(Path(config.config_file)), dict(config.overrides))
+                updated = replace(config, failure_policy=fresh.failure_policy, limits=fresh.limits,
+                                  log_level=fresh.log_level, hard_timeout=fresh.hard_timeout)
             except ConfigError as exc:
                 log.error("SIGHUP: %s; kept the running settings", exc)
             else:
-                self.engine.policies = dict(fresh.failure_policy)
-                self.engine.limits = fresh.limits
-                logging.getLogger().setLevel(fresh.log_level.upper())
-                self.config = replace(config, failure_policy=fresh.failure_policy, limits=fresh.limits,
-                                      log_level=fresh.log_level)
+                self.engine.policies = dict(updated.failure_policy)
+                self.engine.limits = updated.limits
+                logging.getLogger().setLevel(updated.log_level.upper())
+                if updated.watchdog_limit != config.watchdog_limit and self.state == "ready":
+                    self._start_watchdog(updated.watchdog_limit)
+                self.config = updated
         outcomes = self.reloader.rescan(force=True)
         failed = sum(1 for o in outcomes if o.errors)
         log.info("SIGHUP: reloaded %d file(s), %d with errors", len(outcomes), failed)

@@ -52,10 +52,9 @@ class RunClock:
 class Watchdog:
     def __init__(self, limit: float, what: str = "the server"):
         """`what` the watchdog kills, for its log line: the server, or a `hookrules test` run."""
-        self.limit = limit
-        fd, path = tempfile.mkstemp(prefix="hookrules-watchdog-")
+        self.limit = limit = float(limit)
+        fd = _shared_fd()
         try:
-            os.unlink(path)  # only the two processes hold it
             os.ftruncate(fd, _PAGE)
             page = mmap.mmap(fd, _PAGE)
             self.process = subprocess.Popen(
@@ -74,6 +73,17 @@ class Watchdog:
                 self.process.kill()
                 self.process.wait(5)
         self.clock.close()
+
+
+def _shared_fd() -> int:
+    """A file only the two processes hold: memfd on Linux (no file system needed), else a temporary
+    file removed at once."""
+    try:
+        return os.memfd_create("hookrules-watchdog")
+    except (AttributeError, OSError):
+        fd, path = tempfile.mkstemp(prefix="hookrules-watchdog-")
+        os.unlink(path)
+        return fd
 
 
 def watch(server: int, fd: int, limit: float, what: str = "the server") -> int:

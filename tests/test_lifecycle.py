@@ -133,6 +133,33 @@ def test_sighup_keeps_what_the_command_line_set(start_server: Any, tmp_path: Pat
     assert authorize() is True  # the flag's allow, not the file's deny
 
 
+def watchdog_argv(server_pid: int) -> list[list[str]]:
+    """The command lines of the watchdog processes watching this server."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # ended while we looked
+            continue
+        if argv[1:4] == ["-m", "hookrules.watchdog", str(server_pid)]:
+            found.append(argv)
+    return found
+
+
+def test_sighup_applies_new_limits_together_and_restarts_the_watchdog(start_server: Any, tmp_path: Path) -> None:
+    """From rule_timeout 1 / hard_timeout 2 to 3 / 6: checked one by one against the running values, the
+    new rule timeout was refused after it had already been applied, and the watchdog kept its 2 s."""
+    config = tmp_path / "hookrules.toml"
+    config.write_text("[limits]\nrule_timeout = 1\nhard_timeout = 2\n")
+    server: ServerProcess = start_server(tmp_path, "--config", str(config))
+    assert [argv[5] for argv in watchdog_argv(server.proc.pid)] == ["2.0"]
+    config.write_text("[limits]\nrule_timeout = 3\nhard_timeout = 6\n")
+    server.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "SIGHUP: reloaded" in server.log())
+    assert "Traceback" not in server.log() and "kept the running settings" not in server.log()
+    assert wait_for(lambda: [argv[5] for argv in watchdog_argv(server.proc.pid)] == ["6.0"])
+
+
 def test_the_watchdog_kills_a_server_held_by_one_endless_step(start_server: Any, tmp_path: Path,
                                                               stubs: dict[str, Stubs]) -> None:
     """One C call the guards did not foresee (max() comparing lists that share their parts, a million
@@ -163,19 +190,7 @@ def test_the_watchdog_kills_a_server_held_by_one_endless_step(start_server: Any,
     assert answered == "UNAVAILABLE"
     log = server.log()
     assert "watchdog: a run of the client.authenticate rule has held the server for over 1 s" in log, log[-2000:]
-    mine = ["-m", "hookrules.watchdog", str(server.proc.pid)]
-
-    def watchdog_gone() -> bool:
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-            try:
-                argv = cmdline.read_bytes().decode(errors="replace").split("\0")
-            except OSError:  # ended while we looked
-                continue
-            if argv[1:4] == mine:
-                return False
-        return True
-
-    assert wait_for(watchdog_gone, timeout=10), "the watchdog outlived the server"
+    assert wait_for(lambda: not watchdog_argv(server.proc.pid), timeout=10), "the watchdog outlived the server"
 
 
 def test_http_calls_past_the_limit_are_shed(start_server: Any, tmp_path: Path) -> None:
