@@ -37,13 +37,15 @@ def redact(message: str, secrets: tuple[str | bytes, ...]) -> str:
     and, for secrets of four characters or more, its bare text.
     """
     for secret in secrets:
+        if not isinstance(secret, (str, bytes)):  # a hand-written test event may say password: 1234
+            secret = str(secret)
         if not secret:
             continue
-        shown = repr(secret)
-        forms = [shown, shown[:_REPR_CUT]]
+        text = secret if isinstance(secret, str) else secret.decode("utf-8", "replace")
+        forms = {repr(secret), repr(secret)[:_REPR_CUT], repr(text), repr(text)[:_REPR_CUT]}
         if len(secret) >= 4:
-            forms.append(secret if isinstance(secret, str) else secret.decode("utf-8", "replace"))
-        for form in forms:
+            forms.add(text)
+        for form in sorted(forms, key=len, reverse=True):  # the whole quoted value before a cut of it
             if form in message:
                 message = message.replace(form, REDACTED)
     if len(message) > MAX_MESSAGE:

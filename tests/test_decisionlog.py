@@ -81,6 +81,7 @@ LEAKY_RULES = {
     "{}[client.password]": "KeyError",
     "{}[message.payload]": "KeyError",
     "float(client.password + client.password)": "could not convert",
+    "int(message.payload.decode())": "invalid literal for int()",  # quoted as str, not as bytes
 }
 
 
@@ -91,7 +92,7 @@ def test_error_messages_do_not_carry_secrets(expr: str, tmp_path: Path, caplog: 
     ruleset, _ = scan(tmp_path, RuleSet())
     engine = Engine(ruleset, decision_log=DecisionLog(out))
     secret_event = Event("message.publish", "emqx", Client(id="c", password="hunter2-pw"),
-                         frozen_map({"message": Message(topic="a/b", payload=b"TOP-SECRET-" * 40)}))
+                         frozen_map({"message": Message(topic="a/b", payload=b"TOP-SECRET-'\"\\n" * 40)}))
     with caplog.at_level(logging.ERROR):
         outcome = engine.decide(secret_event)
     assert outcome.error is not None and LEAKY_RULES[expr] in outcome.error.message
@@ -123,3 +124,11 @@ def test_with_the_log_on_stdout_stdout_holds_only_json_lines(start_server: Any, 
     first = json.loads(server.proc.stdout.readline())
     assert (first["hook"], first["decision"]) == ("client.authenticate", "allow")
     server.stop()
+
+
+def test_a_password_that_is_not_text_is_redacted_without_a_crash(tmp_path: Path) -> None:
+    """A hand-written test event may give `password: 1234`; a failing rule must not crash the run."""
+    (tmp_path / "client.authenticate.star").write_text("x = {}[str(client.password)]\nallow()\n")
+    ruleset, _ = scan(tmp_path, RuleSet())
+    outcome = Engine(ruleset).decide(Event("client.authenticate", "emqx", Client(id="c", password=1234)))  # type: ignore[arg-type]
+    assert outcome.error is not None and "1234" not in outcome.error.message
