@@ -639,6 +639,10 @@ CONTAINED_RUNS: list[tuple[str, str, float, tuple[str, ...]]] = [
      "for i in range(1000):\n    A.append(a)\n    B.append(b)\nD = []\nE = []\n"
      "for i in range(1000):\n    D.append(A)\n    E.append(B)\nif D == E:\n    allow()\n", 1.0,
      ("runtime_error",)),
+    # the walk guard must not turn a lookup into a walk: `in` a set hashes only what it looks for
+    ("in-a-set-of-a-million-items-is-a-lookup",
+     "S = {tuple(range(i, i + 45)) for i in range(25000)}\nif tuple(range(1, 46)) in S:\n    allow()\n", 2.0,
+     ("decision",)),
     ("hash-of-a-tuple-repeated-three-deep", "a = tuple(range(1000))\nA = (a,) * 1000\nD = (A,) * 1000\n"
      "x = {D: 1}\nallow()\n", 0.1, ("runtime_error",)),
     ("json-integers-equal-modulo-the-int-hash",

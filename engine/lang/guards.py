@@ -104,8 +104,17 @@ def _check_repeat(seq: Any, times: int) -> None:
                          "each time they appear)")
 
 
-def check_walk(a: Any, b: Any) -> None:
-    """Before comparing two containers (==, <, `in`): the C code walks both, past any deadline."""
+#: containers `in` looks up by hash: it walks only what it looks for
+HASHED = frozenset({set, frozenset, dict, MappingProxyType})
+
+
+def check_walk(a: Any, b: Any, op: type[ast.cmpop] | None = None) -> None:
+    """Before comparing two containers (==, <, `in`): the C code walks both, past any deadline. `in`
+    a set or dict hashes the left side only, and `is` walks nothing."""
+    if op is ast.Is or op is ast.IsNot:
+        return
+    if (op is ast.In or op is ast.NotIn) and b.__class__ in HASHED:
+        b = ()
     if walk_size(a) > MAX_WALK or walk_size(b) > MAX_WALK:
         raise TooBig(f"comparing these values would walk over {MAX_WALK} items (lists inside count each "
                      "time they appear)")

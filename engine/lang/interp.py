@@ -413,13 +413,14 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         if len(ops) == 1:  # a == b: no chain to walk
             right_node = node.comparators[0]
             right = right_node.hr_run(right_node)
+            op = ops[0].__class__
             if left.__class__ in CONTAINERS and right.__class__ in CONTAINERS:
-                check_walk(left, right)
-            return bool(OPERATORS[ops[0].__class__](left, right))
+                check_walk(left, right, op)
+            return bool(OPERATORS[op](left, right))
         for op, right_node in zip(ops, node.comparators):
             right = right_node.hr_run(right_node)
             if left.__class__ in CONTAINERS and right.__class__ in CONTAINERS:
-                check_walk(left, right)
+                check_walk(left, right, op.__class__)
             if not OPERATORS[op.__class__](left, right):
                 return False
             left = right

@@ -86,7 +86,7 @@ class TracingInterpreter(RuleInterpreter):
             shown.append(_OP_TEXT.get(op.__class__, "?"))
             shown.append(show(right))
             if left.__class__ in CONTAINERS and right.__class__ in CONTAINERS:
-                check_walk(left, right)  # the same guard as the interpreter it traces
+                check_walk(left, right, op.__class__)  # the same guard as the interpreter it traces
             if not OPERATORS[op.__class__](left, right):
                 result = False
                 break
