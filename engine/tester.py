@@ -27,7 +27,7 @@ from .eventspec import SpecError, build_event
 from .hooks import HOOKS, Policy
 from .ruleset import FileOutcome, Limits, RuleSet, scan
 from .watchdog import RunClock
-from .lang.builtins import RULE_LOGGER
+from .lang.builtins import RULE_LOGGER, unlimited_log
 from .lang.interp import RuleInterpreter
 from .lang.loader import strip_loads
 from .lang.trace import TracingInterpreter, statement_lines
@@ -269,8 +269,9 @@ def run_tests(directory: Path, out: TextIO, *, coverage: bool = False, verbose: 
         except (OSError, ValueError, yaml.YAMLError) as exc:
             results.append(CaseResult(shown, "(file)", [f"cannot read the test file: {exc}"]))
             continue
-        for index, (line, raw) in enumerate(cases):
-            results.append(run_case(engine, parse_case(shown, line, index, raw)))
+        with unlimited_log():
+            for index, (line, raw) in enumerate(cases):
+                results.append(run_case(engine, parse_case(shown, line, index, raw)))
     for r in results:
         if verbose or not r.passed:
             out.write(f"{r.file}::{r.name} {'PASSED' if r.passed else 'FAILED'}\n")

@@ -376,3 +376,30 @@ def test_topic_filter_test_equals_topic_match_over_the_filters(filters: list[str
 ])
 def test_topic_filter_test_cases(filters: list[str], topic: str, expected: bool) -> None:
     assert topic_filter_test(filters)(topic) is expected
+
+
+def test_log_is_limited_to_fifty_lines_a_second_per_file(monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A log() in a loop wrote thousands of lines per event (found by audit): past 50 a second they
+    are dropped, and the next line after the second says how many."""
+    from types import SimpleNamespace
+
+    from hookrules.lang import builtins as rule_builtins
+
+    now = [1000.0]
+    monkeypatch.setattr(rule_builtins, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    log = rule_builtins.make_log("rules/x.star")
+    with caplog.at_level(logging.INFO, logger="hookrules.rule"):
+        for i in range(60):
+            log(f"line {i}")
+        assert [r.getMessage() for r in caplog.records][-1] == "rules/x.star: line 49"
+        assert len(caplog.records) == 50
+        now[0] += 1.5
+        log("later")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[-2:] == ["rules/x.star: 10 log() lines dropped (over 50 a second)", "rules/x.star: later"]
+    with rule_builtins.unlimited_log(), caplog.at_level(logging.INFO, logger="hookrules.rule"):
+        caplog.clear()  # hookrules test: every case shows what it logged
+        for i in range(60):
+            log(f"again {i}")
+    assert len(caplog.records) == 60

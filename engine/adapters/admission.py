@@ -21,7 +21,7 @@ class Admission:
     def __init__(self, limit: int):
         self.limit = limit
         self.in_flight = 0
-        #: when a call was last admitted or answered (time.monotonic)
+        #: when a call was last seen or answered (time.perf_counter, which the handlers read anyway)
         self.last_activity = 0.0
 
     def enter(self) -> bool:
@@ -34,8 +34,8 @@ class Admission:
 
     def leave(self) -> None:
         self.in_flight -= 1
-        self.last_activity = time.monotonic()
+        self.last_activity = time.perf_counter()
 
     def quiet_for(self, seconds: float) -> bool:
         """No call waiting or running, and none answered in the last `seconds`."""
-        return self.in_flight == 0 and time.monotonic() - self.last_activity >= seconds
+        return self.in_flight == 0 and time.perf_counter() - self.last_activity >= seconds

@@ -284,8 +284,11 @@ class ExhookAdapter:
                 return await self.refuse(request, hook, context)
             started = time.perf_counter()
             if not engine.needs_event(hook):  # no rule: answered at once, nothing to queue for
+                admission.last_activity = started  # a draining server waits for these to stop too
                 try:
                     return reply(request, engine.skip(BROKER, hook).decision)
+                except Exception:  # a bug of ours must still give EMQX an answer it understands
+                    return replies.ignore if reply is not replies.notify else replies.empty
                 finally:
                     timer.observe(time.perf_counter() - started)
             if not admission.enter():
