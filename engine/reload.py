@@ -215,7 +215,8 @@ class Reloader:
         # watchdog reports the files of a new subdirectory as created with no close to follow
         # (ConfigMaps), so tracking writes there would hold every rescan for WRITE_TIMEOUT.
         writing = frozenset(hook for hook in map(hook_for_file, self._writing) if hook is not None)
-        ruleset, outcomes = scan(self.directory, previous, writing, force=force, settle=settle, removable=removable)
+        ruleset, outcomes = scan(self.directory, previous, writing, force=force, settle=settle, removable=removable,
+                                 run_clock=self.engine.run_clock)
         missing = {o.hook for o in outcomes if o.result == "missing"}
         self._missing_since = {hook: self._missing_since.get(hook, now) for hook in missing}
         if self._loop is not None:

@@ -134,6 +134,8 @@ class Context:
     data: DataSet = DataSet()
     #: the interpreter class rules run on (hookrules test/eval use a tracing one)
     interpreter: type[RuleInterpreter] = RuleInterpreter
+    #: the watchdog's clock (watchdog.RunClock), if any, for libraries' top levels
+    run_clock: Any = None
 
 
 DATA_DEP = "data/"  # the deps key of the data files' version
@@ -172,9 +174,13 @@ def compile_rule(path: str, data: bytes, hook: HookInfo, context: Context = Cont
             raise RuleLoadError([RuleError("load_error", Location(path, checked.loads[0].node.lineno, 1),
                                            "load() needs the rules directory, which this compile has not got",
                                            "compile the rule with its directory's Context")])
-        linker = Linker(context.libraries, interp, lambda lib: _common_names(lib, context.data), deps)
+        linker = Linker(context.libraries, interp, lambda lib: _common_names(lib, context.data), deps,
+                        run_clock=context.run_clock)
         try:
             base.update(linker.bind(checked.loads, path, lines))
+        except RuleLoadError as exc:  # what it was built from, so an unchanged broken rule is not rebuilt
+            exc.deps = tuple(sorted({**deps, DATA_DEP: context.data.version}.items()))  # type: ignore[attr-defined]
+            raise
         except RecursionError:
             raise RuleLoadError([RuleError("load_error", Location(path, checked.loads[0].node.lineno, 1),
                                            "libraries load each other too deeply", "flatten the chain of load() calls")]) from None
@@ -198,6 +204,18 @@ def _declares_topics(stmt: ast.stmt) -> bool:
             and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id == TOPICS_NAME)
 
 
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A rule that failed while running its libraries' top levels, and the file and library versions
+    it failed with: a rescan that finds them unchanged reports the same errors without running the
+    libraries again (a slow one held the event loop on every periodic rescan)."""
+
+    path: str
+    file_version: str
+    deps: tuple[tuple[str, str], ...]
+    errors: tuple[RuleError, ...]
+
+
 @dataclass(frozen=True)
 class RuleSet:
     """Immutable {hook name: CompiledRule}; a reload makes a new one."""
@@ -208,6 +226,8 @@ class RuleSet:
     broken: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # hook -> path
     #: the data files every rule was compiled with
     data: DataSet = DataSet()
+    #: rule files whose libraries failed to load, and what that was built from (see Failure)
+    failed: Mapping[str, Failure] = field(default_factory=lambda: MappingProxyType({}))
 
     def get(self, hook: str) -> CompiledRule | None:
         return self.rules.get(hook)
@@ -248,7 +268,8 @@ def rule_files(directory: Path) -> Iterator[Path]:
 
 def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
          interpreter: type[RuleInterpreter] = RuleInterpreter, force: bool = False,
-         settle: float = 0.0, removable: frozenset[str] | None = None) -> tuple[RuleSet, list[FileOutcome]]:
+         settle: float = 0.0, removable: frozenset[str] | None = None,
+         run_clock: Any = None) -> tuple[RuleSet, list[FileOutcome]]:
     """Build the rule set from the directory's current files, reusing what has not changed.
 
     A rule is rebuilt when its file, a library it loads or the data files change. `hold` names hooks
@@ -261,9 +282,10 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
     look at the directory may have caught another moment of an editor's save.
     """
     data, outcomes = _scan_data(directory, previous.data)  # unchanged data is the same data: no need to force
-    context = Context(Libraries(directory), data, interpreter)
+    context = Context(Libraries(directory), data, interpreter, run_clock)
     rules: dict[str, CompiledRule] = {}
     broken: dict[str, str] = {}
+    failed: dict[str, Failure] = {}
     seen: set[str] = set()
     for path in rule_files(directory):
         shown = str(path)
@@ -302,18 +324,28 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
             rules[hook_name] = old
             outcomes.append(FileOutcome(hook_name, "unchanged", shown, old.version))
             continue
-        try:
-            rule = compile_rule(shown, raw, HOOKS[hook_name], context)
-        except RuleLoadError as exc:
-            outcomes.append(FileOutcome(hook_name, "error", shown, version, tuple(exc.errors),
-                                        kept_version=old.version if old else ""))
-            if old is not None:
-                rules[hook_name] = old
+        failure = previous.failed.get(hook_name)
+        if (not force and failure is not None and failure.path == shown and failure.file_version == version
+                and _versions_current(failure.deps, context)):
+            errors: tuple[RuleError, ...] = failure.errors  # nothing it was built from changed: same errors
+            failed[hook_name] = failure
+        else:
+            try:
+                rule = compile_rule(shown, raw, HOOKS[hook_name], context)
+            except RuleLoadError as exc:
+                errors = tuple(exc.errors)
+                deps = getattr(exc, "deps", ())
+                if deps:  # it ran libraries: not again on every rescan while nothing changes
+                    failed[hook_name] = Failure(shown, version, deps, errors)
             else:
-                broken[hook_name] = shown
-            continue
-        rules[hook_name] = rule
-        outcomes.append(FileOutcome(hook_name, "loaded", shown, rule.version))
+                rules[hook_name] = rule
+                outcomes.append(FileOutcome(hook_name, "loaded", shown, rule.version))
+                continue
+        outcomes.append(FileOutcome(hook_name, "error", shown, version, errors, kept_version=old.version if old else ""))
+        if old is not None:
+            rules[hook_name] = old
+        else:
+            broken[hook_name] = shown
     for hook_name, old in previous.rules.items():
         if hook_name in seen:
             continue
@@ -324,7 +356,7 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
             outcomes.append(FileOutcome(hook_name, "missing", old.path, old.version))
         else:
             outcomes.append(FileOutcome(hook_name, "removed", old.path, old.version))
-    return RuleSet(MappingProxyType(rules), MappingProxyType(broken), data), outcomes
+    return RuleSet(MappingProxyType(rules), MappingProxyType(broken), data, MappingProxyType(failed)), outcomes
 
 
 def _read_settled(path: Path, settle: float) -> bytes | None:
@@ -341,7 +373,11 @@ def _read_settled(path: Path, settle: float) -> bytes | None:
 
 def _deps_current(rule: CompiledRule, context: Context) -> bool:
     """Whether every library the rule loaded and the data files are as they were when it compiled."""
-    for module, version in rule.deps:
+    return _versions_current(rule.deps, context)
+
+
+def _versions_current(deps: tuple[tuple[str, str], ...], context: Context) -> bool:
+    for module, version in deps:
         current = context.data.version if module == DATA_DEP else context.libraries.version(module)  # type: ignore[union-attr]
         if current != version:
             return False

@@ -94,9 +94,9 @@ class Server:
         tls = self._tls()
         if not self.config.rules.is_dir():  # a mistyped path must not serve "no rules" (ignore everything)
             raise ConfigError(f"the rules directory {self.config.rules} does not exist or is not a directory (--rules)")
+        self._start_watchdog(self.config.watchdog_limit)  # before the first load: libraries run too
         self.reloader.load()
         self.reloader.start(loop)
-        self._start_watchdog(self.config.watchdog_limit)  # before any port opens: every run is watched
         self._announce(f"serving {len(self.engine.ruleset)} rule file(s) from {self.config.rules}")
         if self.config.metrics is not None:
             # access_log=None: one line per request is noise
@@ -253,7 +253,9 @@ class Server:
                 self.engine.policies = dict(updated.failure_policy)
                 self.engine.limits = updated.limits
                 logging.getLogger().setLevel(updated.log_level.upper())
-                if updated.watchdog_limit != config.watchdog_limit and self.state == "ready":
+                running = self.watchdog.limit if self.watchdog is not None else 0.0
+                if updated.watchdog_limit != running and self.state != "draining":
+                    log.info("SIGHUP: watchdog limit %g s (was %g s)", updated.watchdog_limit, running)
                     self._start_watchdog(updated.watchdog_limit)
                 self.config = updated
         outcomes = self.reloader.rescan(force=True)

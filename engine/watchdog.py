@@ -98,11 +98,13 @@ def watch(server: int, fd: int, limit: float, what: str = "the server") -> int:
         started = view[0]
         if started and time.monotonic() - started > limit:
             index = int(view[1])
-            hook = _HOOKS[index] if 0 <= index < len(_HOOKS) else "?"
-            print(f"hookrules: watchdog: a run of the {hook} rule has held {what} for over {limit:g} s "
+            hook = _HOOKS[index] if 0 <= index < len(_HOOKS) else ""
+            running = f"a run of the {hook} rule" if hook else "a library's top level, loading,"
+            print(f"hookrules: watchdog: {running} has held {what} for over {limit:g} s "
                   f"(--hard-timeout) in one step the sandbox could not interrupt; killing {what} (SIGKILL)"
                   + (" so that its supervisor restarts it" if what == "the server" else "")
-                  + f". Fix the rule: 'hookrules eval {hook}' runs it alone.", file=sys.stderr, flush=True)
+                  + (f". Fix the rule: 'hookrules eval {hook}' runs it alone." if hook else
+                     ". Fix the library: 'hookrules check' loads it alone."), file=sys.stderr, flush=True)
             os.kill(server, signal.SIGKILL)
             return 0
     return 0

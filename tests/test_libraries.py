@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +190,25 @@ def test_the_server_reloads_a_rule_when_its_library_is_saved(start_server: Any, 
     assert wait_for(lambda: allowed("home/bob/x"), timeout=10)
     assert not allowed("users/bob/x")
     assert "a library or data file it uses changed" in server.log()
+
+
+def test_a_rule_whose_library_fails_is_not_rebuilt_until_something_changes(tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A failing library's top level ran again on every rescan (one every 30 s), holding the event loop
+    each time if it was slow (found by review). Result: the same errors are reported from what the
+    last scan found, and the library runs again only once it (or the rule, or the data) changed."""
+    write(tmp_path, {"lib/slow.star": 'log("ran")\nx = {}["k"]\n',
+                     "client.authorize.star": 'load("lib/slow.star", "x")\nallow()\n'})
+
+    def runs() -> int:
+        return sum(1 for r in caplog.records if r.getMessage().endswith(": ran"))
+
+    with caplog.at_level(logging.INFO, logger="hookrules.rule"):
+        rs, first = scan(tmp_path, RuleSet())
+        rs, again = scan(tmp_path, rs)
+        assert runs() == 1
+        assert [o.errors for o in again] == [o.errors for o in first] and again[0].result == "error"
+        assert rs.broken == {"client.authorize": str(tmp_path / "client.authorize.star")}
+        (tmp_path / "lib/slow.star").write_text('log("ran")\nx = 1\n')
+        rs, fixed = scan(tmp_path, rs)
+    assert runs() == 2 and [o.result for o in fixed] == ["loaded"]

@@ -133,6 +133,13 @@ def test_sighup_keeps_what_the_command_line_set(start_server: Any, tmp_path: Pat
     assert authorize() is True  # the flag's allow, not the file's deny
 
 
+#: max() over lists that share their parts: a million million comparisons in one C call
+ENDLESS_STEP = ("a = [0] * 1000\nb = [0] * 1000\nA = []\nB = []\nfor i in range(1000):\n    A.append(a)\n    B.append(b)\n"
+                "D = []\nE = []\nfor i in range(1000):\n    D.append(A)\n    E.append(B)\n"
+                "F = []\nG = []\nfor i in range(1000):\n    F.append(D)\n    G.append(E)\n"
+                "x = max([F, G])\nallow()\n")
+
+
 def watchdog_argv(server_pid: int) -> list[list[str]]:
     """The command lines of the watchdog processes watching this server."""
     found = []
@@ -160,6 +167,19 @@ def test_sighup_applies_new_limits_together_and_restarts_the_watchdog(start_serv
     assert wait_for(lambda: [argv[5] for argv in watchdog_argv(server.proc.pid)] == ["6.0"])
 
 
+def test_the_watchdog_watches_a_librarys_top_level_too(tmp_path: Path) -> None:
+    """A library runs its top level when the rules load, on the same event loop: one endless C step there
+    held the server too, with no watchdog (found by review). Result: killed, the library named."""
+    rules = tmp_path / "rules"
+    (rules / "lib").mkdir(parents=True)
+    (rules / "lib" / "slow.star").write_text(ENDLESS_STEP.replace("allow()\n", ""))
+    (rules / "client.authenticate.star").write_text('load("lib/slow.star", "x")\nallow()\n')
+    result = serve_check("--rules", str(rules), "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0", "--metrics", "off",
+                         "--hard-timeout", "1")
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert "watchdog: a library's top level, loading, has held the server for over 1 s" in result.stderr
+
+
 def test_the_watchdog_kills_a_server_held_by_one_endless_step(start_server: Any, tmp_path: Path,
                                                               stubs: dict[str, Stubs]) -> None:
     """One C call the guards did not foresee (max() comparing lists that share their parts, a million
@@ -170,11 +190,7 @@ def test_the_watchdog_kills_a_server_held_by_one_endless_step(start_server: Any,
     """
     rules = tmp_path / "rules"
     rules.mkdir()
-    (rules / "client.authenticate.star").write_text(
-        "a = [0] * 1000\nb = [0] * 1000\nA = []\nB = []\nfor i in range(1000):\n    A.append(a)\n    B.append(b)\n"
-        "D = []\nE = []\nfor i in range(1000):\n    D.append(A)\n    E.append(B)\n"
-        "F = []\nG = []\nfor i in range(1000):\n    F.append(D)\n    G.append(E)\n"
-        "x = max([F, G])\nallow()\n")
+    (rules / "client.authenticate.star").write_text(ENDLESS_STEP)
     server: ServerProcess = start_server(rules, "--hard-timeout", "1", "--rule-timeout", "0.5")
     s = stubs["v3"]
     pb = s.pb2

@@ -27,6 +27,8 @@ from .interp import RuleFunction, RuleInterpreter
 
 #: a library's top level runs once per compile; it gets the same bounds as a rule run
 LIBRARY_MAX_STEPS = 100_000
+#: what the watchdog is told runs while a library's top level does (it is no hook)
+LIBRARY_RUN = "library"
 LIBRARY_TIMEOUT = 1.0
 MAX_LOAD_DEPTH = 32  # libraries loading libraries
 
@@ -118,6 +120,8 @@ class Linker:
     base: Callable[[str], dict[str, Any]]  # the names a library starts with, given its path (log is per file)
     deps: dict[str, str]  # module -> version of every library reached
     sources: dict[str, tuple[str, ...]] = field(default_factory=dict)  # path -> lines, for error locations
+    #: the watchdog's clock (watchdog.RunClock), if any: a library's top level runs on the event loop too
+    run_clock: Any = None
 
     def bind(self, loads: tuple[LoadSpec, ...], importer: str, lines: tuple[str, ...],
              stack: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -165,6 +169,9 @@ class Linker:
         env = self.base(lib.path)
         env.update(self.bind(lib.checked.loads, lib.path, lib.lines, stack))
         self.interp.prepare(tree, lib.path)
+        clock = self.run_clock
+        if clock is not None:
+            clock.started(LIBRARY_RUN)
         try:
             self.interp.execute(tree, env, LIBRARY_MAX_STEPS, time.monotonic() + LIBRARY_TIMEOUT)
         except Exception as exc:
@@ -174,6 +181,9 @@ class Linker:
         except BaseException as exc:  # RuleAbort: over its budget
             raise RuleLoadError([_at(lib.path, lib.lines, getattr(exc, "node", None), str(exc),
                                      "keep a library's top level small")]) from None
+        finally:
+            if clock is not None:
+                clock.finished()
         # Starlark freezes a module once it has run: no run can change what the next one sees. In
         # place: the module's functions keep this very dict as their globals.
         try:
