@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -48,9 +49,33 @@ def redact(message: str, secrets: tuple[str | bytes, ...]) -> str:
         for form in sorted(forms, key=len, reverse=True):  # the whole quoted value before a cut of it
             if form in message:
                 message = message.replace(form, REDACTED)
+    message = _QUOTED.sub(lambda m: REDACTED if _part_of_a_secret(m.group(0), secrets) else m.group(0), message)
     if len(message) > MAX_MESSAGE:
         message = message[:MAX_MESSAGE] + "..."
     return message
+
+
+#: a quoted literal in an error message, as Python's repr writes one: 'x', "x", b'x', b"x"
+_QUOTED = re.compile(r"b?'(?:[^'\\]|\\.)*'" + r'|b?"(?:[^"\\]|\\.)*"')
+
+
+def _part_of_a_secret(quoted: str, secrets: tuple[object, ...]) -> bool:
+    """Whether a quoted value is a piece of a secret of three characters or more, whatever its case:
+    int(client.password.split(":")[1]) quotes only the part after the colon."""
+    try:
+        value = ast.literal_eval(quoted)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return False
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str) or len(value) < 3:
+        return False
+    piece = value.casefold()
+    for secret in secrets:
+        text = secret.decode("utf-8", "replace") if isinstance(secret, bytes) else str(secret)
+        if piece in text.casefold():
+            return True
+    return False
 
 
 def char_col(line: str, byte_offset: int) -> int:

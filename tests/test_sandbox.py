@@ -33,7 +33,7 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
-from hookrules.decisions import Decision, Deny
+from hookrules.decisions import Allow, Decision, Deny
 from hookrules.engine import Engine
 from hookrules.errors import RuleError, RuleLoadError
 from hookrules.lang.loader import Libraries
@@ -1109,6 +1109,18 @@ def test_a_library_cannot_keep_a_method_of_a_mutable_value(tmp_path: Path, kept:
     _, outcomes = scan_rules(tmp_path)
     errors = [e.one_line() for o in outcomes.values() for e in o.errors]
     assert any("runs could share state through it" in e and LIB in e for e in errors), errors
+    assert any(f"'{kept.split()[0]}'" in e for e in errors), errors
+
+
+def test_a_library_may_keep_a_method_that_only_reads(tmp_path: Path) -> None:
+    """lookup = TABLE.get is fine: it is bound to the frozen table (refusing it broke valid libraries)."""
+    write(tmp_path, {LIB: "TABLE = {'alice': 'a/#'}\nlookup = TABLE.get\nTAGS = [1, 2, 1]\ncount = TAGS.count\n",
+                     "client.authorize.star": f'load("{LIB}", "lookup", "count")\n'
+                                              'if lookup(client.username) == "a/#" and count(1) == 2:\n'
+                                              '    allow()\ndeny("no")\n'})
+    ruleset, outcomes = scan_rules(tmp_path)
+    assert not [e.one_line() for o in outcomes.values() for e in o.errors]
+    assert Engine(ruleset).decide(authz_event("alice")).decision == Allow()
 
 
 def test_a_library_of_shared_parts_freezes_in_linear_time(tmp_path: Path) -> None:

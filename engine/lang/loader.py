@@ -204,6 +204,9 @@ class _MutableMethod(ValueError):
 
 
 _MUTABLE = (list, dict, set, bytearray)
+#: methods that only read: kept, bound to the frozen value instead
+_READ_ONLY_METHODS = frozenset({"get", "keys", "values", "items", "count", "index", "isdisjoint", "issubset",
+                                "issuperset", "union", "intersection", "difference", "symmetric_difference"})
 
 
 def _freeze_scope(scope: dict[str, Any], done: set[int], memo: dict[int, tuple[Any, Any]]) -> None:
@@ -214,7 +217,10 @@ def _freeze_scope(scope: dict[str, Any], done: set[int], memo: dict[int, tuple[A
         return
     done.add(id(scope))
     for key, value in scope.items():
-        scope[key] = _freeze_value(value, done, memo)
+        try:
+            scope[key] = _freeze_value(value, done, memo)
+        except _MutableMethod as exc:
+            raise _MutableMethod(f"'{key}': {exc}") from None
 
 
 def _freeze_value(value: Any, done: set[int], memo: dict[int, tuple[Any, Any]]) -> Any:
@@ -229,8 +235,12 @@ def _freeze_value(value: Any, done: set[int], memo: dict[int, tuple[Any, Any]]) 
         _freeze_scope(value._env, done, memo)
         frozen = value
     elif isinstance(value, BuiltinMethodType) and isinstance(getattr(value, "__self__", None), _MUTABLE):
-        raise _MutableMethod(f"a library value is the method {value.__name__}() of a "
-                             f"{type(value.__self__).__name__}: runs could share state through it")
+        name = value.__name__
+        owner = _freeze_value(value.__self__, done, memo)
+        if name not in _READ_ONLY_METHODS or not hasattr(owner, name):
+            raise _MutableMethod(f"a library value is the method {name}() of a {type(value.__self__).__name__}: "
+                                 "runs could share state through it")
+        frozen = getattr(owner, name)  # lookup = TABLE.get: the same method of the frozen table
     elif isinstance(value, Mapping):
         frozen = MappingProxyType({k: _freeze_value(v, done, memo) for k, v in value.items()})
     elif isinstance(value, (list, tuple)):
