@@ -8,13 +8,14 @@ a file in data/ the server does not read, and the test tables.
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import TextIO
 
 from .datafiles import DATA_DIR, SUFFIXES
 from .errors import Location, RuleError, RuleLoadError
-from .lang.loader import Libraries
-from .ruleset import DATA_HOOK, RuleSet, scan
+from .lang.loader import Libraries, module_path_problem
+from .ruleset import DATA_HOOK, RuleSet, rule_files, scan
 from .tester import TESTS_DIR, check_test_files, test_files
 
 LIBRARY_SUFFIX = ".star"
@@ -22,10 +23,9 @@ LIBRARY_SUFFIX = ".star"
 
 def check_directory(directory: Path, out: TextIO, err: TextIO) -> int:
     """Print every problem as file:line:col, and a summary; the exit status (0: none, 1: some)."""
-    ruleset, outcomes = scan(directory, RuleSet())
+    _, outcomes = scan(directory, RuleSet())
     errors = [e for o in outcomes for e in o.errors]
-    reached = {module for rule in ruleset.rules.values() for module, _ in rule.deps}
-    reached |= {module for e in errors if (module := _module_of(directory, e.location.file))}
+    reached = _loaded_modules(directory)
     libraries = Libraries(directory)
     unused = [m for m in _library_modules(directory) if m not in reached]
     for module in unused:
@@ -67,6 +67,8 @@ def _library_modules(directory: Path) -> list[str]:
     """Every .star file below a subdirectory (where libraries live), as load() would name it."""
     found = []
     for path in sorted(directory.rglob(f"*{LIBRARY_SUFFIX}")):
+        if not path.is_file():  # a directory named like one
+            continue
         rel = path.relative_to(directory)
         if len(rel.parts) > 1 and rel.parts[0] not in (TESTS_DIR, DATA_DIR) \
                 and not any(p.startswith(".") for p in rel.parts):
@@ -74,11 +76,26 @@ def _library_modules(directory: Path) -> list[str]:
     return found
 
 
-def _module_of(directory: Path, file: str) -> str | None:
-    try:
-        return Path(file).relative_to(directory).as_posix()
-    except ValueError:
-        return None
+def _loaded_modules(directory: Path) -> set[str]:
+    """What the rule files load, and what those libraries load in turn, read from their load()
+    statements: a rule that fails on an error of its own still loads its libraries."""
+    todo = [p for p in rule_files(directory)]
+    seen: set[str] = set()
+    while todo:
+        path = todo.pop()
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
+            continue
+        for stmt in tree.body:
+            call = stmt.value if isinstance(stmt, ast.Expr) else None
+            if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "load" and call.args
+                    and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str)):
+                module = call.args[0].value
+                if module not in seen and not module_path_problem(module):
+                    seen.add(module)
+                    todo.append(directory / module)
+    return seen
 
 
 def _ignored_data_files(directory: Path) -> list[Path]:

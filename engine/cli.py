@@ -26,7 +26,7 @@ from .config import (
     parse_policy,
     read_config_file,
 )
-from .lang.builtins import RULE_LOGGER
+from .lang.builtins import RULE_LOGGER, unlimited_log
 from .ruleset import Limits
 
 if TYPE_CHECKING:
@@ -193,11 +193,16 @@ def _eval(args: argparse.Namespace) -> int:
         from .adapters.raw import RawEventError, raw_events  # the adapters read what brokers send
 
         try:
+            if not isinstance(spec, dict):
+                raise RawEventError("the event is a JSON object, as the broker sends it")
             events = raw_events(args.hook, json.dumps(spec), vernemq_base64=args.vernemq_base64 == "on")
-        except RawEventError as exc:
+        except (RawEventError, TypeError, ValueError) as exc:  # TypeError: a YAML date is no JSON
             print(f"hookrules: error: --raw: {exc}", file=sys.stderr)
             return 2
-    with _watchdog(None, Limits(), "this eval") as clock:
+        if not events:
+            print("hookrules: error: --raw: the body asks about no topic, so no rule runs", file=sys.stderr)
+            return 2
+    with _watchdog(None, Limits(), "this eval") as clock, unlimited_log():
         return evaluate(args.rules, args.hook, spec, sys.stdout, broker=args.broker, explain=args.explain,
                         run_clock=clock, events=events)
 
@@ -211,7 +216,12 @@ def _watchdog(hard_timeout: float | None, limits: Limits, what: str) -> Iterator
         return
     from .watchdog import Watchdog
 
-    dog = Watchdog(limit, what)
+    try:
+        dog = Watchdog(limit, what)
+    except OSError as exc:  # as serve does: run on without one, and say so
+        print(f"hookrules: warning: watchdog: cannot start ({exc}); running without it", file=sys.stderr)
+        yield None
+        return
     try:
         yield dog.clock
     finally:

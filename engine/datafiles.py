@@ -169,7 +169,13 @@ def scan_data(root: Path, previous: DataSet) -> tuple[DataSet, list[DataOutcome]
     """The data set from the files now in <root>/data; a file that fails keeps its last good version."""
     files: dict[str, DataFile] = {}
     outcomes: list[DataOutcome] = []
-    for path in data_files(root):
+    try:
+        paths = list(data_files(root))
+    except OSError as exc:  # data/ not readable: keep every file's last good contents, and say why
+        err = _error(str(root / DATA_DIR), 0, 0, f"cannot list: {exc.strerror or exc}",
+                     "check the directory's permissions").error
+        return previous, [DataOutcome(DATA_DIR, str(root / DATA_DIR), "error", errors=(err,))]
+    for path in paths:
         name = path.stem
         shown = str(path)
         old = previous.files.get(name)

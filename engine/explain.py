@@ -4,6 +4,7 @@ values the conditions saw (OPA's `opa eval --explain`, for this language)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -73,16 +74,20 @@ def evaluate(rules: Path, hook: str, event_spec: Any, out: TextIO, *, broker: st
             return 2
     engine = Engine(ruleset)
     engine.run_clock = run_clock
+    deadline = time.monotonic() + engine.limits.timeout  # a subscription's topics share one budget, as live
     for event in events:
+        budget = None
         if len(events) > 1:
             out.write(f"-- topic {event.data.get('topic')!r}\n")
-        _explain_one(engine, rules, hook, event, out, explain)
+            budget = max(deadline - time.monotonic(), 0.001)
+        _explain_one(engine, rules, hook, event, out, explain, budget)
     return 0
 
 
-def _explain_one(engine: Engine, rules: Path, hook: str, event: Event, out: TextIO, explain: bool) -> None:
+def _explain_one(engine: Engine, rules: Path, hook: str, event: Event, out: TextIO, explain: bool,
+                 budget: float | None) -> None:
     ruleset = engine.ruleset
-    outcome = engine.decide(event)
+    outcome = engine.decide(event, budget)
     source = source_hook(ruleset, hook)  # a VerneMQ _m5 hook may be answered by its twin's file
     rule = ruleset.get(source) if source is not None else None
     out.write(f"decision: {describe(outcome)}\n")

@@ -288,7 +288,7 @@ class ExhookAdapter:
                 try:
                     return reply(request, engine.skip(BROKER, hook).decision)
                 except Exception:  # a bug of ours must still give EMQX an answer it understands
-                    return replies.ignore if reply is not replies.notify else replies.empty
+                    return self._fallback(hook, request, reply, replies)
                 finally:
                     timer.observe(time.perf_counter() - started)
             if not admission.enter():
@@ -301,15 +301,20 @@ class ExhookAdapter:
                 outcome = engine.decide(build(hook, request), timeout)
                 return reply(request, outcome.decision)
             except Exception:  # a bug of ours must still give EMQX an answer it understands
-                try:
-                    return reply(request, engine.internal_error(BROKER, hook))
-                except Exception:
-                    return replies.ignore if reply is not replies.notify else replies.empty
+                return self._fallback(hook, request, reply, replies)
             finally:
                 admission.leave()
                 timer.observe(time.perf_counter() - started)
 
         return handle
+
+    def _fallback(self, hook: str, request: Any, reply: Callable[[Any, Decision], Any], replies: _Replies) -> Any:
+        """The answer to a bug of ours (call it from an except block): logged, counted and decided by the
+        failure policy, and if even building that reply fails, the reply that means 'no opinion'."""
+        try:
+            return reply(request, self.engine.internal_error(BROKER, hook))
+        except Exception:
+            return replies.empty if reply == replies.notify else replies.ignore  # == : bound methods
 
     async def shed(self, hook: str, context: grpc.aio.ServicerContext) -> Any:
         """Past max_concurrent_calls: RESOURCE_EXHAUSTED at once, so EMQX applies its failed_action
