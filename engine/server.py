@@ -10,6 +10,7 @@ SIGHUP: re-read the config file's rule settings and recompile every rule, librar
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import signal
@@ -172,7 +173,8 @@ class Server:
                                                     require_client_auth=ca is not None)
                 self.grpc_port = server.add_secure_port(target, creds)
         except RuntimeError as exc:
-            raise ConfigError(f"cannot listen for gRPC on {address}: {exc} (is the port in use?)") from None
+            raise ConfigError(f"cannot listen for gRPC on {address}: {exc} (is the port in use, or the address "
+                              "not one of this machine's?)") from None
         await server.start()
         self.grpc_server = server
         mode = "" if tls is None else (", TLS with client certificates" if self.config.tls_client_ca else ", TLS")
@@ -190,7 +192,10 @@ class Server:
             sock.listen(1024)  # VerneMQ keeps up to 100 connections per endpoint
         except OSError as exc:
             sock.close()
-            raise ConfigError(f"cannot listen for HTTP on {address} ({flag}): {exc.strerror} (is the port in use?)") from None
+            why = {errno.EADDRINUSE: " (is another server on that port?)",
+                   errno.EADDRNOTAVAIL: " (that address is not one of this machine's)",
+                   errno.EACCES: " (ports below 1024 need privileges)"}.get(exc.errno or 0, "")
+            raise ConfigError(f"cannot listen for HTTP on {address} ({flag}): {exc.strerror or exc}{why}") from None
         await runner.setup()
         await web.SockSite(runner, sock, shutdown_timeout=self.config.grace_period, ssl_context=context).start()
         self.runners.append(runner)

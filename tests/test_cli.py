@@ -76,6 +76,20 @@ def test_busy_port_is_refused_not_shared(tmp_path: Path) -> None:
     assert f"cannot listen for gRPC on 127.0.0.1:{port}" in result.stderr
 
 
+def test_a_bind_error_says_why(tmp_path: Path) -> None:
+    """'is the port in use?' was added to every bind error, a wrong address too."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        in_use = hookrules("serve", "--rules", str(BUNDLED_RULES), "--grpc", "off", "--metrics", "off",
+                           "--http", f"127.0.0.1:{port}")
+    assert in_use.returncode == 2 and "(is another server on that port?)" in in_use.stderr
+    elsewhere = hookrules("serve", "--rules", str(BUNDLED_RULES), "--grpc", "off", "--metrics", "off",
+                          "--http", "192.0.2.1:0")  # TEST-NET-1: never an address of this machine
+    assert elsewhere.returncode == 2 and "(that address is not one of this machine's)" in elsewhere.stderr
+
+
 def test_port_zero_prints_the_bound_ports_and_sigterm_exits_zero(start_server: Any, rules_dir: Path) -> None:
     server: ServerProcess = start_server(rules_dir)
     assert server.grpc_port > 0 and server.metrics_port > 0
