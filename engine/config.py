@@ -198,4 +198,23 @@ def build_config(file_settings: dict[str, Any], flags: dict[str, Any]) -> Config
     unknown = set(settings) - known
     if unknown:  # a bug of ours, not the user's
         raise ConfigError(f"internal: unknown settings {sorted(unknown)}")
-    return Config(**settings, failure_policy=policies, limits=limits, overrides=overrides)
+    try:
+        return Config(**settings, failure_policy=policies, limits=limits, overrides=overrides)
+    except ConfigError as exc:
+        raise _in_file_terms(exc, file_settings, overrides) from None
+
+
+def _in_file_terms(exc: ConfigError, file_settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> ConfigError:
+    """Config's checks speak of flags; a value that came from the file is named as the file names it."""
+    text = str(exc)
+    for name, where in _FILE_NAMES.items():
+        flag = "--" + name.replace("_", "-")
+        if text.startswith(flag + " ") and name in file_settings and name not in overrides:
+            return ConfigError(f"config file {file_settings.get('config_file')}: {where} = {file_settings[name]!r}: "
+                               f"{text[len(flag) + 1:].split(' ', 1)[-1]}")
+    return exc
+
+
+#: Config field -> how the config file writes it, e.g. http_max_body -> "[vernemq] max_body"
+_FILE_NAMES = {name: (f"[{section}] {key}" if section else key)
+               for section, table in FILE_KEYS.items() for key, (name, _) in table.items()}

@@ -77,9 +77,11 @@ def authorized(server: ServerProcess, stubs: dict[str, Stubs]) -> bool:
 def test_invalid_config_is_refused_at_start_with_a_clear_message(tmp_path: Path) -> None:
     cases = {
         "[limits]\nmax_stepz = 5\n": "unknown key [limits] max_stepz; known: max_steps, rule_timeout, hard_timeout",
-        "[limits]\nrule_timeout = nan\n": "--rule-timeout nan must be a finite number",
-        "grace_period = -5\n": "--grace-period -5 must be 0 or more seconds",
-        "[limits]\nhard_timeout = 0.05\n": "--hard-timeout 0.05 must be above --rule-timeout",
+        # the file's values are named as the file writes them
+        "[limits]\nrule_timeout = nan\n": "[limits] rule_timeout = nan: must be a finite number",
+        "grace_period = -5\n": "grace_period = -5: must be 0 or more seconds",
+        "[limits]\nhard_timeout = 0.05\n": "[limits] hard_timeout = 0.05: must be above --rule-timeout",
+        "[vernemq]\nmax_body = 10\n": "[vernemq] max_body = 10: is too small",
         f'rules = "{tmp_path / "missing"}"\n': "does not exist or is not a directory",
         "[tls]\ncert = \"missing.pem\"\n": "TLS needs both a certificate and its key",
         "grpc = 9000\n": "grpc = 9000 has the wrong type",
