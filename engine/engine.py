@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from . import metrics
@@ -28,6 +28,8 @@ Source = Literal["rule", "no_rule", "filtered", "policy"]
 
 #: A rule that fails on every event logs its error at most this often (the count says how many).
 ERROR_LOG_INTERVAL = 10.0
+#: the least a run gets when several share one budget (see Engine.budgets)
+MIN_SHARE = 0.001
 
 
 class Outcome(NamedTuple):
@@ -109,8 +111,7 @@ class Engine:
                                                         "the rule file has errors and no earlier version loaded",
                                                         "run 'hookrules check' on the rules directory"))
             if self.decision_log is not None:  # answered by policy: a decision an audit must see
-                self.decision_log.record(event, outcome.decision, outcome.source, "",
-                                         outcome.error.one_line() if outcome.error else "", 0.0)
+                self._log_decision(event, outcome, 0.0)
         elif rule is None:
             outcome = NO_RULE
         elif not rule.wants(event):
@@ -133,10 +134,24 @@ class Engine:
                     clock.finished()
                 self._rule_timer(event.hook).observe(elapsed)
             if self.decision_log is not None:
-                self.decision_log.record(event, outcome.decision, outcome.source, outcome.version,
-                                         outcome.error.one_line() if outcome.error else "", elapsed)
+                self._log_decision(event, outcome, elapsed)
         self._count(event.broker, event.hook, outcome.decision)
         return outcome
+
+    def budgets(self, count: int) -> Iterator[float | None]:
+        """The time budget of each of `count` runs answering one call (a VerneMQ subscription runs the
+        rule once per topic): one run gets the whole budget (None), several share it, so a slow rule
+        cannot keep the broker waiting once per topic; past it each gets MIN_SHARE, and fails by policy."""
+        if count == 1:
+            yield None
+            return
+        deadline = time.monotonic() + self.limits.timeout
+        for _ in range(count):
+            yield max(deadline - time.monotonic(), MIN_SHARE)
+
+    def _log_decision(self, event: Event, outcome: Outcome, seconds: float) -> None:
+        self.decision_log.record(event, outcome.decision, outcome.source, outcome.version,  # type: ignore[union-attr]
+                                 outcome.error.one_line() if outcome.error else "", seconds)
 
     def _failed(self, event: Event, version: str, error: RuleError) -> Outcome:
         policy = self.policy(event.hook)

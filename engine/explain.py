@@ -4,7 +4,6 @@ values the conditions saw (OPA's `opa eval --explain`, for this language)."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -74,12 +73,9 @@ def evaluate(rules: Path, hook: str, event_spec: Any, out: TextIO, *, broker: st
             return 2
     engine = Engine(ruleset)
     engine.run_clock = run_clock
-    deadline = time.monotonic() + engine.limits.timeout  # a subscription's topics share one budget, as live
-    for event in events:
-        budget = None
+    for event, budget in zip(events, engine.budgets(len(events))):  # a subscription's topics share one, as live
         if len(events) > 1:
             out.write(f"-- topic {event.data.get('topic')!r}\n")
-            budget = max(deadline - time.monotonic(), 0.001)
         _explain_one(engine, rules, hook, event, out, explain, budget)
     return 0
 

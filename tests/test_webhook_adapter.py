@@ -10,8 +10,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from hookrules.adapters.webhooks import MIN_SHARE, WebhookAdapter
-from hookrules.engine import Engine, Outcome
+from hookrules.adapters.webhooks import WebhookAdapter
+from hookrules.engine import MIN_SHARE, Engine, Outcome
 from hookrules.events import Event
 from hookrules.ruleset import Limits, RuleSet, scan
 from prometheus_client import REGISTRY
@@ -61,10 +61,10 @@ def test_an_internal_error_is_answered_200_by_the_failure_policy_and_counted(tmp
 class RecordingEngine(Engine):
     """The real engine, noting the time budget each run is given."""
 
-    budgets: list[float | None]
+    given: list[float | None]
 
     def decide(self, event: Event, timeout: float | None = None) -> Outcome:
-        self.budgets.append(timeout)
+        self.given.append(timeout)
         return super().decide(event, timeout)
 
 
@@ -75,10 +75,10 @@ def test_a_subscription_of_many_topics_shares_one_runs_budget(tmp_path: Path) ->
     (tmp_path / "auth_on_subscribe.star").write_text("for i in range(1000):\n    for j in range(1000):\n        x = j\nallow()\n")
     ruleset, _ = scan(tmp_path, RuleSet())
     engine = RecordingEngine(ruleset, limits=Limits(max_steps=10**7, timeout=0.05))
-    engine.budgets = []
+    engine.given = []
     body = dict(spec.EXAMPLES["auth_on_subscribe"], topics=[{"topic": f"t/{i}", "qos": 1} for i in range(80)])
     status, reply = asyncio.run(_post(WebhookAdapter(engine), "auth_on_subscribe", body))
     assert status == 200 and reply == {"result": "ok", "topics": [{"topic": f"t/{i}", "qos": 128} for i in range(80)]}
-    first, rest = engine.budgets[0], engine.budgets[1:]
+    first, rest = engine.given[0], engine.given[1:]
     assert first is not None and first <= 0.05 and len(rest) == 79
     assert all(b == MIN_SHARE for b in rest), rest

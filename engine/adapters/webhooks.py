@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 HOOK_HEADER = "vernemq-hook"
 DEFAULT_MAX_BODY = 1024 * 1024
 BODY_TIMEOUT = 10.0  # seconds for a body to arrive once its headers have
-#: the least a topic's run gets when a subscription's topics share one budget (then it fails by policy)
-MIN_SHARE = 0.001
 #: bad requests are logged at most this often (all are counted)
 BAD_REQUEST_LOG_INTERVAL = 10.0
 _CONSTANT = {id(r): json.dumps(r.body).encode() for r in (OK, NEXT, NOTIFIED)}
@@ -163,13 +161,8 @@ class WebhookAdapter:
             events_for(hook, body, b64)  # still refuse a malformed body, as with a rule
             return reply_for(hook, engine.skip(BROKER, hook).decision, b64)
         events = events_for(hook, body, b64)
-        if len(events) == 1:
-            decisions = [engine.decide(events[0]).decision]
-        else:  # a subscription of many topics runs the rule once each, all within one run's budget:
-            # 80 topics with the whole budget each would keep VerneMQ waiting 8 s
-            deadline = time.monotonic() + engine.limits.timeout
-            decisions = [engine.decide(event, max(deadline - time.monotonic(), MIN_SHARE)).decision
-                         for event in events]
+        budgets = engine.budgets(len(events))  # a subscription's topics share one run's budget
+        decisions = [engine.decide(event, budget).decision for event, budget in zip(events, budgets)]
         if hook in SUBSCRIBE_HOOKS:
             return subscribe_reply(hook, body, decisions)
         try:
