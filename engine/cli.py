@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Iterator
@@ -23,8 +22,10 @@ from .config import (
     Config,
     ConfigError,
     build_config,
+    check_timeouts,
     parse_policy,
     read_config_file,
+    watchdog_limit,
 )
 from .lang.builtins import RULE_LOGGER, unlimited_log
 from .ruleset import Limits
@@ -162,15 +163,12 @@ def _test(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"hookrules: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        check_timeouts(args.rule_timeout, args.hard_timeout)
+    except ConfigError as exc:
+        print(f"hookrules: error: {exc}", file=sys.stderr)
+        return 2
     limits = Limits(args.max_steps, args.rule_timeout)
-    if not all(math.isfinite(v) for v in (args.rule_timeout, args.hard_timeout or 0.0)) or args.rule_timeout <= 0:
-        print("hookrules: error: --rule-timeout and --hard-timeout must be finite numbers of seconds, the first "
-              "above 0", file=sys.stderr)
-        return 2
-    if args.hard_timeout and args.hard_timeout <= args.rule_timeout:
-        print(f"hookrules: error: --hard-timeout {args.hard_timeout} must be above --rule-timeout "
-              f"{args.rule_timeout} (or 0 for no watchdog)", file=sys.stderr)
-        return 2
     with _watchdog(args.hard_timeout, limits, "this test run") as clock:
         return run_tests(args.rules, sys.stdout, coverage=args.coverage, verbose=not args.quiet, policies=policies,
                          limits=limits, run_clock=clock)
@@ -210,7 +208,7 @@ def _eval(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _watchdog(hard_timeout: float | None, limits: Limits, what: str) -> Iterator[RunClock | None]:
     """A watchdog process for the CLI's rule runs, as `serve` has (see watchdog.py)."""
-    limit = hard_timeout if hard_timeout is not None else max(5.0, 2 * limits.timeout)
+    limit = watchdog_limit(hard_timeout, limits.timeout)
     if not limit:
         yield None
         return

@@ -46,6 +46,25 @@ def parse_policy(value: str) -> tuple[str, Policy]:
     return hook, policy
 
 
+def watchdog_limit(hard_timeout: float | None, rule_timeout: float) -> float:
+    """--hard-timeout, or by default 5 s (EMQX's default request_timeout: the broker has given up on
+    the call anyway) or twice the rule timeout when that is longer; 0: no watchdog."""
+    return hard_timeout if hard_timeout is not None else max(5.0, 2 * rule_timeout)
+
+
+def check_timeouts(rule_timeout: float, hard_timeout: float | None) -> None:
+    """What `serve` and `hookrules test` both require of their time limits."""
+    limit = watchdog_limit(hard_timeout, rule_timeout)
+    for number, flag in ((rule_timeout, "--rule-timeout"), (limit, "--hard-timeout")):
+        if not math.isfinite(number):
+            raise ConfigError(f"{flag} {number} must be a finite number")
+    if rule_timeout <= 0:
+        raise ConfigError("rule limits must be positive (--max-steps, --rule-timeout)")
+    if hard_timeout and hard_timeout <= rule_timeout:
+        raise ConfigError(f"--hard-timeout {hard_timeout} must be above --rule-timeout {rule_timeout} "
+                          "(or 0 for no watchdog)")
+
+
 @dataclass(frozen=True)
 class Config:
     rules: Path = Path("rules")
@@ -65,9 +84,8 @@ class Config:
     decision_log_sample: float = 1.0
     decision_log_secrets: bool = False
     grace_period: float = 5.0  # seconds calls in flight get to finish on shutdown
-    #: seconds one rule run may hold the server before the watchdog process kills it (0: no watchdog);
-    #: None: 5 s (EMQX's default request_timeout: the broker has given up on the call anyway), or
-    #: twice the rule timeout when that is longer
+    #: seconds one rule run may hold the server before the watchdog process kills it; None: the
+    #: default (see watchdog_limit)
     hard_timeout: float | None = None
     #: calls in progress at once before more are refused (gRPC RESOURCE_EXHAUSTED, HTTP 503)
     max_concurrent_calls: int = 1000
@@ -83,9 +101,7 @@ class Config:
     @property
     def watchdog_limit(self) -> float:
         """--hard-timeout, or its default; 0: no watchdog."""
-        if self.hard_timeout is not None:
-            return self.hard_timeout
-        return max(5.0, 2 * self.limits.timeout)
+        return watchdog_limit(self.hard_timeout, self.limits.timeout)
 
     def __post_init__(self) -> None:
         for value, flag in ((self.grpc, "--grpc"), (self.http, "--http"), (self.metrics, "--metrics")):
@@ -101,17 +117,15 @@ class Config:
             parse_policy(f"{hook}={policy}")
         if not 0.0 < self.decision_log_sample <= 1.0:
             raise ConfigError(f"--decision-log-sample {self.decision_log_sample} must be above 0 and at most 1")
-        for number, flag in ((self.limits.timeout, "--rule-timeout"), (self.grace_period, "--grace-period"),
-                             (self.watchdog_limit, "--hard-timeout"), (self.decision_log_sample, "--decision-log-sample")):
+        check_timeouts(self.limits.timeout, self.hard_timeout)
+        for number, flag in ((self.grace_period, "--grace-period"),
+                             (self.decision_log_sample, "--decision-log-sample")):
             if not math.isfinite(number):
                 raise ConfigError(f"{flag} {number} must be a finite number")
-        if self.limits.max_steps < 1 or self.limits.timeout <= 0:
+        if self.limits.max_steps < 1:
             raise ConfigError("rule limits must be positive (--max-steps, --rule-timeout)")
         if self.grace_period < 0:
             raise ConfigError(f"--grace-period {self.grace_period} must be 0 or more seconds")
-        if self.hard_timeout and self.hard_timeout <= self.limits.timeout:
-            raise ConfigError(f"--hard-timeout {self.hard_timeout} must be above --rule-timeout "
-                              f"{self.limits.timeout} (or 0 for no watchdog)")
         if self.max_concurrent_calls < 1:
             raise ConfigError(f"--max-concurrent-calls {self.max_concurrent_calls} must be at least 1")
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -64,7 +64,6 @@ class Server:
                                                      secrets=config.decision_log_secrets)
             except OSError as exc:
                 raise ConfigError(f"cannot open the decision log {config.decision_log}: {exc.strerror}") from None
-        self._banner_to_stderr = config.decision_log == "stdout"
         self.engine = Engine(policies=config.failure_policy, limits=config.limits, decision_log=self.decision_log)
         self.reloader = Reloader(config.rules, self.engine, polling=config.polling)
         self.exhook = ExhookAdapter(self.engine, max_concurrent=config.max_concurrent_calls)
@@ -87,7 +86,7 @@ class Server:
         return False, self.state
 
     def _announce(self, text: str) -> None:
-        announce(text, to_stderr=self._banner_to_stderr)
+        announce(text, to_stderr=self.config.decision_log == "stdout")
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
