@@ -14,7 +14,7 @@ from typing import TextIO
 
 from .datafiles import DATA_DIR, SUFFIXES
 from .errors import Location, RuleError, RuleLoadError
-from .lang.loader import Libraries, module_path_problem
+from .lang.loader import Libraries, loaded_modules, module_path_problem
 from .ruleset import DATA_HOOK, RuleSet, rule_files, scan
 from .tester import TESTS_DIR, check_test_files, test_files
 
@@ -79,7 +79,7 @@ def _library_modules(directory: Path) -> list[str]:
 def _loaded_modules(directory: Path) -> set[str]:
     """What the rule files load, and what those libraries load in turn, read from their load()
     statements: a rule that fails on an error of its own still loads its libraries."""
-    todo = [p for p in rule_files(directory)]
+    todo = list(rule_files(directory))
     seen: set[str] = set()
     while todo:
         path = todo.pop()
@@ -87,14 +87,10 @@ def _loaded_modules(directory: Path) -> set[str]:
             tree = ast.parse(path.read_bytes())
         except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
             continue
-        for stmt in tree.body:
-            call = stmt.value if isinstance(stmt, ast.Expr) else None
-            if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "load" and call.args
-                    and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str)):
-                module = call.args[0].value
-                if module not in seen and not module_path_problem(module):
-                    seen.add(module)
-                    todo.append(directory / module)
+        for module in loaded_modules(tree):
+            if module not in seen and not module_path_problem(module):
+                seen.add(module)
+                todo.append(directory / module)
     return seen
 
 

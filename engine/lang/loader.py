@@ -258,6 +258,17 @@ def _is_load(stmt: ast.stmt) -> bool:
             and isinstance(stmt.value.func, ast.Name) and stmt.value.func.id == "load")
 
 
+def loaded_modules(tree: ast.Module) -> list[str]:
+    """The modules a file's top-level load() statements name (the literal first argument of each)."""
+    found = []
+    for stmt in tree.body:
+        if _is_load(stmt):
+            args = stmt.value.args  # type: ignore[attr-defined]
+            if args and isinstance(args[0], ast.Constant) and isinstance(args[0].value, str):
+                found.append(args[0].value)
+    return found
+
+
 def strip_loads(tree: ast.Module) -> None:
     """load() statements are resolved when the file compiles; runs never see them."""
     tree.body = [s for s in tree.body if not _is_load(s)]
@@ -272,4 +283,4 @@ def _at(path: str, lines: tuple[str, ...], node: ast.AST | None, message: str, h
     return RuleError("load_error", Location(path, line, col if line else 0), message, hint, src)
 
 
-__all__ = ["Libraries", "Library", "Linker", "module_path_problem", "strip_loads"]
+__all__ = ["Libraries", "Library", "Linker", "loaded_modules", "module_path_problem", "strip_loads"]
