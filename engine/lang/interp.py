@@ -71,6 +71,18 @@ class ListChanged(RuntimeError):
     """A list changed while a loop went over it."""
 
 
+def compare(op: type[ast.cmpop], left: Any, right: Any) -> Any:
+    """One comparison of a chain, with the walk guard between two containers (guards.check_walk)."""
+    if left.__class__ in CONTAINERS and right.__class__ in CONTAINERS:
+        check_walk(left, right, op)
+    return OPERATORS[op](left, right)
+
+
+def _each(iterable: Any) -> Any:
+    """What a for loop or comprehension goes over: a list as Starlark has it, refusing to change."""
+    return _frozen_while_iterated(iterable) if iterable.__class__ is list else iterable
+
+
 def _frozen_while_iterated(items: list[Any]) -> Any:
     """Go over a list, failing as Starlark does if it grows or shrinks meanwhile (Python would go on
     over what the loop appends, until the step budget ran out)."""
@@ -295,10 +307,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         self._block(node.body if test.hr_run(test) else node.orelse)
 
     def on_for(self, node: Any) -> None:
-        iterable = self.run(node.iter)
-        if iterable.__class__ is list:  # Starlark: a list may not change while a loop goes over it
-            iterable = _frozen_while_iterated(iterable)
-        for value in iterable:
+        for value in _each(self.run(node.iter)):
             self.node_assign(node.target, value)
             self._interrupt = None
             self._block(node.body)
@@ -383,10 +392,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
     def _generate(self, generators: list[ast.comprehension], index: int, emit: Any) -> None:
         gen = generators[index]
         last = index == len(generators) - 1
-        iterable = self.run(gen.iter)
-        if iterable.__class__ is list:
-            iterable = _frozen_while_iterated(iterable)
-        for value in iterable:
+        for value in _each(self.run(gen.iter)):
             self._steps -= 1  # one step per item: the element may be a leaf, which costs none
             if self._steps < 0 or _monotonic() > self._deadline:
                 self._check_budget(gen.iter)  # the comprehension node itself has no position
@@ -412,16 +418,10 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         ops = node.ops
         if len(ops) == 1:  # a == b: no chain to walk
             right_node = node.comparators[0]
-            right = right_node.hr_run(right_node)
-            op = ops[0].__class__
-            if left.__class__ in CONTAINERS and right.__class__ in CONTAINERS:
-                check_walk(left, right, op)
-            return bool(OPERATORS[op](left, right))
+            return bool(compare(ops[0].__class__, left, right_node.hr_run(right_node)))
         for op, right_node in zip(ops, node.comparators):
             right = right_node.hr_run(right_node)
-            if left.__class__ in CONTAINERS and right.__class__ in CONTAINERS:
-                check_walk(left, right, op.__class__)
-            if not OPERATORS[op.__class__](left, right):
+            if not compare(op.__class__, left, right):
                 return False
             left = right
         return True

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from .guards import CONTAINERS, TooBig, bounded_text, check_walk
-from .interp import OPERATORS, RuleInterpreter
+from .guards import TooBig, bounded_text
+from .interp import RuleInterpreter, compare
 
 MAX_VALUE_CHARS = 80
 
@@ -85,9 +85,7 @@ class TracingInterpreter(RuleInterpreter):
             right = right_node.hr_run(right_node)
             shown.append(_OP_TEXT.get(op.__class__, "?"))
             shown.append(show(right))
-            if left.__class__ in CONTAINERS and right.__class__ in CONTAINERS:
-                check_walk(left, right, op.__class__)  # the same guard as the interpreter it traces
-            if not OPERATORS[op.__class__](left, right):
+            if not compare(op.__class__, left, right):  # the interpreter's own, guard included
                 result = False
                 break
             left = right
