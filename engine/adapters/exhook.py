@@ -22,6 +22,7 @@ from ..decisions import Decision
 from ..engine import Engine
 from ..events import Client, Conn, Event, Message, SubOpts, TopicFilter, frozen_map
 from ..hooks import EMQX_HOOKS
+from ..ratelimit import Every
 from ..ruleset import RuleSet
 from . import exhook_proto
 from .admission import Admission
@@ -229,8 +230,8 @@ class ExhookAdapter:
         self.protos = [exhook_proto.load(v) for v in versions]
         #: the hook spec EMQX last loaded, to tell operators when the rules no longer match it
         self.advertised: dict[str, tuple[str, ...]] | None = None
-        self._last_refusal_log = float("-inf")
-        self._last_shed_log = float("-inf")
+        self._refusal_log = Every(BAD_REQUEST_LOG_INTERVAL)
+        self._shed_log = Every(BAD_REQUEST_LOG_INTERVAL)
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         return [self._service(proto) for proto in self.protos]
@@ -246,9 +247,7 @@ class ExhookAdapter:
 
                 async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
                     metrics.BAD_REQUESTS.labels(BROKER, "unknown_method").inc()
-                    now = time.monotonic()
-                    if now - adapter._last_refusal_log >= BAD_REQUEST_LOG_INTERVAL:
-                        adapter._last_refusal_log = now
+                    if adapter._refusal_log.due():
                         log.warning("refused a call to unknown gRPC method %r (UNIMPLEMENTED); more within %.0f s "
                                     "are only counted", method, BAD_REQUEST_LOG_INTERVAL)
                     await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {method}")
@@ -320,9 +319,7 @@ class ExhookAdapter:
         """Past max_concurrent_calls: RESOURCE_EXHAUSTED at once, so EMQX applies its failed_action
         instead of waiting out its request_timeout. Counted, and logged at most every 10 s."""
         metrics.BAD_REQUESTS.labels(BROKER, "overloaded").inc()
-        now = time.monotonic()
-        if now - self._last_shed_log >= BAD_REQUEST_LOG_INTERVAL:
-            self._last_shed_log = now
+        if self._shed_log.due():
             log.warning("overloaded: %d calls waiting or running, refused a %s call with RESOURCE_EXHAUSTED "
                         "(--max-concurrent-calls); more within %.0f s are only counted", self.admission.in_flight,
                         hook, BAD_REQUEST_LOG_INTERVAL)
@@ -332,9 +329,7 @@ class ExhookAdapter:
     async def refuse(self, request: Undecodable, what: str, context: grpc.aio.ServicerContext) -> Any:
         """A request that is not the protobuf it claims to be: INVALID_ARGUMENT, counted, logged."""
         metrics.BAD_REQUESTS.labels(BROKER, "undecodable").inc()
-        now = time.monotonic()
-        if now - self._last_refusal_log >= BAD_REQUEST_LOG_INTERVAL:
-            self._last_refusal_log = now
+        if self._refusal_log.due():
             log.warning("refused an undecodable %s request (%s); more within %.0f s are only counted "
                         "in hookrules_bad_requests_total", what, request.error, BAD_REQUEST_LOG_INTERVAL)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot decode the {what} request: {request.error}")

@@ -22,6 +22,7 @@ from ..engine import Engine
 from ..errors import printable
 from ..health import Handler
 from ..hooks import HOOKS
+from ..ratelimit import Every
 from .admission import Admission
 from .vernemq import (
     BROKER,
@@ -68,7 +69,7 @@ class WebhookAdapter:
         self.max_body = max_body
         self.admission = Admission(max_concurrent)
         self._timers: dict[str, Any] = {}
-        self._last_bad_log = float("-inf")
+        self._bad_log = Every(BAD_REQUEST_LOG_INTERVAL)
         self._get_routes: dict[str, Handler] = {}
 
     def server(self, get_routes: Mapping[str, Handler] | None = None) -> web.Server:
@@ -212,9 +213,7 @@ class WebhookAdapter:
 
     def _bad(self, bad: BadRequest) -> web.Response:
         metrics.BAD_REQUESTS.labels(BROKER, bad.reason).inc()
-        now = time.monotonic()
-        if now - self._last_bad_log >= BAD_REQUEST_LOG_INTERVAL:
-            self._last_bad_log = now
+        if self._bad_log.due():
             log.warning("refused a webhook request: %s (HTTP %d); more within %.0f s are only counted in "
                         "hookrules_bad_requests_total", bad, bad.status, BAD_REQUEST_LOG_INTERVAL)
         return web.json_response({"error": str(bad)}, status=bad.status)
