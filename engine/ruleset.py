@@ -228,6 +228,8 @@ class RuleSet:
     data: DataSet = DataSet()
     #: rule files whose libraries failed to load, and what that was built from (see Failure)
     failed: Mapping[str, Failure] = field(default_factory=lambda: MappingProxyType({}))
+    #: hooks whose file's current contents failed to load: they serve an older version (hook -> path)
+    stale: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def get(self, hook: str) -> CompiledRule | None:
         return self.rules.get(hook)
@@ -285,6 +287,7 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
     context = Context(Libraries(directory), data, interpreter, run_clock)
     rules: dict[str, CompiledRule] = {}
     broken: dict[str, str] = {}
+    stale: dict[str, str] = {}
     failed: dict[str, Failure] = {}
     seen: set[str] = set()
     for path in rule_files(directory):
@@ -308,6 +311,7 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
                                             kept_version=old.version if old else ""))
                 if old is not None:
                     rules[hook_name] = old
+                    stale[hook_name] = shown
                 else:
                     broken[hook_name] = shown
                 continue
@@ -318,6 +322,8 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
                 rules[hook_name] = old
             elif hook_name in previous.broken:
                 broken[hook_name] = previous.broken[hook_name]
+            if hook_name in previous.stale:
+                stale[hook_name] = previous.stale[hook_name]
             continue
         version = hashlib.sha256(raw).hexdigest()[:12]
         if not force and old is not None and old.file_version == version and old.path == shown and _deps_current(old, context):
@@ -344,6 +350,7 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
         outcomes.append(FileOutcome(hook_name, "error", shown, version, errors, kept_version=old.version if old else ""))
         if old is not None:
             rules[hook_name] = old
+            stale[hook_name] = shown
         else:
             broken[hook_name] = shown
     for hook_name, old in previous.rules.items():
@@ -356,7 +363,8 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
             outcomes.append(FileOutcome(hook_name, "missing", old.path, old.version))
         else:
             outcomes.append(FileOutcome(hook_name, "removed", old.path, old.version))
-    return RuleSet(MappingProxyType(rules), MappingProxyType(broken), data, MappingProxyType(failed)), outcomes
+    return (RuleSet(MappingProxyType(rules), MappingProxyType(broken), data, MappingProxyType(failed),
+                    MappingProxyType(stale)), outcomes)
 
 
 def _read_settled(path: Path, settle: float) -> bytes | None:
