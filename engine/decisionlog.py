@@ -17,8 +17,12 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from .events import Event
+from .ratelimit import Every
 
 log = logging.getLogger(__name__)
+
+#: write failures are reported at most this often, each report with the entries lost since the last
+FAILURE_LOG_INTERVAL = 10.0
 
 
 class DecisionLog:
@@ -26,7 +30,11 @@ class DecisionLog:
         self.out = out
         self.sample = sample
         self.secrets = secrets
-        self._failed = False
+        self._report = Every(FAILURE_LOG_INTERVAL)
+        #: entries lost since the last report (a failure that was not yet reported included)
+        self._lost = 0
+        #: whether the last write failed, to say when writing works again
+        self._failing = False
 
     @classmethod
     def open(cls, target: str, *, sample: float = 1.0, secrets: bool = False) -> DecisionLog:
@@ -69,6 +77,14 @@ class DecisionLog:
         try:
             self.out.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
         except (OSError, ValueError) as exc:  # a full disk must not stop decisions
-            if not self._failed:
-                self._failed = True
-                log.error("decision log: cannot write (%s); decisions go on unlogged", exc)
+            self._lost += 1
+            self._failing = True
+            if self._report.due():  # every failure is reported, at most once per interval, with a count
+                log.error("decision log: cannot write (%s); decisions go on unlogged (entries lost since the last "
+                          "report: %d)", exc, self._lost)
+                self._lost = 0
+            return
+        if self._failing:
+            self._failing = False
+            log.warning("decision log: writing again (entries lost since the last report: %d)", self._lost)
+            self._lost = 0

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from . import metrics
 from .decisionlog import DecisionLog
-from .decisions import IGNORE, POLICY_DECISIONS, Decision
+from .decisions import ALLOW, IGNORE, POLICY_DECISIONS, Decision
 from .errors import Location, RuleError
 from .events import Event
 from .hooks import HOOKS, Policy
+from .modifiers import decision_problem
+from .ratelimit import Every
 from .ruleset import Limits, RuleRuntimeError, RuleSet
 
 if TYPE_CHECKING:
@@ -26,10 +28,21 @@ log = logging.getLogger(__name__)
 
 Source = Literal["rule", "no_rule", "filtered", "policy"]
 
+#: The `source` label of hookrules_decisions_total: a rule's own decision, a failure-policy answer
+#: (the rule failed, never loaded, or its call's budget was spent), or the default ignore() of a hook
+#: with no rule for the event. Three values whatever the rules do, so the series stay bounded.
+SOURCE_LABELS: Mapping[str, str] = {"rule": "rule", "policy": "policy", "no_rule": "default", "filtered": "default"}
+
 #: A rule that fails on every event logs its error at most this often (the count says how many).
 ERROR_LOG_INTERVAL = 10.0
 #: the least a run gets when several share one budget (see Engine.budgets)
 MIN_SHARE = 0.001
+#: errors remembered for rate-limiting their log lines; past it, those of versions no longer served go
+MAX_ERROR_KEYS = 1000
+
+#: An adapter's own check of a decision against what its wire can carry (None: it can), run where
+#: the decision is made so a decision it cannot send is a rule error answered by the failure policy.
+WireCheck = Callable[[Decision], "str | None"]
 
 
 class Outcome(NamedTuple):
@@ -64,7 +77,10 @@ class Engine:
         self.policies = dict(policies or {})
         self.limits = limits or Limits()
         self._error_log: dict[tuple[str, str, str], tuple[float, int]] = {}
-        self._decision_counters: dict[tuple[str, str, str], metrics.CounterChild] = {}
+        self._error_log_ruleset: RuleSet | None = None  # the rule set _error_log was last pruned for
+        self._decision_counters: dict[tuple[str, str, str, str], metrics.CounterChild] = {}
+        self._internal_log = Every(ERROR_LOG_INTERVAL)
+        self._internal_skipped = 0
         self._rule_timers: dict[str, metrics.HistogramChild] = {}
         #: where a watchdog process sees how long the current run has taken (watchdog.py), if any
         self.run_clock: RunClock | None = None
@@ -89,20 +105,31 @@ class Engine:
 
     def skip(self, broker: str, hook: str) -> Outcome:
         """The outcome of a call to a hook with no rule file, counted like any other decision."""
-        self._count(broker, hook, IGNORE)
+        self._count(broker, hook, IGNORE, "no_rule")
         return NO_RULE
 
     def internal_error(self, broker: str, hook: str) -> Decision:
-        """The answer to a call an adapter failed on by a bug of hookrules' own: logged with the
-        traceback (call it from the except block), counted, and decided by the failure policy, so the
-        broker still gets an answer it reads."""
+        """The answer to a call an adapter failed on by a bug of hookrules' own: counted, logged (with
+        the traceback: call it from the except block) at most once per ERROR_LOG_INTERVAL, and decided
+        by the failure policy, so the broker still gets an answer it reads."""
         policy = self.policy(hook)
-        log.exception("internal error answering %s %s; answered %s by failure policy", broker, hook, policy)
         metrics.BAD_REQUESTS.labels(broker, "internal_error").inc()
+        if self._internal_log.due():
+            more = (f"; {self._internal_skipped} more internal errors since the last report"
+                    if self._internal_skipped else "")
+            self._internal_skipped = 0
+            log.exception("internal error answering %s %s; answered %s by failure policy%s (more within %.0f s "
+                          "are only counted in hookrules_bad_requests_total)", broker, hook, policy, more,
+                          ERROR_LOG_INTERVAL)
+        else:
+            self._internal_skipped += 1
         return POLICY_DECISIONS[policy]
 
-    def decide(self, event: Event, timeout: float | None = None) -> Outcome:
-        """Run the hook's rule on the event. Never raises for anything a rule does."""
+    def decide(self, event: Event, timeout: float | None = None, check: WireCheck | None = None) -> Outcome:
+        """Run the hook's rule on the event. Never raises for anything a rule does.
+
+        The decision is checked against what the broker's reply can carry (modifiers.decision_problem,
+        and the adapter's own `check`): one it cannot is a rule error, answered by the failure policy."""
         ruleset = self.ruleset  # one read: a swap during this call does not affect it
         source = source_hook(ruleset, event.hook)
         rule = ruleset.get(source) if source is not None else None
@@ -125,7 +152,16 @@ class Engine:
             started = time.perf_counter()
             try:
                 decision = rule.run(event, limits, budget)
-                outcome = Outcome(decision or IGNORE, "rule", rule.version)
+                if decision is None or decision is ALLOW or decision is IGNORE:  # the usual: nothing to check
+                    outcome = Outcome(decision or IGNORE, "rule", rule.version)
+                else:
+                    problem = decision_problem(event.hook, decision) or (check(decision) if check else None)
+                    if problem is None:
+                        outcome = Outcome(decision, "rule", rule.version)
+                    else:
+                        outcome = self._failed(event, rule.version, RuleError(
+                            "runtime_error", Location(rule.path), f"{decision.kind}() cannot be sent to "
+                            f"{event.broker}: {problem}", "check the values the rule passes to its decision"))
             except RuleRuntimeError as exc:
                 outcome = self._failed(event, rule.version, exc.error)
             finally:
@@ -135,13 +171,51 @@ class Engine:
                 self._rule_timer(event.hook).observe(elapsed)
             if self.decision_log is not None:
                 self._log_decision(event, outcome, elapsed)
-        self._count(event.broker, event.hook, outcome.decision)
+        self._count(event.broker, event.hook, outcome.decision, outcome.source)
         return outcome
+
+    def decide_each(self, events: Iterator[Event], count: int, check: WireCheck | None = None) -> list[Decision]:
+        """The decisions of one call that runs the rule `count` times, once per event (a VerneMQ
+        subscription: once per topic). One run gets the whole budget; several share it, so a slow rule
+        cannot keep the broker waiting once per topic; once it is spent the remaining events are
+        answered by the failure policy without running the rule, nor even being built (`events` is
+        read lazily), so one call holds the loop for its budget and a few microseconds a topic."""
+        if count == 1:
+            return [self.decide(next(events), None, check).decision]
+        deadline = time.monotonic() + self.limits.timeout
+        decisions: list[Decision] = []
+        for event in events:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                decisions.extend(self._spent(event, len(decisions), count))
+                break
+            decisions.append(self.decide(event, remaining, check).decision)
+        return decisions
+
+    def _spent(self, event: Event, ran: int, count: int) -> list[Decision]:
+        """The failure policy's answer for the `count - ran` events of a call left when its budget ran
+        out, `event` the first of them: counted per event, logged (and decision-logged) once."""
+        left = count - ran
+        policy = self.policy(event.hook)
+        metrics.RULE_ERRORS.labels(event.hook, "deadline").inc()
+        source = source_hook(self.ruleset, event.hook)
+        rule = self.ruleset.get(source) if source is not None else None
+        error = RuleError("deadline_error", Location(rule.path if rule is not None else event.hook),
+                          f"the call's budget ({self.limits.timeout:g} s, --rule-timeout) was spent after {ran} of "
+                          f"{count} runs; the other {left} were answered by the failure policy without running the "
+                          "rule", "make the rule cheaper, or raise --rule-timeout")
+        self._log_error(event.hook, rule.version if rule is not None else "", error, policy)
+        decision = POLICY_DECISIONS[policy]
+        if self.decision_log is not None:
+            self._log_decision(event, Outcome(decision, "policy", rule.version if rule else "", error), 0.0)
+        self._count(event.broker, event.hook, decision, "policy", left)
+        return [decision] * left
 
     def budgets(self, count: int) -> Iterator[float | None]:
         """The time budget of each of `count` runs answering one call (a VerneMQ subscription runs the
         rule once per topic): one run gets the whole budget (None), several share it, so a slow rule
-        cannot keep the broker waiting once per topic; past it each gets MIN_SHARE, and fails by policy."""
+        cannot keep the broker waiting once per topic; past it each gets MIN_SHARE, and fails by policy.
+        For `hookrules eval`, which shows every topic's run; a live call uses decide_each."""
         if count == 1:
             yield None
             return
@@ -164,6 +238,9 @@ class Engine:
     def _log_error(self, hook: str, version: str, error: RuleError, policy: str) -> None:
         key = (hook, version, str(error.location))
         now = time.monotonic()
+        if key not in self._error_log and (self.ruleset is not self._error_log_ruleset
+                                           or len(self._error_log) >= MAX_ERROR_KEYS):
+            self._prune_error_log()
         last, suppressed = self._error_log.get(key, (0.0, 0))
         if last and now - last < ERROR_LOG_INTERVAL:
             self._error_log[key] = (last, suppressed + 1)
@@ -172,12 +249,29 @@ class Engine:
         more = f"; {suppressed} more like it since the last report" if suppressed else ""
         log.error("%s (hook %s, answered %s by failure policy)%s", error.one_line(), hook, policy, more)
 
-    def _count(self, broker: str, hook: str, decision: Decision) -> None:
-        key = (broker, hook, decision.kind)
+    def _prune_error_log(self) -> None:
+        """Forget the errors of rule versions no longer served (every save of a failing rule added its
+        own), and past MAX_ERROR_KEYS the oldest: the rate limit's memory stays bounded."""
+        ruleset = self.ruleset
+        self._error_log_ruleset = ruleset
+
+        def served(hook: str, version: str) -> bool:
+            source = source_hook(ruleset, hook)
+            rule = ruleset.get(source) if source is not None else None
+            return source is not None and (rule.version if rule is not None else "") == version
+
+        kept = {k: v for k, v in self._error_log.items() if served(k[0], k[1])}
+        if len(kept) >= MAX_ERROR_KEYS:
+            kept = dict(sorted(kept.items(), key=lambda kv: kv[1][0])[len(kept) - MAX_ERROR_KEYS // 2:])
+        self._error_log = kept
+
+    def _count(self, broker: str, hook: str, decision: Decision, source: str, amount: int = 1) -> None:
+        key = (broker, hook, decision.kind, source)
         counter = self._decision_counters.get(key)
         if counter is None:
-            counter = self._decision_counters[key] = metrics.DECISIONS.labels(*key)
-        counter.inc()
+            counter = self._decision_counters[key] = metrics.DECISIONS.labels(
+                broker, hook, decision.kind, SOURCE_LABELS[source])
+        counter.inc(amount)
 
     def _rule_timer(self, hook: str) -> metrics.HistogramChild:
         timer = self._rule_timers.get(hook)

@@ -6,13 +6,17 @@ the webhooks address), so a probe answers only when the loop that serves brokers
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-#: what /readyz reports: (ready, detail)
-Readiness = Callable[[], tuple[bool, str]]
+log = logging.getLogger(__name__)
+
+#: what /readyz reports: (ready, detail, more fields of its JSON body, e.g. the broken hooks)
+Readiness = Callable[[], tuple[bool, str, dict[str, Any]]]
 
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -25,8 +29,12 @@ def health_handlers(readiness: Readiness) -> dict[str, Handler]:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.BaseRequest) -> web.Response:
-        ready, detail = readiness()
-        return web.json_response({"status": "ready" if ready else "not ready", "detail": detail},
+        try:
+            ready, detail, extra = readiness()
+        except Exception:  # a probe must get an answer, not aiohttp's 500 page
+            log.exception("readiness check failed")
+            ready, detail, extra = False, "internal error (see the log)", {}
+        return web.json_response({**extra, "status": "ready" if ready else "not ready", "detail": detail},
                                  status=200 if ready else 503)
 
     return {"/healthz": healthz, "/readyz": readyz}

@@ -126,6 +126,9 @@ VERNEMQ_HOOKS: tuple[HookInfo, ...] = (
 
 HOOKS: dict[str, HookInfo] = {h.name: h for h in EMQX_HOOKS + VERNEMQ_HOOKS}
 
+#: the hooks that let a client in: one that refuses everything takes the whole instance out of service
+AUTHENTICATION_HOOKS = frozenset({"client.authenticate", "auth_on_register", "auth_on_register_m5", "on_auth_m5"})
+
 
 def hook_for_file(filename: str) -> str | None:
     """The hook a rule file serves (`client.authenticate.star` -> `client.authenticate`), or None."""

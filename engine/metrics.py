@@ -9,7 +9,7 @@ which buys nothing here: every call is answered on the one event loop thread, an
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 from prometheus_client import (
@@ -22,6 +22,7 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
+    GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
@@ -134,8 +135,10 @@ RULE_SECONDS = LoopHistogram(
     "hookrules_rule_duration_seconds", "Time of one rule run", ["hook"], buckets=LATENCY_BUCKETS,
 )
 DECISIONS = LoopCounter(
-    "hookrules_decisions", "Decisions made, by hook and decision (allow, deny, ignore, rewrite, drop)",
-    ["broker", "hook", "decision"],
+    "hookrules_decisions", "Decisions made, by hook, decision (allow, deny, ignore, rewrite, drop) and source "
+    "(rule: the rule's own; policy: the failure policy's, for a rule that failed, never loaded or ran out of "
+    "budget; default: ignore() for a hook with no rule for the call)",
+    ["broker", "hook", "decision", "source"],
 )
 RULE_ERRORS = Counter(
     "hookrules_rule_errors", "Rule errors by hook and kind (load, runtime, deadline)", ["hook", "kind"],
@@ -150,9 +153,44 @@ RULES_LOADED = Gauge("hookrules_rules_loaded", "Hooks that have a rule loaded")
 LAST_RELOAD = Gauge(
     "hookrules_last_reload_timestamp_seconds", "Unix time of the last rescan that changed the rule set",
 )
+#: the states hookrules_rule_broken reports
+BROKEN_STATES = ("never_loaded", "stale")
+
+
+class RuleStates:
+    """hookrules_rule_broken{hook, state} (1 per hook whose rule is broken) and hookrules_rules_broken{state}
+    (how many; 0 too, so an alert has a series to read), computed when scraped from what `watch` was given:
+    always the rule set serving now, whatever changed it."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY):
+        self._source: Callable[[], Iterable[tuple[str, str]]] | None = None
+        registry.register(self)
+
+    def watch(self, source: Callable[[], Iterable[tuple[str, str]]] | None) -> None:
+        """`source` returns (hook, state) pairs, state one of BROKEN_STATES."""
+        self._source = source
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        pairs = list(self._source()) if self._source is not None else []
+        per_hook = GaugeMetricFamily("hookrules_rule_broken", "1 for each hook whose rule is broken: its file "
+                                     "never loaded (answered by the failure policy), or its current contents "
+                                     "failed and an older version serves (stale)", labels=["hook", "state"])
+        totals = GaugeMetricFamily("hookrules_rules_broken", "Hooks whose rule is broken, by state", labels=["state"])
+        for hook, state in sorted(pairs):
+            per_hook.add_metric([hook, state], 1.0)
+        for state in BROKEN_STATES:
+            totals.add_metric([state], float(sum(1 for _, s in pairs if s == state)))
+        yield per_hook
+        yield totals
+
+
+RULE_BROKEN = RuleStates()
 BAD_REQUESTS = Counter(
     "hookrules_bad_requests", "Broker calls that could not be read, by broker and reason", ["broker", "reason"],
 )
 
 __all__ = ["Counter", "Histogram", "CounterChild", "HistogramChild", "LATENCY_BUCKETS", "REQUEST_SECONDS", "RULE_SECONDS", "DECISIONS", "RULE_ERRORS",
-           "RELOADS", "RULE_INFO", "RULES_LOADED", "LAST_RELOAD", "BAD_REQUESTS"]
+           "RELOADS", "RULE_INFO", "RULES_LOADED", "LAST_RELOAD", "BAD_REQUESTS", "RULE_BROKEN", "BROKEN_STATES"]

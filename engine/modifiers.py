@@ -1,8 +1,14 @@
-"""VerneMQ modifiers a rule may send with allow(modifiers={...}): the keys and types VerneMQ accepts.
+"""What a rule may hand to a broker's reply, checked when the rule decides: VerneMQ modifiers (keys,
+types and ranges), allow(cache=...), and every string, number and payload a Decision carries.
+
+A Decision that reaches an adapter must already be valid for the wire: a value the encoder cannot
+write (an int JSON refuses, a lone surrogate protobuf refuses, a uint32 field given 2**40) used to
+fail while the reply was built, after the decision was made, and became an HTTP 500 or an internal
+error. Checked here, a bad value is a rule error, answered by the failure policy like any other.
 
 VerneMQ turns modifier names into atoms with binary_to_existing_atom and crashes the client's
 connection on a name it does not know (../shared/reference/vernemq-webhooks.md 1.4-1.5), so every
-key is checked here, by the rule call that sets it, and an unknown one is a rule error, never sent.
+key is checked too, by the rule call that sets it, and an unknown one is a rule error, never sent.
 """
 
 from __future__ import annotations
@@ -11,41 +17,86 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from .decisions import Decision
+
 Check = Callable[[str, Any], Any]
+
+#: MQTT's Four Byte Integer, and the longest Erlang timer (ms): the widest count, size or interval
+#: VerneMQ takes (session expiry, inflight and queue sizes, rates, lifetimes)
+UINT32_MAX = 2**32 - 1
+#: MQTT's largest packet (the Variable Byte Integer's maximum): no message or payload is bigger
+MAX_PACKET = 268_435_455
+#: an MQTT UTF-8 string or binary field holds at most this many bytes (a two-byte length)
+MAX_MQTT_STRING = 65_535
+#: allow(cache=SECONDS): an HTTP max-age past 2**31 - 1 is to be read as that (RFC 9111 1.2.2)
+MAX_CACHE = 2**31 - 1
+
+
+def mqtt_string_problem(value: Any) -> str | None:
+    """Why `value` is not an MQTT UTF-8 string (str, UTF-8 encodable, no U+0000, at most 65,535
+    bytes), or None. JSON and protobuf encoders refuse a lone surrogate; MQTT refuses the rest."""
+    if not isinstance(value, str):
+        return f"must be a string, not {type(value).__name__}"
+    if value.isascii():
+        size = len(value)
+    else:
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            return "is not valid text (it holds a lone surrogate such as \\ud800)"
+    if size > MAX_MQTT_STRING:
+        return f"is {size} bytes long; MQTT strings hold at most {MAX_MQTT_STRING}"
+    if "\x00" in value:
+        return "holds the character U+0000, which MQTT strings may not"
+    return None
+
+
+def _number_text(value: Any) -> str:
+    """A value for an error message: a 5000-digit int is named by its size, not printed."""
+    if type(value) is int and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _bool(key: str, value: Any) -> bool:
     if type(value) is not bool:
-        raise ValueError(f"modifier '{key}' must be True or False, not {value!r}")
+        raise ValueError(f"modifier '{key}' must be True or False, not {_number_text(value)}")
     return value
 
 
-def _int(key: str, value: Any) -> int:
-    if type(value) not in (int, float) or value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"modifier '{key}' must be a number, not {value!r}")
-    if value < 0:
-        raise ValueError(f"modifier '{key}' must not be negative, not {value!r}")
-    return int(round(value))  # VerneMQ rounds floats too
+def _int_in_range(low: int, high: int) -> Check:
+    """A whole number in [low, high]; a finite float is rounded first, as VerneMQ rounds it."""
+
+    def check(key: str, value: Any) -> int:
+        if type(value) is float and value == value and value not in (float("inf"), float("-inf")):
+            number = int(round(value))
+        elif type(value) is int:
+            number = value
+        else:
+            raise ValueError(f"modifier '{key}' must be a number, not {_number_text(value)}")
+        if not low <= number <= high:
+            raise ValueError(f"modifier '{key}' must be from {low} to {high}, not {_number_text(value)}")
+        return number
+
+    return check
 
 
-def _positive(key: str, value: Any) -> int:
-    number = _int(key, value)
-    if number <= 0:
-        raise ValueError(f"modifier '{key}' must be greater than 0, not {value!r}")
-    return number
+_count = _int_in_range(0, UINT32_MAX)
 
 
 def _str(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"modifier '{key}' must be a string, not {value!r}")
-    return value
+    problem = mqtt_string_problem(value)
+    if problem is not None:
+        raise ValueError(f"modifier '{key}' {problem}")
+    return str(value)
 
 
 def _one_of(*choices: str) -> Check:
     def check(key: str, value: Any) -> str:
-        if value not in choices:
-            raise ValueError(f"modifier '{key}' must be one of {', '.join(choices)}, not {value!r}")
-        return str(value)
+        if type(value) is not str or value not in choices:
+            raise ValueError(f"modifier '{key}' must be one of {', '.join(choices)}, not {_number_text(value)}")
+        return value
 
     return check
 
@@ -53,7 +104,8 @@ def _one_of(*choices: str) -> Check:
 def _int_in(*choices: int) -> Check:
     def check(key: str, value: Any) -> int:
         if type(value) is not int or value not in choices:
-            raise ValueError(f"modifier '{key}' must be one of {', '.join(map(str, choices))}, not {value!r}")
+            raise ValueError(f"modifier '{key}' must be one of {', '.join(map(str, choices))}, "
+                             f"not {_number_text(value)}")
         return value
 
     return check
@@ -61,22 +113,35 @@ def _int_in(*choices: int) -> Check:
 
 def _bytes(key: str, value: Any) -> bytes:
     if isinstance(value, str):
-        return value.encode("utf-8")
+        problem = mqtt_string_problem(value)
+        if problem is not None and "U+0000" not in problem:  # binary data may hold a zero byte
+            raise ValueError(f"modifier '{key}' {problem}")
+        value = value.encode("utf-8")
     if not isinstance(value, bytes):
-        raise ValueError(f"modifier '{key}' must be bytes or a string, not {value!r}")
-    return value
+        raise ValueError(f"modifier '{key}' must be bytes or a string, not {type(value).__name__}")
+    if len(value) > MAX_MQTT_STRING:
+        raise ValueError(f"modifier '{key}' is {len(value)} bytes long; MQTT binary data holds at most "
+                         f"{MAX_MQTT_STRING}")
+    return bytes(value)
 
 
 def _user_properties(key: str, value: Any) -> dict[str, str]:
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise ValueError(f"modifier '{key}' must be a dict of strings to strings, not {value!r}")
-    return dict(value)
+    if not isinstance(value, Mapping):
+        raise ValueError(f"modifier '{key}' must be a dict of strings to strings, not {type(value).__name__}")
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        for what, text in (("key", k), ("value", v)):
+            problem = mqtt_string_problem(text)
+            if problem is not None:
+                raise ValueError(f"modifier '{key}': a user property {what} {problem}")
+        out[str(k)] = str(v)
+    return out
 
 
 def _nested(schema: Mapping[str, Check]) -> Check:
     def check(key: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, Mapping):
-            raise ValueError(f"modifier '{key}' must be a dict, not {value!r}")
+            raise ValueError(f"modifier '{key}' must be a dict, not {type(value).__name__}")
         return validate(value, schema, f"{key}.")
 
     return check
@@ -85,22 +150,23 @@ def _nested(schema: Mapping[str, Check]) -> Check:
 _REGISTER: dict[str, Check] = {
     **{k: _bool for k in ("allow_register", "allow_publish", "allow_subscribe", "allow_unsubscribe",
                           "clean_session", "upgrade_qos")},
-    **{k: _int for k in ("max_message_size", "max_connection_lifetime", "max_message_rate", "max_inflight_messages",
-                         "retry_interval", "max_online_messages", "max_offline_messages", "max_drain_time",
-                         "max_msgs_per_drain_step")},
+    **{k: _count for k in ("max_connection_lifetime", "max_message_rate", "max_inflight_messages",
+                           "retry_interval", "max_online_messages", "max_offline_messages", "max_drain_time",
+                           "max_msgs_per_drain_step")},
+    "max_message_size": _int_in_range(0, MAX_PACKET),
     "username": _str,
     "mountpoint": _str,
     "client_id": _str,
     "shared_subscription_policy": _one_of("prefer_local", "local_only", "random"),
     "queue_type": _one_of("fifo", "lifo"),
 }
-_PUBLISH: dict[str, Check] = {"throttle": _positive, "mountpoint": _str}
+_PUBLISH: dict[str, Check] = {"throttle": _int_in_range(1, UINT32_MAX), "mountpoint": _str}
 
 #: allow(modifiers=...) keys per VerneMQ hook; a hook not listed takes none.
 SCHEMAS: Mapping[str, Mapping[str, Check]] = MappingProxyType({
     "auth_on_register": _REGISTER,
     "auth_on_register_m5": {**_REGISTER, "properties": _nested({"p_user_property": _user_properties,
-                                                                "p_session_expiry_interval": _int})},
+                                                                "p_session_expiry_interval": _count})},
     "auth_on_publish": _PUBLISH,
     "auth_on_publish_m5": _PUBLISH,
     "on_auth_m5": {"reason_code": _int_in(0, 24),
@@ -119,3 +185,66 @@ def validate(modifiers: Mapping[str, Any], schema: Mapping[str, Check], prefix: 
     if ("mountpoint" in out) != ("client_id" in out) and "client_id" in schema:
         raise ValueError("modifiers 'mountpoint' and 'client_id' must be set together (VerneMQ ignores one alone)")
     return out
+
+
+def check_cache(cache: Any) -> int:
+    """allow(cache=SECONDS): a whole number VerneMQ reads from `cache-control: max-age=N`."""
+    if type(cache) is not int or not 0 <= cache <= MAX_CACHE:
+        raise ValueError(f"allow(cache={_number_text(cache)}): cache is a whole number of seconds "
+                         f"from 0 to {MAX_CACHE}")
+    return cache
+
+
+def _topic_problem(topic: Any, what: str) -> str | None:
+    problem = mqtt_string_problem(topic)
+    if problem is not None:
+        return f"{what} {problem}"
+    if not topic:
+        return f"{what} is empty"
+    return None
+
+
+def decision_problem(hook: str, decision: Decision) -> str | None:
+    """Why a broker could not be sent this decision of `hook`'s rule, or None when every value it
+    carries is one the broker's reply accepts. The rule calls check most of this where they are made
+    (with file:line:col); this is the one check at the boundary, so no value that passed them, or
+    came another way, can fail in an encoder."""
+    kind = decision.kind
+    if kind == "ignore":
+        return None
+    if kind == "deny" or kind == "drop":
+        reason = decision.reason  # type: ignore[union-attr]
+        problem = mqtt_string_problem(reason)
+        return None if problem is None or "U+0000" in problem else f"the {kind}() reason {problem}"
+    if kind == "allow":
+        modifiers, cache = decision.modifiers, decision.cache  # type: ignore[union-attr]
+        try:
+            if modifiers is not None:
+                schema = SCHEMAS.get(hook)
+                if schema is None:
+                    return f"{hook} takes no modifiers"
+                validate(modifiers, schema)
+            if cache is not None:
+                check_cache(cache)
+        except ValueError as exc:
+            return str(exc)
+        return None
+    # rewrite
+    if decision.topic is not None:  # type: ignore[union-attr]
+        problem = _topic_problem(decision.topic, "the rewritten topic")  # type: ignore[union-attr]
+        if problem is not None:
+            return problem
+    payload = decision.payload  # type: ignore[union-attr]
+    if payload is not None and (not isinstance(payload, bytes) or len(payload) > MAX_PACKET):
+        return f"the rewritten payload must be bytes of at most {MAX_PACKET}"
+    qos = decision.qos  # type: ignore[union-attr]
+    if qos is not None and (type(qos) is not int or qos not in (0, 1, 2)):
+        return f"the rewritten qos must be 0, 1 or 2, not {_number_text(qos)}"
+    retain = decision.retain  # type: ignore[union-attr]
+    if retain is not None and type(retain) is not bool:
+        return "the rewritten retain must be True or False"
+    for topic in decision.topics or ():  # type: ignore[union-attr]
+        problem = _topic_problem(topic, "a rewritten topic filter")
+        if problem is not None:
+            return problem
+    return None

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hookrules.decisionlog import DecisionLog
+from hookrules.decisionlog import FAILURE_LOG_INTERVAL, DecisionLog
 from hookrules.decisions import Deny
 from hookrules.engine import Engine
 from hookrules.events import Client, Event, Message, frozen_map
@@ -64,14 +64,29 @@ def test_sampling(monkeypatch: pytest.MonkeyPatch, draw: float, logged: bool) ->
     assert bool(out.getvalue()) is logged
 
 
-def test_a_broken_log_does_not_stop_decisions(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_broken_log_does_not_stop_decisions_and_every_failure_is_reported(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After its first failure the log used to go silent for good: a disk that filled up again an hour
+    later went unreported. Now every failure is reported, at most once per interval, with a count, and
+    so is the moment it writes again."""
+    clock = [1000.0]
+    monkeypatch.setattr("hookrules.ratelimit.time.monotonic", lambda: clock[0])
     out = io.StringIO()
     out.close()
     log = DecisionLog(out)
+    for _ in range(3):
+        log.record(event(), Deny("no"), "rule", "abc", "", 0.0)
+    clock[0] += FAILURE_LOG_INTERVAL
+    for _ in range(2):
+        log.record(event(), Deny("no"), "rule", "abc", "", 0.0)
+    log.out = working = io.StringIO()
     log.record(event(), Deny("no"), "rule", "abc", "", 0.0)
-    log.record(event(), Deny("no"), "rule", "abc", "", 0.0)
+    assert working.getvalue().count("\n") == 1
+    closed = "decision log: cannot write (I/O operation on closed file); decisions go on unlogged"
     assert [r.message for r in caplog.records if "decision log" in r.message] == [
-        "decision log: cannot write (I/O operation on closed file); decisions go on unlogged"]
+        f"{closed} (entries lost since the last report: 1)",
+        f"{closed} (entries lost since the last report: 3)",
+        "decision log: writing again (entries lost since the last report: 1)"]
 
 
 LEAKY_RULES = {

@@ -37,13 +37,19 @@ def test_latency_decisions_and_versions_are_exported(start_server: Any, rules_di
         assert any(k[0] == name and dict(k[1]).get("le") == "0.0001" for k in m), name
     assert value(m, "hookrules_request_duration_seconds_count", broker="emqx", hook="client.authenticate") == 2
     assert value(m, "hookrules_rule_duration_seconds_count", hook="client.authenticate") == 2
-    # decisions per hook and decision
-    assert value(m, "hookrules_decisions_total", broker="emqx", hook="client.authenticate", decision="allow") == 1
-    assert value(m, "hookrules_decisions_total", broker="emqx", hook="client.authenticate", decision="deny") == 1
-    assert value(m, "hookrules_decisions_total", broker="emqx", hook="message.publish", decision="rewrite") == 1
-    assert value(m, "hookrules_decisions_total", broker="emqx", hook="message.publish", decision="drop") == 1
-    # notification hooks without a rule are counted as ignore
-    assert value(m, "hookrules_decisions_total", broker="emqx", hook="client.connected", decision="ignore") == 2
+    # decisions per hook, decision and source: the rules' own
+    decided = {"source": "rule"}
+    assert value(m, "hookrules_decisions_total", broker="emqx", hook="client.authenticate", decision="allow", **decided) == 1
+    assert value(m, "hookrules_decisions_total", broker="emqx", hook="client.authenticate", decision="deny", **decided) == 1
+    assert value(m, "hookrules_decisions_total", broker="emqx", hook="message.publish", decision="rewrite", **decided) == 1
+    assert value(m, "hookrules_decisions_total", broker="emqx", hook="message.publish", decision="drop", **decided) == 1
+    # notification hooks without a rule are counted as ignore, by default
+    assert value(m, "hookrules_decisions_total", broker="emqx", hook="client.connected", decision="ignore",
+                 source="default") == 2
+    assert {dict(k[1])["source"] for k in m if k[0] == "hookrules_decisions_total"} <= {"rule", "policy", "default"}
+    # nothing is broken
+    assert not any(k[0] == "hookrules_rule_broken" for k in m)
+    assert value(m, "hookrules_rules_broken", state="never_loaded") == value(m, "hookrules_rules_broken", state="stale") == 0
     # loaded versions and reloads
     infos = {dict(k[1])["hook"]: dict(k[1])["version"] for k, v in m.items() if k[0] == "hookrules_rule_info" and v == 1}
     assert set(infos) == {"client.authenticate", "client.authorize", "message.publish", "auth_on_register",
@@ -77,7 +83,11 @@ def test_runtime_errors_are_counted_logged_and_answered_by_policy(start_server: 
     m = samples(server.metrics_text())
     assert value(m, "hookrules_rule_errors_total", hook="client.authenticate", kind="runtime") == 1
     assert value(m, "hookrules_rule_errors_total", hook="client.authorize", kind="runtime") == 1
-    assert value(m, "hookrules_decisions_total", broker="emqx", hook="client.authenticate", decision="deny") == 1
+    # a failure-policy answer is told from a rule's own decision
+    assert value(m, "hookrules_decisions_total", broker="emqx", hook="client.authenticate", decision="deny",
+                 source="policy") == 1
+    assert value(m, "hookrules_decisions_total", broker="emqx", hook="client.authenticate", decision="deny",
+                 source="rule") == 0
 
 
 # -- the lock-free families of the hot path export what prometheus-client's own would ------------------

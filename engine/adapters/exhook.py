@@ -140,21 +140,23 @@ EVENT_BUILDERS: dict[str, Callable[[str, Any], Event]] = {
 
 
 class _Replies:
-    """Reply builders for one proto version; the constant replies are built once."""
+    """Reply builders for one proto version: each returns the serialized reply, so that encoding happens
+    inside the handler's error handling (a value protobuf refuses is answered by the failure policy,
+    never a gRPC error), and the constant replies are serialized once."""
 
     def __init__(self, proto: ExhookProto):
         self.proto = proto
         vr = proto.ValuedResponse
-        self.empty = proto.EmptySuccess()
-        self.ignore = vr(type=vr.IGNORE)
-        self.allow = vr(type=vr.STOP_AND_RETURN, bool_result=True)
-        self.deny = vr(type=vr.STOP_AND_RETURN, bool_result=False)
+        self.empty: bytes = proto.EmptySuccess().SerializeToString()
+        self.ignore: bytes = vr(type=vr.IGNORE).SerializeToString()
+        self.allow: bytes = vr(type=vr.STOP_AND_RETURN, bool_result=True).SerializeToString()
+        self.deny: bytes = vr(type=vr.STOP_AND_RETURN, bool_result=False).SerializeToString()
         self.stop = vr.STOP_AND_RETURN
 
-    def notify(self, request: Any, decision: Decision) -> Any:
+    def notify(self, request: Any, decision: Decision) -> bytes:
         return self.empty
 
-    def boolean(self, request: Any, decision: Decision) -> Any:
+    def boolean(self, request: Any, decision: Decision) -> bytes:
         kind = decision.kind
         if kind == "allow":
             return self.allow
@@ -162,7 +164,7 @@ class _Replies:
             return self.deny
         return self.ignore
 
-    def publish(self, request: Any, decision: Decision) -> Any:
+    def publish(self, request: Any, decision: Decision) -> bytes:
         """EMQX reads back topic, payload and qos (and the allow_publish header): echo the whole message."""
         kind = decision.kind
         if kind == "ignore":
@@ -178,7 +180,7 @@ class _Replies:
                 msg.qos = decision.qos  # type: ignore[union-attr]
         elif kind in ("deny", "drop"):
             msg.headers["allow_publish"] = "false"
-        return self.proto.ValuedResponse(type=self.stop, message=msg)
+        return bytes(self.proto.ValuedResponse(type=self.stop, message=msg).SerializeToString())
 
 
 def _reply_kind(hook: str) -> str:
@@ -230,6 +232,8 @@ class ExhookAdapter:
         self.protos = [exhook_proto.load(v) for v in versions]
         #: the hook spec EMQX last loaded, to tell operators when the rules no longer match it
         self.advertised: dict[str, tuple[str, ...]] | None = None
+        #: the hook list last warned about, so a reload that leaves it as it was says nothing again
+        self._reported: dict[str, tuple[str, ...]] | None = None
         self._refusal_log = Every(BAD_REQUEST_LOG_INTERVAL)
         self._shed_log = Every(BAD_REQUEST_LOG_INTERVAL)
 
@@ -260,6 +264,7 @@ class ExhookAdapter:
         replies = _Replies(proto)
         handlers: dict[str, grpc.RpcMethodHandler] = {}
         for rpc, (req_name, resp_name) in proto.methods.items():
+            serializer = proto.messages[resp_name].SerializeToString
             if rpc == "OnProviderLoaded":
                 fn = self._loaded_handler(proto)
             elif rpc == "OnProviderUnloaded":
@@ -267,12 +272,12 @@ class ExhookAdapter:
             else:
                 hook = RPC_HOOKS[rpc]
                 fn = self._hook_handler(hook, getattr(replies, _reply_kind(hook)), replies)
+                serializer = None  # the handler returns the reply's bytes (see _Replies)
             handlers[rpc] = grpc.unary_unary_rpc_method_handler(
-                fn, request_deserializer=_decoder(proto.messages[req_name]),
-                response_serializer=proto.messages[resp_name].SerializeToString)
+                fn, request_deserializer=_decoder(proto.messages[req_name]), response_serializer=serializer)
         return grpc.method_handlers_generic_handler(proto.service_name, handlers)
 
-    def _hook_handler(self, hook: str, reply: Callable[[Any, Decision], Any], replies: _Replies) -> Callable[..., Any]:
+    def _hook_handler(self, hook: str, reply: Callable[[Any, Decision], bytes], replies: _Replies) -> Callable[..., Any]:
         build = EVENT_BUILDERS[hook]
         engine = self.engine
         admission = self.admission
@@ -307,7 +312,7 @@ class ExhookAdapter:
 
         return handle
 
-    def _fallback(self, hook: str, request: Any, reply: Callable[[Any, Decision], Any], replies: _Replies) -> Any:
+    def _fallback(self, hook: str, request: Any, reply: Callable[[Any, Decision], bytes], replies: _Replies) -> bytes:
         """The answer to a bug of ours (call it from an except block): logged, counted and decided by the
         failure policy, and if even building that reply fails, the reply that means 'no opinion'."""
         try:
@@ -355,6 +360,7 @@ class ExhookAdapter:
                 return await self.refuse(request, "OnProviderLoaded", context)
             specs = self.hook_specs(self.engine.ruleset)
             self.advertised = specs
+            self._reported = None
             log.info("EMQX %s (node %s, cluster %s) loaded hookrules over exhook %s: %s",
                      request.broker.version or "?", request.meta.node or "?", request.meta.cluster_name or "-",
                      proto.version, ", ".join(specs) or "no hooks (no rule files)")
@@ -376,8 +382,13 @@ class ExhookAdapter:
         if self.advertised is None:
             return
         specs = self.hook_specs(ruleset)
+        if specs == self._reported or (specs == self.advertised and self._reported is None):
+            return  # no change since the last word about it
         if specs == self.advertised:
+            self._reported = None
+            log.info("EMQX hook list matches again the one EMQX loaded: no provider reload needed")
             return
+        self._reported = specs
         added = [h for h in specs if h not in self.advertised]
         removed = [h for h in self.advertised if h not in specs]
         retopic = [h for h in specs if h in self.advertised and specs[h] != self.advertised[h]]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,6 +145,17 @@ def _subscriptions(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 def events_for(hook: str, body: Mapping[str, Any], b64: bool) -> list[Event]:
     """The events a body stands for: one, or one per requested topic for the subscribe hooks."""
+    return list(iter_events(hook, body, b64))
+
+
+def count_events(hook: str, body: Mapping[str, Any]) -> int:
+    """How many events iter_events yields for a body it accepts."""
+    return len(body["topics"]) if hook in SUBSCRIBE_HOOKS else 1
+
+
+def iter_events(hook: str, body: Mapping[str, Any], b64: bool) -> Iterator[Event]:
+    """events_for, lazily: the whole body is checked before the first event, but a subscription's
+    per-topic events are built only as they are read (once a call's budget is spent, the rest are not)."""
     names = HOOKS[hook].names
     client = _client(body)
     # MQTT 5 properties reach the rule as `properties` where the hook has them, and always in `message`
@@ -166,9 +177,9 @@ def events_for(hook: str, body: Mapping[str, Any], b64: bool) -> list[Event]:
         else:
             data["topics"] = tuple(TopicFilter(t["topic"], _qos(t)) for t in _subscriptions(body))
     if hook in SUBSCRIBE_HOOKS:
-        return [Event(hook, BROKER, client, frozen_map({**data, "topic": t["topic"], "qos": _qos(t)}))
-                for t in _subscriptions(body)]
-    return [Event(hook, BROKER, client, frozen_map(data))]
+        topics = _subscriptions(body)  # all checked now: a bad entry refuses the call before any rule runs
+        return (Event(hook, BROKER, client, frozen_map({**data, "topic": t["topic"], "qos": _qos(t)})) for t in topics)
+    return iter((Event(hook, BROKER, client, frozen_map(data)),))
 
 
 # -- decisions -> reply ---------------------------------------------------------------------------
@@ -187,6 +198,17 @@ OK = Reply({"result": "ok"}, NO_HEADERS)
 
 def _error(reason: str) -> Reply:
     return Reply({"result": {"error": reason or "not_allowed"}}, NO_HEADERS)
+
+
+def plain_payload_problem(decision: Decision) -> str | None:
+    """Why a decision cannot be sent to an endpoint with plain (not base64) payloads, or None: a
+    Engine.decide check, so the rewrite is a rule error when it is made, not a failed reply."""
+    if decision.kind == "rewrite" and decision.payload is not None:  # type: ignore[union-attr]
+        try:
+            decision.payload.decode("utf-8")  # type: ignore[union-attr]
+        except UnicodeDecodeError:
+            return "a rewritten payload that is not UTF-8 needs base64 (vmq_webhooks base64encode = on)"
+    return None
 
 
 def _encode_payload(payload: bytes, b64: bool) -> str:

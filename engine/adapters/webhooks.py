@@ -17,7 +17,6 @@ from typing import Any
 from aiohttp import HttpVersion11, web
 
 from .. import metrics
-from ..decisions import POLICY_DECISIONS
 from ..engine import Engine
 from ..errors import printable
 from ..health import Handler
@@ -32,8 +31,9 @@ from .vernemq import (
     SUBSCRIBE_HOOKS,
     BadRequest,
     Reply,
-    Unrepresentable,
-    events_for,
+    count_events,
+    iter_events,
+    plain_payload_problem,
     reply_for,
     subscribe_reply,
 )
@@ -86,16 +86,26 @@ class WebhookAdapter:
                           auto_decompress=False)
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
-        method = request.method
-        if method == "POST":
-            if "Expect" in request.headers and (refused := await self._expect(request)) is not None:
-                return refused
-            return await self.handle(request)
-        if method in ("GET", "HEAD"):
-            route = self._get_routes.get(request.path)
-            if route is not None:
-                return await route(request)
-        return await self.not_post(request)
+        try:
+            method = request.method
+            if method == "POST":
+                if "Expect" in request.headers and (refused := await self._expect(request)) is not None:
+                    return refused
+                return await self.handle(request)
+            if method in ("GET", "HEAD"):
+                route = self._get_routes.get(request.path)
+                if route is not None:
+                    return await route(request)
+            return await self.not_post(request)
+        except Exception:  # the last line: aiohttp would answer 500, which VerneMQ reads as a refusal of all
+            hook = request.headers.get(HOOK_HEADER, "")
+            info = HOOKS.get(hook)
+            if info is None or info.broker != BROKER:
+                hook = ""
+            decision = self.engine.internal_error(BROKER, hook or "unknown")
+            if not hook:  # not a webhook call: no broker reads this answer
+                return web.Response(body=b'{"error": "internal error"}', status=500, content_type="application/json")
+            return self._respond(hook, reply_for(hook, decision, True))
 
     async def _expect(self, request: web.BaseRequest) -> web.Response | None:
         """`Expect: 100-continue` (curl sends it with bodies over 1 KiB): say continue, or the client
@@ -145,35 +155,40 @@ class WebhookAdapter:
             except Exception:  # a bug of ours must still give VerneMQ a 200 it reads, never a 500
                 # (VerneMQ reads a non-200 as a refusal of everything); allow/deny/ignore carry no payload
                 reply = reply_for(hook, self.engine.internal_error(BROKER, hook), True)
+            return self._respond(hook, reply)
         except BadRequest as bad:
             return self._bad(bad)
         finally:
             if hook in HOOKS and HOOKS[hook].broker == BROKER:
                 self._timer(hook).observe(time.perf_counter() - started)
-        if not reply.headers:
-            constant = _CONSTANT.get(id(reply))
-            if constant is not None:  # most answers are one of three: no need to encode them each time
-                return web.Response(body=constant, content_type="application/json")
-        return web.json_response(reply.body, headers=reply.headers)
+
+    def _respond(self, hook: str, reply: Reply) -> web.Response:
+        """The HTTP response, encoded here, inside the error handling: a reply the encoder refuses (a
+        value no check foresaw) is answered by the failure policy, counted and logged, never a 500."""
+        try:
+            if not reply.headers:
+                constant = _CONSTANT.get(id(reply))
+                if constant is not None:  # most answers are one of three: no need to encode them each time
+                    return web.Response(body=constant, content_type="application/json")
+            for name, value in reply.headers.items():  # aiohttp would refuse these only while sending
+                if not (value.isascii() and value.isprintable()):
+                    raise ValueError(f"header {name} holds a character HTTP cannot carry")
+            return web.Response(body=json.dumps(reply.body, allow_nan=False).encode(), headers=reply.headers,
+                                content_type="application/json")
+        except Exception:
+            fallback = reply_for(hook, self.engine.internal_error(BROKER, hook), True)
+            return web.Response(body=json.dumps(fallback.body).encode(), content_type="application/json")
 
     def _answer(self, hook: str, body: dict[str, Any], b64: bool) -> Reply:
         engine = self.engine
         if not engine.needs_event(hook):
-            events_for(hook, body, b64)  # still refuse a malformed body, as with a rule
+            iter_events(hook, body, b64)  # still refuse a malformed body, as with a rule
             return reply_for(hook, engine.skip(BROKER, hook).decision, b64)
-        events = events_for(hook, body, b64)
-        budgets = engine.budgets(len(events))  # a subscription's topics share one run's budget
-        decisions = [engine.decide(event, budget).decision for event, budget in zip(events, budgets)]
-        if hook in SUBSCRIBE_HOOKS:
-            return subscribe_reply(hook, body, decisions)
-        try:
-            return reply_for(hook, decisions[0], b64)
-        except Unrepresentable as exc:
-            policy = engine.policy(hook)
-            log.error("%s: cannot answer %s with that decision: %s (answered %s by failure policy)",
-                      hook, BROKER, exc, policy)
-            metrics.RULE_ERRORS.labels(hook, "runtime").inc()
-            return reply_for(hook, POLICY_DECISIONS[policy], b64)
+        check = None if b64 else plain_payload_problem  # what this endpoint's replies cannot carry
+        events = iter_events(hook, body, b64)
+        if hook in SUBSCRIBE_HOOKS:  # a subscription's topics share one run's budget
+            return subscribe_reply(hook, body, engine.decide_each(events, count_events(hook, body), check))
+        return reply_for(hook, engine.decide(next(events), None, check).decision, b64)
 
     def _base64(self, request: web.BaseRequest) -> bool:
         """The endpoint URL may say how its payloads come (`?base64=off`), like vmq_webhooks' base64encode."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..decisions import ALLOW, IGNORE, Allow, Decision, Deny, Drop, Rewrite
 from ..hooks import HookInfo
-from ..modifiers import SCHEMAS
+from ..modifiers import SCHEMAS, check_cache
 from ..modifiers import validate as validate_modifiers
 from . import guards, helpers
 
@@ -157,8 +157,7 @@ def make_decisions(hook: HookInfo) -> dict[str, Callable[..., None]]:
             if not hook.cacheable:
                 raise ValueError(f"allow(cache=...) means nothing in {hook.name}: only VerneMQ auth_on_register, "
                                  "auth_on_publish and auth_on_subscribe answers are cached")
-            if type(cache) is not int or cache < 0:
-                raise ValueError(f"allow(cache={cache!r}): cache is a whole number of seconds")
+            check_cache(cache)  # a range too: f"max-age={10**5000}" failed in every reply
         return Allow(checked, cache)
 
     def hook_rewrite(topic: str | None = None, payload: str | bytes | None = None, qos: int | None = None,
