@@ -412,7 +412,10 @@ def test_binary_rewrite_without_base64_is_answered_by_the_failure_policy(rewrite
     deliver = call(rewrite_server, "on_deliver", with_id(spec.EXAMPLES["on_deliver"], "binary"), PLAIN)
     assert (deliver.status, deliver.body) == (200, NEXT), deliver.raw
     assert metric(rewrite_server, "hookrules_rule_errors_total", hook="auth_on_publish", kind="runtime") == before + 1
-    assert wait_for(lambda: "auth_on_publish: cannot answer vernemq with that decision" in rewrite_server.log())
+    # refused when the rule decides (the endpoint's plain payloads are known then), a rule error like any other
+    assert wait_for(lambda: "runtime_error: rewrite() cannot be sent to vernemq" in rewrite_server.log())
+    assert metric(rewrite_server, "hookrules_decisions_total", broker="vernemq", hook="auth_on_publish",
+                  decision="deny", source="policy") >= 1
     assert "needs base64" in rewrite_server.log()
 
 
@@ -461,11 +464,13 @@ def _subscribe(hook: str, *topics: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("hook", SUBSCRIBE)
 def test_subscribe_all_allowed_is_plain_ok_and_runs_the_rule_once_per_topic(subscribe_server: ServerProcess,
                                                                             hook: str) -> None:
-    before = metric(subscribe_server, "hookrules_decisions_total", broker="vernemq", hook=hook, decision="allow")
+    before = metric(subscribe_server, "hookrules_decisions_total", broker="vernemq", hook=hook, decision="allow",
+                    source="rule")
     reply = call(subscribe_server, hook, _subscribe(hook, {"topic": "a/b", "qos": 1}, {"topic": "c/d", "qos": 0},
                                                     {"topic": "e/#", "qos": 1}))
     assert (reply.status, reply.body, reply.cache_control) == (200, OK, None), reply.raw
-    after = metric(subscribe_server, "hookrules_decisions_total", broker="vernemq", hook=hook, decision="allow")
+    after = metric(subscribe_server, "hookrules_decisions_total", broker="vernemq", hook=hook, decision="allow",
+                   source="rule")
     assert after - before == 3
 
 
@@ -542,7 +547,8 @@ def test_register_modifiers_are_sent_exactly_and_bad_ones_are_rule_errors(
         reply = call(server, "auth_on_register", with_id(example, client_id))
         assert (reply.status, reply.body) == (200, RULE_ERROR), (client_id, reply.raw)
     assert metric(server, "hookrules_rule_errors_total", hook="auth_on_register", kind="runtime") == 3
-    assert metric(server, "hookrules_decisions_total", broker="vernemq", hook="auth_on_register", decision="deny") == 3
+    assert metric(server, "hookrules_decisions_total", broker="vernemq", hook="auth_on_register", decision="deny",
+                  source="policy") == 3
     path = rules / "auth_on_register.star"
     assert wait_for(lambda: "must be set together" in server.log())
     log = server.log()
@@ -963,7 +969,9 @@ def test_requests_and_decisions_are_counted_per_hook(start_server: Callable[...,
                 ("auth_on_publish", "rewrite"): 1, ("auth_on_publish", "drop"): 1, ("auth_on_publish", "allow"): 1,
                 ("on_publish", "ignore"): 2, ("auth_on_subscribe", "allow"): 2}
     for (hook, decision), n in expected.items():
-        assert count("hookrules_decisions_total", broker="vernemq", hook=hook, decision=decision) == n, (hook, decision)
+        source = "default" if hook == "on_publish" else "rule"  # on_publish has no rule here
+        assert count("hookrules_decisions_total", broker="vernemq", hook=hook, decision=decision, source=source) == n, \
+            (hook, decision)
     # the same counters for EMQX stay untouched
     assert not any(s.labels.get("broker") == "emqx" for s in families["hookrules_decisions"].samples)
 

@@ -22,6 +22,7 @@ from ..decisions import Decision
 from ..engine import Engine
 from ..events import Client, Conn, Event, Message, SubOpts, TopicFilter, frozen_map
 from ..hooks import EMQX_HOOKS
+from ..modifiers import decision_problem
 from ..ratelimit import Every
 from ..ruleset import RuleSet
 from . import exhook_proto
@@ -169,6 +170,8 @@ class _Replies:
         kind = decision.kind
         if kind == "ignore":
             return self.ignore
+        if kind == "rewrite" and (problem := decision_problem("message.publish", decision)) is not None:
+            raise ValueError(problem)  # checked when made; again here, where it is sent
         msg = self.proto.Message()
         msg.CopyFrom(request.message)
         if kind == "rewrite":

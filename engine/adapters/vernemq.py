@@ -14,9 +14,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..decisions import Decision
+from ..decisions import ALLOW, IGNORE, Decision
 from ..events import Client, Event, Message, TopicFilter, freeze, frozen_map, json_view
 from ..hooks import HOOKS
+from ..modifiers import decision_problem
 
 BROKER = "vernemq"
 #: SUBACK codes for a refused topic: "not authorized" in MQTT 3 (0x80) and 5 (0x87)
@@ -271,6 +272,10 @@ def reply_for(hook: str, decision: Decision, b64: bool) -> Reply:
     """The reply to a hook with one decision (every hook but the subscribe ones)."""
     if not HOOKS[hook].can_decide:
         return NOTIFIED
+    if decision is not ALLOW and decision is not IGNORE:  # checked when made; again here, where it is sent
+        problem = decision_problem(hook, decision)
+        if problem is not None:
+            raise Unrepresentable(problem)
     kind = decision.kind
     if kind == "allow":
         return _allow(hook, decision)
