@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .support import BUNDLED_RULES, ServerProcess
 
 
@@ -86,6 +88,34 @@ def test_a_bind_error_says_why(tmp_path: Path) -> None:
         in_use = hookrules("serve", "--rules", str(BUNDLED_RULES), "--grpc", "off", "--metrics", "off",
                            "--http", f"127.0.0.1:{port}")
     assert in_use.returncode == 2 and "(is another server on that port?)" in in_use.stderr
+
+
+def test_a_busy_grpc_port_is_told_without_grpc_cores_raw_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = hookrules("serve", "--rules", str(BUNDLED_RULES), "--grpc", f"127.0.0.1:{port}", "--metrics", "off",
+                           "--http", "off")
+    assert result.returncode == 2
+    assert f"cannot listen for gRPC on 127.0.0.1:{port} (--grpc): " in result.stderr
+    assert "(is another server on that port?)" in result.stderr
+    assert "add_port" not in result.stderr and "chttp2" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("busy_flag", ["--http", "--metrics", "--grpc"])
+def test_a_failed_bind_prints_no_serving_banner(busy_flag: str) -> None:
+    """The banner of the front-ends that did bind used to be printed before the one that failed: a
+    script reading "serving ... on" would think the server up, then see it exit 2."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        ports = {flag: "127.0.0.1:0" for flag in ("--http", "--metrics", "--grpc")}
+        ports[busy_flag] = f"127.0.0.1:{port}"
+        result = hookrules("serve", "--rules", str(BUNDLED_RULES), *(x for kv in ports.items() for x in kv))
+    assert result.returncode == 2 and "cannot listen" in result.stderr
+    assert "hookrules:" not in result.stdout, result.stdout
 
 
 def test_port_zero_prints_the_bound_ports_and_sigterm_exits_zero(start_server: Any, rules_dir: Path) -> None:
