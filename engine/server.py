@@ -71,9 +71,7 @@ def _check_bindable(host: str, port: int, address: str, flag: str) -> None:
         raise ConfigError(f"cannot listen for gRPC on {address} ({flag}): {exc.strerror}") from None
     for family, kind, proto, _, sockaddr in infos:
         with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc-core sets it
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc-core sets it (and [::] dual-stack)
             try:
                 sock.bind(sockaddr)
             except OSError as exc:

@@ -367,9 +367,19 @@ class ExhookAdapter:
             log.info("EMQX %s (node %s, cluster %s) loaded hookrules over exhook %s: %s",
                      request.broker.version or "?", request.meta.node or "?", request.meta.cluster_name or "-",
                      proto.version, ", ".join(specs) or "no hooks (no rule files)")
-            return proto.LoadedResponse(hooks=[proto.HookSpec(name=n, topics=t) for n, t in specs.items()])
+            return proto.LoadedResponse(hooks=[self._hook_spec(proto, n, t) for n, t in specs.items()])
 
         return handle
+
+    def _hook_spec(self, proto: ExhookProto, hook: str, topics: tuple[str, ...]) -> Any:
+        """One HookSpec; TOPICS that protobuf cannot carry (a lone surrogate) are left out, so EMQX sends
+        that hook every message and the rule's own TOPICS filter (CompiledRule.wants) still applies."""
+        try:
+            return proto.HookSpec(name=hook, topics=topics)
+        except (ValueError, TypeError) as exc:
+            log.error("%s: its TOPICS cannot be sent to EMQX (%s); EMQX will call it for every message and "
+                      "hookrules filters them", hook, exc)
+            return proto.HookSpec(name=hook)
 
     def _unloaded_handler(self, proto: ExhookProto, replies: _Replies) -> Callable[..., Any]:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
