@@ -272,6 +272,7 @@ class ExhookAdapter:
                 fn = self._loaded_handler(proto)
             elif rpc == "OnProviderUnloaded":
                 fn = self._unloaded_handler(proto, replies)
+                serializer = None  # it returns replies.empty, already serialized
             else:
                 hook = RPC_HOOKS[rpc]
                 fn = self._hook_handler(hook, getattr(replies, _reply_kind(hook)), replies)
