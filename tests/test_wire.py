@@ -469,3 +469,40 @@ def test_topics_protobuf_cannot_carry_do_not_fail_the_provider_load(stubs: dict[
 
     reply = asyncio.run(run())
     assert {h.name: list(h.topics) for h in reply.hooks} == {"client.authenticate": [], "message.publish": []}
+
+
+def _decisions_with(value: Any) -> Iterator[tuple[str, Decision]]:
+    """Every field of every decision kind holding `value` (built directly, past the rule-call checks)."""
+    yield "allow.cache", Allow(cache=value)
+    yield "deny.reason", Deny(reason=value)
+    yield "drop.reason", Drop(reason=value)
+    for field in ("topic", "payload", "qos", "retain"):
+        yield f"rewrite.{field}", Rewrite(**{field: value})
+    yield "rewrite.topics", Rewrite(topics=(value,))
+
+
+def test_every_decision_that_passes_the_check_encodes_for_every_hook_of_both_brokers() -> None:
+    """decision_problem is the boundary: whatever it lets through, every reply builder of both adapters
+    encodes (JSON without NaN, protobuf), and what it must stop, it stops."""
+    from hookrules.adapters import exhook_proto
+    from hookrules.adapters.exhook import _Replies
+    from hookrules.modifiers import decision_problem
+
+    replies = _Replies(exhook_proto.load("v3"))
+    pb = exhook_proto.load("v3")
+    request = pb.MessagePublishRequest(message=pb.Message(topic="t", payload=b"x", qos=1))
+    must_stop = {"huge", "uint32", "int64", "negative", "nan", "inf", "surrogate", "long", "list", "dict"}
+    for name, (_, value) in BAD.items():
+        for field, decision in _decisions_with(value):
+            vmq = [h.name for h in VERNEMQ_HOOKS if h.can_decide and decision.kind in h.decisions]
+            problems = {hook: decision_problem(hook, decision) for hook in vmq + ["message.publish"]}
+            for hook, problem in problems.items():
+                if problem is not None:
+                    continue
+                if hook == "message.publish":
+                    replies.publish(request, decision)  # raises on what protobuf refuses
+                else:
+                    json.dumps(reply_for(hook, decision, True).body, allow_nan=False)
+            passed = [h for h, p in problems.items() if p is None]
+            if name in must_stop and value is not None:
+                assert not passed, (field, name, passed)
