@@ -35,8 +35,6 @@ SOURCE_LABELS: Mapping[str, str] = {"rule": "rule", "policy": "policy", "no_rule
 
 #: A rule that fails on every event logs its error at most this often (the count says how many).
 ERROR_LOG_INTERVAL = 10.0
-#: the least a run gets when several share one budget (see Engine.budgets)
-MIN_SHARE = 0.001
 #: errors remembered for rate-limiting their log lines; past it, those of versions no longer served go
 MAX_ERROR_KEYS = 1000
 
@@ -210,18 +208,6 @@ class Engine:
             self._log_decision(event, Outcome(decision, "policy", rule.version if rule else "", error), 0.0)
         self._count(event.broker, event.hook, decision, "policy", left)
         return [decision] * left
-
-    def budgets(self, count: int) -> Iterator[float | None]:
-        """The time budget of each of `count` runs answering one call (a VerneMQ subscription runs the
-        rule once per topic): one run gets the whole budget (None), several share it, so a slow rule
-        cannot keep the broker waiting once per topic; past it each gets MIN_SHARE, and fails by policy.
-        For `hookrules eval`, which shows every topic's run; a live call uses decide_each."""
-        if count == 1:
-            yield None
-            return
-        deadline = time.monotonic() + self.limits.timeout
-        for _ in range(count):
-            yield max(deadline - time.monotonic(), MIN_SHARE)
 
     def _log_decision(self, event: Event, outcome: Outcome, seconds: float) -> None:
         self.decision_log.record(event, outcome.decision, outcome.source, outcome.version,  # type: ignore[union-attr]

@@ -4,6 +4,7 @@ values the conditions saw (OPA's `opa eval --explain`, for this language)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -73,9 +74,18 @@ def evaluate(rules: Path, hook: str, event_spec: Any, out: TextIO, *, broker: st
             return 2
     engine = Engine(ruleset)
     engine.run_clock = run_clock
-    for event, budget in zip(events, engine.budgets(len(events))):  # a subscription's topics share one, as live
+    # A subscription's topics share one budget, as in a live call (Engine.decide_each): once it is
+    # spent, the remaining topics are answered by the failure policy without running the rule.
+    deadline = time.monotonic() + engine.limits.timeout
+    for event in events:
+        budget = None if len(events) == 1 else deadline - time.monotonic()
         if len(events) > 1:
             out.write(f"-- topic {event.data.get('topic')!r}\n")
+        if budget is not None and budget <= 0:
+            policy = engine.policy(hook)
+            out.write(f"decision: {policy} (the call's budget, --rule-timeout {engine.limits.timeout:g} s, was "
+                      "spent: answered by the failure policy without running the rule, as a live call is)\n")
+            continue
         _explain_one(engine, rules, hook, event, out, explain, budget)
     return 0
 

@@ -179,3 +179,24 @@ def test_eval_raw_reads_what_the_broker_sends() -> None:
     bad = hookrules("eval", "client.authenticate", "--raw", "--event", '{"clientinfo": {"nope": 1}}',
                     "--rules", str(BUNDLED_RULES))
     assert bad.returncode == 2 and "not a ClientAuthenticateRequest in protobuf JSON" in bad.stderr
+
+
+def test_eval_raw_answers_topics_past_the_spent_budget_by_policy_as_live(tmp_path: Path) -> None:
+    """Once a subscription's shared budget is spent, eval answers the remaining topics by the failure
+    policy without running the rule, as a live call does (Engine.decide_each).
+
+    Each run takes its whole step budget (100,000 steps: tens of ms at least), so fifty of them cannot
+    fit in the 0.1 s a call has. Result: the first topic runs; some later ones say the budget was spent."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "auth_on_subscribe.star").write_text("n = 0\nfor i in range(100000):\n    n += i\nallow()\n")
+    body = json.dumps({"client_id": "c", "mountpoint": "", "username": "u",
+                       "topics": [{"topic": f"t/{i}", "qos": 0} for i in range(50)]})
+    result = hookrules("eval", "auth_on_subscribe", "--raw", "--event", body, "--rules", str(rules))
+    assert result.returncode == 0, result.stderr
+    blocks = result.stdout.split("-- topic ")[1:]
+    assert len(blocks) == 50
+    assert "runtime_error" in blocks[0] or "deadline_error" in blocks[0]  # it ran, out of steps or time
+    spent = [b for b in blocks if "answered by the failure policy without running the rule" in b]
+    assert spent and all("decision: deny" in b for b in spent)
+    assert blocks[-1] in spent  # once spent, every later topic too
