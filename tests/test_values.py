@@ -345,3 +345,45 @@ def test_host_freezing_reaches_keys_and_views_and_bounds_depth() -> None:
         deep = [deep]
     with pytest.raises(RecursionError):
         freeze(deep)
+
+
+# -- every guard covers every container of the set -----------------------------------------------------
+
+def _big(cls: type) -> Any:
+    """An instance of `cls` that stands for over guards.MAX_WALK items through shared parts."""
+    row = tuple(range(1000))
+    rows = [row] * 1001
+    return {
+        list: list(rows), tuple: tuple(rows), dict: dict(enumerate(rows)), set: {(i, row) for i in range(1001)},
+        frozenset: frozenset((i, row) for i in range(1001)), MappingProxyType: MappingProxyType(dict(enumerate(rows))),
+        range: None, JSONObject: json_view({str(i): list(row) for i in range(1001)}),
+        JSONArray: json_view([list(row)] * 1001),
+    }[cls]
+
+
+@pytest.mark.parametrize("cls", sorted((c for c in CONTAINERS if c is not range), key=lambda c: c.__name__))
+def test_the_text_and_walk_guards_measure_every_container(cls: type) -> None:
+    """Result: str/repr/log/f-strings refuse it, and so do == and < (guards.bounded_text, check_walk)."""
+    from hookrules.lang.guards import MAX_WALK, TooBig, bounded_text, check_walk, walk_size
+
+    value = _big(cls)
+    assert value.__class__ is cls
+    with pytest.raises(TooBig):
+        bounded_text(value, repr)
+    assert walk_size(value) > MAX_WALK
+    with pytest.raises(TooBig):
+        check_walk(value, value, ast.Eq)
+    runner = Runner()
+    for expression in ("str(v)", "repr(v)", "f'{v}'", "'%s' % (v,)", "log(v)", "v == v", "[v] == [v]",
+                       "json_encode(v)"):
+        ok, result = runner(expression, v=value)
+        assert not ok, (expression, str(result)[:100])
+
+
+def test_a_record_is_measured_by_the_text_it_shows() -> None:
+    from hookrules.lang.guards import TooBig, bounded_text
+
+    big = MappingProxyType({str(i): "x" * 100 for i in range(1000)})
+    with pytest.raises(TooBig):
+        bounded_text(Message(user_properties=big), repr)
+    assert "pw" not in bounded_text(Client(password="pw"), repr)
