@@ -418,12 +418,12 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
     def on_list(self, node: Any) -> list[Any]:
         run = self.run
         items = [run(e) for e in node.elts]
-        return items if CONTAINERS.isdisjoint(map(type, items)) else self.nesting.made(items)  # type: ignore[no-any-return]
+        return items if CONTAINERS.isdisjoint(map(type, items)) else self.nesting.made(items)
 
     def on_tuple(self, node: Any) -> tuple[Any, ...]:
         run = self.run
         items = tuple([run(e) for e in node.elts])
-        return items if CONTAINERS.isdisjoint(map(type, items)) else self.nesting.made(items)  # type: ignore[no-any-return]
+        return items if CONTAINERS.isdisjoint(map(type, items)) else self.nesting.made(items)
 
     def on_set(self, node: Any) -> set[Any]:
         run = self.run

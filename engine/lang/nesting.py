@@ -36,7 +36,7 @@ MAX_DEPTH = 100
 MAX_HASH_WALK = MAX_WALK
 #: read-only containers remembered across runs before the memory is let go
 MAX_LASTING = 20_000
-#: containers remembered during one run before the memory is let go (a cache: forgetting costs a walk)
+#: nested containers one run may make: each is remembered (with what holds it) until the run ends
 MAX_MEMO = 200_000
 
 #: a flat list or tuple this short is looked at again rather than remembered
@@ -53,6 +53,10 @@ class TooDeep(TooBig):
 def _too_deep() -> TooDeep:
     return TooDeep(f"a value nested more than {MAX_DEPTH} levels deep is not allowed (flatten it, or keep "
                    "a list of the parts)")
+
+
+def _too_many() -> TooBig:
+    return TooBig(f"a run may build at most {MAX_MEMO} containers (small flat lists and tuples aside)")
 
 
 def _too_wide() -> TooBig:
@@ -165,8 +169,7 @@ class Nesting:
             self._last(key, value, deepest + 1 + (walk << 8))
         else:
             if len(memo) > MAX_MEMO:
-                self.reset()
-                memo = self._memo
+                raise _too_many()
             memo[key] = deepest + 1 + (walk << 8)
             self._kept.append(value)
         return value
@@ -213,7 +216,7 @@ class Nesting:
             if depth > MAX_DEPTH:
                 raise _too_deep()
             known = memo.get(id(value))
-            if known is None:  # not remembered (small and flat, or the memo was let go): measure it
+            if known is None:  # not remembered (small and flat): measure it
                 known = self._walk(value) if id(value) not in self._lasting else self._lasting[id(value)]
             if known & 255 >= depth:
                 continue
@@ -225,6 +228,7 @@ class Nesting:
         container under it is measured once (shared parts are looked up, not walked again)."""
         memo, lasting, holders = self._memo, self._lasting, self._holders
         # frame: [container, its items, deepest item, all items fixed, hash walk]
+        entry: int
         stack: list[list[Any]] = [[root, iter(_items(root)), 0, root.__class__ in _FIXED,
                                    len(root) if root.__class__ is tuple else 0]]
         while True:
@@ -258,11 +262,13 @@ class Nesting:
                     raise _too_deep()
                 if frame[4] > MAX_HASH_WALK:
                     raise _too_wide()
-                entry = depth + (frame[4] << 8)
+                entry = depth + int(frame[4] << 8)
                 if frame[3]:
                     self._last(id(frame[0]), frame[0], entry)
                     lasting = self._lasting
                 else:
+                    if len(memo) > MAX_MEMO:
+                        raise _too_many()
                     memo[id(frame[0])] = entry
                     self._kept.append(frame[0])
                 if not stack:
