@@ -108,14 +108,10 @@ _BULK_HASHING = frozenset({"update", "fromkeys", "union", "intersection", "inter
 
 
 def _container_method(func: Any, args: list[Any]) -> tuple[Any, str, list[Any]] | None:
-    """(the container, the method's name, the other arguments) when `func` is a method of a container
-    of the set (`d.update`, `list.append` taken from the type, `dict.fromkeys`), else None."""
-    if func.__class__ is BuiltinMethodType:
-        owner = func.__self__
-        if owner.__class__ in CONTAINERS or owner is dict:
-            return owner, func.__name__, args
-        return None
-    objclass = getattr(func, "__objclass__", None)  # an unbound method: list.append(l, x)
+    """(the container, the method's name, the other arguments) when `func` is an unbound method of a
+    container of the set (`list.append` taken from the type), else None. (A bound one, `d.update` or
+    `dict.fromkeys`, is recognised inline in on_call.)"""
+    objclass = getattr(func, "__objclass__", None)
     if objclass in CONTAINERS and args:
         return args[0], func.__name__, args[1:]
     return None
@@ -576,12 +572,16 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             raise TypeError(f"'{type(func).__name__}' object is not callable")
         method = None
         fcls = func.__class__
-        if fcls is BuiltinMethodType or fcls is MethodDescriptorType:
+        if fcls is BuiltinMethodType:  # len(), s.upper(), d.update(): a method of a container?
+            owner = func.__self__
+            if owner.__class__ in CONTAINERS or owner is dict:
+                method = (owner, func.__name__, args)
+        elif fcls is MethodDescriptorType:  # list.append(l, x), taken from the type
             method = _container_method(func, args)
-            if method is not None and method[1] in _BULK_HASHING:
-                _check_bulk(*method)
         elif func is dict and args:
             check_spread(keys_of(args[0], True))
+        if method is not None and method[1] in _BULK_HASHING:
+            _check_bulk(*method)
         result = func(*args, **kwargs) if kwargs else func(*args)
         cls = result.__class__
         if cls not in HELD:  # lang/values: a view or an iterator becomes a list, anything else is refused
@@ -589,8 +589,9 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             cls = result.__class__
         if cls in SIZED:  # a method or helper may have made its input several times bigger
             check_size(result)
-        if cls in CONTAINERS:
-            self.nesting.made(result)
+        if cls in CONTAINERS and (cls is not tuple and cls is not list or len(result) > 16
+                                  or not CONTAINERS.isdisjoint(map(type, result))):
+            self.nesting.made(result)  # (a short flat list or tuple, one level deep, needs no look)
         if method is not None and method[0].__class__ in MUTABLE:
             level = _INSERTS.get(method[1])
             if level is not None:  # append, update, ...: the container is as deep as what went in makes it
