@@ -1179,15 +1179,36 @@ NESTERS: list[tuple[str, str, str]] = [
     ("update-through-the-type", "a = {}\nb = a", "n = {}\n    dict.update(b, {'k': n})\n    b = n"),
     ("append-under-a-tuple-held-in-a-dict", "a = []\nt = {'k': (a,)}\nb = a", "n = []\n    b.append(n)\n    b = n"),
     ("bound-method-kept-aside", "a = []\nb = a", "n = []\n    push = b.append\n    push(n)\n    b = n"),
+    # found attacking a live server: results of calls that hold their arguments
+    ("sorted-with-a-key", "x = [1]", "x = sorted([x, x], key=len)"),
+    ("max-with-a-key", "x = (1,)\ndef k(v):\n    return 0", "x = max([(x,), (x,)], key=k)"),
+    ("dict-copy", "x = {}", "x = {'k': x}.copy()"),
+    ("dict-items", "x = 1", "x = {'k': x}.items()"),
+    ("json-view-in-a-list", "x = request", "x = [x]"),
 ]
 
 
 @pytest.mark.parametrize(("setup", "step"), [pytest.param(c[1], c[2], id=c[0]) for c in NESTERS])
 def test_nesting_is_bounded_whatever_makes_it(setup: str, step: str) -> None:
     """Result: the statement that would make a value 101 levels deep fails; the run ends there."""
-    rule = compile_src(f"{setup}\nfor i in range(150):\n    {step}\nallow()\n")
-    result = run_rule(rule, authz_event(), Limits(timeout=5.0))
+    hook, event = (REGISTER, register_event()) if "request" in setup else (AUTHZ, authz_event())
+    rule = compile_src(f"{setup}\nfor i in range(150):\n    {step}\nallow()\n", hook)
+    result = run_rule(rule, event, Limits(timeout=5.0))
     assert isinstance(result, RuleError) and "nested more than 100 levels" in result.message, result
+
+
+def test_a_webhook_body_nested_past_the_bound_is_refused_when_wrapped() -> None:
+    """VerneMQ's body is parsed before any rule runs (deeper than 100 is valid JSON): reading it is
+    fine, making a value of it is measured like any other."""
+    deep: Any = []
+    for _ in range(300):
+        deep = [deep]
+    event = Event(REGISTER, "vernemq", make_client(), frozen_map({"request": json_view({"a": deep, "b": 1})}))
+    assert run_rule(compile_src("x = request['b']\nallow()\n", REGISTER), event) == Allow()
+    for src in ("x = [request]\n", "x = list(request['a'])\n", "x = {'k': request}\n", "x = str(request)\n",
+                "x = json_encode(request)\n", "l = []\nl.append(request)\n"):
+        result = run_rule(compile_src(src + "allow()\n", REGISTER), event)
+        assert isinstance(result, RuleError) and "nested" in result.message, (src, result)
 
 
 @pytest.mark.parametrize("src", [

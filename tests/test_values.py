@@ -387,3 +387,12 @@ def test_a_record_is_measured_by_the_text_it_shows() -> None:
     with pytest.raises(TooBig):
         bounded_text(Message(user_properties=big), repr)
     assert "pw" not in bounded_text(Client(password="pw"), repr)
+
+
+def test_json_encode_takes_every_json_shaped_value_of_the_set() -> None:
+    """Found by the nesting tests: a webhook body's arrays (JSONArray) had no JSON form, its objects had."""
+    runner = Runner()
+    for value in ([1], (1,), {"a": 1}, MappingProxyType({"a": (1,)}), json_view({"a": [1, {"b": [2]}]}),
+                  json_view([1, [2]])):
+        ok, text = runner("json_encode(v)", v=value)
+        assert ok and text.__class__ is str, (value, text)
