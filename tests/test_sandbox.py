@@ -1211,6 +1211,27 @@ def test_a_webhook_body_nested_past_the_bound_is_refused_when_wrapped() -> None:
         assert isinstance(result, RuleError) and "nested" in result.message, (src, result)
 
 
+# (id, one statement making `r` a new container holding r): 60 of them over a list that then grows 60 deep
+HOLDERS: list[tuple[str, str]] = [
+    ("list-repeat", "r = [r] * 1"),
+    ("list-concat", "r = [] + [r]"),
+    ("augmented-concat", "q = []\n    q += [r]\n    r = q"),
+    ("tuple-concat", "r = () + (r,)"),
+    ("slice", "r = [r, 1][0:1]"),
+    ("dict-union", "r = {} | {'k': r}"),
+]
+
+
+@pytest.mark.parametrize("step", [pytest.param(c[1], id=c[0]) for c in HOLDERS])
+def test_a_container_holding_one_that_grows_is_measured_too(step: str) -> None:
+    """Result: 60 levels made with an operator above a list, then 60 appended under it: refused at 100.
+    (Operator results are not measured themselves: the literal each copies holds the same items.)"""
+    src = (f"a = []\nr = a\nfor i in range(60):\n    {step}\nb = a\nfor i in range(60):\n    n = []\n"
+           "    b.append(n)\n    b = n\nallow()\n")
+    result = run_rule(compile_src(src), authz_event(), Limits(timeout=5.0))
+    assert isinstance(result, RuleError) and "nested more than 100 levels" in result.message, result
+
+
 @pytest.mark.parametrize("src", [
     pytest.param("x = []\nx.append(x)\n", id="list-holding-itself"),
     pytest.param("x = {}\nx['k'] = x\n", id="dict-holding-itself"),

@@ -19,6 +19,10 @@ also remembers, for the run, which containers hold each container whose depth ca
 (`_holders`), and an insert that deepens a container deepens those too, up the chain, refusing
 at MAX_DEPTH: a list holding itself is infinitely deep. Each container's depth can only grow, and
 at most MAX_DEPTH times, so this costs at most MAX_DEPTH steps per link over a whole run.
+
+Operators are not measured: `[l] * 3`, `a + b`, `d | e` or a slice make a container of items that
+another container already holds (the literal or call that made them, measured), exactly as deep as
+it; whatever deepens one of those items deepens that measured holder too, which is refused first.
 """
 
 from __future__ import annotations
