@@ -6,7 +6,7 @@ so a rule cannot change what the broker sent nor what the next run will see.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, ValuesView
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -21,14 +21,23 @@ def frozen_map(pairs: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> M
     return MappingProxyType(dict(pairs))
 
 
-def freeze(value: Any) -> Any:
-    """Deep read-only copy of plain data (dicts, lists) for handing to rules."""
+#: levels a frozen value may nest (lang/nesting.MAX_DEPTH: what a rule may build)
+MAX_FROZEN_DEPTH = 100
+_VIEWS = (KeysView, ValuesView, ItemsView)
+
+
+def freeze(value: Any, depth: int = 0) -> Any:
+    """Deep read-only copy of plain data (dicts, lists, sets; keys too) for handing to rules: dicts
+    become read-only mappings, lists and views tuples, sets frozensets. Nesting past
+    MAX_FROZEN_DEPTH raises RecursionError (a data file's parse error says "nested too deeply")."""
+    if depth > MAX_FROZEN_DEPTH:
+        raise RecursionError(f"nested more than {MAX_FROZEN_DEPTH} levels deep")
     if isinstance(value, Mapping):
-        return MappingProxyType({k: freeze(v) for k, v in value.items()})
-    if isinstance(value, (list, tuple)):
-        return tuple(freeze(v) for v in value)
+        return MappingProxyType({freeze(k, depth + 1): freeze(v, depth + 1) for k, v in value.items()})
+    if isinstance(value, (list, tuple, *_VIEWS)):
+        return tuple(freeze(v, depth + 1) for v in value)
     if isinstance(value, (set, frozenset)):
-        return frozenset(freeze(v) for v in value)
+        return frozenset(freeze(v, depth + 1) for v in value)
     return value
 
 

@@ -363,6 +363,10 @@ class _Checker:
                 can = f"it takes {', '.join(sorted(accepted))}" if accepted else f"in {hook.name} it takes none"
                 self.error(kw.value, f"{name}() in {hook.name} has no '{kw.arg}'", can)
 
+    def visit_Constant(self, node: ast.Constant) -> None:
+        if isinstance(node.value, complex):  # lang/values: not among the values a rule can hold
+            self.error(node, "complex numbers are not allowed in rules", "use int or float")
+
     def visit_FormattedValue(self, node: ast.FormattedValue) -> None:
         spec = node.format_spec
         if spec is None:

@@ -10,10 +10,15 @@ amplifying methods go through here instead.
 from __future__ import annotations
 
 import ast
+import dataclasses
+import itertools
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
-from types import MappingProxyType
 from typing import Any
+
+from ..events import JSONArray, JSONObject
+from .values import CONTAINERS, HASHED, MAPPINGS, RECORDS, SETS
 
 MAX_TEXT = 256 * 1024  # characters of a str, bytes of a bytes (asteval's MAX_STR_LEN)
 MAX_EXPONENT = 10_000  # asteval's
@@ -69,27 +74,38 @@ def mult(a: Any, b: Any) -> Any:
 #: items a value may stand for, counting a list as often as it is referred to: [[big] * 1000] * 1000
 #: is cheap to build and a thousand times bigger for ==, `in`, hash() or str(), which walk it in C
 MAX_WALK = MAX_ITEMS * 10
-CONTAINERS = frozenset({list, tuple, dict, set, frozenset, MappingProxyType})
+
+
+def _walked(value: Any) -> Any:
+    """What a walk of a container visits: items, or a mapping's keys and values (the raw data under
+    a JSON view)."""
+    cls = value.__class__
+    if cls is JSONObject or cls is JSONArray:
+        value = value._data
+        cls = value.__class__
+    if cls in MAPPINGS:
+        return itertools.chain(value, value.values())
+    if cls is range:
+        return ()
+    return value
 
 
 def walk_size(value: Any, budget: int = MAX_WALK) -> int:
-    """How many items a walk of the value visits, shared parts counted each time; stops past budget."""
+    """How many items a walk of the value visits, shared parts counted each time; stops past budget.
+    Every container of the closed set counts (lang/values.CONTAINERS), mappings twice (key and value)."""
     seen = 0
     stack = [value]
     while stack:
         v = stack.pop()
         cls = v.__class__
-        if cls in (dict, MappingProxyType):
-            seen += 2 * len(v)
+        if cls in CONTAINERS:
+            if cls is JSONObject or cls is JSONArray:
+                v = v._data
+                cls = v.__class__
+            seen += 2 * len(v) if cls in MAPPINGS else len(v)
             if seen > budget:
                 return seen
-            stack.extend(x for x in v.values() if x.__class__ in CONTAINERS)
-            stack.extend(x for x in v if x.__class__ is tuple or x.__class__ is frozenset)
-        elif cls in CONTAINERS:
-            seen += len(v)
-            if seen > budget:
-                return seen
-            stack.extend(x for x in v if x.__class__ in CONTAINERS)
+            stack.extend(x for x in _walked(v) if x.__class__ in CONTAINERS)
         elif cls is str or cls is bytes:
             seen += len(v) // 64  # text is compared a machine word at a time
     return seen
@@ -102,10 +118,6 @@ def _check_repeat(seq: Any, times: int) -> None:
         if size > MAX_WALK:
             raise TooBig(f"repeating this list would stand for over {MAX_WALK} items (lists inside count "
                          "each time they appear)")
-
-
-#: containers `in` looks up by hash: it walks only what it looks for
-HASHED = frozenset({set, frozenset, dict, MappingProxyType})
 
 
 def check_walk(a: Any, b: Any, op: type[ast.cmpop] | None = None) -> None:
@@ -125,7 +137,10 @@ def power(a: Any, b: Any) -> Any:
         raise TooBig(f"exponent {b} is over the limit of {MAX_EXPONENT}")
     if _is_int(a) and _is_int(b) and b > 0:
         _check_bits(a.bit_length() * b)
-    return a**b
+    result = a**b
+    if result.__class__ is complex:  # (-8) ** (1 / 3): complex numbers are not among a rule's values
+        raise ValueError(f"{a!r} ** {b!r} has no real value (rules have no complex numbers)")
+    return result
 
 
 def lshift(a: Any, b: Any) -> Any:
@@ -152,16 +167,15 @@ def check_size(value: Any) -> Any:
     if cls is str or cls is bytes:
         if len(value) > MAX_TEXT:
             _check_len(value, len(value))
-    elif cls is list or cls is tuple:
-        if len(value) > MAX_ITEMS:
-            _check_len(value, len(value))
     elif cls is int:
         _check_bits(value.bit_length())
+    elif len(value) > MAX_ITEMS:  # list, tuple, dict, set
+        raise TooBig(f"a {cls.__name__} of {len(value)} items is over the limit of {MAX_ITEMS}")
     return value
 
 
 #: the classes check_size looks at (a set lookup decides whether a call's result needs it)
-SIZED = frozenset({str, bytes, list, tuple, int})
+SIZED = frozenset({str, bytes, list, tuple, int, dict, set, frozenset})
 
 #: a format spec's width or precision of 5 digits or more: format(x, '>99999999') is 100 MB
 _WIDE_SPEC = re.compile(r"\d{5,}")
@@ -182,9 +196,38 @@ def join_fields(parts: list[str]) -> str:
     return "".join(parts)
 
 
-#: The arithmetic that can grow values; lang/interp lays these over asteval's operator table.
+def _hashed_pair(a: Any, b: Any) -> None:
+    """`| & - ^` between sets (or dicts): one C call hashes the items of both into a new table."""
+    if a.__class__ in HASHED and b.__class__ in HASHED:
+        check_spread(itertools.chain(keys_of(a, False), keys_of(b, False)))
+
+
+def bit_or(a: Any, b: Any) -> Any:
+    _hashed_pair(a, b)
+    return a | b
+
+
+def bit_and(a: Any, b: Any) -> Any:
+    _hashed_pair(a, b)
+    return a & b
+
+
+def bit_xor(a: Any, b: Any) -> Any:
+    _hashed_pair(a, b)
+    return a ^ b
+
+
+def sub(a: Any, b: Any) -> Any:
+    if a.__class__ in SETS:
+        _hashed_pair(a, b)
+    return a - b
+
+
+#: The arithmetic that can grow values, or hash many keys in one C call; lang/interp lays these
+#: over asteval's operator table.
 GUARDED_OPERATORS: dict[type[ast.AST], Callable[..., Any]] = {
     ast.Add: add, ast.Mult: mult, ast.Pow: power, ast.LShift: lshift, ast.Mod: mod,
+    ast.BitOr: bit_or, ast.BitAnd: bit_and, ast.BitXor: bit_xor, ast.Sub: sub,
 }
 
 
@@ -236,31 +279,35 @@ def safe_reversed(values: Any) -> list[Any]:
 
 
 MAX_TEXT_OF_VALUE = 64 * 1024
+#: how deep bounded_text follows a value (lang/nesting keeps values within this)
+MAX_TEXT_DEPTH = 100
+
+
+def _record_fields(value: Any) -> list[Any]:
+    """What a record's repr shows: its fields with repr=True (never the password or the payload)."""
+    return [getattr(value, f.name) for f in dataclasses.fields(value) if f.repr]
 
 
 def bounded_text(value: Any, convert: Any) -> str:
     """str()/repr() of a value, refused when it would be huge: a list of big lists repeated is cheap
-    to build and gigabytes to print."""
-    if isinstance(value, (list, tuple, dict, set, frozenset)) or hasattr(value, "keys"):
+    to build and gigabytes to print. Every container of the closed set is measured, records by the
+    fields their text shows."""
+    cls = value.__class__
+    if cls in CONTAINERS or cls in RECORDS:
         budget = [MAX_TEXT_OF_VALUE]
 
         def measure(v: Any, depth: int) -> None:
-            if depth > 100:
-                raise TooBig("a value nested more than 100 levels deep cannot be turned into text")
-            if isinstance(v, (list, tuple, set, frozenset)):
-                budget[0] -= 2 + len(v)
-                for item in v:
+            if depth > MAX_TEXT_DEPTH:
+                raise TooBig(f"a value nested more than {MAX_TEXT_DEPTH} levels deep cannot be turned into text")
+            vcls = v.__class__
+            if vcls in CONTAINERS or dataclasses.is_dataclass(v):
+                parts = _walked(v) if vcls in CONTAINERS else _record_fields(v)
+                budget[0] -= 2 + (len(v) if vcls in CONTAINERS and vcls is not range else 8)
+                for item in parts:
                     if budget[0] < 0:
                         break
                     measure(item, depth + 1)
-            elif isinstance(v, dict) or hasattr(v, "keys") and hasattr(v, "items"):
-                budget[0] -= 2 + len(v)
-                for k, item in v.items():
-                    if budget[0] < 0:
-                        break
-                    measure(k, depth + 1)
-                    measure(item, depth + 1)
-            elif isinstance(v, (str, bytes)):
+            elif vcls is str or vcls is bytes:
                 budget[0] -= len(v)
             else:
                 budget[0] -= 8
@@ -279,3 +326,47 @@ def safe_str(*args: Any) -> str:
 
 def safe_repr(value: Any) -> str:
     return bounded_text(value, repr)
+
+
+# -- hash collisions ------------------------------------------------------------------------------
+
+#: below this many keys even a table of all-colliding keys is cheap to build (n**2 / 2 probes)
+SPREAD_FREE = 512
+#: distinct keys one full hash value may stand for: natural data never has more than a handful
+MAX_SHARED_HASH = 64
+
+
+def check_spread(keys: Iterable[Any]) -> None:
+    """Before one C call hashes many keys into a table (dict(), dict.fromkeys, update, set operations
+    and comparisons): refuse keys built to share one hash value. Such keys make each insert walk all
+    the others, so the call is quadratic and runs past any deadline: 20,000 tuples of small ints
+    colliding by design take about 3 s in dict.fromkeys, and integers equal modulo 2**61 - 1 (Python's
+    int hash) collide at will. Keys added one by one in a loop or comprehension meet the deadline
+    between steps instead. An unhashable key raises TypeError here as the call itself would."""
+    items = keys if isinstance(keys, (list, tuple)) else list(itertools.islice(keys, 2 * MAX_ITEMS + 1))
+    if len(items) <= SPREAD_FREE:
+        return
+    counts = Counter(map(hash, items))
+    if len(items) - len(counts) < MAX_SHARED_HASH:
+        return  # too few shared hashes to matter
+    crowded = {h for h, n in counts.items() if n > MAX_SHARED_HASH}
+    groups: dict[int, list[Any]] = {}
+    for key in items:
+        h = hash(key)
+        if h in crowded:
+            distinct = groups.setdefault(h, [])
+            if all(key != seen for seen in distinct):  # equal keys share one slot: no walk
+                distinct.append(key)
+                if len(distinct) > MAX_SHARED_HASH:
+                    raise TooBig(f"over {MAX_SHARED_HASH} different keys share one hash value (numbers or "
+                                 "tuples chosen to collide): a table of them takes quadratic time")
+
+
+def keys_of(value: Any, pairs: bool) -> Iterable[Any]:
+    """What a bulk insert hashes: a mapping's keys; with `pairs`, the first item of each pair (dict(),
+    dict.update); else the items themselves (dict.fromkeys, set operations)."""
+    if value.__class__ in MAPPINGS or hasattr(value, "keys"):
+        return list(value.keys())
+    if pairs:
+        return [p[0] for p in value if p.__class__ in (list, tuple) and len(p) == 2]
+    return value  # type: ignore[no-any-return]

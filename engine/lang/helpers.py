@@ -29,6 +29,7 @@ from typing import Any
 import bcrypt
 import regex
 
+from ..events import JSONArray
 from .guards import MAX_ITEMS, MAX_TEXT, TooBig
 
 # -- arguments ----------------------------------------------------------------------------------
@@ -517,7 +518,7 @@ def _plain_json(value: Any, depth: int, room: list[int]) -> Any:
         out = value
     elif isinstance(value, (bytes, bytearray)):
         raise TypeError("json_encode: bytes have no JSON form; decode them (payload.decode()) or b64encode() them")
-    elif isinstance(value, (list, tuple)):
+    elif isinstance(value, (list, tuple, JSONArray)):  # a webhook body's arrays too, as its objects
         room[0] -= 1 + len(value)
         if room[0] < 0:
             raise TooBig(f"json_encode: the JSON text would be over the limit of {MAX_TEXT} characters")

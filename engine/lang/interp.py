@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import ast
 import functools
+import itertools
 import time
 from collections.abc import Callable
-from types import FunctionType, ModuleType
+from types import BuiltinMethodType, FunctionType, MappingProxyType, MethodDescriptorType, ModuleType
 from typing import Any
 
 from asteval import Interpreter
@@ -26,16 +27,20 @@ from ..decisions import Decision
 from .builtins import Decided
 from .checker import DENIED_ATTR_PREFIXES, DENIED_ATTRS
 from .guards import (
-    CONTAINERS,
     GUARDED_METHODS,
     GUARDED_OPERATORS,
     SIZED,
+    SPREAD_FREE,
     bounded_text,
     check_size,
+    check_spread,
     check_walk,
     format_value,
     join_fields,
+    keys_of,
 )
+from .nesting import Nesting
+from .values import CONTAINERS, HASHED, HELD, MUTABLE, add_function_class, admit
 
 # Everything the checker refuses is also switched off in asteval, so a tree that somehow skipped
 # the checker still cannot loop, import, raise or open files.
@@ -67,15 +72,49 @@ def _innermost_node(tb: Any) -> tuple[ast.AST | None, str]:
     return found, file
 
 
+def _check_bulk(owner: Any, name: str, args: list[Any]) -> None:
+    """Before a method hashes many keys in one C call: the keys it will put in the same table."""
+    if owner is dict:  # dict.fromkeys(keys)
+        if args:
+            check_spread(keys_of(args[0], False))
+        return
+    pairs = owner.__class__ is dict or owner.__class__ is MappingProxyType
+    check_spread(itertools.chain(keys_of(owner, False), *(keys_of(a, pairs) for a in args)))
+
+
 class ListChanged(RuntimeError):
     """A list changed while a loop went over it."""
 
 
 def compare(op: type[ast.cmpop], left: Any, right: Any) -> Any:
-    """One comparison of a chain, with the walk guard between two containers (guards.check_walk)."""
+    """One comparison of a chain, with the walk guard between two containers (guards.check_walk),
+    and the collision guard between two hashed ones (== of two sets looks each item up in the other)."""
     if left.__class__ in CONTAINERS and right.__class__ in CONTAINERS:
         check_walk(left, right, op)
+        if left.__class__ in HASHED and right.__class__ in HASHED and op not in _LOOKUPS:
+            check_spread(itertools.chain(keys_of(left, False), keys_of(right, False)))
     return OPERATORS[op](left, right)
+
+
+_LOOKUPS = frozenset({ast.Is, ast.IsNot, ast.In, ast.NotIn})
+
+#: methods of a list, dict or set that put values into it, with the level their argument goes in at:
+#: 1 for the value itself (append), 0 for its items (extend, update)
+_INSERTS: dict[str, int] = {"append": 1, "insert": 1, "add": 1, "setdefault": 1, "extend": 0, "update": 0}
+#: methods of a dict, set or frozenset that hash the items of their arguments in one C call
+_BULK_HASHING = frozenset({"update", "fromkeys", "union", "intersection", "intersection_update", "difference",
+                           "difference_update", "symmetric_difference", "symmetric_difference_update",
+                           "issubset", "issuperset", "isdisjoint"})
+
+
+def _container_method(func: Any, args: list[Any]) -> tuple[Any, str, list[Any]] | None:
+    """(the container, the method's name, the other arguments) when `func` is an unbound method of a
+    container of the set (`list.append` taken from the type), else None. (A bound one, `d.update` or
+    `dict.fromkeys`, is recognised inline in on_call.)"""
+    objclass = getattr(func, "__objclass__", None)
+    if objclass in CONTAINERS and args:
+        return args[0], func.__name__, args[1:]
+    return None
 
 
 def _each(iterable: Any) -> Any:
@@ -143,6 +182,9 @@ class RuleFunction:
         return frame
 
 
+add_function_class(RuleFunction)
+
+
 class RuleAbort(BaseException):
     """The run went over its step budget or deadline. BaseException, so no handler swallows it."""
 
@@ -164,6 +206,8 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         self._active: list[RuleFunction] = []
         self._steps = 0
         self._deadline = 0.0
+        #: the depths of the containers this run made (lang/nesting)
+        self.nesting = Nesting()
         #: (class, attribute) pairs that passed every check, asteval's safe_getattr included: the
         #: verdict depends on the class only (types themselves and guarded methods are never cached)
         self._vetted: set[tuple[object, str]] = set()
@@ -208,6 +252,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         self.error_node = None
         self.error_file = ""
         self.decision = None
+        self.nesting.reset()
         self._steps = max_steps
         self._deadline = deadline
         try:
@@ -274,7 +319,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
                 raise AttributeError(f"'{type(obj).__name__}' has no attribute '{attr}'") from None
             if value.__class__ is ModuleType:
                 raise AttributeError(f"attribute '{attr}' is a module: not allowed in rules")
-            return value
+            return value if value.__class__ in HELD else admit(value)
         return self._attribute(obj, attr, node)
 
     def _attribute(self, obj: Any, attr: str, node: Any) -> Any:
@@ -294,6 +339,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             raise AttributeError(f"'{type(obj).__name__}' has no attribute '{attr}'") from None
         if isinstance(value, ModuleType):
             raise AttributeError(f"attribute '{attr}' is a module: not allowed in rules")
+        value = admit(value)  # lang/values: views become lists, what is outside the set is refused
         if not isinstance(obj, type):  # a type's verdict depends on which type, not its class
             self._vetted.add((obj.__class__, attr))
         return value
@@ -353,19 +399,52 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             self.symtable[node.id] = val  # type: ignore[attr-defined]
         elif cls is ast.Attribute:
             raise AttributeError(f"cannot assign to attribute '{node.attr}': event data is read-only")  # type: ignore[attr-defined]
+        elif cls is ast.Subscript:
+            target = self.run(node.value)  # type: ignore[attr-defined]
+            key = self.run(node.slice)  # type: ignore[attr-defined]
+            target[key] = val
+            if target.__class__ in MUTABLE:  # a value put into a list or dict: it is as deep as that makes it
+                self.nesting.inserted(target, val, 0 if key.__class__ is slice else 1)
+                self.nesting.inserted(target, key, 1)
         else:
-            super().node_assign(node, val)  # subscripts, tuple unpacking (which comes back here per name)
+            super().node_assign(node, val)  # tuple unpacking (which comes back here per name)
+
+    # Literals: every container a rule makes is measured (lang/nesting); one with many keys or
+    # members is checked for keys chosen to collide before one C call hashes them all.
+    def on_list(self, node: Any) -> list[Any]:
+        run = self.run
+        items = [run(e) for e in node.elts]
+        return items if CONTAINERS.isdisjoint(map(type, items)) else self.nesting.made(items)
+
+    def on_tuple(self, node: Any) -> tuple[Any, ...]:
+        run = self.run
+        items = tuple([run(e) for e in node.elts])
+        return items if CONTAINERS.isdisjoint(map(type, items)) else self.nesting.made(items)
+
+    def on_set(self, node: Any) -> set[Any]:
+        run = self.run
+        members = [run(e) for e in node.elts]
+        if len(members) > SPREAD_FREE:
+            check_spread(members)
+        return self.nesting.made(set(members))  # type: ignore[no-any-return]
+
+    def on_dict(self, node: Any) -> dict[Any, Any]:
+        run = self.run
+        keys = [run(k) for k in node.keys]
+        if len(keys) > SPREAD_FREE:
+            check_spread(keys)
+        return self.nesting.made(dict(zip(keys, [run(v) for v in node.values])))  # type: ignore[no-any-return]
 
     # Comprehensions: asteval deep-copies shadowed names and re-validates targets on every run.
     def on_listcomp(self, node: Any) -> list[Any]:
         out: list[Any] = []
         self._comprehend(node.generators, lambda: out.append(self.run(node.elt)))
-        return out
+        return self.nesting.made(out)  # type: ignore[no-any-return]
 
     def on_setcomp(self, node: Any) -> set[Any]:
         out: set[Any] = set()
         self._comprehend(node.generators, lambda: out.add(self.run(node.elt)))
-        return out
+        return self.nesting.made(out)  # type: ignore[no-any-return]
 
     def on_dictcomp(self, node: Any) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
@@ -374,11 +453,14 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             out[self.run(node.key)] = self.run(node.value)
 
         self._comprehend(node.generators, emit)
-        return out
+        return self.nesting.made(out)  # type: ignore[no-any-return]
 
     def _comprehend(self, generators: list[ast.comprehension], emit: Any) -> None:
         """Python 3 scoping: the loop names are local to the comprehension, the outer ones come back."""
-        names = {n.id for g in generators for n in ast.walk(g.target) if isinstance(n, ast.Name)}
+        names = getattr(generators[0], "hr_names", None)
+        if names is None:  # the same for every run: found once
+            names = {n.id for g in generators for n in ast.walk(g.target) if isinstance(n, ast.Name)}
+            generators[0].hr_names = names  # type: ignore[attr-defined]
         saved = {n: self.symtable[n] for n in names if n in self.symtable}
         try:
             self._generate(generators, 0, emit)
@@ -488,9 +570,36 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
                 return None
         if not callable(func):
             raise TypeError(f"'{type(func).__name__}' object is not callable")
+        method = None
+        fcls = func.__class__
+        if fcls is BuiltinMethodType:  # len(), s.upper(), d.update(): a method of a container?
+            owner = func.__self__
+            if owner.__class__ in CONTAINERS or owner is dict:
+                method = (owner, func.__name__, args)
+        elif fcls is MethodDescriptorType:  # list.append(l, x), taken from the type
+            method = _container_method(func, args)
+        elif func is dict and args:
+            check_spread(keys_of(args[0], True))
+        if method is not None and method[1] in _BULK_HASHING:
+            _check_bulk(*method)
         result = func(*args, **kwargs) if kwargs else func(*args)
-        if result.__class__ in SIZED:  # a method or helper may have made its input several times bigger
+        cls = result.__class__
+        if cls not in HELD:  # lang/values: a view or an iterator becomes a list, anything else is refused
+            result = admit(result)
+            cls = result.__class__
+        if cls in SIZED:  # a method or helper may have made its input several times bigger
             check_size(result)
+        if cls in CONTAINERS and (cls is not tuple and cls is not list or len(result) > 16
+                                  or not CONTAINERS.isdisjoint(map(type, result))):
+            self.nesting.made(result)  # (a short flat list or tuple, one level deep, needs no look)
+        if method is not None and method[0].__class__ in MUTABLE:
+            level = _INSERTS.get(method[1])
+            if level is not None:  # append, update, ...: the container is as deep as what went in makes it
+                owner = method[0]
+                for arg in method[2]:
+                    self.nesting.inserted(owner, arg, level)
+                for arg in kwargs.values():
+                    self.nesting.inserted(owner, arg, 1)
         return result
 
     def on_functiondef(self, node: Any) -> None:

@@ -15,15 +15,15 @@ import hashlib
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import BuiltinMethodType, MappingProxyType
 from typing import Any
 
 from ..errors import Location, RuleError, RuleLoadError, source_lines
 from .checker import CheckedRule, LoadSpec, check, module_path_problem
-from .interp import RuleFunction, RuleInterpreter
+from .freeze import _freeze_scope, _MutableMethod
+from .interp import RuleInterpreter
 
 #: a library's top level runs once per compile; it gets the same bounds as a rule run
 LIBRARY_MAX_STEPS = 100_000
@@ -196,61 +196,6 @@ class Linker:
                                      "keep data in constants and read it in functions: a library cannot hold "
                                      "state that runs share")]) from None
         return env
-
-
-class _MutableMethod(ValueError):
-    """A library keeps a method of a list, dict or set (`put = store.setdefault`): calling it would
-    change what every later run, and every other client, sees."""
-
-
-_MUTABLE = (list, dict, set, bytearray)
-#: methods that only read: kept, bound to the frozen value instead
-_READ_ONLY_METHODS = frozenset({"get", "keys", "values", "items", "count", "index", "isdisjoint", "issubset",
-                                "issuperset", "union", "intersection", "difference", "symmetric_difference"})
-
-
-def _freeze_scope(scope: dict[str, Any], done: set[int], memo: dict[int, tuple[Any, Any]]) -> None:
-    """Freeze a scope's values in place, and the scopes its functions closed over: a function a
-    library made by calling another (a closure) keeps that call's variables, which must not stay
-    mutable either, wherever the function is kept (a constant, or inside a list or dict)."""
-    if id(scope) in done:
-        return
-    done.add(id(scope))
-    for key, value in scope.items():
-        try:
-            scope[key] = _freeze_value(value, done, memo)
-        except _MutableMethod as exc:
-            raise _MutableMethod(f"'{key}': {exc}") from None
-
-
-def _freeze_value(value: Any, done: set[int], memo: dict[int, tuple[Any, Any]]) -> Any:
-    """events.freeze, which also reaches the closures of the functions inside containers. A part
-    shared by several containers is frozen once and stays shared (`memo`, by id): t = (t, t) twenty
-    times over is 20 tuples, not a million copies."""
-    known = memo.get(id(value))
-    if known is not None:
-        return known[1]
-    frozen: Any
-    if isinstance(value, RuleFunction):
-        _freeze_scope(value._env, done, memo)
-        frozen = value
-    elif isinstance(value, BuiltinMethodType) and isinstance(getattr(value, "__self__", None), _MUTABLE):
-        name = value.__name__
-        owner = _freeze_value(value.__self__, done, memo)
-        if name not in _READ_ONLY_METHODS or not hasattr(owner, name):
-            raise _MutableMethod(f"a library value is the method {name}() of a {type(value.__self__).__name__}: "
-                                 "runs could share state through it")
-        frozen = getattr(owner, name)  # lookup = TABLE.get: the same method of the frozen table
-    elif isinstance(value, Mapping):
-        frozen = MappingProxyType({k: _freeze_value(v, done, memo) for k, v in value.items()})
-    elif isinstance(value, (list, tuple)):
-        frozen = tuple(_freeze_value(v, done, memo) for v in value)
-    elif isinstance(value, (set, frozenset)):
-        frozen = frozenset(_freeze_value(v, done, memo) for v in value)
-    else:
-        return value
-    memo[id(value)] = (value, frozen)  # the original too: alive, its id cannot be reused meanwhile
-    return frozen
 
 
 def _is_load(stmt: ast.stmt) -> bool:

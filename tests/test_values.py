@@ -1,0 +1,398 @@
+"""The closed set of values (lang/values): everything a rule can reach, called on sample values,
+gives a value inside the set, and what comes from a library is frozen.
+
+The enumeration runs each call through the real interpreter (on_attribute, on_call), so it checks
+the boundary itself, not a copy of its rules: every builtin and helper a rule is given, and every
+public attribute and method of every kind of value a rule can hold, with none, one and two sample
+arguments. A call that raises (wrong arguments, a refused value) is fine; one that returns must
+return something in the set.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import itertools
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import bcrypt
+import pytest
+from hookrules.datafiles import DataNamespace
+from hookrules.decisions import Deny
+from hookrules.engine import Engine
+from hookrules.events import Client, Conn, JSONArray, JSONObject, Message, SubOpts, TopicFilter, json_view
+from hookrules.lang.builtins import DECISIONS, HELPERS, SAFE_BUILTINS, make_log
+from hookrules.lang.checker import DENIED_ATTR_PREFIXES, DENIED_ATTRS
+from hookrules.lang.freeze import _freeze_value
+from hookrules.lang.interp import Decided, RuleAbort, RuleFunction, RuleInterpreter
+from hookrules.lang.nesting import MAX_DEPTH
+from hookrules.lang.values import CONSTRUCTORS, CONTAINERS, HELD, MAPPINGS, MUTABLE
+from hookrules.ruleset import scan
+
+from .test_sandbox import LIB, authz_event, scan_rules, write
+
+# -- what a value in the set is ----------------------------------------------------------------------
+
+
+def problems(value: Any, frozen: bool = False) -> list[str]:
+    """Why `value` is not in the closed set (or, with `frozen`, not read-only all the way down):
+    empty when it is. Walks containers, keys included, at most MAX_DEPTH levels."""
+    found: list[str] = []
+    stack = [(value, 0, "value")]
+    seen: set[int] = set()
+    while stack:
+        v, depth, where = stack.pop()
+        cls = v.__class__
+        if cls not in HELD or (cls is type and v not in CONSTRUCTORS):
+            found.append(f"{where} is a {cls.__name__}")
+            continue
+        if frozen and cls in MUTABLE:
+            found.append(f"{where} is a mutable {cls.__name__}")
+        if cls not in CONTAINERS or id(v) in seen or cls in (JSONObject, JSONArray, range):
+            continue
+        seen.add(id(v))
+        if depth >= MAX_DEPTH:
+            found.append(f"{where} is nested more than {MAX_DEPTH} deep")
+            continue
+        parts = itertools.chain(v.keys(), v.values()) if cls in MAPPINGS else v
+        stack.extend((p, depth + 1, f"{where}[{i}]") for i, p in enumerate(parts))
+    return found
+
+
+def reachable(value: Any) -> set[int]:
+    """Ids of every container under `value` (itself included)."""
+    out: set[int] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if v.__class__ in CONTAINERS and id(v) not in out and v.__class__ not in (JSONObject, JSONArray, range):
+            out.add(id(v))
+            stack.extend(itertools.chain(v.keys(), v.values()) if v.__class__ in MAPPINGS else v)
+    return out
+
+
+# -- sample values of every kind ----------------------------------------------------------------------
+
+ARGS: list[Any] = [None, True, 0, 2, -1, 2**70, 1.5, math.inf, "a/b", "", "é", b"xy", b"", [1, "a"], [], (1, "a"), (),
+                   {"k": 1}, {}, {1, 2}, range(3), MappingProxyType({"k": (1,)}), frozenset({1}), ["a", "b"],
+                   (("k", 1),)]
+#: a smaller set for two arguments (every pair is run)
+PAIRS: list[Any] = [None, 0, 2, "a", b"a", [1], ("k", 1), {"k": 1}, {1}]
+
+
+def receivers() -> dict[str, Any]:
+    """One value of every kind a rule can hold, by a name for the test id."""
+    msg = Message(id="m", from_="c", topic="t/a", payload=b"p", qos=1, headers=MappingProxyType({"k": "v"}),
+                  user_properties=MappingProxyType({"u": "1"}))
+    out: dict[str, Any] = {
+        "none": None, "bool": True, "int": 7, "bigint": 2**70, "float": 2.5, "str": "a/b c", "bytes": b"a/b c",
+        "list": [3, "x", (1, 2)], "tuple": (3, "x", [1]), "dict": {"k": [1], 2: "v"}, "set": {1, "a"},
+        "range": range(2, 9, 3), "frozenset": frozenset({1, "a"}), "mappingproxy": MappingProxyType({"k": (1,)}),
+        "json-object": json_view({"a": [1, {"b": 2}], "c": "d"}), "json-array": json_view([1, {"b": [2]}]),
+        "client": Client(id="c", username="u", password="pw"), "conn": Conn(id="c"), "message": msg,
+        "subopts": SubOpts(qos=1), "topic-filter": TopicFilter("a/#", 1),
+        "data": DataNamespace({"users": MappingProxyType({"alice": ("a",)})}),
+    }
+    out.update({f"builtin-{name}": fn for name, fn in SAFE_BUILTINS.items() if callable(fn)})
+    out.update({f"helper-{name}": fn for name, fn in HELPERS.items()})
+    return out
+
+
+class Runner:
+    """Runs `r = <expression>` in a RuleInterpreter over a symtable of builtins and the samples."""
+
+    def __init__(self) -> None:
+        self.interp = RuleInterpreter()
+        self.base = {**SAFE_BUILTINS, **HELPERS, "log": make_log("rules/x.star")}
+        self.trees: dict[str, ast.Module] = {}
+
+    def __call__(self, expression: str, **names: Any) -> tuple[bool, Any]:
+        """(True, the value) or (False, the exception's text)."""
+        tree = self.trees.get(expression)
+        if tree is None:
+            tree = self.trees[expression] = ast.parse(f"r = {expression}\n")
+            self.interp.prepare(tree, "rules/x.star")
+        symtable = {**self.base, **names}
+        try:
+            self.interp.execute(tree, symtable, 10_000, time.monotonic() + 2.0)
+        except (Exception, Decided, RuleAbort) as exc:  # noqa: BLE001 - a refused call is a pass
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, symtable["r"]
+
+
+def public_attributes(value: Any) -> list[str]:
+    return sorted(a for a in dir(value) if not a.startswith("_") and a not in DENIED_ATTRS
+                  and not a.startswith(DENIED_ATTR_PREFIXES))
+
+
+def _valid_calls() -> dict[str, list[tuple[Any, ...]]]:
+    """Arguments the helpers that check passwords accept (the samples never make a valid hash)."""
+    salt = bcrypt.gensalt(4)
+    return {
+        "helper-bcrypt_check": [("pw", bcrypt.hashpw(b"pw", salt).decode())],
+        "helper-pbkdf2_check": [("pw", hashlib.pbkdf2_hmac("sha256", b"pw", b"s", 1).hex(), "s", 1)],
+        "helper-hash_check": [("pw", hashlib.sha256(b"pw").hexdigest())],
+        "helper-topic_fill": [("u/%u/#", "alice")],
+        "helper-json_decode": [('{"a": [1, {"b": null}]}',)],
+        "helper-regex_search": [("b+", "abbc")],
+    }
+
+
+VALID_CALLS = _valid_calls()
+
+
+def calls(runner: Runner, target: str, names: dict[str, Any], extra: list[tuple[Any, ...]] = ()) -> Iterator[tuple[str, Any]]:  # type: ignore[assignment]
+    """Every result of calling `target` with no, one and two sample arguments: (what was run, result)."""
+    for args in itertools.chain([()], ((a,) for a in ARGS), itertools.product(PAIRS, PAIRS), extra):
+        arg_names = {f"a{i}": a for i, a in enumerate(args)}
+        ok, result = runner(f"{target}({', '.join(arg_names)})", **names, **arg_names)
+        if ok:
+            yield f"{target}{args!r}"[:200], result
+
+
+RECEIVERS = receivers()
+
+
+@pytest.mark.parametrize("name", sorted(RECEIVERS))
+def test_every_method_and_attribute_gives_a_value_in_the_set(name: str) -> None:
+    """Result: every attribute read, and every call of it that returns, lands in the closed set."""
+    runner = Runner()
+    receiver = RECEIVERS[name]
+    assert not problems(receiver), "the sample itself is outside the set"
+    bad: list[str] = []
+    checked = 0
+    targets = ["o"] if callable(receiver) and not isinstance(receiver, type) else []
+    for attr in public_attributes(receiver):
+        ok, value = runner(f"o.{attr}", o=receiver)
+        if not ok:
+            continue
+        checked += 1
+        bad += [f"o.{attr}: {p}" for p in problems(value)]
+        if callable(value):
+            targets.append(f"o.{attr}")
+    for target in targets:
+        for what, result in calls(runner, target, {"o": receiver}, VALID_CALLS.get(name, []) if target == "o" else []):
+            checked += 1
+            bad += [f"{what}: {p}" for p in problems(result)]
+    assert checked or receiver is None
+    assert not bad, "\n".join(bad[:30])
+
+
+def test_the_enumeration_covers_every_name_a_rule_is_given() -> None:
+    """Every builtin and helper (decisions end the run and return nothing) is a receiver above."""
+    given = set(SAFE_BUILTINS) | set(HELPERS)
+    covered = {n.split("-", 1)[1] for n in RECEIVERS if n.startswith(("builtin-", "helper-"))}
+    assert given - {"True", "False", "None"} <= covered
+    assert set(DECISIONS) == {"allow", "deny", "ignore", "rewrite", "drop"}
+
+
+def test_views_and_iterators_become_lists() -> None:
+    runner = Runner()
+    for expression in ["d.keys()", "d.values()", "d.items()", "m.keys()", "m.values()", "m.items()", "j.keys()",
+                       "j.values()", "j.items()", "enumerate(l)", "zip(l, l)", "reversed(l)", "sorted(d)"]:
+        ok, value = runner(expression, d={"a": [1]}, m=MappingProxyType({"a": (1,)}), j=json_view({"a": [1]}),
+                           l=[[1], [2]])
+        assert ok and value.__class__ is list, (expression, value)
+    ok, value = runner("d.values()", d={"a": [1]})
+    value[0].append(2)  # the items are the dict's own (as in Python); the list is new
+    ok, again = runner("d.values()", d={"a": [1]})
+    assert again is not value
+
+
+# -- library values: frozen inside the set ------------------------------------------------------------
+
+def _library_values() -> dict[str, Any]:
+    interp = RuleInterpreter()
+    tree = ast.parse("def make():\n    box = []\n    def get():\n        return box\n    return get\n")
+    interp.prepare(tree, "lib/x.star")
+    env: dict[str, Any] = {}
+    interp.execute(tree, env, 1000, time.monotonic() + 1)
+    fn = env["make"]()
+    assert isinstance(fn, RuleFunction)
+    shared = [1, [2]]
+    return {
+        "dict-values": {"users": []}.values(), "dict-items": {"k": [1]}.items(), "dict-keys": {(1, (2,)): 0}.keys(),
+        "closure-as-key": {fn: "x"}, "tuple-key-with-closure": {(1, fn): "x"}, "nested-views": [{"a": [[]]}.values()],
+        "set-of-tuples": {(1, 2), (3, (4,))}, "shared-parts": (shared, shared), "mapping-of-lists": {"a": [[1], {2}]},
+        "range": range(3), "text": "abc",
+    }
+
+
+LIBRARY_VALUES = _library_values()
+
+
+@pytest.mark.parametrize("name", sorted(LIBRARY_VALUES))
+def test_library_values_freeze_inside_the_set(name: str) -> None:
+    """Result: the frozen value is in the set and read-only all the way down (keys too), and every
+    method of it gives values in the set."""
+    frozen = _freeze_value(LIBRARY_VALUES[name], set(), {})
+    assert not problems(frozen, frozen=True)
+    runner = Runner()
+    bad: list[str] = []
+    for attr in public_attributes(frozen):
+        ok, method = runner(f"o.{attr}", o=frozen)
+        if not ok or not callable(method):
+            continue
+        for what, result in calls(runner, f"o.{attr}", {"o": frozen}):
+            bad += [f"{what}: {p}" for p in problems(result)]
+    assert not bad, "\n".join(bad[:30])
+
+
+def _mutable_ids(value: Any) -> set[int]:
+    out: set[int] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if v.__class__ in CONTAINERS and v.__class__ not in (JSONObject, JSONArray, range):
+            if v.__class__ in MUTABLE:
+                if id(v) in out:
+                    continue
+                out.add(id(v))
+            stack.extend(itertools.chain(v.keys(), v.values()) if v.__class__ in MAPPINGS else v)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(LIBRARY_VALUES))
+def test_what_a_library_value_gives_is_new_each_time(name: str) -> None:
+    """Result: a method of a frozen value that gives a list, dict or set gives a new one on each call
+    (keys(), values(), items(), copy(), union(), ...): the next run cannot see what this one put in."""
+    frozen = _freeze_value(LIBRARY_VALUES[name], set(), {})
+    runner = Runner()
+    for attr in public_attributes(frozen):
+        ok, first = runner(f"o.{attr}()", o=frozen)
+        if not ok:
+            continue
+        ok, second = runner(f"o.{attr}()", o=frozen)
+        assert ok
+        assert not _mutable_ids(first) & _mutable_ids(second), f"o.{attr}() gives the same mutable value twice"
+
+
+def test_freezing_refuses_what_has_no_read_only_form() -> None:
+    from hookrules.lang.freeze import _MutableMethod
+
+    for value in ([].append, {}.setdefault, {1}.add, bytearray(b"x"), memoryview(b"x"), object()):
+        with pytest.raises(_MutableMethod):
+            _freeze_value(value, set(), {})
+
+
+# (id, library source, how the rule reaches a list in it): each a way a library could hand every run
+# the same mutable list; the audit found the first two
+LEAKS: list[tuple[str, str, str]] = [
+    ("dict-values", 'SEEN = {"users": []}.values()\n', "[b for b in SEEN][0]"),
+    ("closure-as-dict-key", "def make():\n    box = []\n    def get():\n        return box\n    return get\n"
+     'TABLE = {make(): "x"}\n', "[f for f in TABLE][0]()"),
+    ("dict-items", 'SEEN = {"users": []}.items()\n', "[p for p in SEEN][0][1]"),
+    ("dict-keys-of-closures", "def make():\n    box = []\n    def get():\n        return box\n    return get\n"
+     "SEEN = {(1, make()): 0}.keys()\n", "[k for k in SEEN][0][1]()"),
+    ("view-in-a-list", 'SEEN = [{"users": []}.values()]\n', "[b for b in SEEN[0]][0]"),
+    ("view-in-a-closure", "def make():\n    v = {'a': []}.values()\n    def get():\n        return v\n"
+     "    return get\nget = make()\nSEEN = 0\n", "[b for b in get()][0]"),
+    ("enumerate-result", 'SEEN = enumerate([[]])\n', "SEEN[0][1]"),
+    ("zip-result", 'SEEN = zip([[]])\n', "SEEN[0][0]"),
+    ("reversed-result", 'SEEN = reversed([[]])\n', "SEEN[0]"),
+    ("sorted-keys-of-a-set-of-tuples", "SEEN = sorted({(1, 2)})\nBOX = [[]]\n", "BOX[0]"),
+    ("method-returning-a-view", 'T = {"a": []}\nget_values = T.values\nSEEN = 0\n', "get_values()[0]"),
+    ("values-of-a-mapping-of-closures", "def make():\n    box = []\n    def get():\n        return box\n    return get\n"
+     "SEEN = {'g': make()}.values()\n", "[g for g in SEEN][0]()"),
+]
+
+
+@pytest.mark.parametrize(("lib", "reach"), [pytest.param(c[1], c[2], id=c[0]) for c in LEAKS])
+def test_no_library_value_carries_state_between_clients(tmp_path: Path, lib: str, reach: str) -> None:
+    """Result: a library either does not load, or the list a rule reaches in it cannot be appended to;
+    bob never sees alice's password."""
+    names = sorted({n for n in ("SEEN", "TABLE", "BOX", "get", "get_values") if f"{n} =" in lib or f"def {n}" in lib})
+    quoted = ", ".join(f'"{n}"' for n in names)
+    write(tmp_path, {LIB: lib, "client.authorize.star": f'load("{LIB}", {quoted})\nb = {reach}\n'
+                                                     'b.append(client.password)\ndeny(",".join(b))\n'})
+    ruleset, outcomes = scan_rules(tmp_path)
+    errors = [e.one_line() for o in outcomes.values() for e in o.errors]
+    if errors:  # refused when the library loads: nothing runs
+        assert ruleset.get("client.authorize") is None, errors
+        return
+    engine = Engine(ruleset)
+    engine.decide(authz_event("alice"))
+    second = engine.decide(authz_event("bob"))
+    assert "alice-secret" not in repr(second), f"bob's run saw alice's password: {second!r}"
+    assert second.error is not None, second
+
+
+def test_library_keys_are_frozen(tmp_path: Path) -> None:
+    """A closure kept as a dict key keeps its scope frozen too: its list cannot grow."""
+    write(tmp_path, {LIB: "def make():\n    box = []\n    def get():\n        return box\n    return get\n"
+                          'TABLE = {make(): "x"}\nKEYS = {(1, make()): 1}\n',
+                     "client.authorize.star": f'load("{LIB}", "TABLE", "KEYS")\n'
+                                              "a = [f for f in TABLE][0]()\nb = [k for k in KEYS][0][1]()\n"
+                                              'deny(type(a) + type(b))\n'})
+    ruleset, outcomes = scan_rules(tmp_path)
+    assert not [e.one_line() for o in outcomes.values() for e in o.errors]
+    assert Engine(ruleset).decide(authz_event("alice")).decision == Deny("tupletuple")
+
+
+def test_host_freezing_reaches_keys_and_views_and_bounds_depth() -> None:
+    """events.freeze (data files): keys and views are frozen too, and nesting is bounded."""
+    from hookrules.events import MAX_FROZEN_DEPTH, freeze
+
+    frozen = freeze({("k", (1,)): [1, {2}], "v": {"a": [1]}.values(), "s": {(1, 2)}})
+    assert not problems(frozen, frozen=True)
+    deep: Any = []
+    for _ in range(MAX_FROZEN_DEPTH + 5):
+        deep = [deep]
+    with pytest.raises(RecursionError):
+        freeze(deep)
+
+
+# -- every guard covers every container of the set -----------------------------------------------------
+
+def _big(cls: type) -> Any:
+    """An instance of `cls` that stands for over guards.MAX_WALK items through shared parts."""
+    row = tuple(range(1000))
+    rows = [row] * 1001
+    return {
+        list: list(rows), tuple: tuple(rows), dict: dict(enumerate(rows)), set: {(i, row) for i in range(1001)},
+        frozenset: frozenset((i, row) for i in range(1001)), MappingProxyType: MappingProxyType(dict(enumerate(rows))),
+        range: None, JSONObject: json_view({str(i): list(row) for i in range(1001)}),
+        JSONArray: json_view([list(row)] * 1001),
+    }[cls]
+
+
+@pytest.mark.parametrize("cls", sorted((c for c in CONTAINERS if c is not range), key=lambda c: c.__name__))
+def test_the_text_and_walk_guards_measure_every_container(cls: type) -> None:
+    """Result: str/repr/log/f-strings refuse it, and so do == and < (guards.bounded_text, check_walk)."""
+    from hookrules.lang.guards import MAX_WALK, TooBig, bounded_text, check_walk, walk_size
+
+    value = _big(cls)
+    assert value.__class__ is cls
+    with pytest.raises(TooBig):
+        bounded_text(value, repr)
+    assert walk_size(value) > MAX_WALK
+    with pytest.raises(TooBig):
+        check_walk(value, value, ast.Eq)
+    runner = Runner()
+    for expression in ("str(v)", "repr(v)", "f'{v}'", "'%s' % (v,)", "log(v)", "v == v", "[v] == [v]",
+                       "json_encode(v)"):
+        ok, result = runner(expression, v=value)
+        assert not ok, (expression, str(result)[:100])
+
+
+def test_a_record_is_measured_by_the_text_it_shows() -> None:
+    from hookrules.lang.guards import TooBig, bounded_text
+
+    big = MappingProxyType({str(i): "x" * 100 for i in range(1000)})
+    with pytest.raises(TooBig):
+        bounded_text(Message(user_properties=big), repr)
+    assert "pw" not in bounded_text(Client(password="pw"), repr)
+
+
+def test_json_encode_takes_every_json_shaped_value_of_the_set() -> None:
+    """Found by the nesting tests: a webhook body's arrays (JSONArray) had no JSON form, its objects had."""
+    runner = Runner()
+    for value in ([1], (1,), {"a": 1}, MappingProxyType({"a": (1,)}), json_view({"a": [1, {"b": [2]}]}),
+                  json_view([1, [2]])):
+        ok, text = runner("json_encode(v)", v=value)
+        assert ok and text.__class__ is str, (value, text)
