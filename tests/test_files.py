@@ -1,0 +1,135 @@
+"""Issue 9 point 6: what hookrules reads of the rules directory, and how a bad file fails.
+
+Every kind in tests/bad_files.CATALOGUE is saved into a directory that also holds good rules and
+data: the scan returns (a FIFO must not block it), every bad file is a load error of that file,
+located at it, and everything else loads as before. The server-level counterpart, with clients
+calling throughout, is tests/test_files_load.py.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hookrules import datafiles
+from hookrules.engine import Engine
+from hookrules.events import Client, Event, frozen_map
+from hookrules.files import FileRefused, read_file
+from hookrules.lang import checker
+from hookrules.ruleset import FileOutcome, RuleSet, scan
+
+from .bad_files import CATALOGUE, MiB
+
+GOOD = {"client.authenticate.star": 'if client.username in data.users:\n    allow()\nelse:\n    deny("who?")\n',
+        "auth_on_register.star": 'load("lib/acl.star", "known")\nif known(client.username):\n    allow()\n',
+        "lib/acl.star": 'def known(u):\n    return u in data.users\n',
+        "data/users.json": '["alice"]'}
+SCAN_TIMEOUT = 120.0  # seconds: a scan that does not return in this time is blocked
+
+
+def write(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def authn(username: str) -> Event:
+    return Event("client.authenticate", "emqx", Client(id="c", username=username), frozen_map({"password": b"pw"}))
+
+
+def bounded_scan(directory: Path, previous: RuleSet) -> tuple[RuleSet, list[FileOutcome]]:
+    """scan() in a thread: a read that blocks (a FIFO) fails the test instead of hanging it."""
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(scan(directory, previous)), daemon=True)
+    thread.start()
+    thread.join(SCAN_TIMEOUT)
+    assert result, f"scan did not return within {SCAN_TIMEOUT} s"
+    return result[0]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    rules, outside = tmp_path / "rules", tmp_path / "outside"
+    outside.mkdir()
+    return write(rules, GOOD), outside
+
+
+@pytest.mark.parametrize("kind", list(CATALOGUE))
+def test_every_bad_file_is_a_load_error_of_that_file_and_nothing_else_changes(kind: str, dirs: tuple[Path, Path]) -> None:
+    rules, outside = dirs
+    first, _ = bounded_scan(rules, RuleSet())
+    reported = CATALOGUE[kind](rules, outside)
+    ruleset, outcomes = bounded_scan(rules, first)
+    errors = {e.location.file: e for o in outcomes for e in o.errors}
+    for rel in reported:
+        assert str(rules / rel) in errors, (kind, rel, sorted(errors))
+        assert any(o.result == "error" for o in outcomes if o.path == str(rules / rel) or
+                   any(e.location.file == str(rules / rel) for e in o.errors))
+    if not reported:  # a legitimate file: it loads
+        assert errors == {}, [e.one_line() for e in errors.values()]
+    for hook in ("client.authenticate", "auth_on_register"):
+        assert ruleset.rules[hook] is first.rules[hook] or ruleset.rules[hook].file_version == first.rules[hook].file_version
+    assert Engine(ruleset).decide(authn("alice")).source == "rule"
+    assert ruleset.data.files["users"].value == ("alice",)
+    assert set(ruleset.broken) | set(ruleset.stale) == {o.hook for o in outcomes if o.result == "error"} - {"data"}
+    # unchanged, it is not read as new again: the same errors, no change
+    again, outcomes2 = bounded_scan(rules, ruleset)
+    assert sorted((o.path, o.result, o.errors) for o in outcomes2 if o.errors) == \
+        sorted((o.path, o.result, o.errors) for o in outcomes if o.errors)
+    assert again.versions() == ruleset.versions()
+
+
+KINDS = ["fifo", "dev_zero", "directory", "socket", "outside_link", "outside_dir_link", "dangling_link", "too_big"]
+PLACES = [(where, kind) for where in ("rule", "library", "data") for kind in KINDS
+          if (where, kind) != ("rule", "outside_dir_link")]  # rules live at the top: no subdirectory to link
+
+
+@pytest.mark.parametrize(("where", "kind"), PLACES)
+def test_each_place_refuses_each_kind_of_file(where: str, kind: str, dirs: tuple[Path, Path]) -> None:
+    """Every file hookrules reads goes through one reader: the same refusals wherever it is."""
+    import socket
+    rules, outside = dirs
+    rel = {"rule": "client.authorize.star", "library": "lib/x.star", "data": "data/x.json"}[where]
+    if where == "library":
+        (rules / "auth_on_publish.star").write_text('load("lib/x.star", "X")\nallow()\n')
+    target = rules / rel
+    (outside / "real").mkdir()
+    (outside / "real" / target.name).write_text("X = 1\n" if where != "data" else "[1]")
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "dev_zero":
+        os.symlink("/dev/zero", target)
+    elif kind == "directory":
+        target.mkdir()
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(target))
+        sock.close()
+    elif kind == "outside_link":
+        os.symlink(outside / "real" / target.name, target)
+    elif kind == "outside_dir_link":  # the file is a plain name in a directory that links out
+        (rules / "sub").symlink_to(outside / "real", target_is_directory=True)
+        rel = f"sub/{target.name}"
+        if where == "library":
+            (rules / "auth_on_publish.star").write_text(f'load("{rel}", "X")\nallow()\n')
+        else:  # data/ itself links out
+            os.unlink(rules / "data" / "users.json")
+            os.rmdir(rules / "data")
+            (outside / "real" / "users.json").write_text('["alice"]')
+            (rules / "data").symlink_to(outside / "real", target_is_directory=True)
+            rel = "data/x.json"
+    elif kind == "dangling_link":
+        os.symlink("nothing.json", target)
+    elif kind == "too_big":
+        with open(target, "wb") as f:
+            f.truncate(datafiles.MAX_DATA_BYTES + 1 if where == "data" else checker.MAX_SOURCE_BYTES + 1)
+    _, outcomes = bounded_scan(rules, RuleSet())
+    errors = [e for o in outcomes for e in o.errors if e.location.file == str(rules / rel)]
+    assert errors, (where, kind, [e.one_line() for o in outcomes for e in o.errors])
+    assert all(e.code in ("load_error", "parse_error") for e in errors)
