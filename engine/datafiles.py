@@ -23,7 +23,7 @@ import yaml
 
 from .errors import Location, RuleError
 from .events import freeze
-from .files import FileRefused, read_file
+from .files import FileRefused, collector_paused, read_file
 
 DATA_DIR = "data"
 SUFFIXES = (".json", ".yaml", ".yml", ".csv")
@@ -123,7 +123,8 @@ def parse(path: str, raw: bytes) -> Any:
     Every failure is the file's DataError, whatever raised it (a 5,000-digit number is a ValueError
     of int(), a huge file a MemoryError): one bad file must never fail the scan of the others."""
     try:
-        return _parse(path, raw)
+        with collector_paused():
+            return _parse(path, raw)
     except DataError:
         raise
     except RecursionError:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from watchdog.observers.polling import PollingObserver
 
 from . import metrics
 from .engine import Engine
+from .files import collector_paused
 from .hooks import hook_for_file
 from .ruleset import DATA_HOOK, FileOutcome, RuleSet, scan
 
@@ -80,10 +82,17 @@ class _Handler(FileSystemEventHandler):
         kind = event.event_type
         if event.is_directory and kind != "moved":
             return  # the directory's own modified/opened events say nothing about a rule
-        if kind == "created" and os.path.islink(src):
-            kind = "linked"  # a symlink is complete the moment it exists
+        if kind == "created" and not _is_regular(src):
+            kind = "linked"  # a symlink (or a FIFO, a socket) is complete the moment it exists: no close follows
         # paths relative to the rules directory: "x.star" is a rule, "lib/x.star" a library, "data/x.json" data
         self.deliver(kind, os.path.relpath(src, self.root), os.path.relpath(dest, self.root) if dest else "")
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return True  # gone already: its deletion is the event that counts
 
 
 class Reloader:
@@ -309,8 +318,9 @@ class Reloader:
                 if age is not None and age < job.settle:
                     return _Result(None, [], job.settle - age + 0.01)  # a library or data file just changed
             previous = self.engine.ruleset
-            ruleset, outcomes = scan(self.directory, previous, job.writing, force=job.force, settle=job.settle,
-                                     removable=job.removable, run_clock=job.run_clock)
+            with collector_paused():
+                ruleset, outcomes = scan(self.directory, previous, job.writing, force=job.force, settle=job.settle,
+                                         removable=job.removable, run_clock=job.run_clock)
             return _Result(previous, outcomes, 0.0, ruleset)
 
     def _apply(self, job: _Job, result: _Result) -> list[FileOutcome]:

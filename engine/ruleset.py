@@ -24,8 +24,8 @@ from .events import Event
 from .hooks import HOOKS, RULE_SUFFIX, HookInfo, hook_for_file, valid_file_names
 from .lang.builtins import HELPERS, SAFE_BUILTINS, decision_makers, make_decisions, make_log, topic_filter_test
 from .datafiles import DataNamespace, DataSet, scan_data
-from .files import FileRefused, read_file
-from .lang.checker import MAX_SOURCE_BYTES, TOPICS_NAME, check
+from .files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, read_file
+from .lang.checker import TOPICS_NAME, check
 from .lang.loader import DATA_NAME, Libraries, Linker, reads_data, strip_loads
 from .lang.interp import ListChanged, RuleAbort, RuleInterpreter
 
@@ -390,10 +390,10 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
 
 def _read_settled(directory: Path, path: Path, settle: float) -> bytes | None:
     """The file's bytes, or None when it may still be being written (see scan). Read the one safe
-    way (files.read_file): a regular file inside the directory, of at most MAX_SOURCE_BYTES."""
+    way (files.read_file): a regular file inside the directory, of at most MAX_RULE_BYTES."""
     if settle and time.time() - path.stat().st_mtime < settle:
         return None
-    raw, before = read_file(directory, path, MAX_SOURCE_BYTES)  # follows links inside: ConfigMaps link into ..data/
+    raw, before = read_file(directory, path, MAX_RULE_BYTES, RULE_SIZE_HINT)  # follows links inside: ConfigMaps link into ..data/
     after = path.stat()
     if (before.st_size, before.st_mtime_ns, before.st_ino) != (after.st_size, after.st_mtime_ns, after.st_ino):
         return None

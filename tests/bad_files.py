@@ -179,17 +179,34 @@ def data_not_utf8(rules: Path, outside: Path) -> tuple[str, ...]:
     return ("data/latin.csv",)
 
 
-def rule_256k(rules: Path, outside: Path) -> tuple[str, ...]:
-    """The largest rule file allowed: legitimate, and the slowest to check and compile."""
-    body = []
-    size = 0
-    i = 0
-    while size < 250 * 1024:
+def _rule_lines(limit: int) -> str:
+    body, size, i = [], 0, 0
+    while True:
         line = f"if client.username == \"user{i}\" and len(client.id) > {i % 7}:\n    deny(\"no {i}\")\n"
+        if size + len(line) + len("allow()\n") > limit:
+            return "".join(body) + "allow()\n"
         body.append(line)
         size += len(line)
         i += 1
-    _write(rules, "client.authorize.star", "".join(body) + "allow()\n")
+
+
+def rule_over_limit(rules: Path, outside: Path) -> tuple[str, ...]:
+    """A 256 KB rule took 1-2 s to compile, 0.3-0.7 s of it in one ast.parse call."""
+    _write(rules, "client.authorize.star", _rule_lines(256 * 1024))
+    return ("client.authorize.star",)
+
+
+def rule_at_limit(rules: Path, outside: Path) -> tuple[str, ...]:
+    """The largest rule file allowed (64 KiB): legitimate, and the slowest to parse and compile."""
+    _write(rules, "client.authorize.star", _rule_lines(64 * 1024))
+    return ()
+
+
+def library_at_limit(rules: Path, outside: Path) -> tuple[str, ...]:
+    """The largest library allowed, dense: a table of constants."""
+    body = "T = [" + ",".join(f'"k{i}"' for i in range(9000)) + "]\n"
+    _write(rules, "lib/table.star", body[: 64 * 1024 - 40].rsplit(",", 1)[0] + "]\n" + "def n():\n    return len(T)\n")
+    _write(rules, "auth_on_publish.star", 'load("lib/table.star", "n")\nif n() > 0:\n    allow()\n')
     return ()
 
 
@@ -243,6 +260,6 @@ CATALOGUE: dict[str, Maker] = {f.__name__: f for f in (
     data_directory, data_dangling_link, library_fifo, data_sparse_2g, rule_sparse, data_huge_int_json,
     data_huge_int_yaml, data_huge_int_big_json, rule_huge_int, data_broken_yaml_2m, data_deep_json,
     data_deep_big_json, data_csv_16m_tiny_rows, data_csv_one_long_line, data_json_tiny_objects,
-    data_yaml_many_nodes, data_yaml_alias_bomb, data_not_utf8, rule_256k, library_diamond, library_slow_top_level,
+    data_yaml_many_nodes, data_yaml_alias_bomb, data_not_utf8, rule_over_limit, rule_at_limit, library_at_limit, library_diamond, library_slow_top_level,
     data_json_15m, data_csv_15m, data_yaml_2m,
 )}

@@ -16,11 +16,10 @@ from typing import Any
 
 import pytest
 
-from hookrules import datafiles
+from hookrules import datafiles, files
 from hookrules.engine import Engine
 from hookrules.events import Client, Event, frozen_map
 from hookrules.files import FileRefused, read_file
-from hookrules.lang import checker
 from hookrules.ruleset import FileOutcome, RuleSet, scan
 
 from .bad_files import CATALOGUE, MiB
@@ -128,7 +127,7 @@ def test_each_place_refuses_each_kind_of_file(where: str, kind: str, dirs: tuple
         os.symlink("nothing.json", target)
     elif kind == "too_big":
         with open(target, "wb") as f:
-            f.truncate(datafiles.MAX_DATA_BYTES + 1 if where == "data" else checker.MAX_SOURCE_BYTES + 1)
+            f.truncate(datafiles.MAX_DATA_BYTES + 1 if where == "data" else files.MAX_RULE_BYTES + 1)
     _, outcomes = bounded_scan(rules, RuleSet())
     errors = [e for o in outcomes for e in o.errors if e.location.file == str(rules / rel)]
     assert errors, (where, kind, [e.one_line() for o in outcomes for e in o.errors])

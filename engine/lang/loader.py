@@ -23,8 +23,8 @@ from types import BuiltinMethodType, MappingProxyType
 from typing import Any
 
 from ..errors import Location, RuleError, RuleLoadError, source_lines
-from ..files import FileRefused, read_file
-from .checker import MAX_SOURCE_BYTES, CheckedRule, LoadSpec, check, module_path_problem
+from ..files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, read_file
+from .checker import CheckedRule, LoadSpec, check, module_path_problem
 from .interp import RuleFunction, RuleInterpreter
 
 #: a library's top level runs once per compile; it gets the same step bound as a rule run
@@ -86,7 +86,7 @@ class Libraries:
         if problem:  # the checker refuses such a load(); a direct caller (check) may not have asked it
             return RuleLoadError([RuleError("load_error", Location(shown), problem, "check the path given to load()")])
         try:
-            data, _ = read_file(self.root, path, MAX_SOURCE_BYTES)
+            data, _ = read_file(self.root, path, MAX_RULE_BYTES, RULE_SIZE_HINT)
         except FileRefused as exc:
             return RuleLoadError([RuleError("load_error", Location(shown), f"cannot read library: {exc.reason}", exc.hint)])
         except (OSError, ValueError) as exc:  # ValueError: a path no file system takes (checked, but be sure)
