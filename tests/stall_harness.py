@@ -49,6 +49,7 @@ class Caller:
 
     name: str
     call: Callable[[str], str]  # username -> answer
+    close: Callable[[], None]  # its connection
     user: str = "alice"
     calls: list[Call] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -74,6 +75,8 @@ class Caller:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(CALL_TIMEOUT + 5)
+            self._thread = None
+        self.close()
 
 
 def grpc_caller(server: ServerProcess, stubs: Stubs) -> Caller:
@@ -88,7 +91,7 @@ def grpc_caller(server: ServerProcess, stubs: Stubs) -> Caller:
             return "allow" if reply.bool_result else "deny"
         return "ignore"
 
-    return Caller("grpc", call)
+    return Caller("grpc", call, channel.close)
 
 
 def http_caller(server: ServerProcess) -> Caller:
@@ -103,7 +106,7 @@ def http_caller(server: ServerProcess) -> Caller:
         result = json.loads(conn.getresponse().read())["result"]
         return "allow" if result == "ok" else "deny" if isinstance(result, dict) else str(result)
 
-    return Caller("http", call)
+    return Caller("http", call, conn.close)
 
 
 def logged_error_for(log: str, path: Path) -> bool:
