@@ -1,4 +1,4 @@
-"""Hot reload: watchdog reports changes in the rules directory, the loop rescans and swaps the rule set.
+"""Hot reload: watchdog reports changes in the rules directory, a worker thread rescans, the loop swaps.
 
 Why it looks like this (see ../shared/reference/sandbox-and-libraries.md section 4):
 - the directory is watched, not the files, so temp-file renames, vim's rename-away and Kubernetes'
@@ -7,7 +7,10 @@ Why it looks like this (see ../shared/reference/sandbox-and-libraries.md section
   which arrive while an editor is still writing (a half-written file could parse as another rule);
 - events are coalesced into one rescan, and contents are compared by hash;
 - a file that vanishes is given a short grace period before its hook loses its rule, because vim
-  renames the old file away before it writes the new one.
+  renames the old file away before it writes the new one;
+- the scan (read, parse, check, compile, link, freeze) runs in one worker thread, one at a time, so
+  calls keep being answered while a big file loads; the loop keeps all the reloader's state, swaps the
+  rule set and reports. Whatever a scan raises is logged and the next one retries.
 """
 
 from __future__ import annotations
