@@ -155,7 +155,7 @@ def _parse(path: str, raw: bytes) -> Any:
             raise _error(path, exc.lineno, exc.colno, f"invalid JSON: {exc.msg}", "check the JSON syntax") from None
     if suffix in (".yaml", ".yml"):
         try:
-            return freeze(_load_yaml(path, text))
+            return _load_yaml(path, text)  # frozen as it is built
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
@@ -194,28 +194,75 @@ def _load_json(path: str, text: str) -> Any:
     return decoder.decode(text)
 
 
+_SEQ, _MAP = "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
+
+
 def _load_yaml(path: str, text: str) -> Any:
-    """Two passes of libyaml's parser: the events alone first (cheap: no nodes), to refuse aliases and
-    count the values before building any, then the load. A broken file fails in the first pass."""
-    events = _Loader(text)
+    """The document built straight from libyaml's events, frozen as it is built: no node tree (YAML's
+    nodes and their marks took about 400 bytes a value, ten times what the values keep), no second
+    copy to freeze, every value counted as it comes, and aliases refused where they appear."""
+    loader = _Loader(text)
+    stack: list[tuple[list[Any], bool]] = []  # open collections: (items so far, is a mapping)
+    result: list[Any] = []
+    values = documents = 0
     try:
-        nodes = 0
-        while events.check_event():
-            event = events.get_event()
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
+                values += 1
+                if values > MAX_DATA_ITEMS:
+                    raise _too_many(path)
+            if isinstance(event, yaml.DocumentStartEvent):
+                documents += 1
+                if documents > 1:
+                    raise yaml.composer.ComposerError("expected a single document in the stream", None,
+                                                      "but found another document", event.start_mark)
+                continue
             if isinstance(event, yaml.AliasEvent):
                 raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in data files",
                                                   event.start_mark)
-            if isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
-                nodes += 1
-                if nodes > MAX_DATA_ITEMS:
-                    raise _too_many(path)
-    finally:
-        events.dispose()
-    loader = _Loader(text)
-    try:
-        return loader.get_single_data()
+            if isinstance(event, yaml.CollectionStartEvent):
+                is_map = isinstance(event, yaml.MappingStartEvent)
+                tag = event.tag if event.tag not in (None, "!") else (_MAP if is_map else _SEQ)
+                if tag != (_MAP if is_map else _SEQ):
+                    raise yaml.constructor.ConstructorError(None, None, f"the tag {tag} is not allowed in data files",
+                                                            event.start_mark)
+                stack.append(([], is_map))
+                continue
+            if isinstance(event, yaml.CollectionEndEvent):
+                items, is_map = stack.pop()
+                value = _mapping(items, event) if is_map else tuple(items)
+            elif isinstance(event, yaml.ScalarEvent):
+                value = _scalar(loader, event)
+            else:
+                continue  # stream and document ends
+            (stack[-1][0] if stack else result).append(value)
     finally:
         loader.dispose()
+    return result[0] if result else None
+
+
+def _scalar(loader: Any, event: Any) -> Any:
+    tag = event.tag
+    if tag is None or tag == "!":
+        tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+    if tag == "tag:yaml.org,2002:merge":
+        raise yaml.constructor.ConstructorError(None, None, "merge keys (<<) are not allowed in data files",
+                                                event.start_mark)
+    node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+    construct = loader.yaml_constructors.get(tag) or loader.yaml_constructors[None]  # None: an unknown tag
+    return construct(loader, node)
+
+
+def _mapping(items: list[Any], event: Any) -> MappingProxyType[Any, Any]:
+    out: dict[Any, Any] = {}
+    for i in range(0, len(items) - 1, 2):
+        key = items[i]
+        if isinstance(key, (tuple, MappingProxyType)):  # PyYAML refuses them too (unhashable there)
+            raise yaml.constructor.ConstructorError(None, None, "a mapping key is a list or a mapping",
+                                                    event.start_mark)
+        out[key] = items[i + 1]
+    return MappingProxyType(out)
 
 
 def _lines(path: str, text: str) -> Iterator[str]:

@@ -132,3 +132,52 @@ def test_each_place_refuses_each_kind_of_file(where: str, kind: str, dirs: tuple
     errors = [e for o in outcomes for e in o.errors if e.location.file == str(rules / rel)]
     assert errors, (where, kind, [e.one_line() for o in outcomes for e in o.errors])
     assert all(e.code in ("load_error", "parse_error") for e in errors)
+
+
+YAML_DOCS = ["a: 1\nb: 2.5\nc: true\nd: null\ne: ~\nf: 0x1F\ng: 0o17\nh: 1_000\ni: .inf\n",
+             "- a\n- 'b'\n- \"c\\n\"\n- |\n  multi\n  line\n- >\n  folded\n  text\n",
+             "when: 2024-01-01\nts: 2001-12-14t21:59:43.10-05:00\nexplicit: !!timestamp 2024-01-01\n",
+             "s: !!str 123\ni: !!int '7'\nf: !!float '1.5'\nb: !!binary aGVsbG8=\nn: !!null ''\nbo: !!bool 'yes'\n",
+             "{a: [1, 2, {b: c}], d: {}, e: []}\n", "", "# only a comment\n", "42\n", "x: yes\ny: no\nz: on\n",
+             "1: int key\n2.5: float key\ntrue: bool key\n~: null key\n", "a: 1\na: 2\n", "a:\nb:\n  - \n",
+             "---\na: 1\n...\n", "[a, b, [c, [d]]]\n", "k: v # comment\n'quoted key': 1\n", "!!map {a: 1}\n",
+             "!!seq [1]\n"]
+
+
+@pytest.mark.parametrize("doc", YAML_DOCS)
+def test_yaml_built_from_events_is_what_pyyaml_builds(doc: str) -> None:
+    """YAML data is built straight from libyaml's events (no node tree: a tenth of the memory); for
+    every kind of scalar, tag and collection it is what PyYAML's own loader makes, frozen."""
+    import yaml
+
+    from hookrules.events import freeze
+    expected = freeze(yaml.load(doc, Loader=datafiles._Loader))  # noqa: S506 - a SafeLoader subclass
+    assert datafiles.parse("x.yaml", doc.encode()) == expected
+
+
+@pytest.mark.parametrize("doc", ["a: &x 1\nb: *x\n", "a: !!set {x, y}\n", "a: !!omap [x: 1]\n", "<<: {a: 1}\n",
+                                 "a: 1\n---\nb: 2\n", "? [a]\n: 1\n", "a: !!python/object:os.system x\n",
+                                 "a: [1,\n", "a: b: c\n"])
+def test_yaml_refusals_are_load_errors_with_a_line(doc: str) -> None:
+    with pytest.raises(datafiles.DataError) as info:
+        datafiles.parse("x.yaml", doc.encode())
+    assert info.value.error.location.line >= 1, info.value.error.one_line()
+
+
+def test_the_reader_reads_no_more_than_the_limit(tmp_path: Path) -> None:
+    """fstat first, then at most limit + 1 bytes: a 2 GB sparse file costs nothing to refuse."""
+    (tmp_path / "big.json").write_bytes(b"[" + b"1," * 600 + b"1]")
+    tracemalloc.start()
+    try:
+        with pytest.raises(FileRefused):
+            read_file(tmp_path, tmp_path / "big.json", 1000)
+        big = tmp_path / "sparse.json"
+        with open(big, "wb") as f:
+            f.truncate(4096 * MiB)
+        with pytest.raises(FileRefused, match="over 16 MiB"):
+            read_file(tmp_path, big, 16 * MiB)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < MiB
+    assert read_file(tmp_path, tmp_path / "big.json", 2000)[0].startswith(b"[1,")
