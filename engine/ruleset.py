@@ -392,8 +392,10 @@ def _read_settled(directory: Path, path: Path, settle: float) -> bytes | None:
     """The file's bytes, or None when it may still be being written (see scan). Read the one safe
     way (files.read_file): a regular file inside the directory, of at most MAX_RULE_BYTES."""
     if settle and time.time() - path.stat().st_mtime < settle:
-        return None
+        return None  # young already: not worth reading
     raw, before = read_file(directory, path, MAX_RULE_BYTES, RULE_SIZE_HINT)  # follows links inside: ConfigMaps link into ..data/
+    if settle and time.time() - before.st_mtime < settle:
+        return None  # changed (truncated by an in-place save?) since the look above: what was read is the fstat's
     after = path.stat()
     if (before.st_size, before.st_mtime_ns, before.st_ino) != (after.st_size, after.st_mtime_ns, after.st_ino):
         return None
