@@ -8,7 +8,10 @@ calling throughout, is tests/test_files_load.py.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 import tracemalloc
 from pathlib import Path
@@ -17,12 +20,13 @@ from typing import Any
 import pytest
 
 from hookrules import datafiles, files
-from hookrules.engine import Engine
 from hookrules.events import Client, Event, frozen_map
 from hookrules.files import FileRefused, read_file
 from hookrules.ruleset import FileOutcome, RuleSet, scan
 
 from .bad_files import CATALOGUE, MiB
+
+ROOT = Path(__file__).resolve().parent.parent
 
 GOOD = {"client.authenticate.star": 'if client.username in data.users:\n    allow()\nelse:\n    deny("who?")\n',
         "auth_on_register.star": 'load("lib/acl.star", "known")\nif known(client.username):\n    allow()\n',
@@ -59,29 +63,58 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
     return write(rules, GOOD), outside
 
 
+_CHILD = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from tests.bad_files import CATALOGUE
+from tests.test_files import authn
+from hookrules.engine import Engine
+from hookrules.ruleset import RuleSet, scan
+rules, outside, kind = Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+first, _ = scan(rules, RuleSet())
+reported = CATALOGUE[kind](rules, outside)
+ruleset, outcomes = scan(rules, first)
+again, outcomes2 = scan(rules, ruleset)
+print(json.dumps({
+    "reported": reported,
+    "errors": {e.location.file: e.one_line() for o in outcomes for e in o.errors},
+    "error_files": [[o.path, o.result, [e.location.file for e in o.errors]] for o in outcomes if o.errors],
+    "error_hooks": sorted({o.hook for o in outcomes if o.result == "error"} - {"data"}),
+    "broken_or_stale": sorted(set(ruleset.broken) | set(ruleset.stale)),
+    "kept": all(ruleset.rules[h].file_version == first.rules[h].file_version
+                for h in ("client.authenticate", "auth_on_register")),
+    "decided_by": Engine(ruleset).decide(authn("alice")).source,
+    "users": list(ruleset.data.files["users"].value),
+    "same_again": sorted((o.path, o.result, [e.one_line() for e in o.errors]) for o in outcomes2 if o.errors)
+                  == sorted((o.path, o.result, [e.one_line() for e in o.errors]) for o in outcomes if o.errors),
+    "versions_again": again.versions() == ruleset.versions(),
+}))
+"""
+
+
 @pytest.mark.parametrize("kind", list(CATALOGUE))
 def test_every_bad_file_is_a_load_error_of_that_file_and_nothing_else_changes(kind: str, dirs: tuple[Path, Path]) -> None:
+    """In a child process: the big files must not raise this process's memory high-water mark, which
+    the sandbox tests' children inherit (ru_maxrss), and a blocked read must not hang the test run."""
     rules, outside = dirs
-    first, _ = bounded_scan(rules, RuleSet())
-    reported = CATALOGUE[kind](rules, outside)
-    ruleset, outcomes = bounded_scan(rules, first)
-    errors = {e.location.file: e for o in outcomes for e in o.errors}
-    for rel in reported:
-        assert str(rules / rel) in errors, (kind, rel, sorted(errors))
-        assert any(o.result == "error" for o in outcomes if o.path == str(rules / rel) or
-                   any(e.location.file == str(rules / rel) for e in o.errors))
-    if not reported:  # a legitimate file: it loads
-        assert errors == {}, [e.one_line() for e in errors.values()]
-    for hook in ("client.authenticate", "auth_on_register"):
-        assert ruleset.rules[hook] is first.rules[hook] or ruleset.rules[hook].file_version == first.rules[hook].file_version
-    assert Engine(ruleset).decide(authn("alice")).source == "rule"
-    assert ruleset.data.files["users"].value == ("alice",)
-    assert set(ruleset.broken) | set(ruleset.stale) == {o.hook for o in outcomes if o.result == "error"} - {"data"}
-    # unchanged, it is not read as new again: the same errors, no change
-    again, outcomes2 = bounded_scan(rules, ruleset)
-    assert sorted((o.path, o.result, o.errors) for o in outcomes2 if o.errors) == \
-        sorted((o.path, o.result, o.errors) for o in outcomes if o.errors)
-    assert again.versions() == ruleset.versions()
+    try:
+        proc = subprocess.run([sys.executable, "-c", _CHILD, str(ROOT), str(rules), str(outside), kind],
+                              capture_output=True, text=True, timeout=SCAN_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the scans did not return within {SCAN_TIMEOUT} s")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    errors = result["errors"]
+    for rel in result["reported"]:
+        assert str(rules / rel) in errors, (kind, rel, errors)
+        assert any(res == "error" for path, res, files in result["error_files"]
+                   if path == str(rules / rel) or str(rules / rel) in files)
+    if not result["reported"]:  # a legitimate file: it loads
+        assert errors == {}, errors
+    assert result["kept"] and result["decided_by"] == "rule" and result["users"] == ["alice"]
+    assert result["broken_or_stale"] == result["error_hooks"]
+    assert result["same_again"] and result["versions_again"]  # unchanged: the same errors, nothing rebuilt
 
 
 KINDS = ["fifo", "dev_zero", "directory", "socket", "outside_link", "outside_dir_link", "dangling_link", "too_big"]
