@@ -316,7 +316,7 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
                 raw = _read_settled(directory, path, settle)
             except FileNotFoundError:
                 raw = None  # renamed away between listing and reading (vim): as if it were briefly gone
-                if os.path.islink(path) and not os.path.lexists(os.path.realpath(path)):
+                if _dangling_for_a_while(path, settle):  # a ConfigMap update leaves links dangling for a moment only
                     problem = RuleError("load_error", Location(shown), "cannot read: it is a symbolic link to nothing",
                                         "fix or remove the link")
             except FileRefused as exc:
@@ -386,6 +386,20 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
             outcomes.append(FileOutcome(hook_name, "removed", old.path, old.version))
     return (RuleSet(MappingProxyType(rules), MappingProxyType(broken), data, MappingProxyType(failed),
                     MappingProxyType(stale)), outcomes)
+
+
+#: how long a symbolic link may point to nothing before that is its load error (kubelet swaps `..data`
+#: first and removes the links of files no longer in the ConfigMap after)
+DANGLING_GRACE = 2.0
+
+
+def _dangling_for_a_while(path: Path, settle: float) -> bool:
+    try:
+        if not os.path.islink(path) or os.path.exists(path):
+            return False
+        return not settle or time.time() - os.lstat(path).st_mtime >= DANGLING_GRACE
+    except OSError:
+        return False
 
 
 def _read_settled(directory: Path, path: Path, settle: float) -> bytes | None:
