@@ -192,5 +192,11 @@ BAD_REQUESTS = Counter(
     "hookrules_bad_requests", "Broker calls that could not be read, by broker and reason", ["broker", "reason"],
 )
 
+DECISION_LOG_DROPPED = Counter(
+    "hookrules_decision_log_dropped", "Decision log entries not written, by reason (queue_full: the writer is "
+    "behind, e.g. a reader that stopped reading; write_error: the write failed)", ["reason"],
+)
+
 __all__ = ["Counter", "Histogram", "CounterChild", "HistogramChild", "LATENCY_BUCKETS", "REQUEST_SECONDS", "RULE_SECONDS", "DECISIONS", "RULE_ERRORS",
-           "RELOADS", "RULE_INFO", "RULES_LOADED", "LAST_RELOAD", "BAD_REQUESTS", "RULE_BROKEN", "BROKEN_STATES"]
+           "RELOADS", "RULE_INFO", "RULES_LOADED", "LAST_RELOAD", "BAD_REQUESTS", "RULE_BROKEN", "BROKEN_STATES",
+           "DECISION_LOG_DROPPED"]
