@@ -34,7 +34,7 @@ from .decisionlog import DecisionLog
 from .engine import Engine
 from . import metrics
 from .health import health_handlers, metrics_app
-from .hooks import AUTHENTICATION_HOOKS
+from .hooks import AUTHENTICATION_HOOKS, RULE_SUFFIX
 from .reload import Reloader
 from .watchdog import Watchdog
 
@@ -76,6 +76,19 @@ def _check_bindable(host: str, port: int, address: str, flag: str) -> None:
                 sock.bind(sockaddr)
             except OSError as exc:
                 raise ConfigError(f"cannot listen for gRPC on {address} ({flag}): {_bind_problem(exc)}") from None
+
+
+def refusing_authentication(engine: Engine) -> list[str]:
+    """The authentication hooks that refuse every client: answered by a rule file that never loaded,
+    under a failure policy of deny. Every one is asked, under its own policy (Engine.policy): one
+    answered by a broken file it falls back to (auth_on_register_m5 by auth_on_register.star) refuses
+    its clients as surely as the file's own hook, whatever that hook's policy is."""
+    closed = []
+    for hook in sorted(AUTHENTICATION_HOOKS):
+        source = engine.never_loaded(hook)
+        if source is not None and engine.policy(hook) == "deny":
+            closed.append(hook if source == hook else f"{hook} (answered by {source}{RULE_SUFFIX})")
+    return closed
 
 
 def announce(text: str, to_stderr: bool = False) -> None:
@@ -137,10 +150,11 @@ class Server:
             detail += f"; never loaded, answered by the failure policy: {', '.join(never)}"
         if stale:
             detail += f"; current file failed, an older version serves: {', '.join(stale)}"
-        closed = [h for h in never if h in AUTHENTICATION_HOOKS and self.engine.policy(h) == "deny"]
+        closed = refusing_authentication(self.engine)
         extra = {"broken": {hook: state for hook, state in sorted(broken)}}
         if closed:
-            return False, f"authentication refuses every client: {', '.join(closed)} never loaded; {detail}", extra
+            return False, (f"authentication refuses every client: {', '.join(closed)} never loaded, failure "
+                           f"policy deny; {detail}"), extra
         return True, detail, extra
 
     def _announce(self, text: str) -> None:

@@ -188,3 +188,50 @@ def test_the_emqx_hook_list_warning_is_not_repeated_for_a_list_that_did_not_chan
     warnings = [m for m in messages if "EMQX hook list changed" in m]
     assert len(warnings) == 2 and all("added: client.authorize" in w for w in warnings), messages
     assert sum("matches again" in m for m in messages) == 1
+
+
+def test_readiness_asks_every_authentication_hook_under_its_own_policy(tmp_path: Path) -> None:
+    """Only auth_on_register.star, broken, with auth_on_register=ignore and auth_on_register_m5=deny: the
+    m5 connects were refused while /readyz said ready. Enumerated: every authentication hook, every file
+    that can answer it (its own, its twin's), every policy pair."""
+    from hookrules.hooks import AUTHENTICATION_HOOKS, HOOKS
+    from hookrules.server import refusing_authentication
+
+    checked = 0
+    for hook in sorted(AUTHENTICATION_HOOKS):
+        files = [hook] + ([HOOKS[hook].fallback] if HOOKS[hook].fallback else [])
+        for file in files:
+            directory = tmp_path / f"{hook}-{file}"
+            directory.mkdir()
+            (directory / f"{file}.star").write_text(BROKEN)
+            ruleset, _ = scan(directory, RuleSet())
+            for file_policy in ("deny", "ignore", "allow"):
+                for hook_policy in (None, "deny", "ignore"):
+                    policies = {file: file_policy}
+                    if hook_policy is not None and hook != file:
+                        policies[hook] = hook_policy  # type: ignore[assignment]
+                    engine = Engine(ruleset, policies=policies)  # type: ignore[arg-type]
+                    answered = {h for h in AUTHENTICATION_HOOKS if engine.never_loaded(h) is not None}
+                    assert file in answered and (hook in answered) == (hook == file or file == HOOKS[hook].fallback)
+                    refusing = {h for h in answered if engine.policy(h) == "deny"}
+                    named = {entry.split(" ")[0] for entry in refusing_authentication(engine)}
+                    assert named == refusing, (hook, file, policies, named)
+                    # and it is what a call gets
+                    for h in answered:
+                        decision = engine.decide(Event(h, HOOKS[h].broker, Client(id="c"))).decision
+                        assert (decision.kind == "deny") == (h in refusing), (h, policies, decision)
+                    checked += 1
+    assert checked >= 30
+
+
+def test_a_broken_file_that_refuses_its_twin_makes_the_instance_not_ready(start_server: Any, tmp_path: Path) -> None:
+    rules = write_rules(tmp_path / "rules", {"auth_on_register": BROKEN})
+    server: ServerProcess = start_server(rules, "--failure-policy", "auth_on_register=ignore",
+                                         "--failure-policy", "auth_on_register_m5=deny")
+    assert call(server, "auth_on_register", spec.EXAMPLES["auth_on_register"]).body == {"result": "next"}
+    assert call(server, "auth_on_register_m5", spec.EXAMPLES["auth_on_register_m5"]).body == \
+        {"result": {"error": "rule error"}}
+    status, body = get(server.metrics_port, "/readyz")
+    assert (status, body["status"]) == (503, "not ready"), body
+    assert "auth_on_register_m5 (answered by auth_on_register.star) never loaded" in body["detail"], body
+    assert body["broken"] == {"auth_on_register": "never_loaded"}
