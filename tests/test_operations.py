@@ -235,3 +235,28 @@ def test_a_broken_file_that_refuses_its_twin_makes_the_instance_not_ready(start_
     assert (status, body["status"]) == (503, "not ready"), body
     assert "auth_on_register_m5 (answered by auth_on_register.star) never loaded" in body["detail"], body
     assert body["broken"] == {"auth_on_register": "never_loaded"}
+
+
+def test_the_emqx_hook_list_is_compared_as_emqx_reads_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """TOPICS = ["a/#"] then ["a/#", "a/#"] logged the same warning again. EMQX reads a HookSpec's topics
+    as a set: every reordering and repetition is no change; another filter is."""
+    rule = tmp_path / "message.publish.star"
+    rule.write_text("allow()\n")
+    base, _ = scan(tmp_path, RuleSet())
+    adapter = ExhookAdapter(Engine(base), versions=("v3",))
+    adapter.advertised = adapter.hook_specs(base)  # EMQX loaded: no message.publish filters
+    same = (["a/#", "b/+"], ["b/+", "a/#"], ["a/#", "a/#", "b/+"], ["b/+", "b/+", "a/#", "a/#"])
+    ruleset = base
+    with caplog.at_level(logging.INFO, logger="hookrules.adapters.exhook"):
+        for topics in same:
+            rule.write_text(f"TOPICS = {topics!r}\nallow()\n")
+            ruleset, _ = scan(tmp_path, ruleset)
+            adapter.rules_changed(ruleset)
+        warned = [r.getMessage() for r in caplog.records if "EMQX hook list changed" in r.getMessage()]
+        assert len(warned) == 1 and "topics changed: message.publish" in warned[0], warned
+        rule.write_text('TOPICS = ["a/#", "b/+", "c"]\nallow()\n')  # a filter more: worth saying
+        ruleset, _ = scan(tmp_path, ruleset)
+        adapter.rules_changed(ruleset)
+    warned = [r.getMessage() for r in caplog.records if "EMQX hook list changed" in r.getMessage()]
+    assert len(warned) == 2, warned
+    assert adapter.hook_specs(ruleset)["message.publish"] == ("a/#", "b/+", "c")

@@ -226,6 +226,18 @@ def _decoder(message_class: Any) -> Callable[[bytes], Any]:
 
 
 
+def _as_emqx_sees(topics: tuple[str, ...]) -> tuple[str, ...]:
+    """A rule's TOPICS as EMQX reads a HookSpec's: a set of filters (order and repeats mean nothing),
+    and none at all (every message) when one cannot be encoded (see _hook_spec). Sent so, and compared
+    so: `["a/#", "a/#"]` after `["a/#"]` is no change to warn about."""
+    try:
+        for topic in topics:
+            topic.encode("utf-8")
+    except UnicodeEncodeError:
+        return ()
+    return tuple(sorted(set(topics)))
+
+
 class ExhookAdapter:
     """Serves HookProvider for every proto version given, all answered by one engine."""
 
@@ -353,7 +365,7 @@ class ExhookAdapter:
         for info in EMQX_HOOKS:
             rule = ruleset.get(info.name)
             if rule is not None:
-                specs[info.name] = rule.topics
+                specs[info.name] = _as_emqx_sees(rule.topics)
             elif info.name in ruleset.broken:
                 specs[info.name] = ()
         return specs
