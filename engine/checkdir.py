@@ -14,6 +14,7 @@ from typing import TextIO
 
 from .datafiles import DATA_DIR, SUFFIXES
 from .errors import Location, RuleError, RuleLoadError
+from .files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, read_file
 from .lang.loader import Libraries, loaded_modules, module_path_problem
 from .ruleset import DATA_HOOK, RuleSet, rule_files, scan
 from .tester import TESTS_DIR, check_test_files, test_files
@@ -84,9 +85,9 @@ def _loaded_modules(directory: Path) -> set[str]:
     while todo:
         path = todo.pop()
         try:
-            tree = ast.parse(path.read_bytes())
-        except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
-            continue
+            tree = ast.parse(read_file(directory, path, MAX_RULE_BYTES, RULE_SIZE_HINT)[0])
+        except (OSError, FileRefused, SyntaxError, ValueError, RecursionError, MemoryError):
+            continue  # the scan reports the file's own problem
         for module in loaded_modules(tree):
             if module not in seen and not module_path_problem(module):
                 seen.add(module)

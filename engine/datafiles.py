@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
-from collections.abc import Iterator, Mapping
+import json.scanner
+import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -21,10 +22,20 @@ import yaml
 
 from .errors import Location, RuleError
 from .events import freeze
+from .files import FileRefused, collector_paused, read_file
 
 DATA_DIR = "data"
 SUFFIXES = (".json", ".yaml", ".yml", ".csv")
 MAX_DATA_BYTES = 16 * 1024 * 1024
+#: values (each number, string, list and mapping, each CSV field) one file may hold: loading keeps a
+#: few hundred bytes per value (YAML's nodes most), so this bounds a file's memory whatever its shape
+MAX_DATA_ITEMS = 500_000
+#: JSON files up to this size are parsed by the C scanner, in one call that lets no other thread run
+JSON_C_MAX_BYTES = 1024 * 1024
+#: the longest CSV line: the csv module parses a line in one such call
+CSV_MAX_LINE = 1024 * 1024
+#: libyaml's parser where PyYAML was built with it: the pure-Python one is several times slower
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class DataNamespace:
@@ -71,6 +82,9 @@ class DataFile:
 @dataclass(frozen=True)
 class DataSet:
     files: Mapping[str, DataFile] = field(default_factory=lambda: MappingProxyType({}))
+    #: files whose current contents failed, by path: (content hash, errors). An unchanged broken file
+    #: is not parsed again (a 2 MB YAML file with an error at its end took seconds on every rescan).
+    failed: Mapping[str, tuple[str, tuple[RuleError, ...]]] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def version(self) -> str:
@@ -103,7 +117,29 @@ def data_files(root: Path) -> Iterator[Path]:
 
 
 def parse(path: str, raw: bytes) -> Any:
-    """The file's contents as frozen plain data; DataError on anything wrong, with line and column."""
+    """The file's contents as frozen plain data; DataError on anything wrong, with line and column.
+
+    Every failure is the file's DataError, whatever raised it (a 5,000-digit number is a ValueError
+    of int(), a huge file a MemoryError): one bad file must never fail the scan of the others."""
+    try:
+        with collector_paused():
+            return _parse(path, raw)
+    except DataError:
+        raise
+    except RecursionError:
+        raise _error(path, 0, 0, "nested too deeply", "flatten the structure") from None
+    except MemoryError:
+        raise _error(path, 0, 0, "too big to load", "split it, or trim it") from None
+    except ValueError as exc:
+        if "digits" in str(exc):  # int()'s guard against quadratic conversions (sys.int_info)
+            raise _error(path, 0, 0, "a number has too many digits to read",
+                         "write very long numbers as strings") from None
+        raise _error(path, 0, 0, f"cannot read it: {exc}", "check the file's syntax") from None
+    except Exception as exc:
+        raise _error(path, 0, 0, f"cannot read it: {type(exc).__name__}: {exc}", "check the file's syntax") from None
+
+
+def _parse(path: str, raw: bytes) -> Any:
     if len(raw) > MAX_DATA_BYTES:
         raise _error(path, 0, 0, f"data file is over {MAX_DATA_BYTES // (1024 * 1024)} MiB", "split it, or trim it")
     try:
@@ -113,34 +149,165 @@ def parse(path: str, raw: bytes) -> Any:
     suffix = Path(path).suffix
     if suffix == ".json":
         try:
-            return freeze(json.loads(text))
+            return freeze(_load_json(path, text))
         except json.JSONDecodeError as exc:
             raise _error(path, exc.lineno, exc.colno, f"invalid JSON: {exc.msg}", "check the JSON syntax") from None
-        except RecursionError:
-            raise _error(path, 0, 0, "JSON nested too deeply", "flatten the structure") from None
     if suffix in (".yaml", ".yml"):
         try:
-            return freeze(yaml.load(text, Loader=_NoAliasLoader))  # noqa: S506 - a SafeLoader subclass
-        except RecursionError:
-            raise _error(path, 0, 0, "YAML nested too deeply", "flatten the structure") from None
+            return _load_yaml(path, text)  # frozen as it is built
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise _error(path, line, col, f"invalid YAML: {problem}", "check the indentation and quoting") from None
+    return _load_csv(path, text)
+
+
+def _too_many(path: str) -> DataError:
+    return _error(path, 0, 0, f"data file holds over {MAX_DATA_ITEMS:,} values", "split it, or trim it")
+
+
+def _load_json(path: str, text: str) -> Any:
+    """json.loads is one C call that holds the GIL (16 MB: 400 ms, every broker call waiting): the C
+    scanner only for small files. Bigger ones go through the pure-Python scanner, which lets other
+    threads in every few milliseconds, and counts what it builds."""
+    if len(text) <= JSON_C_MAX_BYTES:
+        return json.loads(text)  # at most ~40 bytes of objects per byte of text: bounded
+    count = [0]
+
+    def counted(parse: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            count[0] += 1
+            if count[0] > MAX_DATA_ITEMS:
+                raise _too_many(path)
+            return parse(*args)
+        return run
+
+    decoder: Any = json.JSONDecoder()
+    decoder.parse_object = counted(decoder.parse_object)
+    decoder.parse_array = counted(decoder.parse_array)
+    decoder.parse_string = counted(decoder.parse_string)
+    decoder.parse_int = counted(int)
+    decoder.parse_float = counted(float)
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
+    return decoder.decode(text)
+
+
+_SEQ, _MAP = "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
+
+
+def _load_yaml(path: str, text: str) -> Any:
+    """The document built straight from libyaml's events, frozen as it is built: no node tree (YAML's
+    nodes and their marks took about 400 bytes a value, ten times what the values keep), no second
+    copy to freeze, every value counted as it comes, and aliases refused where they appear."""
+    loader = _Loader(text)
+    stack: list[tuple[list[Any], bool]] = []  # open collections: (items so far, is a mapping)
+    result: list[Any] = []
+    values = documents = 0
     try:
-        rows = list(csv.DictReader(io.StringIO(text)))
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
+                values += 1
+                if values > MAX_DATA_ITEMS:
+                    raise _too_many(path)
+            if isinstance(event, yaml.DocumentStartEvent):
+                documents += 1
+                if documents > 1:
+                    raise yaml.composer.ComposerError("expected a single document in the stream", None,
+                                                      "but found another document", event.start_mark)
+                continue
+            if isinstance(event, yaml.AliasEvent):
+                raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in data files",
+                                                  event.start_mark)
+            if isinstance(event, yaml.CollectionStartEvent):
+                is_map = isinstance(event, yaml.MappingStartEvent)
+                tag = event.tag if event.tag not in (None, "!") else (_MAP if is_map else _SEQ)
+                if tag != (_MAP if is_map else _SEQ):
+                    raise yaml.constructor.ConstructorError(None, None, f"the tag {tag} is not allowed in data files",
+                                                            event.start_mark)
+                stack.append(([], is_map))
+                continue
+            if isinstance(event, yaml.CollectionEndEvent):
+                items, is_map = stack.pop()
+                value = _mapping(items, event) if is_map else tuple(items)
+            elif isinstance(event, yaml.ScalarEvent):
+                value = _scalar(loader, event)
+            else:
+                continue  # stream and document ends
+            (stack[-1][0] if stack else result).append(value)
+    finally:
+        loader.dispose()
+    return result[0] if result else None
+
+
+def _scalar(loader: Any, event: Any) -> Any:
+    tag = event.tag
+    if tag is None or tag == "!":
+        tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+    if tag == "tag:yaml.org,2002:merge":
+        raise yaml.constructor.ConstructorError(None, None, "merge keys (<<) are not allowed in data files",
+                                                event.start_mark)
+    node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+    construct = loader.yaml_constructors.get(tag) or loader.yaml_constructors[None]  # None: an unknown tag
+    return construct(loader, node)
+
+
+def _mapping(items: list[Any], event: Any) -> MappingProxyType[Any, Any]:
+    out: dict[Any, Any] = {}
+    for i in range(0, len(items) - 1, 2):
+        key = items[i]
+        if isinstance(key, (tuple, MappingProxyType)):  # PyYAML refuses them too (unhashable there)
+            raise yaml.constructor.ConstructorError(None, None, "a mapping key is a list or a mapping",
+                                                    event.start_mark)
+        out[key] = items[i + 1]
+    return MappingProxyType(out)
+
+
+def _lines(path: str, text: str) -> Iterator[str]:
+    """The text's lines for csv.reader, each at most CSV_MAX_LINE characters: the reader parses a
+    line in one C call (a 16 MB line of commas: 0.7 s holding the GIL). Sliced from the text one at a
+    time: io.StringIO would hold a second copy of it, four bytes a character."""
+    start, end = 0, len(text)
+    while start < end:
+        stop = text.find("\n", start, start + CSV_MAX_LINE + 1)
+        if stop < 0:
+            if end - start > CSV_MAX_LINE:
+                raise _error(path, 0, 0, f"a line is over {CSV_MAX_LINE // 1024} KiB", "split the row")
+            stop = end - 1
+        yield text[start:stop + 1]
+        start = stop + 1
+
+
+def _load_csv(path: str, text: str) -> Any:
+    rows: list[Any] = []
+    reader = csv.reader(_lines(path, text))
+    try:
+        header = next(reader, None)
+        if header is None:
+            return ()
+        items = len(header)
+        for row in reader:
+            if not row:
+                continue  # DictReader's rule: blank lines are no rows
+            if len(row) > len(header):
+                raise _error(path, reader.line_num, 1, "a row has more fields than the header",
+                             "every row needs the header's columns")
+            items += len(header)
+            if items > MAX_DATA_ITEMS:
+                raise _too_many(path)
+            row += [None] * (len(header) - len(row))  # type: ignore[list-item]
+            rows.append(MappingProxyType(dict(zip(header, row))))
     except csv.Error as exc:
-        raise _error(path, 0, 0, f"invalid CSV: {exc}", "check the quoting") from None
-    if rows and None in rows[0]:
-        raise _error(path, 2, 1, "a row has more fields than the header", "every row needs the header's columns")
-    return tuple(MappingProxyType(dict(row)) for row in rows)
+        raise _error(path, reader.line_num, 0, f"invalid CSV: {exc}", "check the quoting") from None
+    return tuple(rows)
 
 
-class _NoAliasLoader(yaml.SafeLoader):  # type: ignore[misc]
+class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
     """yaml.safe_load without anchors and aliases: a few hundred bytes of aliases can stand for
-    billions of items (a "billion laughs"), which freezing would expand. Dates and times stay
-    strings: a datetime object would hand rules a clock (.now(), .today()) and an unbounded strftime."""
+    billions of items (a "billion laughs"), which freezing would expand (refused in _load_yaml's
+    first pass; compose_node below when libyaml is missing). Dates and times stay strings: a datetime
+    object would hand rules a clock (.now(), .today()) and an unbounded strftime."""
 
     yaml_implicit_resolvers = {
         first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
@@ -168,6 +335,7 @@ def _error(path: str, line: int, col: int, message: str, hint: str) -> DataError
 def scan_data(root: Path, previous: DataSet) -> tuple[DataSet, list[DataOutcome]]:
     """The data set from the files now in <root>/data; a file that fails keeps its last good version."""
     files: dict[str, DataFile] = {}
+    failed: dict[str, tuple[str, tuple[RuleError, ...]]] = {}
     outcomes: list[DataOutcome] = []
     try:
         paths = list(data_files(root))
@@ -184,31 +352,43 @@ def scan_data(root: Path, previous: DataSet) -> tuple[DataSet, list[DataOutcome]
                          "rename one of them").error
             outcomes.append(DataOutcome(name, shown, "error", errors=(err,)))
             continue
+        version = ""
+        errors: tuple[RuleError, ...]
         try:
-            raw = path.read_bytes()
+            raw, _ = read_file(root, path, MAX_DATA_BYTES)
+        except FileNotFoundError:
+            if not os.path.lexists(path):
+                continue  # gone since the listing: as if never listed
+            errors = (_error(shown, 0, 0, "cannot read: it is a symbolic link to nothing", "fix or remove the link").error,)
+        except FileRefused as exc:
+            errors = (_error(shown, 0, 0, exc.reason, exc.hint).error,)
         except OSError as exc:
-            raw = None
-            err = _error(shown, 0, 0, f"cannot read: {exc.strerror or exc}", "check the file's permissions").error
-        if raw is not None:
+            errors = (_error(shown, 0, 0, f"cannot read: {exc.strerror or exc}", "check the file's permissions").error,)
+        else:
             version = hashlib.sha256(raw).hexdigest()[:12]
+            known = previous.failed.get(shown)
             if old is not None and old.version == version and old.path == shown:
                 files[name] = old
                 outcomes.append(DataOutcome(name, shown, "unchanged", version))
                 continue
-            try:
-                files[name] = DataFile(name, shown, version, parse(shown, raw))
-                outcomes.append(DataOutcome(name, shown, "loaded", version))
-                continue
-            except DataError as exc_err:
-                err = exc_err.error
-        outcomes.append(DataOutcome(name, shown, "error", errors=(err,), kept_version=old.version if old else ""))
+            if known is not None and known[0] == version:
+                errors = known[1]  # the same broken contents: the same errors, without parsing again
+            else:
+                try:
+                    files[name] = DataFile(name, shown, version, parse(shown, raw))
+                    outcomes.append(DataOutcome(name, shown, "loaded", version))
+                    continue
+                except DataError as exc_err:
+                    errors = (exc_err.error,)
+            failed[shown] = (version, errors)
+        outcomes.append(DataOutcome(name, shown, "error", version, errors, kept_version=old.version if old else ""))
         if old is not None:
             files[name] = old
     for name, old in previous.files.items():
         if name not in files and not any(o.name == name for o in outcomes):
             outcomes.append(DataOutcome(name, old.path, "removed", old.version))
-    return DataSet(MappingProxyType(files)), outcomes
+    return DataSet(MappingProxyType(files), MappingProxyType(failed)), outcomes
 
 
 # an explicit !!timestamp tag stays a string too
-_NoAliasLoader.add_constructor("tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node))
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node))

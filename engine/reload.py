@@ -1,4 +1,4 @@
-"""Hot reload: watchdog reports changes in the rules directory, the loop rescans and swaps the rule set.
+"""Hot reload: watchdog reports changes in the rules directory, a worker thread rescans, the loop swaps.
 
 Why it looks like this (see ../shared/reference/sandbox-and-libraries.md section 4):
 - the directory is watched, not the files, so temp-file renames, vim's rename-away and Kubernetes'
@@ -7,7 +7,10 @@ Why it looks like this (see ../shared/reference/sandbox-and-libraries.md section
   which arrive while an editor is still writing (a half-written file could parse as another rule);
 - events are coalesced into one rescan, and contents are compared by hash;
 - a file that vanishes is given a short grace period before its hook loses its rule, because vim
-  renames the old file away before it writes the new one.
+  renames the old file away before it writes the new one;
+- the scan (read, parse, check, compile, link, freeze) runs in one worker thread, one at a time, so
+  calls keep being answered while a big file loads; the loop keeps all the reloader's state, swaps the
+  rule set and reports. Whatever a scan raises is logged and the next one retries.
 """
 
 from __future__ import annotations
@@ -15,9 +18,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -26,6 +36,7 @@ from watchdog.observers.polling import PollingObserver
 
 from . import metrics
 from .engine import Engine
+from .files import collector_paused
 from .hooks import hook_for_file
 from .ruleset import DATA_HOOK, FileOutcome, RuleSet, scan
 
@@ -38,6 +49,29 @@ Listener = Callable[[RuleSet], None]
 WRITE_TIMEOUT = 2.0
 #: files in subdirectories whose half-written state would change a rule
 WATCHED_SUFFIXES = (".star", ".json", ".yaml", ".yml", ".csv")
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One scan's inputs, taken from the reloader's state on the loop."""
+
+    now: float
+    force: bool
+    settle: float
+    removable: frozenset[str] | None
+    writing: frozenset[str]
+    may_wait: bool  # may be postponed because a library or data file changed a moment ago
+    run_clock: Any
+
+
+@dataclass(frozen=True)
+class _Result:
+    """What the worker found: a new rule set, or (ruleset None) a wait before trying again."""
+
+    previous: RuleSet | None
+    outcomes: list[FileOutcome]
+    wait: float
+    ruleset: RuleSet | None = None
 
 
 class _Handler(FileSystemEventHandler):
@@ -53,10 +87,45 @@ class _Handler(FileSystemEventHandler):
         kind = event.event_type
         if event.is_directory and kind != "moved":
             return  # the directory's own modified/opened events say nothing about a rule
-        if kind == "created" and os.path.islink(src):
-            kind = "linked"  # a symlink is complete the moment it exists
+        if kind == "created" and not _is_regular(src):
+            kind = "linked"  # a symlink (or a FIFO, a socket) is complete the moment it exists: no close follows
         # paths relative to the rules directory: "x.star" is a rule, "lib/x.star" a library, "data/x.json" data
         self.deliver(kind, os.path.relpath(src, self.root), os.path.relpath(dest, self.root) if dest else "")
+
+
+#: the GIL switch interval while a scan runs beside the loop (Python's default: 5 ms). Each time the loop
+#: thread gives the GIL up (every socket read and write of a call) it waits up to this long to get it back
+#: from a busy scan: a call that does that a dozen times waited 60 ms more.
+SCAN_SWITCH_INTERVAL = 0.0005
+
+
+@contextmanager
+def _quick_switches(beside_the_loop: bool) -> Iterator[None]:
+    if not beside_the_loop:
+        yield
+        return
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(SCAN_SWITCH_INTERVAL)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+def _lower_priority() -> None:
+    """The scan thread yields the CPU to the loop (and gRPC's threads) when cores are busy: a nice value
+    of its own (Linux schedules threads alone). Best effort: elsewhere it runs as it is."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return True  # gone already: its deletion is the event that counts
 
 
 class Reloader:
@@ -82,6 +151,12 @@ class Reloader:
         self._missing_since: dict[str, float] = {}
         self._writing: dict[str, float] = {}  # rule file -> when a write to it was first seen
         self._reported: dict[str, str] = {}  # path -> version whose errors were already logged
+        self._executor: ThreadPoolExecutor | None = None
+        self._scanning = False  # a scan is running in the executor
+        self._again: bool | None = None  # another scan was asked for meanwhile (True: forced)
+        self._waiters: list[Callable[[list[FileOutcome]], None]] = []  # told the next scan's outcomes
+        #: one scan at a time, in the executor or (start-up, tests, no loop) in the caller's thread
+        self._scan_lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -118,6 +193,10 @@ class Reloader:
         self._observer = observer
         if self.rescan_interval > 0:
             self._periodic = loop.create_task(self._rescan_periodically())
+        # Scans run here, off the loop: parsing and compiling take seconds for big files, and calls
+        # must keep being answered meanwhile. One thread: one scan at a time.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hookrules-scan",
+                                            initializer=_lower_priority)
         log.info("watching %s for rule changes (%s)", self.directory, "polling" if self.polling else "inotify")
 
     def stop(self) -> None:
@@ -125,6 +204,10 @@ class Reloader:
             self._pending.cancel()
         if self._periodic is not None:
             self._periodic.cancel()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)  # a scan under way ends within its limits
+            self._executor = None
+        self._waiters.clear()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=2)
@@ -176,32 +259,74 @@ class Reloader:
 
     def _run_pending(self) -> None:
         self._pending = None
-        self.rescan()
+        self.request()
 
     async def _rescan_periodically(self) -> None:
         # A safety net for events the watcher missed (overflowing queues, unusual mounts).
         while True:
             await asyncio.sleep(self.rescan_interval)
-            self.rescan()
+            self.request()
+
+    def request(self, force: bool = False, done: Callable[[list[FileOutcome]], None] | None = None) -> None:
+        """Rescan in the worker thread, then swap and report on the loop; `done` gets the outcomes.
+
+        A request while a scan runs asks for one more scan after it (all such requests share it).
+        Without a started loop it is rescan(), here and now."""
+        if done is not None:
+            self._waiters.append(done)
+        loop, executor = self._loop, self._executor
+        if loop is None or executor is None:
+            self._tell(self.rescan(force))
+            return
+        if self._scanning:
+            self._again = bool(self._again) or force
+            return
+        job = self._prepare(force, None)
+        self._scanning = True
+        future = loop.run_in_executor(executor, self._work, job)
+        future.add_done_callback(lambda f: self._finished(job, f))
+
+    def _finished(self, job: _Job, future: asyncio.Future[_Result]) -> None:
+        """On the loop: apply what the worker found; an exception is logged and the next scan retries."""
+        self._scanning = False
+        outcomes: list[FileOutcome] = []
+        try:
+            outcomes = self._apply(job, future.result())
+        except asyncio.CancelledError:
+            return  # stopping
+        except Exception:
+            log.exception("internal error rescanning %s: the rules serving are kept; rescanning again in %g s",
+                          self.directory, max(self.debounce, 1.0))
+            metrics.RELOADS.labels("scan", "error").inc()
+            self.poke(max(self.debounce, 1.0))
+        if self._again is not None:
+            force, self._again = self._again, None
+            self.request(force)
+        else:
+            self._tell(outcomes)
+
+    def _tell(self, outcomes: list[FileOutcome]) -> None:
+        waiters, self._waiters = self._waiters, []
+        for done in waiters:
+            try:
+                done(outcomes)
+            except Exception:
+                log.exception("rescan listener failed")
 
     def rescan(self, force: bool = False, settle: float | None = None) -> list[FileOutcome]:
-        """Bring the rule set up to date with the directory; `force` recompiles even unchanged files.
+        """Bring the rule set up to date with the directory, in this thread; `force` recompiles even
+        unchanged files. The server rescans through request() instead, off the event loop.
 
         Files modified less than `settle` seconds ago are left for a later rescan: an editor may still
         be writing them, and its events can reach us after the write began.
         """
+        job = self._prepare(force, settle)
+        return self._apply(job, self._work(job))
+
+    def _prepare(self, force: bool, settle: float | None) -> _Job:
+        """What a scan needs from the reloader's state (the loop's): read here, not in the worker."""
         settle = self.settle if settle is None else settle
-        previous = self.engine.ruleset
         now = time.monotonic()
-        if settle and self._loop is not None:
-            age = self._youngest_dependency_age()
-            if age is not None and age < settle:
-                if self._postponed_since is None:
-                    self._postponed_since = now
-                if now - self._postponed_since < WRITE_TIMEOUT:
-                    self.poke(settle - age + 0.01)  # a library or data file just changed: rules built now could use half
-                    return []
-            self._postponed_since = None
         # A rule file that is not there loses its rule only once it has been gone for `grace` seconds
         # (vim renames it away before writing the new one). Only scan()'s own listing says whether it
         # is there: a look taken just before could catch another moment of the save.
@@ -211,12 +336,36 @@ class Reloader:
             # a writer that never said it was done, or a file gone (renamed away)
             if now - since >= WRITE_TIMEOUT or not os.path.lexists(os.path.join(self.directory, name)):
                 del self._writing[name]
-        # Libraries and data files in subdirectories are covered by the settle check above alone:
-        # watchdog reports the files of a new subdirectory as created with no close to follow
-        # (ConfigMaps), so tracking writes there would hold every rescan for WRITE_TIMEOUT.
+        # Libraries and data files in subdirectories are covered by the settle check alone: watchdog
+        # reports the files of a new subdirectory as created with no close to follow (ConfigMaps), so
+        # tracking writes there would hold every rescan for WRITE_TIMEOUT.
         writing = frozenset(hook for hook in map(hook_for_file, self._writing) if hook is not None)
-        ruleset, outcomes = scan(self.directory, previous, writing, force=force, settle=settle, removable=removable,
-                                 run_clock=self.engine.run_clock)
+        may_wait = bool(settle) and self._loop is not None and (
+            self._postponed_since is None or now - self._postponed_since < WRITE_TIMEOUT)
+        return _Job(now, force, settle, removable, writing, may_wait, self.engine.run_clock)
+
+    def _work(self, job: _Job) -> _Result:
+        """The scan itself: reads, parses, checks, compiles, links. In the worker thread (or the caller's)."""
+        with self._scan_lock:
+            if job.may_wait:
+                age = self._youngest_dependency_age()
+                if age is not None and age < job.settle:
+                    return _Result(None, [], job.settle - age + 0.01)  # a library or data file just changed
+            previous = self.engine.ruleset
+            with collector_paused(), _quick_switches(self._executor is not None):
+                ruleset, outcomes = scan(self.directory, previous, job.writing, force=job.force, settle=job.settle,
+                                         removable=job.removable, run_clock=job.run_clock)
+            return _Result(previous, outcomes, 0.0, ruleset)
+
+    def _apply(self, job: _Job, result: _Result) -> list[FileOutcome]:
+        """Swap in what a scan built, report it, and schedule what it left for later. On the loop."""
+        if result.ruleset is None or result.previous is None:  # postponed: rules built now could use half a file
+            if self._postponed_since is None:
+                self._postponed_since = job.now
+            self.poke(result.wait)
+            return []
+        self._postponed_since = None
+        previous, ruleset, outcomes, now, settle = result.previous, result.ruleset, result.outcomes, job.now, job.settle
         missing = {o.hook for o in outcomes if o.result == "missing"}
         self._missing_since = {hook: self._missing_since.get(hook, now) for hook in missing}
         if self._loop is not None:
@@ -224,11 +373,11 @@ class Reloader:
                 self.poke(settle)
             if missing:
                 self.poke(self.grace)  # decide about the missing files once their grace is over
-            elif writing:
+            elif job.writing:
                 self.poke(WRITE_TIMEOUT)  # read files whose writer never said it was done
         changed = ruleset.versions() != previous.versions() or set(ruleset.broken) != set(previous.broken)
         self.engine.ruleset = ruleset  # the swap: one assignment, between two calls on the loop
-        self._report(outcomes, previous, ruleset, forced=force)
+        self._report(outcomes, previous, ruleset, forced=job.force)
         if changed:
             metrics.LAST_RELOAD.set(time.time())
             for listener in self.listeners:

@@ -23,9 +23,10 @@ from .errors import Location, RuleError, RuleLoadError, char_col, redact, source
 from .events import Event
 from .hooks import HOOKS, RULE_SUFFIX, HookInfo, hook_for_file, valid_file_names
 from .lang.builtins import HELPERS, SAFE_BUILTINS, decision_makers, make_decisions, make_log, topic_filter_test
-from .datafiles import DataSet, scan_data
+from .datafiles import DataNamespace, DataSet, scan_data
+from .files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, read_file
 from .lang.checker import TOPICS_NAME, check
-from .lang.loader import Libraries, Linker, strip_loads
+from .lang.loader import DATA_NAME, Libraries, Linker, reads_data, strip_loads
 from .lang.interp import ListChanged, RuleAbort, RuleInterpreter
 
 
@@ -140,6 +141,7 @@ class Context:
 
 DATA_DEP = "data/"  # the deps key of the data files' version
 DATA_HOOK = "data"  # FileOutcome.hook (and metric label) of a data file
+NO_DATA = DataNamespace({})  # what `data` is in a rule that never names it
 
 
 def _common_names(path: str, data: DataSet) -> dict[str, Any]:
@@ -169,31 +171,40 @@ def compile_rule(path: str, data: bytes, hook: HookInfo, context: Context = Cont
     interp.makers = decision_makers(base)
     deps: dict[str, str] = {}
     library_lines: dict[str, tuple[str, ...]] = {}
+    reads = reads_data(checked.tree)
     if checked.loads:
         if context.libraries is None:
             raise RuleLoadError([RuleError("load_error", Location(path, checked.loads[0].node.lineno, 1),
                                            "load() needs the rules directory, which this compile has not got",
                                            "compile the rule with its directory's Context")])
         linker = Linker(context.libraries, interp, lambda lib: _common_names(lib, context.data), deps,
-                        run_clock=context.run_clock)
+                        run_clock=context.run_clock, hook=hook.name)
         try:
-            base.update(linker.bind(checked.loads, path, lines))
+            base.update(linker.link(checked.loads, path, lines))
         except RuleLoadError as exc:  # what it was built from, so an unchanged broken rule is not rebuilt
-            exc.deps = tuple(sorted({**deps, DATA_DEP: context.data.version}.items()))  # type: ignore[attr-defined]
+            if reads or linker.reads_data:
+                deps[DATA_DEP] = context.data.version
+            exc.deps = tuple(sorted(deps.items()))  # type: ignore[attr-defined]
             raise
         except RecursionError:
-            raise RuleLoadError([RuleError("load_error", Location(path, checked.loads[0].node.lineno, 1),
-                                           "libraries load each other too deeply", "flatten the chain of load() calls")]) from None
+            exc2 = RuleLoadError([RuleError("load_error", Location(path, checked.loads[0].node.lineno, 1),
+                                            "libraries load each other too deeply", "flatten the chain of load() calls")])
+            exc2.deps = tuple(sorted(deps.items()))  # type: ignore[attr-defined]
+            raise exc2 from None
         library_lines = linker.sources
         strip_loads(checked.tree)
+        reads = reads or linker.reads_data
     if checked.topics:
         base[TOPICS_NAME] = checked.topics
     interp.prepare(checked.tree, path)
-    deps[DATA_DEP] = context.data.version
+    if reads:  # only a rule that reads data (itself or through a library) is rebuilt when data changes
+        deps[DATA_DEP] = context.data.version
+    else:
+        base[DATA_NAME] = NO_DATA  # and holds none: an old data set is not kept alive by it
     file_version = hashlib.sha256(data).hexdigest()[:12]
     built_from = tuple(sorted(deps.items()))
     version = file_version
-    if len(deps) > 1 or context.data.files:
+    if len(deps) > (1 if reads else 0) or (reads and context.data.files):
         version = hashlib.sha256(";".join([file_version] + [f"{m}={v}" for m, v in built_from]).encode()).hexdigest()[:12]
     return CompiledRule(hook, path, version, checked.tree, checked.topics, lines, base, interp, built_from,
                         library_lines, file_version)
@@ -300,14 +311,21 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
         old = previous.get(hook_name)
         raw = None
         if hook_name not in hold:
+            problem: RuleError | None = None
             try:
-                raw = _read_settled(path, settle)
+                raw = _read_settled(directory, path, settle)
             except FileNotFoundError:
                 raw = None  # renamed away between listing and reading (vim): as if it were briefly gone
+                if _dangling_for_a_while(path, settle):  # a ConfigMap update leaves links dangling for a moment only
+                    problem = RuleError("load_error", Location(shown), "cannot read: it is a symbolic link to nothing",
+                                        "fix or remove the link")
+            except FileRefused as exc:
+                problem = RuleError("load_error", Location(shown), f"cannot read: {exc.reason}", exc.hint)
             except OSError as exc:
-                err = RuleError("load_error", Location(shown), f"cannot read: {exc.strerror or exc}",
-                                "check the file's permissions")
-                outcomes.append(FileOutcome(hook_name, "error", shown, errors=(err,),
+                problem = RuleError("load_error", Location(shown), f"cannot read: {exc.strerror or exc}",
+                                    "check the file's permissions")
+            if problem is not None:
+                outcomes.append(FileOutcome(hook_name, "error", shown, errors=(problem,),
                                             kept_version=old.version if old else ""))
                 if old is not None:
                     rules[hook_name] = old
@@ -340,9 +358,12 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
                 rule = compile_rule(shown, raw, HOOKS[hook_name], context)
             except RuleLoadError as exc:
                 errors = tuple(exc.errors)
-                deps = getattr(exc, "deps", ())
-                if deps:  # it ran libraries: not again on every rescan while nothing changes
-                    failed[hook_name] = Failure(shown, version, deps, errors)
+                # what it was built from: an unchanged broken rule is not parsed or linked again
+                failed[hook_name] = Failure(shown, version, getattr(exc, "deps", ()), errors)
+            except Exception as exc:  # a limit of the parser, or a bug: this file's error, never the scan's
+                errors = (RuleError("load_error", Location(shown), f"cannot load: {type(exc).__name__}: {exc}",
+                                    "simplify the file; if it looks right, report this as a hookrules bug"),)
+                failed[hook_name] = Failure(shown, version, (), errors)
             else:
                 rules[hook_name] = rule
                 outcomes.append(FileOutcome(hook_name, "loaded", shown, rule.version))
@@ -367,12 +388,28 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
                     MappingProxyType(stale)), outcomes)
 
 
-def _read_settled(path: Path, settle: float) -> bytes | None:
-    """The file's bytes, or None when it may still be being written (see scan)."""
-    before = path.stat()
+#: how long a symbolic link may point to nothing before that is its load error (kubelet swaps `..data`
+#: first and removes the links of files no longer in the ConfigMap after)
+DANGLING_GRACE = 2.0
+
+
+def _dangling_for_a_while(path: Path, settle: float) -> bool:
+    try:
+        if not os.path.islink(path) or os.path.exists(path):
+            return False
+        return not settle or time.time() - os.lstat(path).st_mtime >= DANGLING_GRACE
+    except OSError:
+        return False
+
+
+def _read_settled(directory: Path, path: Path, settle: float) -> bytes | None:
+    """The file's bytes, or None when it may still be being written (see scan). Read the one safe
+    way (files.read_file): a regular file inside the directory, of at most MAX_RULE_BYTES."""
+    if settle and time.time() - path.stat().st_mtime < settle:
+        return None  # young already: not worth reading
+    raw, before = read_file(directory, path, MAX_RULE_BYTES, RULE_SIZE_HINT)  # follows links inside: ConfigMaps link into ..data/
     if settle and time.time() - before.st_mtime < settle:
-        return None
-    raw = path.read_bytes()  # follows symlinks: ConfigMap mounts are links into ..data/
+        return None  # changed (truncated by an in-place save?) since the look above: what was read is the fstat's
     after = path.stat()
     if (before.st_size, before.st_mtime_ns, before.st_ino) != (after.st_size, after.st_mtime_ns, after.st_ino):
         return None

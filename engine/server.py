@@ -338,9 +338,8 @@ class Server:
                     log.info("SIGHUP: watchdog limit %g s (was %g s)", updated.watchdog_limit, running)
                     self._start_watchdog(updated.watchdog_limit)
                 self.config = updated
-        outcomes = self.reloader.rescan(force=True)
-        failed = sum(1 for o in outcomes if o.errors)
-        log.info("SIGHUP: reloaded %d file(s), %d with errors", len(outcomes), failed)
+        self.reloader.request(force=True, done=lambda outcomes: log.info(  # off the loop: calls keep being answered
+            "SIGHUP: reloaded %d file(s), %d with errors", len(outcomes), sum(1 for o in outcomes if o.errors)))
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()

@@ -24,7 +24,10 @@ from .hooks import HOOKS
 
 _HOOKS = list(HOOKS)
 _INDEX = {name: i for i, name in enumerate(_HOOKS)}
-_PAGE = 16  # two doubles: when the current run started (0: none running), its hook's index
+#: four doubles: when the current rule run started (0: none running) and its hook's index, then the same
+#: for the current compile's library top levels. Two slots: runs happen on the event loop while a scan
+#: compiles in a worker thread, and either can hold the GIL, so either can hold the server.
+_PAGE = 32
 #: how often the watchdog looks, as a share of the limit (and never less often than every 0.5 s)
 _POLL_SHARE = 0.1
 
@@ -43,6 +46,22 @@ class RunClock:
 
     def finished(self) -> None:
         self._view[0] = 0.0
+
+    def compile_started(self, hook: str) -> None:
+        """The libraries a rule of this hook loads start running: one stretch for all of them. From
+        the scan's worker thread, which a SIGHUP can outlive the clock in: a closed clock is no error."""
+        try:
+            view = self._view
+            view[3] = _INDEX.get(hook, -1)
+            view[2] = time.monotonic()
+        except ValueError:  # released by close(): the watchdog was restarted meanwhile
+            pass
+
+    def compile_finished(self) -> None:
+        try:
+            self._view[2] = 0.0
+        except ValueError:
+            pass
 
     def close(self) -> None:
         self._view.release()
@@ -95,16 +114,23 @@ def watch(server: int, fd: int, limit: float, what: str = "the server") -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the server's to handle
     while os.getppid() == server:
         time.sleep(poll)
-        started = view[0]
-        if started and time.monotonic() - started > limit:
-            index = int(view[1])
+        now = time.monotonic()
+        for slot in (0, 2):
+            started = view[slot]
+            if not started or now - started <= limit:
+                continue
+            index = int(view[slot + 1])
             hook = _HOOKS[index] if 0 <= index < len(_HOOKS) else ""
-            running = f"a run of the {hook} rule" if hook else "a library's top level, loading,"
+            if slot == 0:
+                running = f"a run of the {hook} rule" if hook else "a rule run"
+                fix = f"Fix the rule: 'hookrules eval {hook}' runs it alone." if hook else "Fix the rule."
+            else:
+                running = f"loading the libraries of the {hook} rule" if hook else "loading libraries"
+                fix = "Fix the library: 'hookrules check' loads it alone."
             print(f"hookrules: watchdog: {running} has held {what} for over {limit:g} s "
                   f"(--hard-timeout) in one step the sandbox could not interrupt; killing {what} (SIGKILL)"
                   + (" so that its supervisor restarts it" if what == "the server" else "")
-                  + (f". Fix the rule: 'hookrules eval {hook}' runs it alone." if hook else
-                     ". Fix the library: 'hookrules check' loads it alone."), file=sys.stderr, flush=True)
+                  + f". {fix}", file=sys.stderr, flush=True)
             os.kill(server, signal.SIGKILL)
             return 0
     return 0

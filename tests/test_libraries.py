@@ -51,7 +51,7 @@ def test_a_rule_uses_a_library_that_uses_a_library(tmp_path: Path) -> None:
     assert engine.decide(authz("bob", "users/eve/x")).decision == Deny("not yours")
     assert engine.decide(authz("root", "anything")).decision == Allow()
     deps = dict(rs.get("client.authorize").deps)  # type: ignore[union-attr]
-    assert set(deps) == {"lib/acl.star", "lib/util.star", "data/"}
+    assert set(deps) == {"lib/acl.star", "lib/util.star"}  # no "data/": neither file names data
 
 
 def test_library_values_are_frozen_so_runs_cannot_share_state(tmp_path: Path) -> None:
@@ -160,13 +160,29 @@ def test_an_unchanged_library_is_not_checked_again_on_a_rescan(tmp_path: Path,
     assert checked == [str(tmp_path / "lib/util.star")]
 
 
-def test_a_data_change_is_a_new_version_of_every_rule(tmp_path: Path) -> None:
-    write(tmp_path, {"client.authenticate.star": "allow()\n", "data/users.json": '["a"]'})
+def test_a_data_change_is_a_new_version_of_the_rules_that_read_data_only(tmp_path: Path) -> None:
+    """Issue 9 point 7: any data change rebuilt and re-versioned every rule. Result: only the rules that
+    name `data`, themselves or through a library they load (however deep), are rebuilt."""
+    write(tmp_path, {"client.authenticate.star": "allow()\n",
+                     "client.authorize.star": 'if client.username in data.users:\n    allow()\n',
+                     "auth_on_register.star": 'load("lib/a.star", "f")\nif f(client.username):\n    deny("no")\n',
+                     "auth_on_publish.star": 'load("lib/b.star", "g")\nif g():\n    deny("no")\n',
+                     "lib/a.star": 'load("lib/c.star", "h")\ndef f(u):\n    return h(u)\n',
+                     "lib/c.star": 'def h(u):\n    return u in data.users\n',
+                     "lib/b.star": 'def g():\n    return False\n',
+                     "data/users.json": '["a"]'})
     rs, _ = scan(tmp_path, RuleSet())
     (tmp_path / "data/users.json").write_text('["a", "b"]')
-    rs2, _ = scan(tmp_path, rs)
-    before, after = rs.rules["client.authenticate"], rs2.rules["client.authenticate"]
-    assert before.file_version == after.file_version and before.version != after.version
+    rs2, outcomes = scan(tmp_path, rs)
+    results = {o.hook: o.result for o in outcomes}
+    assert results == {"data": "loaded", "client.authenticate": "unchanged", "auth_on_publish": "unchanged",
+                       "client.authorize": "loaded", "auth_on_register": "loaded"}
+    for hook in ("client.authorize", "auth_on_register"):
+        before, after = rs.rules[hook], rs2.rules[hook]
+        assert before.file_version == after.file_version and before.version != after.version
+    assert rs2.rules["client.authenticate"].version == rs2.rules["client.authenticate"].file_version
+    engine = Engine(rs2)
+    assert engine.decide(authz("b", "t")).decision == Allow()
 
 
 def test_the_server_reloads_a_rule_when_its_library_is_saved(start_server: Any, tmp_path: Path,

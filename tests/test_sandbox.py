@@ -812,7 +812,7 @@ LIB_LOAD_REFUSED: list[tuple[str, str | bytes, str, int, int, str]] = [
     ("private-function-name", "def _f():\n    return 1\nf = _f\n", "check_error", 3, 5, "starts with '_'"),
     ("nul-byte", b"def f():\n    return 1  # \x00\n", "parse_error", FILE, 1, "null bytes"),
     ("not-utf8", b"X = '\xff'\ndef f():\n    return X\n", "parse_error", FILE, 0, "not UTF-8"),
-    ("300-kib", "def f():\n    return 1\n#" + "x" * (300 * 1024) + "\n", "load_error", FILE, 0, "over 256 KiB"),
+    ("300-kib", "def f():\n    return 1\n#" + "x" * (300 * 1024) + "\n", "load_error", FILE, 0, "over 64 KiB"),  # read from a file: files.MAX_RULE_BYTES
     ("top-level-gigabyte", "X = 'a' * 10**9\ndef f():\n    return X\n", "load_error", 1, 5, "library failed to run"),
     ("top-level-long-loop", "for i in range(100000):\n    for j in range(100000):\n        pass\ndef f():\n    return 1\n",
      "load_error", 3, 9, "ran out of steps"),

@@ -13,6 +13,7 @@ import ast
 import copy
 import hashlib
 import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -21,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Location, RuleError, RuleLoadError, source_lines
+from ..files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, read_file
 from .checker import CheckedRule, LoadSpec, check, module_path_problem
 from .freeze import _freeze_scope, _MutableMethod
 from .interp import RuleInterpreter
 
-#: a library's top level runs once per compile; it gets the same bounds as a rule run
+#: a library's top level runs once per compile; it gets the same step bound as a rule run
 LIBRARY_MAX_STEPS = 100_000
-#: what the watchdog is told runs while a library's top level does (it is no hook)
-LIBRARY_RUN = "library"
+#: seconds all the library top levels of one rule's compile share, together
 LIBRARY_TIMEOUT = 1.0
 MAX_LOAD_DEPTH = 32  # libraries loading libraries
 
@@ -40,6 +41,16 @@ class Library:
     version: str
     checked: CheckedRule
     lines: tuple[str, ...]
+    #: whether its code names `data`: only rules that read data are rebuilt when a data file changes
+    reads_data: bool = False
+
+
+def reads_data(tree: ast.AST) -> bool:
+    """Whether the code names `data` (the data files' namespace): the only way to reach it."""
+    return any(isinstance(node, ast.Name) and node.id == DATA_NAME for node in ast.walk(tree))
+
+
+DATA_NAME = "data"
 
 
 class Libraries:
@@ -71,22 +82,29 @@ class Libraries:
     def _read(self, module: str) -> Library | RuleLoadError:
         path = self.root / module
         shown = str(path)
+        problem = module_path_problem(module)
+        if problem:  # the checker refuses such a load(); a direct caller (check) may not have asked it
+            return RuleLoadError([RuleError("load_error", Location(shown), problem, "check the path given to load()")])
         try:
-            data = path.read_bytes()
+            data, _ = read_file(self.root, path, MAX_RULE_BYTES, RULE_SIZE_HINT)
+        except FileRefused as exc:
+            return RuleLoadError([RuleError("load_error", Location(shown), f"cannot read library: {exc.reason}", exc.hint)])
         except (OSError, ValueError) as exc:  # ValueError: a path no file system takes (checked, but be sure)
             return RuleLoadError([RuleError("load_error", Location(shown), f"cannot read library: {getattr(exc, 'strerror', None) or exc}",
                                             "check the path given to load()")])
         version = hashlib.sha256(data).hexdigest()[:12]
         key = (module, shown)
-        known = _CHECKED.get(key)
-        if known is not None and known[0] == version:  # unchanged since an earlier scan: so is its check
-            _CHECKED.move_to_end(key)
-            return known[1]
+        with _CHECKED_LOCK:
+            known = _CHECKED.get(key)
+            if known is not None and known[0] == version:  # unchanged since an earlier scan: so is its check
+                _CHECKED.move_to_end(key)
+                return known[1]
         result = self._check(module, shown, version, data)
-        _CHECKED[key] = (version, result)  # the current version only: an old one is never asked for again
-        _CHECKED.move_to_end(key)
-        if len(_CHECKED) > MAX_CHECKED_LIBRARIES:
-            _CHECKED.popitem(last=False)
+        with _CHECKED_LOCK:
+            _CHECKED[key] = (version, result)  # the current version only: an old one is never asked for again
+            _CHECKED.move_to_end(key)
+            if len(_CHECKED) > MAX_CHECKED_LIBRARIES:
+                _CHECKED.popitem(last=False)
         return result
 
     @staticmethod
@@ -101,31 +119,73 @@ class Libraries:
         except RuleLoadError as exc:
             exc.version = version  # type: ignore[attr-defined]
             return exc
-        return Library(module, shown, version, checked, tuple(source_lines(text)))
+        except (RecursionError, MemoryError, ValueError) as exc:  # the parser's own limits: an error of this file
+            err = RuleLoadError([RuleError("parse_error", Location(shown), f"cannot parse: {type(exc).__name__}: {exc}",
+                                           "simplify the file")])
+            err.version = version  # type: ignore[attr-defined]
+            return err
+        return Library(module, shown, version, checked, tuple(source_lines(text)), reads_data(checked.tree))
 
 
 #: the last check of each library, by (module, path), with the content hash it was made on: every
 #: rescan (each save, and the periodic one) reads every library, and checking a big one again each
-#: time held the event loop. Runs never change a checked tree (the linker runs a deep copy).
+#: time held the event loop. Runs never change a checked tree (the linker runs a deep copy). Scans
+#: run in a worker thread (reload.py) and `hookrules check` in the main one: one lock for both.
 _CHECKED: OrderedDict[tuple[str, str], tuple[str, Library | RuleLoadError]] = OrderedDict()
+_CHECKED_LOCK = threading.Lock()
 MAX_CHECKED_LIBRARIES = 256
+
+
+class _Linked:
+    """A library's result within one compile: its frozen top level, or the errors it failed with."""
+
+    __slots__ = ("env", "errors")
+
+    def __init__(self, env: dict[str, Any] | None, errors: list[RuleError]):
+        self.env = env
+        self.errors = errors
 
 
 @dataclass
 class Linker:
-    """Binds a file's load() statements inside one interpreter, collecting what they depended on."""
+    """Binds a file's load() statements inside one interpreter, collecting what they depended on.
+
+    Each library is linked once per compile, however many files load it (a diamond of libraries 18
+    deep ran the bottom one 2^18 times), and all their top levels share one budget (LIBRARY_TIMEOUT)
+    that the watchdog sees as one stretch (the compile slot of watchdog.RunClock, named after `hook`).
+    """
 
     libraries: Libraries
     interp: RuleInterpreter
     base: Callable[[str], dict[str, Any]]  # the names a library starts with, given its path (log is per file)
-    deps: dict[str, str]  # module -> version of every library reached
+    deps: dict[str, str]  # module -> version of every library reached, or tried ('' when unreadable)
     sources: dict[str, tuple[str, ...]] = field(default_factory=dict)  # path -> lines, for error locations
-    #: the watchdog's clock (watchdog.RunClock), if any: a library's top level runs on the event loop too
+    #: the watchdog's clock (watchdog.RunClock), if any: a library's top level holds the GIL like a run
     run_clock: Any = None
+    #: the hook of the rule being compiled: what the watchdog names if linking holds the server
+    hook: str = ""
+    #: whether a library reached names `data`
+    reads_data: bool = False
+    _linked: dict[str, _Linked] = field(default_factory=dict)
+    _deadline: float = 0.0
+
+    def link(self, loads: tuple[LoadSpec, ...], importer: str, lines: tuple[str, ...]) -> dict[str, Any]:
+        """bind() for a rule: every library it reaches, under one budget and one watchdog stretch."""
+        self._deadline = time.monotonic() + LIBRARY_TIMEOUT
+        clock = self.run_clock
+        if clock is not None:
+            clock.compile_started(self.hook)
+        try:
+            return self.bind(loads, importer, lines)
+        finally:
+            if clock is not None:
+                clock.compile_finished()
 
     def bind(self, loads: tuple[LoadSpec, ...], importer: str, lines: tuple[str, ...],
              stack: tuple[str, ...] = ()) -> dict[str, Any]:
         """The names the load() statements import, by alias."""
+        if not self._deadline:
+            self._deadline = time.monotonic() + LIBRARY_TIMEOUT
         out: dict[str, Any] = {}
         errors: list[RuleError] = []
         for spec in loads:
@@ -156,34 +216,49 @@ class Linker:
         if len(stack) > MAX_LOAD_DEPTH:
             raise RuleLoadError([_at(stack[-1], lines, spec.node, f"libraries load each other more than "
                                      f"{MAX_LOAD_DEPTH} deep", "flatten the chain of load() calls")])
+        # Recorded before anything can fail: a rule that loads a missing or broken library is built
+        # again when the library appears or is fixed (its version changes from '' or the broken one).
+        self.deps[module] = self.libraries.version(module)
         lib = self.libraries.get(module)
-        self.deps[module] = lib.version
         self.sources[lib.path] = lib.lines
         if lib.path in stack:
             root = os.path.dirname(stack[0])  # the rule's directory: show paths as load() names them
             chain = " -> ".join(os.path.relpath(p, root) for p in stack + (lib.path,))
             raise RuleLoadError([_at(stack[-1], lines, spec.node, f"load cycle: {chain}",
                                      "move what both files need into a third library")])
+        linked = self._linked.get(module)
+        if linked is None:
+            try:
+                linked = _Linked(self._run(lib, stack), [])
+            except RuleLoadError as exc:
+                linked = _Linked(None, list(exc.errors))
+            self._linked[module] = linked
+        if linked.env is None:
+            raise RuleLoadError(linked.errors)
+        return linked.env
+
+    def _run(self, lib: Library, stack: tuple[str, ...]) -> dict[str, Any]:
+        """Run the library's top level once, after the libraries it loads, and freeze what it left."""
+        self.reads_data = self.reads_data or lib.reads_data
         tree = copy.deepcopy(lib.checked.tree)  # handlers are bound per interpreter (prepare)
         tree.body = [s for s in tree.body if not _is_load(s)]
         env = self.base(lib.path)
+        if not lib.reads_data:
+            env.pop(DATA_NAME, None)  # it never names data: it must not keep an old data set alive
         env.update(self.bind(lib.checked.loads, lib.path, lib.lines, stack))
+        if time.monotonic() > self._deadline:
+            raise RuleLoadError([_at(lib.path, lib.lines, None, f"loading libraries took over {LIBRARY_TIMEOUT:g} s "
+                                     "for one rule", "load fewer or smaller libraries")])
         self.interp.prepare(tree, lib.path)
-        clock = self.run_clock
-        if clock is not None:
-            clock.started(LIBRARY_RUN)
         try:
-            self.interp.execute(tree, env, LIBRARY_MAX_STEPS, time.monotonic() + LIBRARY_TIMEOUT)
+            self.interp.execute(tree, env, LIBRARY_MAX_STEPS, self._deadline)
         except Exception as exc:
             node = self.interp.error_node
             raise RuleLoadError([_at(lib.path, lib.lines, node, f"library failed to run: {type(exc).__name__}: {exc}",
                                      "a library's top level may only define functions and constants")]) from None
         except BaseException as exc:  # RuleAbort: over its budget
             raise RuleLoadError([_at(lib.path, lib.lines, getattr(exc, "node", None), str(exc),
-                                     "keep a library's top level small")]) from None
-        finally:
-            if clock is not None:
-                clock.finished()
+                                     "keep a library's top level small, and the libraries a rule loads few")]) from None
         # Starlark freezes a module once it has run: no run can change what the next one sees. In
         # place: the module's functions keep this very dict as their globals.
         try:
@@ -228,4 +303,4 @@ def _at(path: str, lines: tuple[str, ...], node: ast.AST | None, message: str, h
     return RuleError("load_error", Location(path, line, col if line else 0), message, hint, src)
 
 
-__all__ = ["Libraries", "Library", "Linker", "loaded_modules", "module_path_problem", "strip_loads"]
+__all__ = ["Libraries", "Library", "Linker", "loaded_modules", "module_path_problem", "reads_data", "strip_loads"]
