@@ -260,3 +260,32 @@ def test_the_emqx_hook_list_is_compared_as_emqx_reads_it(tmp_path: Path, caplog:
     warned = [r.getMessage() for r in caplog.records if "EMQX hook list changed" in r.getMessage()]
     assert len(warned) == 2, warned
     assert adapter.hook_specs(ruleset)["message.publish"] == ("a/#", "b/+", "c")  # in the rule's order, once each
+
+
+def test_a_broken_data_file_shows_on_every_rule_that_reads_data(start_server: Any, tmp_path: Path) -> None:
+    """data/users.json = '{"bob": ' at start: every call of a rule reading data failed by policy, yet no gauge
+    showed it and /readyz named nothing. A rule that reads `data` is data_missing while a data file never
+    loaded, stale while one kept its older contents after a failed save; a rule that reads none is neither."""
+    rules = write_rules(tmp_path / "rules", {
+        "auth_on_register": "if data.users.get(client.username):\n    allow()\ndeny()\n",
+        "auth_on_publish": "allow()\n"})
+    (rules / "data").mkdir()
+    users = rules / "data" / "users.json"
+    users.write_text('{"bob": ')
+    server: ServerProcess = start_server(rules)
+    assert call(server, "auth_on_register", spec.EXAMPLES["auth_on_register"]).body == {"result": {"error": "rule error"}}
+    assert _broken(server) == {"auth_on_register": "data_missing"}
+    status, body = get(server.metrics_port, "/readyz")
+    assert (status, body["broken"]) == (200, {"auth_on_register": "data_missing"}), body
+    assert "users.json" in body["detail"] and "auth_on_register" in body["detail"]
+    assert _samples(server)[("hookrules_rules_broken", (("state", "data_missing"),))] == 1
+    # fixed: nothing broken
+    _save(users, '{"username": 1}')
+    assert wait_for(lambda: _broken(server) == {}, 10), _broken(server)
+    assert call(server, "auth_on_register", spec.EXAMPLES["auth_on_register"]).body == {"result": "ok"}
+    # a failed save: the older contents serve, and the rule that reads them is stale
+    _save(users, '{"username": ')
+    assert wait_for(lambda: _broken(server) == {"auth_on_register": "stale"}, 10), _broken(server)
+    assert call(server, "auth_on_register", spec.EXAMPLES["auth_on_register"]).body == {"result": "ok"}
+    status, body = get(server.metrics_port, "/readyz")
+    assert (status, body["broken"]) == (200, {"auth_on_register": "stale"}), body
