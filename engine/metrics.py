@@ -198,7 +198,10 @@ DECISION_LOG_DROPPED = Counter(
     "hookrules_decision_log_dropped", "Decision log entries not written, by reason (queue_full: the writer is "
     "behind, e.g. a reader that stopped reading; write_error: the write failed)", ["reason"],
 )
+LOG_LINES_DROPPED = Counter(
+    "hookrules_log_lines_dropped", "The server's own log lines (stderr) dropped because stderr was not being read",
+)
 
 __all__ = ["Counter", "Histogram", "CounterChild", "HistogramChild", "LATENCY_BUCKETS", "REQUEST_SECONDS", "RULE_SECONDS", "DECISIONS", "RULE_ERRORS",
            "RELOADS", "RULE_INFO", "RULES_LOADED", "LAST_RELOAD", "BAD_REQUESTS", "RULE_BROKEN", "BROKEN_STATES",
-           "DECISION_LOG_DROPPED"]
+           "DECISION_LOG_DROPPED", "LOG_LINES_DROPPED"]
