@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 FAILURE_LOG_INTERVAL = 10.0
 #: entries waiting for the writer; past it they are dropped (about 300 bytes each: a few MB at most)
 QUEUE_SIZE = 10_000
-#: lines the writer joins into one write
-BATCH = 256
+#: lines the writer joins into one write (at most about 1 MB): it gets the GIL only between the
+#: loop's own waits, so each turn must take all that waits
+BATCH = 4096
 #: how long close() waits for the writer to write what is queued (a blocked writer is left behind)
 CLOSE_TIMEOUT = 2.0
 
