@@ -136,8 +136,11 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"hookrules: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    from .logsink import NonBlockingHandler  # a stderr nobody reads must not block the server
+
+    handler = NonBlockingHandler(sys.stderr.fileno())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
     return run(config)
 
 

@@ -3,6 +3,14 @@
 Like OPA's decision logs, adapted: time, broker, hook, client id, username, decision, reason, rule
 version, duration. Passwords and payloads are left out unless asked for, and a sampling rate keeps
 busy brokers' logs affordable. Calls to hooks with no rule are not logged (there is no decision).
+
+The log never blocks a decision. A pipe nobody reads (`--decision-log stdout` into a stopped
+reader) or a file on a stalled NFS mount blocks a write for as long as it likes, and the write used
+to happen on the event loop: every broker call, /healthz and SIGTERM waited behind it. Now the
+loop only formats the line (pure ASCII JSON, so any string a client sent can be written) and hands
+it to a bounded queue; one writer thread does the I/O. A full queue drops the entry, counted in
+hookrules_decision_log_dropped_total{reason="queue_full"} and reported in a rate-limited log line,
+and close() waits a bounded time for a writer that may never come back.
 """
 
 from __future__ import annotations
@@ -10,41 +18,118 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import queue
 import random
 import sys
+import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, TextIO
+from typing import Any, Protocol
 
+from . import metrics
 from .events import Event
 from .ratelimit import Every
 
 log = logging.getLogger(__name__)
 
-#: write failures are reported at most this often, each report with the entries lost since the last
+#: write failures and drops are reported at most this often, each report with the entries lost since the last
 FAILURE_LOG_INTERVAL = 10.0
+#: entries waiting for the writer; past it they are dropped (about 300 bytes each: a few MB at most)
+QUEUE_SIZE = 10_000
+#: lines the writer joins into one write (at most about 1 MB): it gets the GIL only between the
+#: loop's own waits, so each turn must take all that waits
+BATCH = 4096
+#: how long close() waits for the writer to write what is queued (a blocked writer is left behind)
+CLOSE_TIMEOUT = 2.0
+
+_STOP = object()
+
+
+class Sink(Protocol):
+    """Where lines go: a text file object (tests pass io.StringIO), or _FdSink."""
+
+    def write(self, text: str, /) -> Any: ...
+
+
+class _FdSink:
+    """Writes to a file descriptor with os.write, under no lock a Python object holds: a writer
+    blocked in it never stops the interpreter's exit from flushing (or closing) sys.stdout, as a
+    write through sys.stdout's buffer would (a fatal 'could not acquire lock' at shutdown)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def write(self, text: str) -> None:
+        data = memoryview(text.encode("ascii"))  # the lines are ASCII JSON
+        while data:
+            data = data[os.write(self.fd, data):]
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 class DecisionLog:
-    def __init__(self, out: TextIO, *, sample: float = 1.0, secrets: bool = False):
+    def __init__(self, out: Sink, *, sample: float = 1.0, secrets: bool = False, queue_size: int = QUEUE_SIZE):
         self.out = out
         self.sample = sample
         self.secrets = secrets
+        self._queue: queue.Queue[object] = queue.Queue(queue_size)
+        #: for the writer thread: write failures
         self._report = Every(FAILURE_LOG_INTERVAL)
-        #: entries lost since the last report (a failure that was not yet reported included)
-        self._lost = 0
-        #: whether the last write failed, to say when writing works again
-        self._failing = False
+        self._recovered = Every(FAILURE_LOG_INTERVAL)
+        self._lost = 0  # entries lost since the last report (a failure not yet reported included)
+        self._failing = False  # whether the last write failed, to say when writing works again
+        #: for the event loop: entries dropped on a full queue
+        self._drop_report = Every(FAILURE_LOG_INTERVAL)
+        self._dropped = 0
+        self._dropped_metric = metrics.DECISION_LOG_DROPPED.labels("queue_full")
+        self._lost_metric = metrics.DECISION_LOG_DROPPED.labels("write_error")
+        self._writer = threading.Thread(target=self._write_loop, name="decision-log", daemon=True)
+        self._writer.start()
 
     @classmethod
     def open(cls, target: str, *, sample: float = 1.0, secrets: bool = False) -> DecisionLog:
-        """'stdout', or a file path (appended to, line-buffered)."""
-        out = sys.stdout if target == "stdout" else open(target, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
-        return cls(out, sample=sample, secrets=secrets)
+        """'stdout', or a file path (appended to). stdout is written through a descriptor of its own."""
+        if target == "stdout":
+            fd = os.dup(sys.stdout.fileno())
+        else:
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return cls(_FdSink(fd), sample=sample, secrets=secrets)
 
-    def close(self) -> None:
-        if self.out is not sys.stdout:
-            self.out.close()
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> bool:
+        """Let the writer write what is queued, for up to `timeout` seconds; False (and a log line)
+        when it did not finish, e.g. blocked on a pipe nobody reads: it is then left behind (a daemon
+        thread, which does not hold the process's exit), and so is its descriptor."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._queue.put(_STOP, timeout=0.05)
+                break
+            except queue.Full:
+                if time.monotonic() >= deadline or not self._writer.is_alive():
+                    break
+        self._writer.join(max(0.0, deadline - time.monotonic()))
+        if self._writer.is_alive():
+            log.error("decision log: the writer is blocked (a pipe nobody reads, or a stalled file system?); "
+                      "stopping without it, %d entries unwritten", self._queue.qsize())
+            return False
+        closer = getattr(self.out, "close", None)
+        if isinstance(self.out, _FdSink) and closer is not None:
+            closer()
+        return True
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every entry queued so far was written (or failed); False on timeout. For tests
+        and tools: the server never waits for the log."""
+        deadline = time.monotonic() + timeout
+        done = self._queue.all_tasks_done
+        with done:
+            while self._queue.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0 or not done.wait(left):
+                    return False
+        return True
 
     def record(self, event: Event, decision: Any, source: str, version: str, error: str, seconds: float) -> None:
         if self.sample < 1.0 and random.random() >= self.sample:
@@ -74,10 +159,51 @@ class DecisionLog:
             entry["password"] = client.password
             if message is not None:
                 entry["payload_base64"] = base64.b64encode(message.payload).decode("ascii")
+        # ensure_ascii: any str can be written, a lone surrogate a client sent ("e\ud800") included,
+        # and reads back as the same string; the line is valid JSON whatever the strings hold
+        line = json.dumps(entry, ensure_ascii=True, default=str) + "\n"
         try:
-            self.out.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
-        except (OSError, ValueError) as exc:  # a full disk must not stop decisions
-            self._lost += 1
+            self._queue.put_nowait(line)
+        except queue.Full:
+            self._dropped_metric.inc()
+            self._dropped += 1
+            if self._drop_report.due():
+                log.error("decision log: the writer is behind (queue of %d full: a reader that stopped reading, or "
+                          "a slow disk?); decisions go on, entries dropped since the last report: %d",
+                          self._queue.maxsize, self._dropped)
+                self._dropped = 0
+
+    # -- the writer thread ---------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        get, task_done = self._queue.get, self._queue.task_done
+        while True:
+            lines = [get()]
+            while len(lines) < BATCH:  # whatever else is waiting goes in the same write
+                try:
+                    lines.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = _STOP in lines
+            text = "".join(line for line in lines if line is not _STOP)  # type: ignore[misc]
+            try:
+                if text:
+                    self._write(text, len(lines) - stop)
+            finally:
+                for _ in lines:
+                    task_done()
+            if stop:
+                return
+
+    def _write(self, text: str, count: int) -> None:
+        try:
+            self.out.write(text)
+            flush = getattr(self.out, "flush", None)
+            if flush is not None:
+                flush()
+        except Exception as exc:  # a full disk, a closed pipe: decisions go on
+            self._lost += count
+            self._lost_metric.inc(count)
             self._failing = True
             if self._report.due():  # every failure is reported, at most once per interval, with a count
                 log.error("decision log: cannot write (%s); decisions go on unlogged (entries lost since the last "
@@ -86,5 +212,6 @@ class DecisionLog:
             return
         if self._failing:
             self._failing = False
-            log.warning("decision log: writing again (entries lost since the last report: %d)", self._lost)
-            self._lost = 0
+            if self._recovered.due():  # rate-limited like the failures: a disk that flaps must not flood
+                log.warning("decision log: writing again (entries lost since the last report: %d)", self._lost)
+                self._lost = 0

@@ -96,6 +96,14 @@ class Engine:
             return self.policies[fallback]
         return info.failure_policy
 
+    def never_loaded(self, hook: str) -> str | None:
+        """The hook whose rule file answers `hook` (its own, or its twin's when it falls back) when that
+        file never loaded, so every call to `hook` is answered by `hook`'s failure policy; else None.
+        The same lookup decide() makes: readiness asks it of every authentication hook."""
+        ruleset = self.ruleset
+        source = source_hook(ruleset, hook)
+        return source if source is not None and ruleset.get(source) is None else None
+
     def needs_event(self, hook: str) -> bool:
         """False when the hook has no rule file: the answer is ignore() whatever the event says, so an
         adapter may skip building it (most EMQX calls are notifications nobody wrote a rule for)."""

@@ -154,7 +154,7 @@ LAST_RELOAD = Gauge(
     "hookrules_last_reload_timestamp_seconds", "Unix time of the last rescan that changed the rule set",
 )
 #: the states hookrules_rule_broken reports
-BROKEN_STATES = ("never_loaded", "stale")
+BROKEN_STATES = ("never_loaded", "data_missing", "stale")  # worst first
 
 
 class RuleStates:
@@ -176,8 +176,10 @@ class RuleStates:
     def collect(self) -> Iterator[Metric]:
         pairs = list(self._source()) if self._source is not None else []
         per_hook = GaugeMetricFamily("hookrules_rule_broken", "1 for each hook whose rule is broken: its file "
-                                     "never loaded (answered by the failure policy), or its current contents "
-                                     "failed and an older version serves (stale)", labels=["hook", "state"])
+                                     "never loaded (answered by the failure policy), its current contents "
+                                     "failed and an older version serves, or a data file it reads did (stale), "
+                                     "or it reads data while a data file never loaded (data_missing)",
+                                     labels=["hook", "state"])
         totals = GaugeMetricFamily("hookrules_rules_broken", "Hooks whose rule is broken, by state", labels=["state"])
         for hook, state in sorted(pairs):
             per_hook.add_metric([hook, state], 1.0)
@@ -192,5 +194,14 @@ BAD_REQUESTS = Counter(
     "hookrules_bad_requests", "Broker calls that could not be read, by broker and reason", ["broker", "reason"],
 )
 
+DECISION_LOG_DROPPED = Counter(
+    "hookrules_decision_log_dropped", "Decision log entries not written, by reason (queue_full: the writer is "
+    "behind, e.g. a reader that stopped reading; write_error: the write failed)", ["reason"],
+)
+LOG_LINES_DROPPED = Counter(
+    "hookrules_log_lines_dropped", "The server's own log lines (stderr) dropped because stderr was not being read",
+)
+
 __all__ = ["Counter", "Histogram", "CounterChild", "HistogramChild", "LATENCY_BUCKETS", "REQUEST_SECONDS", "RULE_SECONDS", "DECISIONS", "RULE_ERRORS",
-           "RELOADS", "RULE_INFO", "RULES_LOADED", "LAST_RELOAD", "BAD_REQUESTS", "RULE_BROKEN", "BROKEN_STATES"]
+           "RELOADS", "RULE_INFO", "RULES_LOADED", "LAST_RELOAD", "BAD_REQUESTS", "RULE_BROKEN", "BROKEN_STATES",
+           "DECISION_LOG_DROPPED", "LOG_LINES_DROPPED"]

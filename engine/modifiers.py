@@ -174,6 +174,12 @@ SCHEMAS: Mapping[str, Mapping[str, Check]] = MappingProxyType({
 })
 
 
+#: hooks whose broker reads rewrite(topics=[]) as something else than "none of these topics": VerneMQ's
+#: MQTT 3 on_unsubscribe treats an empty list as a plain ok (all_till_ok, vmq_mqtt_fsm.erl), so the
+#: client's own topics are unsubscribed, while on_unsubscribe_m5 unsubscribes none
+EMPTY_TOPICS_MISREAD = frozenset({"on_unsubscribe"})
+
+
 def validate(modifiers: Mapping[str, Any], schema: Mapping[str, Check], prefix: str = "") -> dict[str, Any]:
     """The modifiers, checked and normalized; ValueError names the first bad key and what is accepted."""
     out: dict[str, Any] = {}
@@ -243,7 +249,12 @@ def decision_problem(hook: str, decision: Decision) -> str | None:
     retain = decision.retain  # type: ignore[union-attr]
     if retain is not None and type(retain) is not bool:
         return "the rewritten retain must be True or False"
-    for topic in decision.topics or ():  # type: ignore[union-attr]
+    topics = decision.topics  # type: ignore[union-attr]
+    if topics is not None and not topics and hook in EMPTY_TOPICS_MISREAD:
+        return ("rewrite(topics=[]) is read by VerneMQ's MQTT 3 path as a plain ok, which unsubscribes every topic "
+                "the client asked for (on_unsubscribe_m5 reads it as 'unsubscribe none'); to unsubscribe them "
+                "all use allow() or ignore(), else keep at least one topic in the list")
+    for topic in topics or ():
         problem = _topic_problem(topic, "a rewritten topic filter")
         if problem is not None:
             return problem

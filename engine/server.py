@@ -34,8 +34,9 @@ from .decisionlog import DecisionLog
 from .engine import Engine
 from . import metrics
 from .health import health_handlers, metrics_app
-from .hooks import AUTHENTICATION_HOOKS
+from .hooks import AUTHENTICATION_HOOKS, RULE_SUFFIX
 from .reload import Reloader
+from .ruleset import DATA_DEP, RuleSet
 from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,30 @@ def _check_bindable(host: str, port: int, address: str, flag: str) -> None:
                 raise ConfigError(f"cannot listen for gRPC on {address} ({flag}): {_bind_problem(exc)}") from None
 
 
+def _data_state(ruleset: RuleSet) -> str | None:
+    """What the failed data files mean for the rules that read `data`: data_missing when one has no
+    earlier version (what reads it fails), stale when each kept its older contents, None when none
+    failed. Any rule that reads `data` may read any file, so each failure counts for all of them."""
+    data = ruleset.data
+    if not data.failed:
+        return None
+    kept = {f.path for f in data.files.values()}
+    return "stale" if all(path in kept for path in data.failed) else "data_missing"
+
+
+def refusing_authentication(engine: Engine) -> list[str]:
+    """The authentication hooks that refuse every client: answered by a rule file that never loaded,
+    under a failure policy of deny. Every one is asked, under its own policy (Engine.policy): one
+    answered by a broken file it falls back to (auth_on_register_m5 by auth_on_register.star) refuses
+    its clients as surely as the file's own hook, whatever that hook's policy is."""
+    closed = []
+    for hook in sorted(AUTHENTICATION_HOOKS):
+        source = engine.never_loaded(hook)
+        if source is not None and engine.policy(hook) == "deny":
+            closed.append(hook if source == hook else f"{hook} (answered by {source}{RULE_SUFFIX})")
+    return closed
+
+
 def announce(text: str, to_stderr: bool = False) -> None:
     """Where the server listens goes to stdout, so scripts (and tests) can read the ports; to stderr
     when the decision log has stdout, which must stay pure JSON lines."""
@@ -115,11 +140,18 @@ class Server:
 
     def broken_rules(self) -> list[tuple[str, str]]:
         """(hook, state) for every hook whose rule is broken, from the rule set serving now: never_loaded
-        (its file has errors and no version loaded: it answers by its failure policy) or stale (its
-        file's current contents failed: an older version serves)."""
+        (its file has errors and no version loaded: it answers by its failure policy), stale (its file's
+        current contents failed, an older version serves; or, for a rule that reads `data`, a data file's
+        did and its older contents serve) or data_missing (the rule reads `data` and a data file failed
+        with no earlier version: whatever reads it fails, by policy)."""
         ruleset = self.engine.ruleset
-        return ([(hook, "never_loaded") for hook in ruleset.broken]
-                + [(hook, "stale") for hook in ruleset.stale if hook not in ruleset.broken])
+        pairs = ([(hook, "never_loaded") for hook in ruleset.broken]
+                 + [(hook, "stale") for hook in ruleset.stale if hook not in ruleset.broken])
+        data_state = _data_state(ruleset)
+        if data_state is not None:
+            pairs += [(hook, data_state) for hook, rule in ruleset.rules.items()
+                      if any(dep == DATA_DEP for dep, _ in rule.deps) and (hook, data_state) not in pairs]
+        return pairs
 
     def readiness(self) -> tuple[bool, str, dict[str, Any]]:
         """Ready once started and until draining, unless an authentication hook's rule never loaded and
@@ -133,14 +165,24 @@ class Server:
         detail = f"{len(self.engine.ruleset)} rule file(s) loaded"
         never = sorted(h for h, state in broken if state == "never_loaded")
         stale = sorted(h for h, state in broken if state == "stale")
+        missing = sorted(h for h, state in broken if state == "data_missing")
         if never:
             detail += f"; never loaded, answered by the failure policy: {', '.join(never)}"
         if stale:
-            detail += f"; current file failed, an older version serves: {', '.join(stale)}"
-        closed = [h for h in never if h in AUTHENTICATION_HOOKS and self.engine.policy(h) == "deny"]
-        extra = {"broken": {hook: state for hook, state in sorted(broken)}}
+            detail += f"; current file (or a data file it reads) failed, an older version serves: {', '.join(stale)}"
+        if missing:
+            detail += (f"; read data while a data file never loaded ({', '.join(sorted(self.engine.ruleset.data.failed))}"
+                       f"): {', '.join(missing)}")
+        closed = refusing_authentication(self.engine)
+        rank = {state: i for i, state in enumerate(metrics.BROKEN_STATES)}  # one state a hook in the JSON: the worst
+        worst: dict[str, str] = {}
+        for hook, state in broken:
+            if hook not in worst or rank[state] < rank[worst[hook]]:
+                worst[hook] = state
+        extra = {"broken": dict(sorted(worst.items()))}
         if closed:
-            return False, f"authentication refuses every client: {', '.join(closed)} never loaded; {detail}", extra
+            return False, (f"authentication refuses every client: {', '.join(closed)} never loaded, failure "
+                           f"policy deny; {detail}"), extra
         return True, detail, extra
 
     def _announce(self, text: str) -> None:

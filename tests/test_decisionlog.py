@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import logging
 import select
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from hookrules.decisionlog import FAILURE_LOG_INTERVAL, DecisionLog
 from hookrules.decisions import Deny
@@ -28,7 +31,9 @@ def test_server_writes_one_json_line_per_rule_decision(start_server: Any, rules_
     s = stubs["v3"]
     with server.channel() as channel:
         run_session(s, s.stub(channel), "c-1", "baduser", [("t/demo", b"secret payload")])
-    lines = wait_for(lambda: log_file.read_text().splitlines() if log_file.exists() else [], timeout=10)
+    # written by the log's own thread: wait for all four
+    lines = wait_for(lambda: len(log_file.read_text().splitlines()) >= 4 and log_file.read_text().splitlines(),
+                     timeout=10) or []
     entries = [json.loads(line) for line in lines]
     hooks = [e["hook"] for e in entries]
     # only hooks with a rule: authenticate, authorize x2 (subscribe, publish), publish
@@ -50,7 +55,9 @@ def event() -> Event:
 
 def test_secrets_only_when_asked() -> None:
     out = io.StringIO()
-    DecisionLog(out, secrets=True).record(event(), Deny("no"), "rule", "abc", "", 0.000012)
+    log = DecisionLog(out, secrets=True)
+    log.record(event(), Deny("no"), "rule", "abc", "", 0.000012)
+    assert log.close()
     entry = json.loads(out.getvalue())
     assert entry["password"] == "pw" and entry["payload_base64"] == "AGRhdGE="
     assert entry["topic"] == "a/b" and entry["duration_us"] == 12.0
@@ -60,33 +67,113 @@ def test_secrets_only_when_asked() -> None:
 def test_sampling(monkeypatch: pytest.MonkeyPatch, draw: float, logged: bool) -> None:
     monkeypatch.setattr("hookrules.decisionlog.random.random", lambda: draw)
     out = io.StringIO()
-    DecisionLog(out, sample=0.1).record(event(), Deny("no"), "rule", "abc", "", 0.0)
+    log = DecisionLog(out, sample=0.1)
+    log.record(event(), Deny("no"), "rule", "abc", "", 0.0)
+    assert log.close()
     assert bool(out.getvalue()) is logged
+
+
+class FlakySink:
+    """A sink that fails while `failing` is set (a full disk), and keeps what it could write."""
+
+    def __init__(self) -> None:
+        self.failing = True
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> None:
+        if self.failing:
+            raise OSError(28, "No space left on device")
+        self.lines.extend(text.splitlines())
 
 
 def test_a_broken_log_does_not_stop_decisions_and_every_failure_is_reported(
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """After its first failure the log used to go silent for good: a disk that filled up again an hour
     later went unreported. Now every failure is reported, at most once per interval, with a count, and
-    so is the moment it writes again."""
+    so is the moment it writes again (rate-limited too: a disk that flaps must not flood the log)."""
     clock = [1000.0]
     monkeypatch.setattr("hookrules.ratelimit.time.monotonic", lambda: clock[0])
-    out = io.StringIO()
-    out.close()
-    log = DecisionLog(out)
-    for _ in range(3):
-        log.record(event(), Deny("no"), "rule", "abc", "", 0.0)
+    sink = FlakySink()
+    log = DecisionLog(sink)
+
+    def record(n: int) -> None:
+        for _ in range(n):
+            log.record(event(), Deny("no"), "rule", "abc", "", 0.0)
+            assert log.flush()  # one write per entry, as a quiet server does
+
+    record(3)
     clock[0] += FAILURE_LOG_INTERVAL
-    for _ in range(2):
-        log.record(event(), Deny("no"), "rule", "abc", "", 0.0)
-    log.out = working = io.StringIO()
-    log.record(event(), Deny("no"), "rule", "abc", "", 0.0)
-    assert working.getvalue().count("\n") == 1
-    closed = "decision log: cannot write (I/O operation on closed file); decisions go on unlogged"
+    record(2)
+    sink.failing = False
+    record(1)
+    for _ in range(50):  # flapping within one interval: one more failure line and no more recovery lines
+        sink.failing = True
+        record(1)
+        sink.failing = False
+        record(1)
+    assert log.close()
+    assert len(sink.lines) == 51
+    closed = "decision log: cannot write ([Errno 28] No space left on device); decisions go on unlogged"
     assert [r.message for r in caplog.records if "decision log" in r.message] == [
         f"{closed} (entries lost since the last report: 1)",
         f"{closed} (entries lost since the last report: 3)",
         "decision log: writing again (entries lost since the last report: 1)"]
+
+
+class BlockedSink:
+    """A write that does not return until released: a pipe nobody reads, a stalled NFS mount."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def write(self, text: str) -> None:
+        self.entered.set()
+        self.release.wait(30)
+
+
+def test_a_blocked_writer_never_blocks_a_decision_and_drops_are_counted_and_reported(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """record() returns at once whatever the writer is doing; past the queue's size entries are dropped,
+    counted in hookrules_decision_log_dropped_total and reported (rate-limited) with the count; close()
+    gives up on the writer after its timeout instead of waiting for ever."""
+    dropped = REGISTRY.get_sample_value("hookrules_decision_log_dropped_total", {"reason": "queue_full"}) or 0.0
+    sink = BlockedSink()
+    log = DecisionLog(sink, queue_size=5)
+    log.record(event(), Deny("no"), "rule", "abc", "", 0.0)
+    assert sink.entered.wait(10)  # the writer holds one entry, blocked
+    for _ in range(105):
+        log.record(event(), Deny("no"), "rule", "abc", "", 0.0)
+    after = REGISTRY.get_sample_value("hookrules_decision_log_dropped_total", {"reason": "queue_full"})
+    assert after == dropped + 100
+    reports = [r.message for r in caplog.records if "writer is behind" in r.message]
+    assert len(reports) == 1 and reports[0].endswith("entries dropped since the last report: 1")
+    assert not log.close(timeout=0.2)
+    assert "the writer is blocked" in caplog.text and "5 entries unwritten" in caplog.text
+    sink.release.set()
+
+
+STRINGS = ["e\ud800", "\udfff", "a\x00b", "\u2028\u2029", "caf\u00e9", "\U0001f600", "\x7f\x1b[31m", '"\\\n', ""]
+
+
+@pytest.mark.parametrize("text", STRINGS)
+def test_every_decision_is_written_whatever_its_strings_hold(text: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A lone surrogate a client sent as its id ("e\ud800" is valid JSON) used to fail the write as
+    'cannot write' and lose the decision; every string field is now written as ASCII JSON that reads
+    back as the same string."""
+    sink = FlakySink()
+    sink.failing = False
+    log = DecisionLog(sink, secrets=True)
+    message = Message(topic=text or "t", payload=b"x")
+    evil = Event("message.publish", "emqx", Client(id=text, username=text, password=text),
+                 frozen_map({"message": message}))
+    log.record(evil, Deny(text), "rule", text, text, 0.0)
+    assert log.close()
+    assert len(sink.lines) == 1 and sink.lines[0].isascii()
+    entry = json.loads(sink.lines[0])
+    for field in ("client_id", "username", "password", "reason", "rule_version", "error"):
+        assert entry.get(field, "") == text, field
+    assert "decision log" not in caplog.text
 
 
 LEAKY_RULES = {
@@ -107,11 +194,13 @@ def test_error_messages_do_not_carry_secrets(expr: str, tmp_path: Path, caplog: 
     (tmp_path / "message.publish.star").write_text(f"x = {expr}\nallow()\n")
     out = io.StringIO()
     ruleset, _ = scan(tmp_path, RuleSet())
-    engine = Engine(ruleset, decision_log=DecisionLog(out))
+    dlog = DecisionLog(out)
+    engine = Engine(ruleset, decision_log=dlog)
     secret_event = Event("message.publish", "emqx", Client(id="c", password="hunter2-pw"),
                          frozen_map({"message": Message(topic="a/b", payload=b"TOP-SECRET-'\"\\n" * 40)}))
     with caplog.at_level(logging.ERROR):
         outcome = engine.decide(secret_event)
+    assert dlog.close()
     assert outcome.error is not None and LEAKY_RULES[expr] in outcome.error.message
     logged = out.getvalue() + caplog.text
     assert LEAKY_RULES[expr] in logged and "<redacted>" in logged
@@ -122,7 +211,9 @@ def test_a_rule_that_never_loaded_is_logged_with_the_policy_answer(tmp_path: Pat
     (tmp_path / "client.authenticate.star").write_text("while True:\n    pass\n")
     out = io.StringIO()
     ruleset, _ = scan(tmp_path, RuleSet())
-    Engine(ruleset, decision_log=DecisionLog(out)).decide(Event("client.authenticate", "emqx", Client(id="c")))
+    dlog = DecisionLog(out)
+    Engine(ruleset, decision_log=dlog).decide(Event("client.authenticate", "emqx", Client(id="c")))
+    assert dlog.close()
     entry = json.loads(out.getvalue())
     assert (entry["decision"], entry["reason"], entry["source"]) == ("deny", "rule error", "policy")
     assert "load_error" in entry["error"]
@@ -149,3 +240,29 @@ def test_a_password_that_is_not_text_is_redacted_without_a_crash(tmp_path: Path)
     ruleset, _ = scan(tmp_path, RuleSet())
     outcome = Engine(ruleset).decide(Event("client.authenticate", "emqx", Client(id="c", password=1234)))  # type: ignore[arg-type]
     assert outcome.error is not None and "1234" not in outcome.error.message
+
+
+def test_a_reader_that_stops_reading_stops_nothing(start_server: Any, tmp_path: Path) -> None:
+    """`--decision-log stdout` into a pipe nobody reads: once its 64 KiB buffer was full every call,
+    /healthz and SIGTERM used to hang behind the write. Calls go on being answered, the probes answer,
+    and SIGTERM stops the server cleanly (giving up on the blocked writer)."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "auth_on_register.star").write_text('if client.username == "bob":\n    allow()\ndeny("no")\n')
+    server: ServerProcess = start_server(rules, "--decision-log", "stdout")  # its stdout is never read here
+    body = {"peer_addr": "127.0.0.1", "peer_port": 1, "mountpoint": "", "client_id": "c" * 200,
+            "username": "bob", "password": "p", "clean_session": True}
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+    try:
+        for i in range(1500):  # about 600 KB of log lines: ten pipe buffers
+            conn.request("POST", "/", body=json.dumps({**body, "client_id": f"c{i}" + "x" * 200}).encode(),
+                         headers={"vernemq-hook": "auth_on_register", "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            assert (resp.status, json.loads(resp.read())) == (200, {"result": "ok"}), i
+        conn.request("GET", "/healthz")
+        health = conn.getresponse()
+        assert (health.status, health.read()) == (200, b'{"status": "ok"}')
+    finally:
+        conn.close()
+    assert server.stop() == 0, server.log()  # by SIGTERM, not the kill stop() falls back to
+    assert "decision log: the writer is blocked" in server.log_path.read_text()

@@ -188,3 +188,104 @@ def test_the_emqx_hook_list_warning_is_not_repeated_for_a_list_that_did_not_chan
     warnings = [m for m in messages if "EMQX hook list changed" in m]
     assert len(warnings) == 2 and all("added: client.authorize" in w for w in warnings), messages
     assert sum("matches again" in m for m in messages) == 1
+
+
+def test_readiness_asks_every_authentication_hook_under_its_own_policy(tmp_path: Path) -> None:
+    """Only auth_on_register.star, broken, with auth_on_register=ignore and auth_on_register_m5=deny: the
+    m5 connects were refused while /readyz said ready. Enumerated: every authentication hook, every file
+    that can answer it (its own, its twin's), every policy pair."""
+    from hookrules.hooks import AUTHENTICATION_HOOKS, HOOKS
+    from hookrules.server import refusing_authentication
+
+    checked = 0
+    for hook in sorted(AUTHENTICATION_HOOKS):
+        files = [hook] + ([HOOKS[hook].fallback] if HOOKS[hook].fallback else [])
+        for file in files:
+            directory = tmp_path / f"{hook}-{file}"
+            directory.mkdir()
+            (directory / f"{file}.star").write_text(BROKEN)
+            ruleset, _ = scan(directory, RuleSet())
+            for file_policy in ("deny", "ignore", "allow"):
+                for hook_policy in (None, "deny", "ignore"):
+                    policies = {file: file_policy}
+                    if hook_policy is not None and hook != file:
+                        policies[hook] = hook_policy  # type: ignore[assignment]
+                    engine = Engine(ruleset, policies=policies)  # type: ignore[arg-type]
+                    answered = {h for h in AUTHENTICATION_HOOKS if engine.never_loaded(h) is not None}
+                    assert file in answered and (hook in answered) == (hook == file or file == HOOKS[hook].fallback)
+                    refusing = {h for h in answered if engine.policy(h) == "deny"}
+                    named = {entry.split(" ")[0] for entry in refusing_authentication(engine)}
+                    assert named == refusing, (hook, file, policies, named)
+                    # and it is what a call gets
+                    for h in answered:
+                        decision = engine.decide(Event(h, HOOKS[h].broker, Client(id="c"))).decision
+                        assert (decision.kind == "deny") == (h in refusing), (h, policies, decision)
+                    checked += 1
+    assert checked >= 30
+
+
+def test_a_broken_file_that_refuses_its_twin_makes_the_instance_not_ready(start_server: Any, tmp_path: Path) -> None:
+    rules = write_rules(tmp_path / "rules", {"auth_on_register": BROKEN})
+    server: ServerProcess = start_server(rules, "--failure-policy", "auth_on_register=ignore",
+                                         "--failure-policy", "auth_on_register_m5=deny")
+    assert call(server, "auth_on_register", spec.EXAMPLES["auth_on_register"]).body == {"result": "next"}
+    assert call(server, "auth_on_register_m5", spec.EXAMPLES["auth_on_register_m5"]).body == \
+        {"result": {"error": "rule error"}}
+    status, body = get(server.metrics_port, "/readyz")
+    assert (status, body["status"]) == (503, "not ready"), body
+    assert "auth_on_register_m5 (answered by auth_on_register.star) never loaded" in body["detail"], body
+    assert body["broken"] == {"auth_on_register": "never_loaded"}
+
+
+def test_the_emqx_hook_list_is_compared_as_emqx_reads_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """TOPICS = ["a/#"] then ["a/#", "a/#"] logged the same warning again. EMQX reads a HookSpec's topics
+    as a set: every reordering and repetition is no change; another filter is."""
+    rule = tmp_path / "message.publish.star"
+    rule.write_text("allow()\n")
+    base, _ = scan(tmp_path, RuleSet())
+    adapter = ExhookAdapter(Engine(base), versions=("v3",))
+    adapter.advertised = adapter.hook_specs(base)  # EMQX loaded: no message.publish filters
+    same = (["a/#", "b/+"], ["b/+", "a/#"], ["a/#", "a/#", "b/+"], ["b/+", "b/+", "a/#", "a/#"])
+    ruleset = base
+    with caplog.at_level(logging.INFO, logger="hookrules.adapters.exhook"):
+        for topics in same:
+            rule.write_text(f"TOPICS = {topics!r}\nallow()\n")
+            ruleset, _ = scan(tmp_path, ruleset)
+            adapter.rules_changed(ruleset)
+        warned = [r.getMessage() for r in caplog.records if "EMQX hook list changed" in r.getMessage()]
+        assert len(warned) == 1 and "topics changed: message.publish" in warned[0], warned
+        rule.write_text('TOPICS = ["a/#", "b/+", "c"]\nallow()\n')  # a filter more: worth saying
+        ruleset, _ = scan(tmp_path, ruleset)
+        adapter.rules_changed(ruleset)
+    warned = [r.getMessage() for r in caplog.records if "EMQX hook list changed" in r.getMessage()]
+    assert len(warned) == 2, warned
+    assert adapter.hook_specs(ruleset)["message.publish"] == ("a/#", "b/+", "c")  # in the rule's order, once each
+
+
+def test_a_broken_data_file_shows_on_every_rule_that_reads_data(start_server: Any, tmp_path: Path) -> None:
+    """data/users.json = '{"bob": ' at start: every call of a rule reading data failed by policy, yet no gauge
+    showed it and /readyz named nothing. A rule that reads `data` is data_missing while a data file never
+    loaded, stale while one kept its older contents after a failed save; a rule that reads none is neither."""
+    rules = write_rules(tmp_path / "rules", {
+        "auth_on_register": "if data.users.get(client.username):\n    allow()\ndeny()\n",
+        "auth_on_publish": "allow()\n"})
+    (rules / "data").mkdir()
+    users = rules / "data" / "users.json"
+    users.write_text('{"bob": ')
+    server: ServerProcess = start_server(rules)
+    assert call(server, "auth_on_register", spec.EXAMPLES["auth_on_register"]).body == {"result": {"error": "rule error"}}
+    assert _broken(server) == {"auth_on_register": "data_missing"}
+    status, body = get(server.metrics_port, "/readyz")
+    assert (status, body["broken"]) == (200, {"auth_on_register": "data_missing"}), body
+    assert "users.json" in body["detail"] and "auth_on_register" in body["detail"]
+    assert _samples(server)[("hookrules_rules_broken", (("state", "data_missing"),))] == 1
+    # fixed: nothing broken
+    _save(users, '{"username": 1}')
+    assert wait_for(lambda: _broken(server) == {}, 10), _broken(server)
+    assert call(server, "auth_on_register", spec.EXAMPLES["auth_on_register"]).body == {"result": "ok"}
+    # a failed save: the older contents serve, and the rule that reads them is stale
+    _save(users, '{"username": ')
+    assert wait_for(lambda: _broken(server) == {"auth_on_register": "stale"}, 10), _broken(server)
+    assert call(server, "auth_on_register", spec.EXAMPLES["auth_on_register"]).body == {"result": "ok"}
+    status, body = get(server.metrics_port, "/readyz")
+    assert (status, body["broken"]) == (200, {"auth_on_register": "stale"}), body

@@ -506,3 +506,86 @@ def test_every_decision_that_passes_the_check_encodes_for_every_hook_of_both_bro
             passed = [h for h, p in problems.items() if p is None]
             if name in must_stop and value is not None:
                 assert not passed, (field, name, passed)
+
+
+# -- shapes VerneMQ's decoder cannot take: empty maps, and an empty unsubscribe list ---------------------
+
+#: the maps a schema nests, by hook and key (the same as _schema_cases's)
+NESTED = {("auth_on_register_m5", "properties"): ("p_user_property", "p_session_expiry_interval"),
+          ("on_auth_m5", "properties"): ("p_authentication_method", "p_authentication_data")}
+
+
+def _empty_cases() -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every modifier of every schema that takes a map, given an empty one, and every key of that map
+    that takes a map given an empty one; each alone and beside another modifier."""
+    for hook, schema in SCHEMAS.items():
+        for key in schema:
+            try:
+                validate({key: {}}, schema)
+            except ValueError:
+                continue  # not a map
+            cases = [{key: {}}]
+            for inner in NESTED.get((hook, key), ()):
+                try:
+                    validate({key: {inner: {}}}, schema)
+                except ValueError:
+                    continue
+                cases.append({key: {inner: {}}})
+            other = {"reason_code": 0} if hook == "on_auth_m5" else {"allow_publish": True}
+            for mods in cases:
+                yield hook, mods
+                yield hook, {**mods, **other}
+
+
+def _empty_containers(value: Any, path: str = "") -> Iterator[str]:
+    if isinstance(value, (dict, list)):
+        if not value:
+            yield path or "(the body)"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            yield from _empty_containers(v, f"{path}.{k}")
+
+
+def test_no_reply_carries_an_empty_map_or_list_in_its_modifiers() -> None:
+    """VerneMQ decodes {} as [{}] (jsx proplist mode) and normalize_properties then crashes the client's
+    connection: `properties: {}` used to be sent as it was. Empty is sent as absent."""
+    cases = list(_empty_cases())
+    assert {h for h, _ in cases} == {"auth_on_register_m5", "on_auth_m5"} and len(cases) >= 6, cases
+    for hook, mods in cases:
+        body = reply_for(hook, Allow(modifiers=mods), True).body
+        assert not list(_empty_containers(body)), (hook, mods, body)
+        sent = {k: v for k, v in mods.items() if k != "properties"}
+        assert body == ({"result": "ok", "modifiers": sent} if sent else {"result": "ok"}), (hook, mods, body)
+
+
+def test_empty_properties_are_sent_as_absent_on_a_live_server(start_server: Any, tmp_path: Path) -> None:
+    rule = 'allow(modifiers=request["mods"])\n'
+    server: ServerProcess = start_server(write_rules(tmp_path / "rules", {h: rule for h in NESTED_HOOKS}))
+    for hook, mods in _empty_cases():
+        reply = call(server, hook, _body(hook, {"mods": mods}), PLAIN)
+        assert reply.status == 200 and not list(_empty_containers(reply.body)), (hook, mods, reply.raw)
+        assert reply.body["result"] == "ok", (hook, mods, reply.raw)
+
+
+NESTED_HOOKS = sorted({h for h, _ in NESTED})
+
+
+def test_an_empty_unsubscribe_list_is_refused_only_where_vernemq_misreads_it(start_server: Any,
+                                                                           tmp_path: Path) -> None:
+    """rewrite(topics=[]): VerneMQ's MQTT 3 path reads {"topics": []} as a plain ok (every topic asked
+    for is unsubscribed), its MQTT 5 path as "none". Refused on the first (a rule error, answered by the
+    policy, with a hint), sent on the second."""
+    from hookrules.modifiers import EMPTY_TOPICS_MISREAD, decision_problem
+
+    rewriters = [h.name for h in VERNEMQ_HOOKS if "topics" in h.rewrites]
+    assert sorted(rewriters) == ["on_unsubscribe", "on_unsubscribe_m5"]
+    for hook in rewriters:
+        problem = decision_problem(hook, Rewrite(topics=()))
+        assert (problem is not None) == (hook in EMPTY_TOPICS_MISREAD), hook
+        assert decision_problem(hook, Rewrite(topics=("a/b",))) is None
+    server: ServerProcess = start_server(write_rules(tmp_path / "rules", {"on_unsubscribe": "rewrite(topics=[])\n"}))
+    v3 = call(server, "on_unsubscribe", spec.EXAMPLES["on_unsubscribe"])
+    assert (v3.status, v3.body) == (200, {"result": "next"}), v3.raw  # on_unsubscribe's policy: ignore
+    assert "rewrite(topics=[]) is read by VerneMQ's MQTT 3 path" in server.log()
+    m5 = call(server, "on_unsubscribe_m5", spec.EXAMPLES["on_unsubscribe_m5"])  # served by the same file
+    assert (m5.status, m5.body) == (200, {"result": "ok", "modifiers": {"topics": []}}), m5.raw

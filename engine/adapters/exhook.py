@@ -226,6 +226,19 @@ def _decoder(message_class: Any) -> Callable[[bytes], Any]:
 
 
 
+def _as_emqx_sees(topics: tuple[str, ...]) -> tuple[str, ...]:
+    """A rule's TOPICS as EMQX reads a HookSpec's: a set of filters (order and repeats mean nothing:
+    sent in the rule's order, each once, and compared as sets by rules_changed), and none at all
+    (every message) when one cannot be encoded (see _hook_spec): `["a/#", "a/#"]` after `["a/#"]` is
+    no change to warn about."""
+    try:
+        for topic in topics:
+            topic.encode("utf-8")
+    except UnicodeEncodeError:
+        return ()
+    return tuple(dict.fromkeys(topics))
+
+
 class ExhookAdapter:
     """Serves HookProvider for every proto version given, all answered by one engine."""
 
@@ -236,7 +249,7 @@ class ExhookAdapter:
         #: the hook spec EMQX last loaded, to tell operators when the rules no longer match it
         self.advertised: dict[str, tuple[str, ...]] | None = None
         #: the hook list last warned about, so a reload that leaves it as it was says nothing again
-        self._reported: dict[str, tuple[str, ...]] | None = None
+        self._reported: dict[str, frozenset[str]] | None = None
         self._refusal_log = Every(BAD_REQUEST_LOG_INTERVAL)
         self._shed_log = Every(BAD_REQUEST_LOG_INTERVAL)
 
@@ -353,7 +366,7 @@ class ExhookAdapter:
         for info in EMQX_HOOKS:
             rule = ruleset.get(info.name)
             if rule is not None:
-                specs[info.name] = rule.topics
+                specs[info.name] = _as_emqx_sees(rule.topics)
             elif info.name in ruleset.broken:
                 specs[info.name] = ()
         return specs
@@ -395,17 +408,18 @@ class ExhookAdapter:
         """Tell the operator when EMQX's copy of the hook list is stale: it re-asks only on (re)load."""
         if self.advertised is None:
             return
-        specs = self.hook_specs(ruleset)
-        if specs == self._reported or (specs == self.advertised and self._reported is None):
+        specs = {hook: frozenset(topics) for hook, topics in self.hook_specs(ruleset).items()}
+        advertised = {hook: frozenset(topics) for hook, topics in self.advertised.items()}
+        if specs == self._reported or (specs == advertised and self._reported is None):
             return  # no change since the last word about it
-        if specs == self.advertised:
+        if specs == advertised:
             self._reported = None
             log.info("EMQX hook list matches again the one EMQX loaded: no provider reload needed")
             return
         self._reported = specs
-        added = [h for h in specs if h not in self.advertised]
-        removed = [h for h in self.advertised if h not in specs]
-        retopic = [h for h in specs if h in self.advertised and specs[h] != self.advertised[h]]
+        added = [h for h in specs if h not in advertised]
+        removed = [h for h in advertised if h not in specs]
+        retopic = [h for h in specs if h in advertised and specs[h] != advertised[h]]
         parts = [f"{label}: {', '.join(hooks)}" for label, hooks in
                  (("added", added), ("removed", removed), ("topics changed", retopic)) if hooks]
         log.warning("EMQX hook list changed (%s). EMQX asks for the list only when it loads the provider: until "

@@ -222,7 +222,8 @@ def _encode_payload(payload: bytes, b64: bool) -> str:
 
 
 def _encode_modifiers(modifiers: Mapping[str, Any]) -> dict[str, Any]:
-    """Back into VerneMQ's encodings: user properties and auth data as base64."""
+    """Back into VerneMQ's encodings: user properties and auth data as base64. A map or list left
+    empty is left out (see _without_empty)."""
     out: dict[str, Any] = {}
     for key, value in modifiers.items():
         if key == "properties":
@@ -238,13 +239,31 @@ def _encode_modifiers(modifiers: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = props
         else:
             out[key] = value
+    return _without_empty(out)
+
+
+def _without_empty(modifiers: dict[str, Any]) -> dict[str, Any]:
+    """The modifiers with every empty map or list left out, at any depth (a map emptied so is left
+    out too). VerneMQ decodes JSON in jsx's proplist mode, where {} becomes [{}]: its
+    normalize_properties has no clause for that and crashes the client's connection (a rule's
+    `properties: {}`). None of the modifiers it takes gives an empty map or list a meaning of its
+    own (properties replace nothing on these hooks), so empty is sent as absent."""
+    out: dict[str, Any] = {}
+    for key, value in modifiers.items():
+        if isinstance(value, dict):
+            value = _without_empty(value)
+        if (isinstance(value, (dict, list)) and not value):
+            continue
+        out[key] = value
     return out
 
 
 def _allow(hook: str, decision: Any) -> Reply:
     body: dict[str, Any] = {"result": "ok"}
     if decision.modifiers:
-        body["modifiers"] = _encode_modifiers(decision.modifiers)
+        modifiers = _encode_modifiers(decision.modifiers)
+        if modifiers:
+            body["modifiers"] = modifiers
     headers = NO_HEADERS
     if decision.cache is not None and HOOKS[hook].cacheable:
         headers = frozen_map({"cache-control": f"max-age={decision.cache}"})

@@ -20,7 +20,9 @@ import json
 import math
 import re
 import secrets
+import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from functools import lru_cache
@@ -152,9 +154,71 @@ def clear_check_cache() -> None:
     _CHECKS.clear()
 
 
-def _cached(key: bytes, compute: Callable[[], bool]) -> bool:
+class RunBudget:
+    """The deadline (time.monotonic) of the rule run in progress, math.inf outside one: set and cleared
+    by RuleInterpreter.execute, so a slow check can tell, before it starts, whether it can finish."""
+
+    deadline = math.inf
+
+
+#: a check starts only if its estimated time, times this, fits in what is left of the run's budget:
+#: the estimate comes from the best of a few short measurements, and a busy machine runs slower
+COST_SAFETY = 1.25
+#: seconds per unit of work (a bcrypt round; one pbkdf2 iteration of one block), by bcrypt or digest
+_PER_UNIT: dict[str, float] = {}
+_REAL_HASHPW = bcrypt.hashpw
+_REAL_PBKDF2 = hashlib.pbkdf2_hmac
+
+
+def _per_unit(kind: str) -> float:
+    """Measured once per process and kind, the first time a check of that kind has to be estimated:
+    bcrypt at cost 4 (16 rounds, about 1 ms) and pbkdf2 at 1000 iterations of one block (well under
+    1 ms); the best of three, so a moment of load does not make every later check look too slow."""
+    per = _PER_UNIT.get(kind)
+    if per is None:
+        best = math.inf
+        for _ in range(3):
+            started = time.perf_counter()
+            if kind == "bcrypt":
+                _REAL_HASHPW(b"calibration", b"$2b$04$" + b"." * 22)
+            else:
+                _REAL_PBKDF2(kind, b"calibration", b"salt", 1000)
+            best = min(best, time.perf_counter() - started)
+        per = _PER_UNIT[kind] = best / (16 if kind == "bcrypt" else 1000)
+    return per
+
+
+def _calling_node() -> Any:
+    """The innermost rule statement being run (for the error's file:line:col), found as the
+    interpreter's own error report finds it: the `node` its handlers are working on."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        node = frame.f_locals.get("node")
+        if hasattr(node, "hr_file") and hasattr(node, "lineno"):
+            return node
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def _cached(key: bytes, compute: Callable[[], bool], helper: str, kind: str, units: int) -> bool:
+    """The cached result (a hit costs a fraction of a millisecond, whatever the budget), else the
+    computed one, if its estimated cost (`units` of `kind`) fits in the run's remaining budget.
+    One that does not is refused before it starts, as a deadline error: a hash cannot be stopped
+    once started, and it would hold the event loop (every broker call) past the budget, only for
+    the run to be refused at its end anyway."""
     found = _CHECKS.get(key)
     if found is None:
+        deadline = RunBudget.deadline
+        if deadline != math.inf:
+            estimate = _per_unit(kind) * units
+            left = deadline - time.monotonic()
+            if estimate * COST_SAFETY > left:
+                from .interp import RuleAbort  # here: interp imports this module
+
+                raise RuleAbort(f"{helper} would take about {estimate * 1000:.0f} ms, more than the "
+                                f"{max(left, 0.0) * 1000:.0f} ms left of the rule's budget: refused before it "
+                                "started (raise --rule-timeout above the cost of the stored hashes)",
+                                _calling_node())
         found = compute()
         _CHECKS.put(key, found)
     return found
@@ -203,7 +267,7 @@ def bcrypt_check(password: str | bytes, hashed: str | bytes) -> bool:
             raise ValueError("bcrypt_check: hashed is not a bcrypt hash (its salt does not decode)") from None
         return hmac.compare_digest(computed, normal)
 
-    return _cached(_CHECKS.key(b"bcrypt", normal, pw), compute)
+    return _cached(_CHECKS.key(b"bcrypt", normal, pw), compute, "bcrypt_check", "bcrypt", 2**cost)
 
 
 def pbkdf2_check(password: str | bytes, hashed: str | bytes, salt: str | bytes, iterations: int = 4096,
@@ -236,7 +300,8 @@ def pbkdf2_check(password: str | bytes, hashed: str | bytes, salt: str | bytes, 
         return hmac.compare_digest(hashlib.pbkdf2_hmac(digest, pw, salt_bytes, rounds, length), expected)
 
     params = f"{digest}:{rounds}:{length}".encode()
-    return _cached(_CHECKS.key(b"pbkdf2", params, salt_bytes, expected, pw), compute)
+    return _cached(_CHECKS.key(b"pbkdf2", params, salt_bytes, expected, pw), compute, helper, digest,
+                   rounds * blocks)
 
 
 def hash_check(password: str | bytes, hashed: str | bytes, algorithm: str = "sha256", salt: str | bytes = "",

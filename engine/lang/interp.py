@@ -39,6 +39,7 @@ from .guards import (
     join_fields,
     keys_of,
 )
+from .helpers import RunBudget
 from .nesting import Nesting
 from .values import CONTAINERS, HASHED, HELD, MUTABLE, add_function_class, admit
 
@@ -254,7 +255,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         self.decision = None
         self.nesting.reset()
         self._steps = max_steps
-        self._deadline = deadline
+        self._deadline = RunBudget.deadline = deadline  # slow helpers refuse what cannot fit (helpers._cached)
         try:
             self.run(tree)
             return self.decision  # made as a statement, or None: no decision
@@ -265,6 +266,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             raise
         finally:
             self.symtable = {}  # nothing a run bound survives it
+            RunBudget.deadline = float("inf")
 
     # -- the dispatch loop ----------------------------------------------------------------------
 
