@@ -380,7 +380,8 @@ def scan_data(root: Path, previous: DataSet) -> tuple[DataSet, list[DataOutcome]
                     continue
                 except DataError as exc_err:
                     errors = (exc_err.error,)
-            failed[shown] = (version, errors)
+        # unreadable too (version ''): what it holds is unknown, and the rules reading data must show it
+        failed[shown] = (version, errors)
         outcomes.append(DataOutcome(name, shown, "error", version, errors, kept_version=old.version if old else ""))
         if old is not None:
             files[name] = old

@@ -289,3 +289,29 @@ def test_a_broken_data_file_shows_on_every_rule_that_reads_data(start_server: An
     assert call(server, "auth_on_register", spec.EXAMPLES["auth_on_register"]).body == {"result": "ok"}
     status, body = get(server.metrics_port, "/readyz")
     assert (status, body["broken"]) == (200, {"auth_on_register": "stale"}), body
+
+
+@pytest.mark.parametrize("kind", ["dangling-link", "link-outside", "fifo", "directory"])
+def test_a_data_file_that_cannot_be_read_shows_like_one_that_does_not_parse(start_server: Any, tmp_path: Path,
+                                                                            kind: str) -> None:
+    """A data file that cannot be read at all (a link to nothing or outside the rules directory, a FIFO, a
+    directory named like one) is as missing to the rules that read `data` as one that does not parse.
+    Result: the rule that reads data shows data_missing; the one that reads none shows nothing."""
+    rules = write_rules(tmp_path / "rules", {
+        "auth_on_register": "if data.users.get(client.username):\n    allow()\ndeny()\n",
+        "auth_on_publish": "allow()\n"})
+    (rules / "data").mkdir()
+    users = rules / "data" / "users.json"
+    if kind == "dangling-link":
+        users.symlink_to(tmp_path / "nowhere.json")
+    elif kind == "link-outside":
+        outside = tmp_path / "outside.json"
+        outside.write_text('{"u": 1}')
+        users.symlink_to(outside)
+    elif kind == "fifo":
+        os.mkfifo(users)
+    else:
+        users.mkdir()
+    server: ServerProcess = start_server(rules)
+    assert call(server, "auth_on_register", spec.EXAMPLES["auth_on_register"]).body == {"result": {"error": "rule error"}}
+    assert _broken(server) == {"auth_on_register": "data_missing"}
