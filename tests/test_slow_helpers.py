@@ -157,3 +157,22 @@ def test_a_refused_check_is_answered_by_the_policy_on_a_live_server(start_server
                   source="policy") == 1
     assert "pbkdf2_check would take about" in server.log() and "refused before it started" in server.log()
     assert "auth_on_register.star:1:" in server.log()
+
+
+def test_the_run_budget_is_per_thread() -> None:
+    """Libraries run in the scan thread while rules run on the event loop: one thread's run must not set
+    (or clear) the deadline another thread's helpers read. Result: each thread sees only its own."""
+    import threading
+
+    from hookrules.lang.helpers import RunBudget
+
+    seen: list[float] = []
+    RunBudget.deadline = 123.0
+    try:
+        worker = threading.Thread(target=lambda: seen.append(RunBudget.deadline))
+        worker.start()
+        worker.join(10)
+        assert seen == [float("inf")]
+        assert RunBudget.deadline == 123.0
+    finally:
+        RunBudget.deadline = float("inf")

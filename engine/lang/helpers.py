@@ -154,11 +154,15 @@ def clear_check_cache() -> None:
     _CHECKS.clear()
 
 
-class RunBudget:
+class _RunBudget(threading.local):
     """The deadline (time.monotonic) of the rule run in progress, math.inf outside one: set and cleared
-    by RuleInterpreter.execute, so a slow check can tell, before it starts, whether it can finish."""
+    by RuleInterpreter.execute, so a slow check can tell, before it starts, whether it can finish.
+    One per thread: libraries run in the scan thread while rules run on the event loop."""
 
     deadline = math.inf
+
+
+RunBudget = _RunBudget()
 
 
 #: a check starts only if its estimated time, times this, fits in what is left of the run's budget:
