@@ -183,6 +183,42 @@ def test_every_method_and_attribute_gives_a_value_in_the_set(name: str) -> None:
     assert not bad, "\n".join(bad[:30])
 
 
+def _function_values() -> dict[str, Any]:
+    """Every function-class value a rule can reach: the builtins and helpers, and every method or
+    callable attribute of every sample receiver (the guarded str/bytes methods among them)."""
+    runner = Runner()
+    out: dict[str, Any] = {}
+    for name, receiver in RECEIVERS.items():
+        if callable(receiver):
+            out[name] = receiver
+        for attr in public_attributes(receiver):
+            ok, value = runner(f"o.{attr}", o=receiver)
+            if ok and callable(value):
+                out[f"{name}.{attr}"] = value
+    return out
+
+
+FUNCTION_VALUES = _function_values()
+
+
+def test_no_function_value_exposes_state_through_an_attribute() -> None:
+    """Result: every public attribute a rule can read on any function value it can reach is refused,
+    or is a number, a string or another function: never a dict, list, the bound object or anything
+    a later run could see changed (functools.partial's .keywords carried passwords between clients)."""
+    runner = Runner()
+    assert any(".replace" in n for n in FUNCTION_VALUES) and any(".join" in n for n in FUNCTION_VALUES)
+    bad: list[str] = []
+    for name, fn in sorted(FUNCTION_VALUES.items(), key=lambda kv: kv[0]):
+        for attr in sorted(set(dir(fn)) | {"func", "args", "keywords", "__self__", "__func__", "__closure__"}):
+            ok, value = runner(f"f.{attr}", f=fn)
+            if not ok:
+                continue
+            if value.__class__ not in (type(None), bool, int, float, str, bytes) and not (
+                    callable(value) and not problems(value)):
+                bad.append(f"{name}.{attr} is a {type(value).__name__}")
+    assert not bad, "\n".join(bad[:30])
+
+
 def test_the_enumeration_covers_every_name_a_rule_is_given() -> None:
     """Every builtin and helper (decisions end the run and return nothing) is a receiver above."""
     given = set(SAFE_BUILTINS) | set(HELPERS)
@@ -297,6 +333,8 @@ LEAKS: list[tuple[str, str, str]] = [
     ("reversed-result", 'SEEN = reversed([[]])\n', "SEEN[0]"),
     ("sorted-keys-of-a-set-of-tuples", "SEEN = sorted({(1, 2)})\nBOX = [[]]\n", "BOX[0]"),
     ("method-returning-a-view", 'T = {"a": []}\nget_values = T.values\nSEEN = 0\n', "get_values()[0]"),
+    ("keywords-of-a-guarded-method", 'R = "x".replace\nSEEN = 0\n', "[R.keywords.setdefault('k', [])][0]"),
+    ("args-of-a-guarded-join", 'J = ",".join\nSEEN = 0\n', "[J.args, J.func][0]"),
     ("values-of-a-mapping-of-closures", "def make():\n    box = []\n    def get():\n        return box\n    return get\n"
      "SEEN = {'g': make()}.values()\n", "[g for g in SEEN][0]()"),
 ]
@@ -306,7 +344,7 @@ LEAKS: list[tuple[str, str, str]] = [
 def test_no_library_value_carries_state_between_clients(tmp_path: Path, lib: str, reach: str) -> None:
     """Result: a library either does not load, or the list a rule reaches in it cannot be appended to;
     bob never sees alice's password."""
-    names = sorted({n for n in ("SEEN", "TABLE", "BOX", "get", "get_values") if f"{n} =" in lib or f"def {n}" in lib})
+    names = sorted({n for n in ("SEEN", "TABLE", "BOX", "get", "get_values", "R", "J") if f"{n} =" in lib or f"def {n}" in lib})
     quoted = ", ".join(f'"{n}"' for n in names)
     write(tmp_path, {LIB: lib, "client.authorize.star": f'load("{LIB}", {quoted})\nb = {reach}\n'
                                                      'b.append(client.password)\ndeny(",".join(b))\n'})

@@ -12,7 +12,6 @@ on the server's event loop.
 from __future__ import annotations
 
 import ast
-import functools
 import itertools
 import time
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from .guards import (
     keys_of,
 )
 from .nesting import Nesting
-from .values import CONTAINERS, HASHED, HELD, MUTABLE, add_function_class, admit
+from .values import CONTAINERS, HASHED, HELD, MUTABLE, BoundMethod, add_function_class, admit
 
 # Everything the checker refuses is also switched off in asteval, so a tree that somehow skipped
 # the checker still cannot loop, import, raise or open files.
@@ -330,7 +329,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             raise AttributeError(f"functions have no attributes ('{attr}')")
         if attr in GUARDED_METHODS and (isinstance(obj, (str, bytes)) or obj is str or obj is bytes):
             guarded = GUARDED_METHODS[attr]
-            return guarded if isinstance(obj, type) else functools.partial(guarded, obj)
+            return guarded if isinstance(obj, type) else BoundMethod(guarded, obj)
         # asteval's own guard as a second line (per-type deny-lists, unsafe modules)
         safe_getattr(obj, attr, self.raise_exception, node)
         try:
