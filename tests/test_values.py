@@ -434,3 +434,73 @@ def test_json_encode_takes_every_json_shaped_value_of_the_set() -> None:
                   json_view([1, [2]])):
         ok, text = runner("json_encode(v)", v=value)
         assert ok and text.__class__ is str, (value, text)
+
+
+# -- F2: nothing a run makes outlives the run -----------------------------------------------------------
+
+# (id, source): each makes read-only containers (the kind the depth meter could keep) in another way;
+# "fails" variants end in an error after making them
+RUN_MADE: list[tuple[str, str]] = [
+    ("topic-words-of-a-long-topic", "w = topic_words('/' * 60000)\nx = [w]\n"),
+    ("tuple-of-a-list", "L = list(range(60000))\nkeep = [len(tuple(L)) for i in range(3)]\nx = [tuple(L)]\n"),
+    ("nested-tuple-literals", "t = tuple(range(1000))\nx = [(t, (t, i)) for i in range(200)]\n"),
+    ("zip-and-enumerate-results", "L = list(range(20000))\nx = [zip(L, L), enumerate(L)]\n"),
+    ("tuple-concatenation", "t = tuple(range(30000)) + (1,)\nx = [[t]]\nx[0].append(t + t)\n"),
+    ("sorted-items-of-a-dict", "d = {i: (i, str(i)) for i in range(5000)}\nx = [sorted(d.items())]\n"),
+    ("made-then-failed", "t = tuple(range(60000))\nx = [t, [t]]\ny = x[5]\n"),
+]
+
+
+@pytest.mark.parametrize("src", [pytest.param(c[1], id=c[0]) for c in RUN_MADE])
+def test_nothing_a_run_makes_outlives_it(src: str) -> None:
+    """Result: after each run (ended by a decision or an error) the depth meter holds nothing, the
+    library cache (nesting._PINNED) has not grown, and runs leave no memory behind (8 runs)."""
+    import gc
+    import tracemalloc
+
+    from hookrules.lang import nesting
+    from hookrules.decisions import Allow
+    from hookrules.ruleset import Limits, RuleRuntimeError
+
+    from .rule_helpers import compile_src
+
+    rule = compile_src(src + "allow()\n")
+    pinned = len(nesting._PINNED)
+
+    def run() -> None:
+        try:
+            assert rule.run(authz_event(), Limits(timeout=5.0)) == Allow()
+        except RuleRuntimeError as exc:
+            assert "made-then-failed" in src or "index" in str(exc)
+        meter = rule.interp.nesting
+        assert not (meter._memo or meter._kept or meter._lasting or meter._lasting_kept or meter._holders)
+        assert len(nesting._PINNED) == pinned
+
+    run()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(8):
+            run()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 256 * 1024, f"{grown} bytes left behind by 8 runs"
+
+
+def test_a_library_table_is_measured_once_for_every_run(tmp_path: Path) -> None:
+    """Result: the frozen tables of a library are remembered across runs (pinned at load), so a rule
+    putting one in a list is not walked each run; and they still count for the depth bound."""
+    from hookrules.lang import nesting
+
+    write(tmp_path, {LIB: "TABLE = {str(i): (i, [i]) for i in range(3000)}\nDEEP = [[[[[[1]]]]]]\n",
+                     "client.authorize.star": f'load("{LIB}", "TABLE", "DEEP")\nx = [TABLE]\ny = [DEEP]\nallow()\n'})
+    ruleset, outcomes = scan_rules(tmp_path)
+    assert not [e for o in outcomes.values() for e in o.errors]
+    engine = Engine(ruleset)
+    assert engine.decide(authz_event()).decision.kind == "allow"
+    assert any(v.__class__ is MappingProxyType and len(v) == 3000 for v in nesting._PINNED_KEPT)
+    assert nesting.Nesting().depth(next(v for v in nesting._PINNED_KEPT
+                                        if v.__class__ is MappingProxyType and len(v) == 3000)) == 3

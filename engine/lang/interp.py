@@ -264,6 +264,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             raise
         finally:
             self.symtable = {}  # nothing a run bound survives it
+            self.nesting.reset()  # nor what the depth meter remembered of it
 
     # -- the dispatch loop ----------------------------------------------------------------------
 
