@@ -1334,6 +1334,15 @@ ISSUE9_CONTAINED: list[tuple[str, str, float, tuple[str, ...]]] = [
      "E = [row for i in range(1000)]\nx = {0: D}.values() == {0: E}.values()\nallow()\n", 1.0, ("runtime_error",)),
     ("hash-a-tuple-of-shared-tuples", "row = tuple(range(1000))\nT = tuple([row for i in range(1001)])\n"
      "x = {T: 1}\nallow()\n", 1.0, ("runtime_error",)),
+    # the second audit (issue 9, findings F4-F6), as it ran them
+    ("dict-of-range-pairs-colliding", "M = 2**61 - 1\nP = [range(i * M, i * M + 2) for i in range(40000)]\n"
+     "d = dict(P)\nallow()\n", 1.0, ("runtime_error",)),
+    ("update-with-range-pairs-colliding", "M = 2**61 - 1\nP = [range(i * M, i * M + 2) for i in range(40000)]\n"
+     "d = {}\nd.update(P)\nallow()\n", 1.0, ("runtime_error",)),
+    ("fromkeys-of-one-big-tuple-repeated", "T = tuple(range(100000))\nL = [T for i in range(4000)]\n"
+     "d = dict.fromkeys(L)\nallow()\n", 1.0, ("runtime_error",)),
+    ("dict-of-zip-of-one-big-tuple-repeated", "T = tuple(range(100000))\nL = [T for i in range(4000)]\n"
+     "d = dict(zip(L, L))\nallow()\n", 1.0, ("runtime_error",)),
 ]
 
 

@@ -504,3 +504,74 @@ def test_a_library_table_is_measured_once_for_every_run(tmp_path: Path) -> None:
     assert any(v.__class__ is MappingProxyType and len(v) == 3000 for v in nesting._PINNED_KEPT)
     assert nesting.Nesting().depth(next(v for v in nesting._PINNED_KEPT
                                         if v.__class__ is MappingProxyType and len(v) == 3000)) == 3
+
+
+# -- F4, F5: what one C call hashes, whatever shape the keys come in ------------------------------------
+
+_M = 2**61 - 1  # Python's int hash is n mod _M: i * _M all hash to 0
+
+
+def _pairs(kind: str, n: int = 3000) -> Any:
+    """n pairs whose keys (their first items) all share one hash value, as a `kind` of pair."""
+    if kind == "list":
+        return [[i * _M, 0] for i in range(n)]
+    if kind == "tuple":
+        return [(i * _M, 0) for i in range(n)]
+    if kind == "range":
+        return [range(i * _M, i * _M + 2) for i in range(n)]
+    if kind == "json-array":  # a webhook body's array of arrays
+        return json_view([[i * _M, 0] for i in range(n)])
+    if kind == "dict":
+        return [{i * _M: 0, -1: 0} for i in range(n)]
+    if kind == "read-only-dict":
+        return tuple(MappingProxyType({i * _M: 0, -1: 0}) for i in range(n))
+    if kind == "list-of-json-arrays":
+        return [json_view([i * _M, 0]) for i in range(n)]
+    raise AssertionError(kind)
+
+
+PAIR_KINDS = ["list", "tuple", "range", "json-array", "dict", "read-only-dict", "list-of-json-arrays"]
+
+
+@pytest.mark.parametrize("kind", PAIR_KINDS)
+def test_colliding_keys_are_refused_whatever_iterable_holds_the_pair(kind: str) -> None:
+    """Result: dict(P), d.update(P) and dict.update(d, P) refuse keys chosen to collide, for every
+    kind of two-item value dict() takes as a pair; a control with ordinary keys works."""
+    runner = Runner()
+    for expression in ["dict(P)", "d.update(P)", "dict.update(d, P)"]:
+        ok, value = runner(expression, P=_pairs(kind), d={})
+        assert not ok and "share one hash value" in value, (expression, value)
+    assert list(dict(_pairs(kind, 10))) == [i * _M for i in range(10)]  # the sample is what it says
+    ok, value = runner("dict(P)", P=[[i, 0] for i in range(3000)])
+    assert ok and len(value) == 3000
+
+
+BULK_HASHING: list[str] = ["dict.fromkeys(L)", "dict(zip(L, L))", "s.union(L)", "s.update(L)", "s.issubset(L)",
+                           "d.update(zip(L, L))", "s.intersection(L)", "s.symmetric_difference(L)"]
+
+
+@pytest.mark.parametrize("expression", BULK_HASHING)
+@pytest.mark.parametrize("keys", ["one-big-tuple-repeated", "tuples-holding-one-big-tuple", "few-copies"])
+def test_bulk_hashing_of_big_tuples_is_charged_against_one_budget(expression: str, keys: str) -> None:
+    """Result: a call that would hash one big tuple thousands of times (each hash walks it whole) is
+    refused before it starts, below the collision check's size too; small tuple keys work."""
+    big = tuple(range(100_000))
+    sample = {"one-big-tuple-repeated": [big] * 4000, "tuples-holding-one-big-tuple": [(big, i) for i in range(4000)],
+              "few-copies": [big] * 20}[keys]
+    runner = Runner()
+    ok, value = runner(expression, L=sample, s={1}, d={})
+    assert not ok and "walk over" in value, (expression, value)
+    ok, value = runner(expression, L=[(i, i + 1) for i in range(3000)], s={1}, d={})
+    assert ok, value
+
+
+def test_scans_of_a_list_are_walk_guarded() -> None:
+    """Result: count/index/remove compare the argument with every item, as `in` does: the same guard."""
+    big = tuple(range(100_000))
+    runner = Runner()
+    for expression in ["L.count(x)", "L.index(x)", "L.remove(x)", "T.count(x)", "T.index(x)"]:
+        ok, value = runner(expression, L=[tuple(list(big)) for _ in range(12)], T=tuple(tuple(list(big)) for _ in range(12)),
+                           x=tuple(list(big)))
+        assert not ok and "walk over" in value, (expression, value)
+        ok, value = runner(expression, L=[1, 2, 3], T=(1, 2, 3), x=2)
+        assert ok, value

@@ -336,14 +336,39 @@ SPREAD_FREE = 512
 MAX_SHARED_HASH = 64
 
 
+def _hash_walk(key: tuple[Any, ...], memo: dict[int, int]) -> int:
+    """Items hashing a tuple visits (CPython does not cache a tuple's hash; str, bytes and frozenset
+    cache theirs, an int's is its value): its items, and the tuples inside each time they appear."""
+    known = memo.get(id(key))
+    if known is None:
+        known = len(key)
+        for item in key:
+            if item.__class__ is tuple:
+                known += _hash_walk(item, memo)
+        memo[id(key)] = known
+    return known
+
+
 def check_spread(keys: Iterable[Any]) -> None:
     """Before one C call hashes many keys into a table (dict(), dict.fromkeys, update, set operations
-    and comparisons): refuse keys built to share one hash value. Such keys make each insert walk all
-    the others, so the call is quadratic and runs past any deadline: 20,000 tuples of small ints
-    colliding by design take about 3 s in dict.fromkeys, and integers equal modulo 2**61 - 1 (Python's
-    int hash) collide at will. Keys added one by one in a loop or comprehension meet the deadline
-    between steps instead. An unhashable key raises TypeError here as the call itself would."""
+    and comparisons): what hashing them all costs, and keys built to share one hash value.
+
+    A tuple's hash walks all of it, every time: one big tuple repeated 4,000 times is billions of
+    steps in one call, so every key's hash walk is charged against one budget (MAX_WALK) first.
+    Keys sharing a hash make each insert walk all the others, so the call is quadratic and runs past
+    any deadline: 20,000 tuples of small ints colliding by design take about 3 s in dict.fromkeys,
+    and integers equal modulo 2**61 - 1 (Python's int hash) collide at will. Keys added one by one in
+    a loop or comprehension meet the deadline between steps instead. An unhashable key raises
+    TypeError here as the call itself would."""
     items = keys if isinstance(keys, (list, tuple)) else list(itertools.islice(keys, 2 * MAX_ITEMS + 1))
+    walk = 0
+    memo: dict[int, int] = {}
+    for key in items:
+        if key.__class__ is tuple:
+            walk += _hash_walk(key, memo)
+            if walk > MAX_WALK:
+                raise TooBig(f"hashing these keys would walk over {MAX_WALK} items (a tuple key is walked "
+                             "whole each time it is hashed): use shorter keys")
     if len(items) <= SPREAD_FREE:
         return
     counts = Counter(map(hash, items))
@@ -364,9 +389,18 @@ def check_spread(keys: Iterable[Any]) -> None:
 
 def keys_of(value: Any, pairs: bool) -> Iterable[Any]:
     """What a bulk insert hashes: a mapping's keys; with `pairs`, the first item of each pair (dict(),
-    dict.update); else the items themselves (dict.fromkeys, set operations)."""
+    dict.update), whatever iterable of two items the pair is; else the items themselves (dict.fromkeys,
+    set operations)."""
     if value.__class__ in MAPPINGS or hasattr(value, "keys"):
         return list(value.keys())
-    if pairs:
-        return [p[0] for p in value if p.__class__ in (list, tuple) and len(p) == 2]
+    if pairs:  # dict() takes any iterable of two items as a pair: a range, a str, a JSON array, a dict...
+        keys = []
+        for pair in itertools.islice(value, 2 * MAX_ITEMS + 1):
+            try:
+                if len(pair) != 2:
+                    continue
+            except TypeError:
+                continue  # dict() will refuse it
+            keys.append(next(iter(pair)))
+        return keys
     return value  # type: ignore[no-any-return]

@@ -105,6 +105,9 @@ _BULK_HASHING = frozenset({"update", "fromkeys", "union", "intersection", "inter
                            "difference_update", "symmetric_difference", "symmetric_difference_update",
                            "issubset", "issuperset", "isdisjoint"})
 
+#: methods of a list or tuple that compare their argument with every item
+_SCANS = frozenset({"count", "index", "remove"})
+
 
 def _container_method(func: Any, args: list[Any]) -> tuple[Any, str, list[Any]] | None:
     """(the container, the method's name, the other arguments) when `func` is an unbound method of a
@@ -580,8 +583,12 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             method = _container_method(func, args)
         elif func is dict and args:
             check_spread(keys_of(args[0], True))
-        if method is not None and method[1] in _BULK_HASHING:
-            _check_bulk(*method)
+        if method is not None:
+            name = method[1]
+            if name in _BULK_HASHING:
+                _check_bulk(*method)
+            elif name in _SCANS and method[2]:  # l.count(x): x compared with every item, as `x in l`
+                check_walk(method[2][0], method[0], ast.In)
         result = func(*args, **kwargs) if kwargs else func(*args)
         cls = result.__class__
         if cls not in HELD:  # lang/values: a view or an iterator becomes a list, anything else is refused
