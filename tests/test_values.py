@@ -575,3 +575,44 @@ def test_scans_of_a_list_are_walk_guarded() -> None:
         assert not ok and "walk over" in value, (expression, value)
         ok, value = runner(expression, L=[1, 2, 3], T=(1, 2, 3), x=2)
         assert ok, value
+
+
+# -- F7: a webhook body's JSON compares as the JSON it is ----------------------------------------------
+
+_BODY = {"x": ["a", "b"], "o": {"k": [1, {"m": None}]}, "n": 1.5, "e": [], "z": {}}
+
+
+def _forms(value: Any) -> list[Any]:
+    """The same JSON value in each form a rule can hold it: lists or tuples, dicts or read-only dicts."""
+    if isinstance(value, list):
+        parts = [_forms(v) for v in value]
+        return [[p[0] for p in parts], tuple(p[-1] for p in parts)]
+    if isinstance(value, dict):
+        parts2 = {k: _forms(v) for k, v in value.items()}
+        return [{k: p[0] for k, p in parts2.items()}, MappingProxyType({k: p[-1] for k, p in parts2.items()})]
+    return [value]
+
+
+@pytest.mark.parametrize("key", sorted(_BODY) + ["(whole)"])
+def test_json_views_equal_the_values_they_show(key: str) -> None:
+    """Result: every part of a webhook body equals (==, and not !=) the same JSON as a list, tuple, dict
+    or read-only dict, on either side, and another view of it; and differs from a changed copy."""
+    raw = _BODY if key == "(whole)" else _BODY[key]
+    view = json_view({"v": raw})["v"]
+    runner = Runner()
+    changed = {"(whole)": {**_BODY, "n": 2}, "x": ["a", "c"], "o": {"k": [1, {"m": 0}]}, "n": 1.25, "e": [0],
+               "z": {"a": 1}}[key]
+    for form in _forms(raw) + [json_view({"v": raw})["v"]]:
+        for expression, expected in [("v == f", True), ("f == v", True), ("v != f", False), ("f != v", False)]:
+            ok, value = runner(expression, v=view, f=form)
+            assert ok and value is expected, (expression, form, value)
+    for form in _forms(changed):
+        ok, value = runner("v == f", v=view, f=form)
+        assert ok and value is False, (form, value)
+
+
+def test_comparing_json_views_keeps_the_walk_guard() -> None:
+    row = [0] * 1000
+    runner = Runner()
+    ok, value = runner("v == f", v=json_view({"v": [row] * 2000})["v"], f=[row] * 2000)
+    assert not ok and "walk over" in value, value
