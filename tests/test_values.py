@@ -616,3 +616,87 @@ def test_comparing_json_views_keeps_the_walk_guard() -> None:
     runner = Runner()
     ok, value = runner("v == f", v=json_view({"v": [row] * 2000})["v"], f=[row] * 2000)
     assert not ok and "walk over" in value, value
+
+
+# -- F3: every path that turns a value into text measures it first -----------------------------------
+
+_S = "a" * 200_000  # legal on its own; a few of them are over every text limit
+_B = b"a" * 200_000
+
+
+def _big_texts() -> dict[str, Any]:
+    """A value of each kind whose text is over the limits, built cheaply from shared big strings."""
+    rows = [_S] * 3
+    return {
+        "list": rows, "tuple": tuple(rows), "dict-values": {1: _S, 2: _S}, "dict-keys": {_S: 1, _S + "b": 2},
+        "set": {_S, _S + "b"}, "frozenset": frozenset({_S, _S + "b"}), "read-only-dict": MappingProxyType({1: _S, 2: _S}),
+        "json-object": json_view({"a": _S, "b": _S}), "json-array": json_view([_S, _S]), "bytes-in-a-list": [_B, _B],
+        "escaped-str": "\x00" * 100_000, "non-ascii-str": "ā" * 200_000, "bytes": b"\x00" * 100_000,
+        "message": Message(user_properties=MappingProxyType({"k": _S, "l": _S})),
+    }
+
+
+BIG_TEXTS = _big_texts()
+#: every operator, builtin and helper that makes text of a value
+TEXT_PATHS = ["'%s' % (v,)", "'%r' % (v,)", "'%a' % (v,)", "'%(k)s' % {'k': v}", "'%s' % {'k': v}",
+              "'%(k)s%(k)s%(k)s' % {'k': v}", "'%s%s%s' % (v, v, v)", "b'%a' % (v,)", "b'%r' % (v,)", "str(v)", "repr(v)",
+              "f'{v}'", "f'{v!r}'", "f'{v!a}'", "f'{v}{v}{v}'", "log(v)", "json_encode(v)"]
+
+
+@pytest.mark.parametrize("path", TEXT_PATHS)
+def test_every_text_path_measures_before_it_writes(path: str) -> None:
+    """Result: for every kind of value whose text is over the limits, every way of making its text is
+    refused (TooBig), or fails for its own reason (json_encode of bytes); the guard is not
+    bypassed by the container type, escapes, or a field repeated."""
+    import json
+
+    runner = Runner()
+    plain_path = path.replace("log(v)", "(v if isinstance(v, str) else repr(v))").replace("json_encode(v)", "json.dumps(v, ensure_ascii=False)")
+    wrong: list[str] = []
+    for name, value in BIG_TEXTS.items():
+        try:
+            plain = eval(plain_path, {"json": json}, {"v": value})  # noqa: S307 - the same text, made by Python
+        except (TypeError, ValueError):
+            plain = None
+        over = plain is None or len(plain) > 256 * 1024
+        ok, result = runner(path, v=value)
+        if over and ok:
+            wrong.append(f"{name}: {len(result) if result is not None else 'a line'} made")
+        elif over and "TooBig" not in result and not ("json_encode" in path and "TypeError" in result):
+            wrong.append(f"{name}: {result[:120]}")
+        elif not over and not ok:
+            wrong.append(f"{name}: refused though its text is {len(plain)} characters: {result[:120]}")
+    assert not wrong, "\n".join(wrong)
+    assert sum(1 for v in BIG_TEXTS.values() if v.__class__ not in (str, bytes)) >= 10
+
+
+def test_formatting_small_values_works() -> None:
+    runner = Runner()
+    for expression, expected in [("'%s-%d' % ('x', 5)", "x-5"), ("'%(a)s %(b)r' % {'a': 1, 'b': 'q'}", "1 'q'"),
+                                 ("b'%s %d' % (b'x', 3)", b"x 3"), ("'%s' % [1, 'a']", "[1, 'a']"),
+                                 ("'%.3f %5s %%' % (1.5, 'ab')", "1.500    ab %"), ("'%x' % 255", "ff"),
+                                 ("'%s' % {'k': 1}", "{'k': 1}"), ("'%a' % ('é',)", "'\\xe9'"),
+                                 ("str(('a\\\\b', 'é'))", "('a\\\\b', 'é')"), ("repr(b'\\x00')", "b'\\x00'")]:
+        ok, value = runner(expression)
+        assert ok and value == expected, (expression, value)
+
+
+@pytest.mark.parametrize("expression", ["'%(k)s' * 40 % {'k': L}", "b'%a' % (L,)", "'%s' % {'k': L}", "'%r' % (L,)",
+                                        "b'%r' % {b'k': L}", "'%s%s' % (J, J)", "f'{L!a}'", "repr(J)"])
+def test_formatting_is_refused_before_the_text_is_made(expression: str) -> None:
+    """Result: the audit's `%` attacks (240 references to one 256 KiB string) are refused with at most
+    a few MB allocated: what each field writes is measured first, not after the text exists."""
+    import tracemalloc
+
+    s = "a" * 262144
+    names = {"L": [s] * 240, "J": json_view({"k": [s] * 240})}
+    runner = Runner()
+    runner("1")  # the interpreter's own first-run allocations out of the way
+    tracemalloc.start()
+    try:
+        ok, value = runner(expression, **names)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not ok and "TooBig" in value, value
+    assert peak < 8 << 20, f"{peak >> 20} MB allocated before refusing"

@@ -151,13 +151,53 @@ def lshift(a: Any, b: Any) -> Any:
     return a << b
 
 
+#: one %-directive: an optional (key), flags, width, precision, length modifier, the conversion
+_DIRECTIVE = re.compile(r"%(?:\(([^)]*)\))?[-#0 +]*(?:\*|\d*)(?:\.(?:\*|\d*))?[hlL]?(.)", re.S)
+_DIRECTIVE_BYTES = re.compile(_DIRECTIVE.pattern.encode(), re.S)
+_CONVERTERS: dict[str, Any] = {"s": str, "r": repr, "a": ascii, "b": str}
+
+
 def mod(a: Any, b: Any) -> Any:
+    """`%` of a str or bytes: what each field will write is measured (guards.charge_text) before the
+    text is made. '%(k)s' * 40 % {'k': big} writes `big` 40 times, '%s' % (big_list,) its repr."""
+    if a.__class__ is not str and a.__class__ is not bytes:
+        return a % b
     if isinstance(a, str) and _WIDE.search(a) or isinstance(a, bytes) and _WIDE_BYTES.search(a):
         raise TooBig("%-formatting with a width or precision of 1000 or more, or '*', is not allowed")
     percent: Any = "%" if isinstance(a, str) else b"%"
-    if isinstance(a, (str, bytes)) and a.count(percent) > 2 * MAX_FORMAT_FIELDS:
+    if a.count(percent) > 2 * MAX_FORMAT_FIELDS:
         raise TooBig(f"%-formatting with more than {MAX_FORMAT_FIELDS} fields is not allowed")
-    return check_size(a % b)  # '%(k)s' * 100 % {'k': big}: 100 fields of one big value
+    budget = [MAX_TEXT - len(a)]
+    position = 0
+    for match in (_DIRECTIVE if a.__class__ is str else _DIRECTIVE_BYTES).finditer(a):
+        key, kind = match.group(1), match.group(2)
+        if isinstance(kind, bytes):
+            kind = kind.decode("latin-1")
+            key = key.decode("latin-1") if key is not None else None
+        if kind == "%":
+            continue
+        try:
+            if key is not None:
+                value = b[key if a.__class__ is str else key.encode("latin-1")]
+            elif b.__class__ is tuple:
+                value = b[position]
+                position += 1
+            else:
+                value = b
+        except (KeyError, IndexError, TypeError):
+            break  # Python's own error says what is wrong
+        convert = _CONVERTERS.get(kind)
+        if convert is None:  # a number: its digits (or one character for %c)
+            budget[0] -= value.bit_length() // 3 + 2 if value.__class__ is int else 40
+            if budget[0] < 0:
+                raise TooBig(f"%-formatting would make a text of over {MAX_TEXT} characters")
+        elif a.__class__ is bytes and kind in "sb":
+            budget[0] -= len(value) if isinstance(value, (bytes, bytearray)) else 0
+            if budget[0] < 0:
+                raise TooBig(f"%-formatting would make bytes of over {MAX_TEXT}")
+        else:
+            charge_text(value, ascii if a.__class__ is bytes else convert, budget)
+    return check_size(a % b)
 
 
 def check_size(value: Any) -> Any:
@@ -288,33 +328,58 @@ def _record_fields(value: Any) -> list[Any]:
     return [getattr(value, f.name) for f in dataclasses.fields(value) if f.repr]
 
 
-def bounded_text(value: Any, convert: Any) -> str:
-    """str()/repr() of a value, refused when it would be huge: a list of big lists repeated is cheap
-    to build and gigabytes to print. Every container of the closed set is measured, records by the
-    fields their text shows."""
-    cls = value.__class__
-    if cls in CONTAINERS or cls in RECORDS:
-        budget = [MAX_TEXT_OF_VALUE]
+def _quoted_size(value: str | bytes, convert: Any, sizes: dict[int, int]) -> int:
+    """Characters of repr()/ascii() of a str or bytes (escapes make it up to 10 times its length): a
+    close bound for printable ASCII text, else the exact size, computed once per object."""
+    if value.__class__ is str and value.isascii() and value.isprintable():
+        return len(value) + 2 + value.count("\\") + value.count("'")  # type: ignore[arg-type]
+    known = sizes.get(id(value))
+    if known is None:
+        known = sizes[id(value)] = len(convert(value))
+    return known
 
-        def measure(v: Any, depth: int) -> None:
+
+def charge_text(value: Any, convert: Any, budget: list[int], quoted: bool = False) -> None:
+    """Take what `convert(value)` (str, repr or ascii) would write from `budget[0]`, before it is
+    written, raising TooBig when that runs out. Every container of the closed set is measured (items
+    in their repr form, shared parts each time they appear), records by the fields their text shows,
+    strings and bytes by what their escapes make of them, numbers by their digits."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[Any, int, bool]] = [(value, 0, quoted)]
+    while stack:
+        v, depth, inner = stack.pop()
+        vcls = v.__class__
+        if vcls is str or vcls is bytes:
+            budget[0] -= _quoted_size(v, repr if convert is str else convert, sizes) if inner or convert is not str \
+                or vcls is bytes else len(v)
+        elif vcls is int:
+            budget[0] -= v.bit_length() // 3 + 2
+        elif vcls in CONTAINERS or vcls in RECORDS:
             if depth > MAX_TEXT_DEPTH:
                 raise TooBig(f"a value nested more than {MAX_TEXT_DEPTH} levels deep cannot be turned into text")
-            vcls = v.__class__
-            if vcls in CONTAINERS or dataclasses.is_dataclass(v):
-                parts = _walked(v) if vcls in CONTAINERS else _record_fields(v)
-                budget[0] -= 2 + (len(v) if vcls in CONTAINERS and vcls is not range else 8)
-                for item in parts:
-                    if budget[0] < 0:
-                        break
-                    measure(item, depth + 1)
-            elif vcls is str or vcls is bytes:
-                budget[0] -= len(v)
+            if vcls in CONTAINERS:
+                budget[0] -= 2 + (2 * len(v) if vcls is not range else 40)
+                parts: Any = _walked(v)
             else:
-                budget[0] -= 8
+                budget[0] -= 40
+                parts = _record_fields(v)
             if budget[0] < 0:
-                raise TooBig(f"the text of this value would be over {MAX_TEXT_OF_VALUE} characters")
+                break
+            stack.extend((item, depth + 1, True) for item in parts)  # at most budget / 2 of them
+        else:
+            budget[0] -= 40  # None, bool, float, a function: short
+        if budget[0] < 0:
+            raise TooBig(f"the text of this value would be over the limit ({MAX_TEXT_OF_VALUE} characters for "
+                         f"str/repr/log of a container, {MAX_TEXT} for a formatted string)")
 
-        measure(value, 0)
+
+def bounded_text(value: Any, convert: Any) -> str:
+    """str()/repr()/ascii() of a value, measured before it is made: a list of big lists repeated is
+    cheap to build and gigabytes to print."""
+    cls = value.__class__
+    if cls is str and convert is str:
+        return value  # type: ignore[no-any-return]
+    charge_text(value, convert, [MAX_TEXT_OF_VALUE if cls in CONTAINERS or cls in RECORDS else MAX_TEXT])
     return str(convert(value))
 
 
