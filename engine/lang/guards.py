@@ -169,8 +169,10 @@ def mod(a: Any, b: Any) -> Any:
         raise TooBig(f"%-formatting with more than {MAX_FORMAT_FIELDS} fields is not allowed")
     budget = [MAX_TEXT - len(a)]
     position = 0
-    for match in (_DIRECTIVE if a.__class__ is str else _DIRECTIVE_BYTES).finditer(a):
-        key, kind = match.group(1), match.group(2)
+    pattern: Any = _DIRECTIVE if a.__class__ is str else _DIRECTIVE_BYTES
+    for match in pattern.finditer(a):
+        key: Any = match.group(1)
+        kind: Any = match.group(2)
         if isinstance(kind, bytes):
             kind = kind.decode("latin-1")
             key = key.decode("latin-1") if key is not None else None
@@ -332,7 +334,7 @@ def _quoted_size(value: str | bytes, convert: Any, sizes: dict[int, int]) -> int
     """Characters of repr()/ascii() of a str or bytes (escapes make it up to 10 times its length): a
     close bound for printable ASCII text, else the exact size, computed once per object."""
     if value.__class__ is str and value.isascii() and value.isprintable():
-        return len(value) + 2 + value.count("\\") + value.count("'")  # type: ignore[arg-type]
+        return len(value) + 2 + value.count("\\") + value.count("'")
     known = sizes.get(id(value))
     if known is None:
         known = sizes[id(value)] = len(convert(value))
