@@ -479,8 +479,9 @@ RUNTIME: list[tuple[str, str, str, Expect]] = [
     ("comprehension-variable-does-not-survive", "x = [secret for secret in [client.password]]\ndeny(secret)\n",
      AUTHZ, fails(2, "NameError")),
     # codecs: lookups import only codec modules (see test_codec_lookups_import_only_codecs)
-    ("codec-rot13-is-not-a-text-encoding", "x = 'abc'.encode('rot13')\n", AUTHZ, fails(1, "LookupError")),
-    ("codec-idna", "deny(str('abc'.encode('idna')))\n", AUTHZ, decides(Deny("b'abc'"))),
+    ("codec-rot13-is-not-allowed", "x = 'abc'.encode('rot13')\n", AUTHZ, fails(1, "not allowed")),
+    ("codec-idna-is-not-allowed", "deny(str('abc'.encode('idna')))\n", AUTHZ, fails(1, "not allowed")),
+    ("codec-utf-16-le", "deny(str('ab'.encode('utf-16-le')))\n", AUTHZ, decides(Deny("b'a\\x00b\\x00'"))),
 ]
 
 
@@ -1341,6 +1342,12 @@ ISSUE9_CONTAINED: list[tuple[str, str, float, tuple[str, ...]]] = [
      "d = {}\nd.update(P)\nallow()\n", 1.0, ("runtime_error",)),
     ("fromkeys-of-one-big-tuple-repeated", "T = tuple(range(100000))\nL = [T for i in range(4000)]\n"
      "d = dict.fromkeys(L)\nallow()\n", 1.0, ("runtime_error",)),
+    ("strip-of-long-chars-beyond-latin-1", "s = 'ā' * 262144\nc = 'Ă' * 262143 + 'ā'\nt = s.strip(c)\nallow()\n",
+     1.0, ("runtime_error",)),
+    ("punycode-of-distinct-characters", "s = ''.join([c for c in 'ĀāĂăĄąĆćĈĉĊċČčĎďĐđĒēĔĕĖėĘęĚěĜĝĞğĠġĢģĤĥĦħĨĩĪī' * 300])\n"
+     "t = s.encode('punycode')\nallow()\n", 1.0, ("runtime_error",)),
+    ("percent-repeating-one-big-field", "s = 'a' * 262144\nL = [s] * 240\nt = '%(k)s' * 40 % {'k': L}\nallow()\n", 1.0,
+     ("runtime_error",)),
     ("dict-of-zip-of-one-big-tuple-repeated", "T = tuple(range(100000))\nL = [T for i in range(4000)]\n"
      "d = dict(zip(L, L))\nallow()\n", 1.0, ("runtime_error",)),
 ]

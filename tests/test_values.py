@@ -700,3 +700,51 @@ def test_formatting_is_refused_before_the_text_is_made(expression: str) -> None:
         tracemalloc.stop()
     assert not ok and "TooBig" in value, value
     assert peak < 8 << 20, f"{peak >> 20} MB allocated before refusing"
+
+
+# -- F6: str and bytes methods whose cost is not linear, or whose arguments choose an algorithm ----------
+
+def test_every_text_method_is_measured_linear_or_guarded() -> None:
+    """Result: each public method of str and bytes a rule may call is either guarded (its argument
+    bounded, its codec allow-listed) or on the list of methods measured linear: a method new in a
+    later Python is neither, and fails this test until someone measures it."""
+    from hookrules.lang.guards import GUARDED_METHODS, LINEAR_TEXT_METHODS
+
+    reachable = {a for v in ("x", b"x") for a in public_attributes(v) if callable(getattr(v, a))}
+    assert reachable == set(GUARDED_METHODS) | LINEAR_TEXT_METHODS, reachable ^ (set(GUARDED_METHODS) | LINEAR_TEXT_METHODS)
+
+
+_LONG_CHARS = "Ă" * 300 + "ā"
+#: (expression, what its refusal says): each a costly or algorithm-choosing argument, through the
+#: method of a value and the builtin (rules are given no str or bytes type to take methods from)
+REFUSED_TEXT_CALLS: list[tuple[str, str]] = [
+    *[(f"s.{m}(c)", "characters to strip") for m in ("strip", "lstrip", "rstrip")],
+    *[(f"b.{m}(c.encode())", "characters to strip") for m in ("strip", "lstrip", "rstrip")],
+    *[(f"s.encode('{codec}')", "not allowed") for codec in ("punycode", "idna", "utf-7", "cp037", "gb18030",
+                                                            "unicode_escape", "raw_unicode_escape", "hz", "big5")],
+    *[(f"b.decode('{codec}')", "not allowed") for codec in ("punycode", "idna", "utf_7", "unicode-escape",
+                                                            "iso2022_jp", "mac_roman")],
+    ("str(b, 'punycode')", "not allowed"), ("str(b, 'utf-8', 'custom')", "not allowed"),
+    ("s.encode('utf-8', 'mine')", "not allowed"), ("b.decode(errors='x')", "not allowed"),
+    ("s.startswith(P)", "walk over"), ("b.endswith(Q)", "walk over"),
+]
+
+
+@pytest.mark.parametrize(("expression", "says"), REFUSED_TEXT_CALLS)
+def test_costly_text_calls_are_refused(expression: str, says: str) -> None:
+    long = "ā" * 100_000
+    names = {"s": long, "b": long.encode(), "c": _LONG_CHARS, "P": (long,) * 2000, "Q": (long.encode(),) * 2000}
+    ok, value = Runner()(expression, **names)
+    assert not ok and says in value, (expression, value)
+
+
+def test_ordinary_text_calls_work() -> None:
+    runner = Runner()
+    for expression, expected in [("s.strip()", "é x"), ("s.strip(' é')", "x"), ("b.rstrip(b' x')", b" \xc3\xa9"),
+                                 ("s.encode()", " é x ".encode()), ("s.encode('UTF-16-LE')", " é x ".encode("utf-16-le")),
+                                 ("s.encode('ascii', 'replace')", b" ? x "), ("b.decode('latin-1')", " Ã© x "),
+                                 ("b.decode(errors='strict')", " é x "), ("str(b, 'utf-8')", " é x "),
+                                 ("s.startswith((' ', 'x'))", True), ("b.endswith(b'x ')", True),
+                                 ("s.lstrip(' ')", "é x ")]:
+        ok, value = runner(expression, s=" é x ", b=" é x ".encode())
+        assert ok and value == expected, (expression, value)

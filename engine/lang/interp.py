@@ -331,7 +331,8 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             raise AttributeError(f"attribute '{attr}' is not allowed in rules")
         if obj.__class__ is RuleFunction:
             raise AttributeError(f"functions have no attributes ('{attr}')")
-        if attr in GUARDED_METHODS and (isinstance(obj, (str, bytes)) or obj is str or obj is bytes):
+        if attr in GUARDED_METHODS and (isinstance(obj, (str, bytes)) or obj is str or obj is bytes) \
+                and hasattr(obj, attr):
             guarded = GUARDED_METHODS[attr]
             return guarded if isinstance(obj, type) else BoundMethod(guarded, obj)
         # asteval's own guard as a second line (per-type deny-lists, unsafe modules)
