@@ -319,36 +319,9 @@ def _codec(encoding: Any, errors: Any, what: str) -> None:
                          f"{', '.join(sorted(ERROR_HANDLERS))})")
 
 
-def encode(s: Any, encoding: Any = "utf-8", errors: Any = "strict") -> Any:
-    """str.encode with the linear codecs and error handlers only."""
-    _codec(encoding, errors, "encode")
-    return s.encode(encoding, errors)
-
-
-def decode(b: Any, encoding: Any = "utf-8", errors: Any = "strict") -> Any:
-    """bytes.decode with the linear codecs and error handlers only."""
-    _codec(encoding, errors, "decode")
-    return b.decode(encoding, errors)
-
-
 def _chars(chars: Any, what: str) -> None:
     if chars is not None and isinstance(chars, (str, bytes)) and len(chars) > MAX_STRIP_CHARS:
         raise TooBig(f"{what}: a set of more than {MAX_STRIP_CHARS} characters to strip is not allowed")
-
-
-def strip(s: Any, chars: Any = None) -> Any:
-    _chars(chars, "strip")
-    return s.strip(chars)
-
-
-def lstrip(s: Any, chars: Any = None) -> Any:
-    _chars(chars, "lstrip")
-    return s.lstrip(chars)
-
-
-def rstrip(s: Any, chars: Any = None) -> Any:
-    _chars(chars, "rstrip")
-    return s.rstrip(chars)
 
 
 def _prefixes(prefix: Any, what: str) -> None:
@@ -359,28 +332,37 @@ def _prefixes(prefix: Any, what: str) -> None:
         raise TooBig(f"{what}: comparing with these would walk over {MAX_WALK} items")
 
 
-def startswith(s: Any, prefix: Any, *args: Any) -> Any:
-    _prefixes(prefix, "startswith")
-    return s.startswith(prefix, *args)
+def _check_strip(name: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+    _chars(args[0] if args else kwargs.get("chars"), name)
 
 
-def endswith(s: Any, suffix: Any, *args: Any) -> Any:
-    _prefixes(suffix, "endswith")
-    return s.endswith(suffix, *args)
+def _check_codec(name: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+    _codec(args[0] if args else kwargs.get("encoding", "utf-8"),
+           args[1] if len(args) > 1 else kwargs.get("errors", "strict"), name)
 
 
-#: Methods of str and bytes served by the guarded versions above.
-GUARDED_METHODS: dict[str, Callable[..., Any]] = {
-    "replace": replace, "join": join, "encode": encode, "decode": decode, "strip": strip, "lstrip": lstrip,
-    "rstrip": rstrip, "startswith": startswith, "endswith": endswith,
+def _check_prefixes(name: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+    if args:
+        _prefixes(args[0], name)
+
+
+#: Methods of str and bytes whose arguments are checked before the call (lang/interp on_call, by the
+#: method's name; the method itself runs unchanged, so the common call costs one dict lookup).
+TEXT_ARG_CHECKS: dict[str, Callable[[str, list[Any], dict[str, Any]], None]] = {
+    "strip": _check_strip, "lstrip": _check_strip, "rstrip": _check_strip, "encode": _check_codec,
+    "decode": _check_codec, "startswith": _check_prefixes, "endswith": _check_prefixes,
 }
+
+
+#: Methods of str and bytes served by the guarded versions above (what they make is measured first).
+GUARDED_METHODS: dict[str, Callable[..., Any]] = {"replace": replace, "join": join}
 #: the other public methods of str and bytes rules may call: measured linear in their input
 LINEAR_TEXT_METHODS = frozenset({
     "capitalize", "casefold", "count", "endswith", "find", "fromhex", "hex", "index", "isalnum", "isalpha",
     "isascii", "isdecimal", "isdigit", "isidentifier", "islower", "isnumeric", "isprintable", "isspace", "istitle",
     "isupper", "lower", "partition", "removeprefix", "removesuffix", "rfind", "rindex", "rpartition", "rsplit",
     "split", "splitlines", "swapcase", "title", "upper",
-}) - frozenset(GUARDED_METHODS)
+}) - frozenset(GUARDED_METHODS) - frozenset(TEXT_ARG_CHECKS)
 
 
 # -- builtins that would hand rules lazy iterators or unbounded text ---------------------------------

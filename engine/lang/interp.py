@@ -30,6 +30,7 @@ from .guards import (
     GUARDED_OPERATORS,
     SIZED,
     SPREAD_FREE,
+    TEXT_ARG_CHECKS,
     bounded_text,
     check_size,
     check_spread,
@@ -109,14 +110,40 @@ _BULK_HASHING = frozenset({"update", "fromkeys", "union", "intersection", "inter
 _SCANS = frozenset({"count", "index", "remove"})
 
 
-def _container_method(func: Any, args: list[Any]) -> tuple[Any, str, list[Any]] | None:
+def _container_method(func: Any, args: list[Any], kwargs: dict[str, Any]) -> tuple[Any, str, list[Any]] | None:
     """(the container, the method's name, the other arguments) when `func` is an unbound method of a
-    container of the set (`list.append` taken from the type), else None. (A bound one, `d.update` or
-    `dict.fromkeys`, is recognised inline in on_call.)"""
+    container of the set (`list.append` taken from the type), else None; an unbound str or bytes
+    method has its arguments checked. (A bound one, `d.update` or `dict.fromkeys`, is recognised
+    inline in on_call.)"""
     objclass = getattr(func, "__objclass__", None)
     if objclass in CONTAINERS and args:
         return args[0], func.__name__, args[1:]
+    if (objclass is str or objclass is bytes) and func.__name__ in TEXT_ARG_CHECKS:
+        TEXT_ARG_CHECKS[func.__name__](func.__name__, args[1:], kwargs)
     return None
+
+
+def _checked_by_on_call(func: Any) -> bool:
+    """Whether on_call checks something about a call of this method: its arguments (strip, decode),
+    what it hashes (update, union), compares (count) or inserts (append)."""
+    if func.__class__ is BuiltinMethodType:
+        owner, name = func.__self__, func.__name__
+    elif func.__class__ is MethodDescriptorType:
+        owner, name = getattr(func, "__objclass__", None), func.__name__
+    else:
+        return False
+    ocls = owner if isinstance(owner, type) else owner.__class__
+    if ocls in CONTAINERS:
+        return name in _INSERTS or name in _BULK_HASHING or name in _SCANS
+    return (ocls is str or ocls is bytes) and name in TEXT_ARG_CHECKS
+
+
+def _check_callback(key: Any) -> None:
+    """A `key=` function is called by Python's sorted/min/max/list.sort for each item, past on_call:
+    a method on_call would check (d.update, l.append, s.strip, ...) is refused there."""
+    if _checked_by_on_call(key):
+        raise TypeError(f"key={key.__name__} is not allowed: a key function is a def, a builtin or a helper "
+                        "(write a def that calls the method)")
 
 
 def _each(iterable: Any) -> Any:
@@ -578,12 +605,19 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         fcls = func.__class__
         if fcls is BuiltinMethodType:  # len(), s.upper(), d.update(): a method of a container?
             owner = func.__self__
-            if owner.__class__ in CONTAINERS or owner is dict:
+            ocls = owner.__class__
+            if ocls in CONTAINERS or owner is dict:
                 method = (owner, func.__name__, args)
+            elif ocls is str or ocls is bytes:  # s.strip(chars), b.decode(codec): arguments bounded
+                text_check = TEXT_ARG_CHECKS.get(func.__name__)
+                if text_check is not None:
+                    text_check(func.__name__, args, kwargs)
         elif fcls is MethodDescriptorType:  # list.append(l, x), taken from the type
-            method = _container_method(func, args)
+            method = _container_method(func, args, kwargs)
         elif func is dict and args:
             check_spread(keys_of(args[0], True))
+        if kwargs and "key" in kwargs:  # sorted(l, key=f): Python calls f, not this handler
+            _check_callback(kwargs["key"])
         if method is not None:
             name = method[1]
             if name in _BULK_HASHING:
