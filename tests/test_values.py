@@ -773,3 +773,15 @@ def test_a_checked_method_cannot_be_passed_as_a_key_function() -> None:
     for expression in ["sorted(L, key=len)", "max(L, key=d.get)", "sorted(L, key=s.count)", "L.sort(key=len)"]:
         ok, value = runner(expression, L=["b", "a"], d={"a": 1, "b": 0}, s="aab")
         assert ok, (expression, value)
+
+
+def test_literals_of_big_tuple_keys_are_charged_too() -> None:
+    """Result: a set or dict literal hashes each tuple in it whole: 40 entries of one 100,000-item
+    tuple are refused like the bulk calls; small tuple keys work."""
+    runner = Runner()
+    entries = ", ".join(["T"] * 40)
+    for expression in [f"{{{entries}}}", "{" + ", ".join(f"(T, {i}): {i}" for i in range(40)) + "}"]:
+        ok, value = runner(expression, T=tuple(range(100_000)))
+        assert not ok and "walk over" in value, value
+    ok, value = runner("{(1, 2): 'a', (3, 4): 'b', 'k': {(5,)}}")
+    assert ok and value == {(1, 2): "a", (3, 4): "b", "k": {(5,)}}

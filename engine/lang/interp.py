@@ -455,14 +455,14 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
     def on_set(self, node: Any) -> set[Any]:
         run = self.run
         members = [run(e) for e in node.elts]
-        if len(members) > SPREAD_FREE:
+        if len(members) > SPREAD_FREE or tuple in map(type, members):  # tuples: each hash walks all of one
             check_spread(members)
         return self.nesting.made(set(members))  # type: ignore[no-any-return]
 
     def on_dict(self, node: Any) -> dict[Any, Any]:
         run = self.run
         keys = [run(k) for k in node.keys]
-        if len(keys) > SPREAD_FREE:
+        if len(keys) > SPREAD_FREE or tuple in map(type, keys):
             check_spread(keys)
         return self.nesting.made(dict(zip(keys, [run(v) for v in node.values])))  # type: ignore[no-any-return]
 
