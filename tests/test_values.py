@@ -708,7 +708,8 @@ def test_every_text_method_is_measured_linear_or_guarded() -> None:
     """Result: each public method of str and bytes a rule may call is either guarded (its argument
     bounded, its codec allow-listed) or on the list of methods measured linear: a method new in a
     later Python is neither, and fails this test until someone measures it."""
-    from hookrules.lang.guards import GUARDED_METHODS, LINEAR_TEXT_METHODS, TEXT_ARG_CHECKS
+    from hookrules.lang.guards import GUARDED_METHODS
+    from hookrules.lang.textmethods import LINEAR_TEXT_METHODS, TEXT_ARG_CHECKS
 
     reachable = {a for v in ("x", b"x") for a in public_attributes(v) if callable(getattr(v, a))}
     classified = set(GUARDED_METHODS) | set(TEXT_ARG_CHECKS) | LINEAR_TEXT_METHODS
@@ -755,7 +756,7 @@ def test_a_checked_method_cannot_be_passed_as_a_key_function() -> None:
     """Result: sorted/min/max/list.sort call their key= function from C, past on_call's checks; every
     method on_call checks (text arguments, bulk hashing, scans, inserts) is refused as a key, for
     every container and text type; plain key functions work."""
-    from hookrules.lang.guards import TEXT_ARG_CHECKS
+    from hookrules.lang.textmethods import TEXT_ARG_CHECKS
     from hookrules.lang.interp import _BULK_HASHING, _INSERTS, _SCANS
 
     runner = Runner()

@@ -30,7 +30,6 @@ from .guards import (
     GUARDED_OPERATORS,
     SIZED,
     SPREAD_FREE,
-    TEXT_ARG_CHECKS,
     bounded_text,
     check_size,
     check_spread,
@@ -40,6 +39,7 @@ from .guards import (
     keys_of,
 )
 from .nesting import Nesting
+from .textmethods import TEXT_ARG_CHECKS
 from .values import CONTAINERS, HASHED, HELD, MUTABLE, BoundMethod, add_function_class, admit
 
 # Everything the checker refuses is also switched off in asteval, so a tree that somehow skipped
