@@ -65,6 +65,14 @@ class JSONObject(Mapping[str, Any]):
     def __repr__(self) -> str:
         return repr(self._data)
 
+    def __eq__(self, other: object) -> bool:
+        return _json_equal(self._data, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not _json_equal(self._data, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
 
 class JSONArray(Sequence[Any]):
     """A read-only view of a JSON array (see JSONObject)."""
@@ -84,6 +92,41 @@ class JSONArray(Sequence[Any]):
 
     def __repr__(self) -> str:
         return repr(self._data)
+
+    def __eq__(self, other: object) -> bool:
+        return _json_equal(self._data, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not _json_equal(self._data, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _json_equal(raw: Any, other: Any) -> bool:
+    """A JSON value compared as the JSON it is: an array equals a list or tuple (or array) of equal
+    items, an object a mapping of equal keys and values. The C comparison first (plain lists and
+    dicts on both sides), then item by item, so tuples and read-only dicts on the other side match
+    too. Callers bound how much is walked (lang/guards.check_walk) and how deep (json_view's data
+    is nested at most as deep as a rule's values may be)."""
+    if other.__class__ is raw.__class__ and raw == other:
+        return True
+    return _json_items_equal(raw, other)
+
+
+def _json_items_equal(raw: Any, other: Any) -> bool:
+    if other.__class__ is JSONArray or other.__class__ is JSONObject:
+        other = other._data
+    if raw.__class__ is list:
+        if not isinstance(other, (list, tuple)) or len(raw) != len(other):
+            return False
+        return all(_json_items_equal(a, b) for a, b in zip(raw, other))
+    if raw.__class__ is dict:
+        if not isinstance(other, Mapping) or len(raw) != len(other):
+            return False
+        return all(k in other and _json_items_equal(v, other[k]) for k, v in raw.items())
+    if isinstance(other, (list, tuple, Mapping)):
+        return False
+    return bool(raw == other)
 
 
 def json_view(value: Any) -> Any:

@@ -23,7 +23,7 @@ from ..decisions import ALLOW, IGNORE, Allow, Decision, Deny, Drop, Rewrite
 from ..hooks import HookInfo
 from ..modifiers import SCHEMAS, check_cache
 from ..modifiers import validate as validate_modifiers
-from . import guards, helpers
+from . import guards, helpers, textmethods
 
 MAX_RANGE = 100_000  # a bigger range is a mistake in a rule that answers in microseconds
 MAX_JSON_BYTES = 1 << 20
@@ -377,7 +377,7 @@ SAFE_BUILTINS: dict[str, Any] = {
     "repr": guards.safe_repr,
     "reversed": guards.safe_reversed,
     "sorted": sorted,
-    "str": guards.safe_str,
+    "str": textmethods.safe_str,
     "tuple": tuple,
     "type": type_name,
     "zip": guards.safe_zip,

@@ -14,6 +14,7 @@ from types import BuiltinMethodType, MappingProxyType
 from typing import Any
 
 from .interp import RuleFunction
+from .nesting import pin
 from .values import CONVERSIONS, is_held
 
 
@@ -40,9 +41,10 @@ def _freeze_scope(scope: dict[str, Any], done: set[int], memo: dict[int, tuple[A
     done.add(id(scope))
     for key, value in scope.items():
         try:
-            scope[key] = _freeze_value(value, done, memo)
+            scope[key] = frozen = _freeze_value(value, done, memo)
         except _MutableMethod as exc:
             raise _MutableMethod(f"'{key}': {exc}") from None
+        pin(frozen)  # measured once for every run (lang/nesting): nothing else outlives a run
 
 
 def _freeze_value(value: Any, done: set[int], memo: dict[int, tuple[Any, Any]]) -> Any:

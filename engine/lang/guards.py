@@ -151,13 +151,55 @@ def lshift(a: Any, b: Any) -> Any:
     return a << b
 
 
+#: one %-directive: an optional (key), flags, width, precision, length modifier, the conversion
+_DIRECTIVE = re.compile(r"%(?:\(([^)]*)\))?[-#0 +]*(?:\*|\d*)(?:\.(?:\*|\d*))?[hlL]?(.)", re.S)
+_DIRECTIVE_BYTES = re.compile(_DIRECTIVE.pattern.encode(), re.S)
+_CONVERTERS: dict[str, Any] = {"s": str, "r": repr, "a": ascii, "b": str}
+
+
 def mod(a: Any, b: Any) -> Any:
+    """`%` of a str or bytes: what each field will write is measured (guards.charge_text) before the
+    text is made. '%(k)s' * 40 % {'k': big} writes `big` 40 times, '%s' % (big_list,) its repr."""
+    if a.__class__ is not str and a.__class__ is not bytes:
+        return a % b
     if isinstance(a, str) and _WIDE.search(a) or isinstance(a, bytes) and _WIDE_BYTES.search(a):
         raise TooBig("%-formatting with a width or precision of 1000 or more, or '*', is not allowed")
     percent: Any = "%" if isinstance(a, str) else b"%"
-    if isinstance(a, (str, bytes)) and a.count(percent) > 2 * MAX_FORMAT_FIELDS:
+    if a.count(percent) > 2 * MAX_FORMAT_FIELDS:
         raise TooBig(f"%-formatting with more than {MAX_FORMAT_FIELDS} fields is not allowed")
-    return check_size(a % b)  # '%(k)s' * 100 % {'k': big}: 100 fields of one big value
+    budget = [MAX_TEXT - len(a)]
+    position = 0
+    pattern: Any = _DIRECTIVE if a.__class__ is str else _DIRECTIVE_BYTES
+    for match in pattern.finditer(a):
+        key: Any = match.group(1)
+        kind: Any = match.group(2)
+        if isinstance(kind, bytes):
+            kind = kind.decode("latin-1")
+            key = key.decode("latin-1") if key is not None else None
+        if kind == "%":
+            continue
+        try:
+            if key is not None:
+                value = b[key if a.__class__ is str else key.encode("latin-1")]
+            elif b.__class__ is tuple:
+                value = b[position]
+                position += 1
+            else:
+                value = b
+        except (KeyError, IndexError, TypeError):
+            break  # Python's own error says what is wrong
+        convert = _CONVERTERS.get(kind)
+        if convert is None:  # a number: its digits (or one character for %c)
+            budget[0] -= value.bit_length() // 3 + 2 if value.__class__ is int else 40
+            if budget[0] < 0:
+                raise TooBig(f"%-formatting would make a text of over {MAX_TEXT} characters")
+        elif a.__class__ is bytes and kind in "sb":
+            budget[0] -= len(value) if isinstance(value, (bytes, bytearray)) else 0
+            if budget[0] < 0:
+                raise TooBig(f"%-formatting would make bytes of over {MAX_TEXT}")
+        else:
+            charge_text(value, ascii if a.__class__ is bytes else convert, budget)
+    return check_size(a % b)
 
 
 def check_size(value: Any) -> Any:
@@ -249,7 +291,7 @@ def join(sep: Any, items: Iterable[Any]) -> Any:
     return sep.join(parts)
 
 
-#: Methods of str and bytes served by the guarded versions above.
+#: Methods of str and bytes served by the guarded versions above (what they make is measured first).
 GUARDED_METHODS: dict[str, Callable[..., Any]] = {"replace": replace, "join": join}
 
 
@@ -288,40 +330,59 @@ def _record_fields(value: Any) -> list[Any]:
     return [getattr(value, f.name) for f in dataclasses.fields(value) if f.repr]
 
 
-def bounded_text(value: Any, convert: Any) -> str:
-    """str()/repr() of a value, refused when it would be huge: a list of big lists repeated is cheap
-    to build and gigabytes to print. Every container of the closed set is measured, records by the
-    fields their text shows."""
-    cls = value.__class__
-    if cls in CONTAINERS or cls in RECORDS:
-        budget = [MAX_TEXT_OF_VALUE]
+def _quoted_size(value: str | bytes, convert: Any, sizes: dict[int, int]) -> int:
+    """Characters of repr()/ascii() of a str or bytes (escapes make it up to 10 times its length): a
+    close bound for printable ASCII text, else the exact size, computed once per object."""
+    if value.__class__ is str and value.isascii() and value.isprintable():
+        return len(value) + 2 + value.count("\\") + value.count("'")
+    known = sizes.get(id(value))
+    if known is None:
+        known = sizes[id(value)] = len(convert(value))
+    return known
 
-        def measure(v: Any, depth: int) -> None:
+
+def charge_text(value: Any, convert: Any, budget: list[int], quoted: bool = False) -> None:
+    """Take what `convert(value)` (str, repr or ascii) would write from `budget[0]`, before it is
+    written, raising TooBig when that runs out. Every container of the closed set is measured (items
+    in their repr form, shared parts each time they appear), records by the fields their text shows,
+    strings and bytes by what their escapes make of them, numbers by their digits."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[Any, int, bool]] = [(value, 0, quoted)]
+    while stack:
+        v, depth, inner = stack.pop()
+        vcls = v.__class__
+        if vcls is str or vcls is bytes:
+            budget[0] -= _quoted_size(v, repr if convert is str else convert, sizes) if inner or convert is not str \
+                or vcls is bytes else len(v)
+        elif vcls is int:
+            budget[0] -= v.bit_length() // 3 + 2
+        elif vcls in CONTAINERS or vcls in RECORDS:
             if depth > MAX_TEXT_DEPTH:
                 raise TooBig(f"a value nested more than {MAX_TEXT_DEPTH} levels deep cannot be turned into text")
-            vcls = v.__class__
-            if vcls in CONTAINERS or dataclasses.is_dataclass(v):
-                parts = _walked(v) if vcls in CONTAINERS else _record_fields(v)
-                budget[0] -= 2 + (len(v) if vcls in CONTAINERS and vcls is not range else 8)
-                for item in parts:
-                    if budget[0] < 0:
-                        break
-                    measure(item, depth + 1)
-            elif vcls is str or vcls is bytes:
-                budget[0] -= len(v)
+            if vcls in CONTAINERS:
+                budget[0] -= 2 + (2 * len(v) if vcls is not range else 40)
+                parts: Any = _walked(v)
             else:
-                budget[0] -= 8
+                budget[0] -= 40
+                parts = _record_fields(v)
             if budget[0] < 0:
-                raise TooBig(f"the text of this value would be over {MAX_TEXT_OF_VALUE} characters")
+                break
+            stack.extend((item, depth + 1, True) for item in parts)  # at most budget / 2 of them
+        else:
+            budget[0] -= 40  # None, bool, float, a function: short
+        if budget[0] < 0:
+            raise TooBig(f"the text of this value would be over the limit ({MAX_TEXT_OF_VALUE} characters for "
+                         f"str/repr/log of a container, {MAX_TEXT} for a formatted string)")
 
-        measure(value, 0)
+
+def bounded_text(value: Any, convert: Any) -> str:
+    """str()/repr()/ascii() of a value, measured before it is made: a list of big lists repeated is
+    cheap to build and gigabytes to print."""
+    cls = value.__class__
+    if cls is str and convert is str:
+        return value  # type: ignore[no-any-return]
+    charge_text(value, convert, [MAX_TEXT_OF_VALUE if cls in CONTAINERS or cls in RECORDS else MAX_TEXT])
     return str(convert(value))
-
-
-def safe_str(*args: Any) -> str:
-    if len(args) == 1:
-        return bounded_text(args[0], str)
-    return str(*args)  # str(bytes, encoding): bounded by the bytes
 
 
 def safe_repr(value: Any) -> str:
@@ -336,14 +397,39 @@ SPREAD_FREE = 512
 MAX_SHARED_HASH = 64
 
 
+def _hash_walk(key: tuple[Any, ...], memo: dict[int, int]) -> int:
+    """Items hashing a tuple visits (CPython does not cache a tuple's hash; str, bytes and frozenset
+    cache theirs, an int's is its value): its items, and the tuples inside each time they appear."""
+    known = memo.get(id(key))
+    if known is None:
+        known = len(key)
+        for item in key:
+            if item.__class__ is tuple:
+                known += _hash_walk(item, memo)
+        memo[id(key)] = known
+    return known
+
+
 def check_spread(keys: Iterable[Any]) -> None:
     """Before one C call hashes many keys into a table (dict(), dict.fromkeys, update, set operations
-    and comparisons): refuse keys built to share one hash value. Such keys make each insert walk all
-    the others, so the call is quadratic and runs past any deadline: 20,000 tuples of small ints
-    colliding by design take about 3 s in dict.fromkeys, and integers equal modulo 2**61 - 1 (Python's
-    int hash) collide at will. Keys added one by one in a loop or comprehension meet the deadline
-    between steps instead. An unhashable key raises TypeError here as the call itself would."""
+    and comparisons): what hashing them all costs, and keys built to share one hash value.
+
+    A tuple's hash walks all of it, every time: one big tuple repeated 4,000 times is billions of
+    steps in one call, so every key's hash walk is charged against one budget (MAX_WALK) first.
+    Keys sharing a hash make each insert walk all the others, so the call is quadratic and runs past
+    any deadline: 20,000 tuples of small ints colliding by design take about 3 s in dict.fromkeys,
+    and integers equal modulo 2**61 - 1 (Python's int hash) collide at will. Keys added one by one in
+    a loop or comprehension meet the deadline between steps instead. An unhashable key raises
+    TypeError here as the call itself would."""
     items = keys if isinstance(keys, (list, tuple)) else list(itertools.islice(keys, 2 * MAX_ITEMS + 1))
+    walk = 0
+    memo: dict[int, int] = {}
+    for key in items:
+        if key.__class__ is tuple:
+            walk += _hash_walk(key, memo)
+            if walk > MAX_WALK:
+                raise TooBig(f"hashing these keys would walk over {MAX_WALK} items (a tuple key is walked "
+                             "whole each time it is hashed): use shorter keys")
     if len(items) <= SPREAD_FREE:
         return
     counts = Counter(map(hash, items))
@@ -364,9 +450,18 @@ def check_spread(keys: Iterable[Any]) -> None:
 
 def keys_of(value: Any, pairs: bool) -> Iterable[Any]:
     """What a bulk insert hashes: a mapping's keys; with `pairs`, the first item of each pair (dict(),
-    dict.update); else the items themselves (dict.fromkeys, set operations)."""
+    dict.update), whatever iterable of two items the pair is; else the items themselves (dict.fromkeys,
+    set operations)."""
     if value.__class__ in MAPPINGS or hasattr(value, "keys"):
         return list(value.keys())
-    if pairs:
-        return [p[0] for p in value if p.__class__ in (list, tuple) and len(p) == 2]
+    if pairs:  # dict() takes any iterable of two items as a pair: a range, a str, a JSON array, a dict...
+        keys = []
+        for pair in itertools.islice(value, 2 * MAX_ITEMS + 1):
+            try:
+                if len(pair) != 2:
+                    continue
+            except TypeError:
+                continue  # dict() will refuse it
+            keys.append(next(iter(pair)))
+        return keys
     return value  # type: ignore[no-any-return]

@@ -583,7 +583,11 @@ def _plain_json(value: Any, depth: int, room: list[int]) -> Any:
         room[0] -= 3
         out = value
     elif isinstance(value, str):
-        room[0] -= len(value) + 2
+        if value.isprintable() and '"' not in value and "\\" not in value:
+            room[0] -= len(value) + 2
+        else:  # escapes: a control character is 6 characters of JSON; measured before the text is made
+            room[0] -= len(value) + 2 + value.count('"') + value.count("\\") + 5 * sum(
+                1 for c in value if not c.isprintable()) if len(value) <= room[0] else len(value) + 2
         out = value
     elif isinstance(value, (bytes, bytearray)):
         raise TypeError("json_encode: bytes have no JSON form; decode them (payload.decode()) or b64encode() them")

@@ -12,7 +12,6 @@ on the server's event loop.
 from __future__ import annotations
 
 import ast
-import functools
 import itertools
 import time
 from collections.abc import Callable
@@ -41,7 +40,8 @@ from .guards import (
 )
 from .helpers import RunBudget
 from .nesting import Nesting
-from .values import CONTAINERS, HASHED, HELD, MUTABLE, add_function_class, admit
+from .textmethods import TEXT_ARG_CHECKS
+from .values import CONTAINERS, HASHED, HELD, MUTABLE, BoundMethod, add_function_class, admit
 
 # Everything the checker refuses is also switched off in asteval, so a tree that somehow skipped
 # the checker still cannot loop, import, raise or open files.
@@ -107,15 +107,44 @@ _BULK_HASHING = frozenset({"update", "fromkeys", "union", "intersection", "inter
                            "difference_update", "symmetric_difference", "symmetric_difference_update",
                            "issubset", "issuperset", "isdisjoint"})
 
+#: methods of a list or tuple that compare their argument with every item
+_SCANS = frozenset({"count", "index", "remove"})
 
-def _container_method(func: Any, args: list[Any]) -> tuple[Any, str, list[Any]] | None:
+
+def _container_method(func: Any, args: list[Any], kwargs: dict[str, Any]) -> tuple[Any, str, list[Any]] | None:
     """(the container, the method's name, the other arguments) when `func` is an unbound method of a
-    container of the set (`list.append` taken from the type), else None. (A bound one, `d.update` or
-    `dict.fromkeys`, is recognised inline in on_call.)"""
+    container of the set (`list.append` taken from the type), else None; an unbound str or bytes
+    method has its arguments checked. (A bound one, `d.update` or `dict.fromkeys`, is recognised
+    inline in on_call.)"""
     objclass = getattr(func, "__objclass__", None)
     if objclass in CONTAINERS and args:
         return args[0], func.__name__, args[1:]
+    if (objclass is str or objclass is bytes) and func.__name__ in TEXT_ARG_CHECKS:
+        TEXT_ARG_CHECKS[func.__name__](func.__name__, args[1:], kwargs)
     return None
+
+
+def _checked_by_on_call(func: Any) -> bool:
+    """Whether on_call checks something about a call of this method: its arguments (strip, decode),
+    what it hashes (update, union), compares (count) or inserts (append)."""
+    if func.__class__ is BuiltinMethodType:
+        owner, name = func.__self__, func.__name__
+    elif func.__class__ is MethodDescriptorType:
+        owner, name = getattr(func, "__objclass__", None), func.__name__
+    else:
+        return False
+    ocls = owner if isinstance(owner, type) else owner.__class__
+    if ocls in CONTAINERS:
+        return name in _INSERTS or name in _BULK_HASHING or name in _SCANS
+    return (ocls is str or ocls is bytes) and name in TEXT_ARG_CHECKS
+
+
+def _check_callback(key: Any) -> None:
+    """A `key=` function is called by Python's sorted/min/max/list.sort for each item, past on_call:
+    a method on_call would check (d.update, l.append, s.strip, ...) is refused there."""
+    if _checked_by_on_call(key):
+        raise TypeError(f"key={key.__name__} is not allowed: a key function is a def, a builtin or a helper "
+                        "(write a def that calls the method)")
 
 
 def _each(iterable: Any) -> Any:
@@ -267,6 +296,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         finally:
             self.symtable = {}  # nothing a run bound survives it
             RunBudget.deadline = float("inf")
+            self.nesting.reset()  # nor what the depth meter remembered of it
 
     # -- the dispatch loop ----------------------------------------------------------------------
 
@@ -330,9 +360,10 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             raise AttributeError(f"attribute '{attr}' is not allowed in rules")
         if obj.__class__ is RuleFunction:
             raise AttributeError(f"functions have no attributes ('{attr}')")
-        if attr in GUARDED_METHODS and (isinstance(obj, (str, bytes)) or obj is str or obj is bytes):
+        if attr in GUARDED_METHODS and (isinstance(obj, (str, bytes)) or obj is str or obj is bytes) \
+                and hasattr(obj, attr):
             guarded = GUARDED_METHODS[attr]
-            return guarded if isinstance(obj, type) else functools.partial(guarded, obj)
+            return guarded if isinstance(obj, type) else BoundMethod(guarded, obj)
         # asteval's own guard as a second line (per-type deny-lists, unsafe modules)
         safe_getattr(obj, attr, self.raise_exception, node)
         try:
@@ -426,14 +457,14 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
     def on_set(self, node: Any) -> set[Any]:
         run = self.run
         members = [run(e) for e in node.elts]
-        if len(members) > SPREAD_FREE:
+        if len(members) > SPREAD_FREE or tuple in map(type, members):  # tuples: each hash walks all of one
             check_spread(members)
         return self.nesting.made(set(members))  # type: ignore[no-any-return]
 
     def on_dict(self, node: Any) -> dict[Any, Any]:
         run = self.run
         keys = [run(k) for k in node.keys]
-        if len(keys) > SPREAD_FREE:
+        if len(keys) > SPREAD_FREE or tuple in map(type, keys):
             check_spread(keys)
         return self.nesting.made(dict(zip(keys, [run(v) for v in node.values])))  # type: ignore[no-any-return]
 
@@ -576,14 +607,25 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         fcls = func.__class__
         if fcls is BuiltinMethodType:  # len(), s.upper(), d.update(): a method of a container?
             owner = func.__self__
-            if owner.__class__ in CONTAINERS or owner is dict:
+            ocls = owner.__class__
+            if ocls in CONTAINERS or owner is dict:
                 method = (owner, func.__name__, args)
+            elif ocls is str or ocls is bytes:  # s.strip(chars), b.decode(codec): arguments bounded
+                text_check = TEXT_ARG_CHECKS.get(func.__name__)
+                if text_check is not None:
+                    text_check(func.__name__, args, kwargs)
         elif fcls is MethodDescriptorType:  # list.append(l, x), taken from the type
-            method = _container_method(func, args)
+            method = _container_method(func, args, kwargs)
         elif func is dict and args:
             check_spread(keys_of(args[0], True))
-        if method is not None and method[1] in _BULK_HASHING:
-            _check_bulk(*method)
+        if kwargs and "key" in kwargs:  # sorted(l, key=f): Python calls f, not this handler
+            _check_callback(kwargs["key"])
+        if method is not None:
+            name = method[1]
+            if name in _BULK_HASHING:
+                _check_bulk(*method)
+            elif name in _SCANS and method[2]:  # l.count(x): x compared with every item, as `x in l`
+                check_walk(method[2][0], method[0], ast.In)
         result = func(*args, **kwargs) if kwargs else func(*args)
         cls = result.__class__
         if cls not in HELD:  # lang/values: a view or an iterator becomes a list, anything else is refused

@@ -8,11 +8,16 @@ reason about than which walk checks what.
 
 So every container a rule makes (a literal, a comprehension, what a builtin, helper or method
 returns, an item put into a list, dict or set) is measured when it is made: its depth is one more
-than its deepest item's, and may be at most MAX_DEPTH. Depths are remembered by object (`_memo`,
-for the run; `_lasting`, across runs, for read-only containers whose depth cannot change, such as
-a library's tables), so building a value costs a look at its new items, not a walk of everything
-under them. A tuple's hash walk (its items, shared parts counted each time they appear) is
-measured too: a tuple standing for more than MAX_HASH_WALK items is refused when made.
+than its deepest item's, and may be at most MAX_DEPTH. Depths are remembered by object for the run
+(`_memo`; `_lasting` for read-only containers whose depth cannot change), so building a value costs
+a look at its new items, not a walk of everything under them. A tuple's hash walk (its items,
+shared parts counted each time they appear) is measured too: a tuple standing for more than
+MAX_HASH_WALK items is refused when made.
+
+Nothing a run makes outlives the run: the meter lets go of everything at the run's end (keeping a
+run's read-only containers for later runs let one request after another pile up megabytes). Only
+library values, frozen when the library loads, are remembered across runs (`pin`, by lang/freeze),
+up to MAX_PINNED_ITEMS items in all, so a rule holding a big library table is not walked per run.
 
 Mutation can deepen a list, dict or set after it was put inside other containers. So the meter
 also remembers, for the run, which containers hold each container whose depth can still change
@@ -38,8 +43,8 @@ from .values import CONTAINERS
 MAX_DEPTH = 100
 #: items hashing a tuple may visit (guards.MAX_WALK: what == and `in` may walk)
 MAX_HASH_WALK = MAX_WALK
-#: read-only containers remembered across runs before the memory is let go
-MAX_LASTING = 20_000
+#: items of the library values remembered across runs (`pin`), before they are all let go
+MAX_PINNED_ITEMS = 2_000_000
 #: nested containers one run may make: each is remembered (with what holds it) until the run ends
 MAX_MEMO = 200_000
 
@@ -48,6 +53,33 @@ _SMALL = 16
 
 #: containers whose depth cannot change once made: remembered across runs
 _FIXED = frozenset({tuple, frozenset, MappingProxyType, range, JSONObject, JSONArray})
+
+
+#: id -> entry (as Nesting's) of library values frozen at load time; `_PINNED_KEPT` keeps them alive,
+#: so no id is reused while its entry stands. Written when a library loads, read by every run.
+_PINNED: dict[int, int] = {}
+_PINNED_KEPT: list[Any] = []
+_PINNED_SIZE = [0]
+
+
+def pin(value: Any) -> None:
+    """A library value just frozen (lang/freeze): measure it once, for every later run. A value over
+    the bounds is not remembered (each run that makes something of it is refused as before)."""
+    if value.__class__ not in _FIXED or id(value) in _PINNED:
+        return
+    meter = Nesting()
+    try:
+        meter._walk(value)
+    except TooBig:
+        return
+    size = sum(len(v) for v in meter._lasting_kept if v.__class__ is not range)
+    if _PINNED_SIZE[0] + size > MAX_PINNED_ITEMS:  # libraries reloaded many times: start over
+        _PINNED.clear()
+        _PINNED_KEPT.clear()
+        _PINNED_SIZE[0] = 0
+    _PINNED_KEPT.extend(meter._lasting_kept)  # alive before its entry exists
+    _PINNED.update(meter._lasting)
+    _PINNED_SIZE[0] += size
 
 
 class TooDeep(TooBig):
@@ -100,13 +132,13 @@ class Nesting:
         self._holders: dict[int, dict[int, Any]] = {}
 
     def reset(self) -> None:
-        """At the start of a run: what the last run made may be gone (its ids reused)."""
+        """At the start and at the end of a run: let go of everything the run made."""
         if self._memo:
             self._memo = {}
             self._kept = []
         if self._holders:
             self._holders = {}
-        if len(self._lasting) > MAX_LASTING:
+        if self._lasting:
             self._lasting = {}
             self._lasting_kept = []
 
@@ -117,7 +149,9 @@ class Nesting:
         if known is None:
             known = self._lasting.get(id(value))
             if known is None:
-                known = self._walk(value)
+                known = _PINNED.get(id(value))
+                if known is None:
+                    known = self._walk(value)
         return known & 255
 
     def made(self, value: Any) -> Any:
@@ -130,7 +164,7 @@ class Nesting:
             return value
         key = id(value)
         memo, lasting = self._memo, self._lasting
-        if key in memo or key in lasting:
+        if key in memo or key in lasting or key in _PINNED:
             return value  # measured before, and kept up to date by inserted() since
         if (cls is list or cls is tuple) and len(value) <= _SMALL and CONTAINERS.isdisjoint(map(type, value)):
             return value  # small and flat, one level deep: looking again is as cheap as remembering
@@ -149,6 +183,8 @@ class Nesting:
             known = memo.get(iid)
             if known is None:
                 known = lasting.get(iid)
+                if known is None:
+                    known = _PINNED.get(iid)
                 if known is None:
                     if (icls is list or icls is tuple) and len(item) <= _SMALL and CONTAINERS.isdisjoint(map(type, item)):
                         known = 1 + (len(item) << 8 if icls is tuple else 0)  # small and flat
@@ -200,15 +236,14 @@ class Nesting:
             self._deepen(container, depth)
 
     def _last(self, key: int, value: Any, entry: int) -> None:
-        if len(self._lasting) > MAX_LASTING:
-            self._lasting = {}
-            self._lasting_kept = []
+        if len(self._lasting) > MAX_MEMO:
+            raise _too_many()
         self._lasting[key] = entry
         self._lasting_kept.append(value)
 
     def _link(self, item: Any, holder: Any) -> None:
         """Remember that `holder` holds `item`, when `item`'s depth can still change."""
-        if id(item) not in self._lasting:
+        if id(item) not in self._lasting and id(item) not in _PINNED:
             self._holders.setdefault(id(item), {})[id(holder)] = holder
 
     def _deepen(self, container: Any, depth: int) -> None:
@@ -221,7 +256,11 @@ class Nesting:
                 raise _too_deep()
             known = memo.get(id(value))
             if known is None:  # not remembered (small and flat): measure it
-                known = self._walk(value) if id(value) not in self._lasting else self._lasting[id(value)]
+                known = self._lasting.get(id(value))
+                if known is None:
+                    known = _PINNED.get(id(value))
+                if known is None:
+                    known = self._walk(value)
             if known & 255 >= depth:
                 continue
             memo[id(value)] = depth + (known >> 8 << 8)
@@ -246,6 +285,8 @@ class Nesting:
                 known = memo.get(iid)
                 if known is None:
                     known = lasting.get(iid)
+                    if known is None:
+                        known = _PINNED.get(iid)
                 if known is None or iid in memo:  # its depth may still change: link it to its holder
                     holders.setdefault(iid, {})[id(frame[0])] = frame[0]
                 if known is None:

@@ -13,7 +13,6 @@ set lookup decides the common case.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Callable, Iterable, ItemsView, KeysView, ValuesView
 from types import (
@@ -36,8 +35,30 @@ READ_ONLY: frozenset[type] = frozenset({tuple, frozenset, MappingProxyType, rang
 #: read-only records of the host: fields read by name, nothing to change
 RECORDS: frozenset[type] = frozenset({Client, Conn, Message, SubOpts, TopicFilter, DataNamespace})
 #: callables; `type` covers the constructors rules are given (bool dict float int list tuple)
+
+
+class BoundMethod:
+    """A guarded method (guards.GUARDED_METHODS) bound to the str or bytes it was read from.
+
+    Not functools.partial: a partial's public `.func`, `.args` and `.keywords` hand a rule the bound
+    value and a mutable dict that lives as long as the partial (a library's `R = "x".replace` then
+    carried one client's data to the next). A function value has no public attribute at all."""
+
+    __slots__ = ("_func", "_self")
+
+    def __init__(self, func: Callable[..., Any], obj: Any):
+        self._func = func
+        self._self = obj
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._func(self._self, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<method {self._func.__name__} of {type(self._self).__name__}>"
+
+
 FUNCTIONS: frozenset[type] = frozenset({FunctionType, BuiltinFunctionType, MethodType, MethodDescriptorType,
-                                        functools.partial, type})
+                                        BoundMethod, type})
 #: the types a rule may be handed as constructors, the only `type` objects in the set
 CONSTRUCTORS: frozenset[type] = frozenset({bool, dict, float, int, list, tuple})
 
