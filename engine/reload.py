@@ -38,7 +38,7 @@ from . import metrics
 from .engine import Engine
 from .files import collector_paused
 from .hooks import hook_for_file
-from .ruleset import DATA_HOOK, FileOutcome, RuleSet, scan
+from .ruleset import DATA_HOOK, FileOutcome, RuleSet, next_retry, scan
 
 log = logging.getLogger(__name__)
 
@@ -375,6 +375,9 @@ class Reloader:
                 self.poke(self.grace)  # decide about the missing files once their grace is over
             elif job.writing:
                 self.poke(WRITE_TIMEOUT)  # read files whose writer never said it was done
+        retry = next_retry(ruleset)
+        if retry is not None and self._loop is not None:  # a load that failed for want of time: try again then
+            self.poke(max(retry - time.monotonic(), self.debounce))
         changed = ruleset.versions() != previous.versions() or set(ruleset.broken) != set(previous.broken)
         self.engine.ruleset = ruleset  # the swap: one assignment, between two calls on the loop
         self._report(outcomes, previous, ruleset, forced=job.force)
