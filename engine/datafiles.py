@@ -146,10 +146,17 @@ def _parse(path: str, raw: bytes) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _error(path, 0, 0, f"not UTF-8 ({exc.reason} at byte {exc.start})", "save the file as UTF-8") from None
+    # A byte order mark (Excel's "CSV UTF-8", Notepad) is no part of the contents, in every format: CSV
+    # made it part of the first header ('\ufeffuser', so row["user"] failed), JSON refused the file
+    text = text[1:] if text.startswith("\ufeff") else text
     suffix = Path(path).suffix
     if suffix == ".json":
         try:
             return freeze(_load_json(path, text))
+        except _DuplicateKey as dup:
+            line, col = _line_col(text, _duplicate_at(text))
+            raise _error(path, line, col, f"the key {dup.key!r} appears twice in this object",
+                         "keep one of them: a duplicate would silently replace the first") from None
         except json.JSONDecodeError as exc:
             raise _error(path, exc.lineno, exc.colno, f"invalid JSON: {exc.msg}", "check the JSON syntax") from None
     if suffix in (".yaml", ".yml"):
@@ -172,7 +179,8 @@ def _load_json(path: str, text: str) -> Any:
     scanner only for small files. Bigger ones go through the pure-Python scanner, which lets other
     threads in every few milliseconds, and counts what it builds."""
     if len(text) <= JSON_C_MAX_BYTES:
-        return json.loads(text)  # at most ~40 bytes of objects per byte of text: bounded
+        # at most ~40 bytes of objects per byte of text: bounded
+        return json.loads(text, object_pairs_hook=_no_duplicates)
     count = [0]
 
     def counted(parse: Callable[..., Any]) -> Callable[..., Any]:
@@ -183,7 +191,7 @@ def _load_json(path: str, text: str) -> Any:
             return parse(*args)
         return run
 
-    decoder: Any = json.JSONDecoder()
+    decoder: Any = json.JSONDecoder(object_pairs_hook=_no_duplicates)
     decoder.parse_object = counted(decoder.parse_object)
     decoder.parse_array = counted(decoder.parse_array)
     decoder.parse_string = counted(decoder.parse_string)
@@ -191,6 +199,53 @@ def _load_json(path: str, text: str) -> Any:
     decoder.parse_float = counted(float)
     decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
     return decoder.decode(text)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any):
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A JSON object whose keys are all different: a duplicate is an error, not last-wins (YAML's too)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[Any] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return out
+
+
+def _duplicate_at(text: str) -> int:
+    """Where the first object with a duplicate key starts: parsed again (an error's path only) by the
+    pure-Python scanner, which says where each object starts."""
+    decoder: Any = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+    plain = decoder.parse_object
+
+    def located(s_and_end: tuple[str, int], *args: Any) -> Any:
+        try:
+            return plain(s_and_end, *args)
+        except _DuplicateKey as exc:
+            if not hasattr(exc, "pos"):
+                exc.pos = s_and_end[1] - 1  # type: ignore[attr-defined]
+            raise
+
+    decoder.parse_object = located
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
+    try:
+        decoder.decode(text)
+    except _DuplicateKey as exc:
+        return int(getattr(exc, "pos", 0))
+    except (ValueError, RecursionError):
+        pass
+    return 0
+
+
+def _line_col(text: str, pos: int) -> tuple[int, int]:
+    return text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
 
 
 _SEQ, _MAP = "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
@@ -201,7 +256,7 @@ def _load_yaml(path: str, text: str) -> Any:
     nodes and their marks took about 400 bytes a value, ten times what the values keep), no second
     copy to freeze, every value counted as it comes, and aliases refused where they appear."""
     loader = _Loader(text)
-    stack: list[tuple[list[Any], bool]] = []  # open collections: (items so far, is a mapping)
+    stack: list[tuple[list[Any], bool, list[Any]]] = []  # open collections: (items so far, is a mapping, marks)
     result: list[Any] = []
     values = documents = 0
     try:
@@ -226,16 +281,21 @@ def _load_yaml(path: str, text: str) -> Any:
                 if tag != (_MAP if is_map else _SEQ):
                     raise yaml.constructor.ConstructorError(None, None, f"the tag {tag} is not allowed in data files",
                                                             event.start_mark)
-                stack.append(([], is_map))
+                stack.append(([], is_map, []))
                 continue
             if isinstance(event, yaml.CollectionEndEvent):
-                items, is_map = stack.pop()
-                value = _mapping(items, event) if is_map else tuple(items)
+                items, is_map, marks = stack.pop()
+                value = _mapping(items, marks, event) if is_map else tuple(items)
             elif isinstance(event, yaml.ScalarEvent):
                 value = _scalar(loader, event)
             else:
                 continue  # stream and document ends
-            (stack[-1][0] if stack else result).append(value)
+            if stack:
+                stack[-1][0].append(value)
+                if stack[-1][1]:
+                    stack[-1][2].append(event.start_mark)  # where each key is, for a duplicate's error
+            else:
+                result.append(value)
     finally:
         loader.dispose()
     return result[0] if result else None
@@ -253,13 +313,16 @@ def _scalar(loader: Any, event: Any) -> Any:
     return construct(loader, node)
 
 
-def _mapping(items: list[Any], event: Any) -> MappingProxyType[Any, Any]:
+def _mapping(items: list[Any], marks: list[Any], event: Any) -> MappingProxyType[Any, Any]:
     out: dict[Any, Any] = {}
     for i in range(0, len(items) - 1, 2):
         key = items[i]
         if isinstance(key, (tuple, MappingProxyType)):  # PyYAML refuses them too (unhashable there)
             raise yaml.constructor.ConstructorError(None, None, "a mapping key is a list or a mapping",
                                                     event.start_mark)
+        if key in out:  # PyYAML keeps the last silently: a second entry for a user would replace the first
+            raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} appears twice in this mapping",
+                                                    marks[i] if i < len(marks) else event.start_mark)
         out[key] = items[i + 1]
     return MappingProxyType(out)
 
@@ -286,6 +349,12 @@ def _load_csv(path: str, text: str) -> Any:
         header = next(reader, None)
         if header is None:
             return ()
+        seen: set[str] = set()
+        for index, name in enumerate(header):
+            if name in seen:  # DictReader keeps the last column silently
+                raise _error(path, 1, len(",".join(header[:index])) + (2 if index else 1),
+                             f"the column {name!r} appears twice in the header", "rename or remove one of them")
+            seen.add(name)
         items = len(header)
         for row in reader:
             if not row:

@@ -17,6 +17,8 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+from collections.abc import Mapping
+
 import pytest
 
 from hookrules import datafiles, files
@@ -172,7 +174,7 @@ YAML_DOCS = ["a: 1\nb: 2.5\nc: true\nd: null\ne: ~\nf: 0x1F\ng: 0o17\nh: 1_000\n
              "when: 2024-01-01\nts: 2001-12-14t21:59:43.10-05:00\nexplicit: !!timestamp 2024-01-01\n",
              "s: !!str 123\ni: !!int '7'\nf: !!float '1.5'\nb: !!binary aGVsbG8=\nn: !!null ''\nbo: !!bool 'yes'\n",
              "{a: [1, 2, {b: c}], d: {}, e: []}\n", "", "# only a comment\n", "42\n", "x: yes\ny: no\nz: on\n",
-             "1: int key\n2.5: float key\ntrue: bool key\n~: null key\n", "a: 1\na: 2\n", "a:\nb:\n  - \n",
+             "3: int key\n2.5: float key\ntrue: bool key\n~: null key\n", "a:\nb:\n  - \n",
              "---\na: 1\n...\n", "[a, b, [c, [d]]]\n", "k: v # comment\n'quoted key': 1\n", "!!map {a: 1}\n",
              "!!seq [1]\n"]
 
@@ -190,7 +192,7 @@ def test_yaml_built_from_events_is_what_pyyaml_builds(doc: str) -> None:
 
 @pytest.mark.parametrize("doc", ["a: &x 1\nb: *x\n", "a: !!set {x, y}\n", "a: !!omap [x: 1]\n", "<<: {a: 1}\n",
                                  "a: 1\n---\nb: 2\n", "? [a]\n: 1\n", "a: !!python/object:os.system x\n",
-                                 "a: [1,\n", "a: b: c\n"])
+                                 "a: [1,\n", "a: b: c\n", "a: 1\na: 2\n"])
 def test_yaml_refusals_are_load_errors_with_a_line(doc: str) -> None:
     with pytest.raises(datafiles.DataError) as info:
         datafiles.parse("x.yaml", doc.encode())
@@ -214,3 +216,44 @@ def test_the_reader_reads_no_more_than_the_limit(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert peak < MiB
     assert read_file(tmp_path, tmp_path / "big.json", 2000)[0].startswith(b"[1,")
+
+
+# Issue 9 audit F8: the same contents in every format, with a byte order mark, and with a duplicate.
+SAME = {".json": '{"users": [{"user": "alice", "role": "admin"}]}',
+        ".yaml": "users:\n  - user: alice\n    role: admin\n",
+        ".csv": "user,role\nalice,admin\n"}
+DUPLICATED = {".json": '{"users": [{"user": "alice",\n "user": "mallory", "role": "admin"}]}',
+              ".yaml": "users:\n  - user: alice\n    user: mallory\n    role: admin\n",
+              ".csv": "user,user,role\nalice,mallory,admin\n"}
+DUPLICATE_AT = {".json": (1, 12), ".yaml": (3, 5), ".csv": (1, 6)}
+
+
+def _users(value: object) -> object:
+    return value["users"] if isinstance(value, Mapping) else value  # a CSV file is the rows alone
+
+
+@pytest.mark.parametrize("suffix", list(SAME))
+def test_every_format_strips_a_byte_order_mark_the_same_way(suffix: str) -> None:
+    """Excel's "CSV UTF-8" starts with a BOM: it became part of the first header ('\\ufeffuser'),
+    while YAML stripped it and JSON refused the file."""
+    plain = datafiles.parse(f"x{suffix}", SAME[suffix].encode())
+    assert datafiles.parse(f"x{suffix}", b"\xef\xbb\xbf" + SAME[suffix].encode()) == plain
+    assert _users(plain)[0]["user"] == "alice"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("suffix", list(DUPLICATED))
+def test_a_duplicate_key_or_header_is_a_load_error_with_its_place(suffix: str) -> None:
+    """They silently kept the last (a second entry for a user replaced the first)."""
+    with pytest.raises(datafiles.DataError) as info:
+        datafiles.parse(f"x{suffix}", DUPLICATED[suffix].encode())
+    err = info.value.error
+    assert "twice" in err.message and "user" in err.message, err.one_line()
+    assert (err.location.line, err.location.col) == DUPLICATE_AT[suffix], err.one_line()
+
+
+def test_a_big_json_file_refuses_duplicates_too() -> None:
+    """Over JSON_C_MAX_BYTES the pure-Python scanner parses: the same refusal."""
+    filler = ", ".join(f'"k{i}": {i}' for i in range(datafiles.JSON_C_MAX_BYTES // 8))
+    with pytest.raises(datafiles.DataError) as info:
+        datafiles.parse("x.json", ("{" + filler + ', "k1": 0}').encode())
+    assert "'k1' appears twice" in info.value.error.message and info.value.error.location.line == 1
