@@ -27,6 +27,10 @@ from .files import FileRefused, collector_paused, read_file
 DATA_DIR = "data"
 SUFFIXES = (".json", ".yaml", ".yml", ".csv")
 MAX_DATA_BYTES = 16 * 1024 * 1024
+#: all the data files together (in name order; a file past it is a load error of that file): loaded data
+#: takes a few times its size in memory (twelve 16 MiB YAML files took 667 MB), so the whole set must
+#: be bounded, not only each file
+MAX_DATA_TOTAL_BYTES = 48 * 1024 * 1024
 #: values (each number, string, list and mapping, each CSV field) one file may hold: loading keeps a
 #: few hundred bytes per value (YAML's nodes most), so this bounds a file's memory whatever its shape
 MAX_DATA_ITEMS = 500_000
@@ -77,6 +81,7 @@ class DataFile:
     path: str
     version: str
     value: Any
+    size: int = 0  # bytes of the file it was loaded from: counted against MAX_DATA_TOTAL_BYTES
 
 
 @dataclass(frozen=True)
@@ -406,6 +411,7 @@ def scan_data(root: Path, previous: DataSet) -> tuple[DataSet, list[DataOutcome]
     files: dict[str, DataFile] = {}
     failed: dict[str, tuple[str, tuple[RuleError, ...]]] = {}
     outcomes: list[DataOutcome] = []
+    total = 0  # bytes of the files in the set so far
     try:
         paths = list(data_files(root))
     except OSError as exc:  # data/ not readable: keep every file's last good contents, and say why
@@ -422,6 +428,7 @@ def scan_data(root: Path, previous: DataSet) -> tuple[DataSet, list[DataOutcome]
             outcomes.append(DataOutcome(name, shown, "error", errors=(err,)))
             continue
         version = ""
+        over = False  # past the total: no property of its contents, not cached as their failure
         errors: tuple[RuleError, ...]
         try:
             raw, _ = read_file(root, path, MAX_DATA_BYTES)
@@ -436,21 +443,28 @@ def scan_data(root: Path, previous: DataSet) -> tuple[DataSet, list[DataOutcome]
         else:
             version = hashlib.sha256(raw).hexdigest()[:12]
             known = previous.failed.get(shown)
-            if old is not None and old.version == version and old.path == shown:
+            if total + len(raw) > MAX_DATA_TOTAL_BYTES:
+                over = True
+                errors = (_error(shown, 0, 0, f"the data files together are over {MAX_DATA_TOTAL_BYTES // (1024 * 1024)} "
+                                 f"MiB (files are counted in name order; this one is past the limit)",
+                                 "trim or remove data files: every rule holds all of them in memory").error,)
+            elif old is not None and old.version == version and old.path == shown:
                 files[name] = old
+                total += len(raw)
                 outcomes.append(DataOutcome(name, shown, "unchanged", version))
                 continue
-            if known is not None and known[0] == version:
+            elif known is not None and known[0] == version:
                 errors = known[1]  # the same broken contents: the same errors, without parsing again
             else:
                 try:
-                    files[name] = DataFile(name, shown, version, parse(shown, raw))
+                    files[name] = DataFile(name, shown, version, parse(shown, raw), len(raw))
+                    total += len(raw)
                     outcomes.append(DataOutcome(name, shown, "loaded", version))
                     continue
                 except DataError as exc_err:
                     errors = (exc_err.error,)
         # unreadable too (version ''): what it holds is unknown, and the rules reading data must show it
-        failed[shown] = (version, errors)
+        failed[shown] = ("" if over else version, errors)
         outcomes.append(DataOutcome(name, shown, "error", version, errors, kept_version=old.version if old else ""))
         if old is not None:
             files[name] = old

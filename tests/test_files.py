@@ -257,3 +257,20 @@ def test_a_big_json_file_refuses_duplicates_too() -> None:
     with pytest.raises(datafiles.DataError) as info:
         datafiles.parse("x.json", ("{" + filler + ', "k1": 0}').encode())
     assert "'k1' appears twice" in info.value.error.message and info.value.error.location.line == 1
+
+
+def test_the_data_files_together_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9 audit F7: twelve 16 MiB YAML files took 667 MB; a hundred would run out of memory. The
+    files past the total (in name order) are load errors of those files; the others load; once the
+    total fits again they load too (the refusal is not cached as a fault of their contents)."""
+    monkeypatch.setattr(datafiles, "MAX_DATA_TOTAL_BYTES", 100)
+    for name in "abcde":
+        write(tmp_path, {f"data/{name}.json": '["' + name * 30 + '"]'})  # 34 bytes each: two fit
+    data, found = datafiles.scan_data(tmp_path, datafiles.DataSet())
+    assert sorted(data.files) == ["a", "b"] and sum(f.size for f in data.files.values()) <= 100
+    errors = {Path(o.path).name: o.errors[0].message for o in found if o.result == "error"}
+    assert sorted(errors) == ["c.json", "d.json", "e.json"] and all("together are over" in m for m in errors.values())
+    for name in "ab":
+        (tmp_path / "data" / f"{name}.json").unlink()
+    data, found = datafiles.scan_data(tmp_path, data)
+    assert sorted(data.files) == ["c", "d"] and {o.result for o in found if o.path.endswith("c.json")} == {"loaded"}
