@@ -92,16 +92,22 @@ def read_file(root: Path | str, path: Path | str, limit: int,
 
 @contextmanager
 def collector_paused() -> Iterator[None]:
-    """No automatic garbage collection while files load and compile. Loading builds millions of
-    short-lived objects (YAML's nodes and marks, syntax trees), and the collector's full passes over
-    all of them, each one C call holding the GIL, took up to 0.9 s for a 2 MB YAML file: every broker
-    call waited. What loading leaves behind is freed by reference counting, but for a few cycles
-    (interpreters) the collector finds once it resumes, after the load."""
+    """No automatic garbage collection while one file loads or compiles, then a collection of the
+    young generations here, in the thread that loaded it.
+
+    Loading builds millions of short-lived objects (YAML's events, syntax trees), and the collector's
+    automatic passes over them, each one C call holding the GIL, took up to 0.9 s for a 2 MB YAML file:
+    every broker call waited. But paused for a whole scan, every object the scan allocated sat in the
+    youngest generation, and the first collection after it (on the event loop, 0.5 s) walked them all;
+    the garbage cycles of every compile piled up meanwhile (1.2 GB for ten rules loading one big
+    library). So: paused per file, and what that file left is collected at once, here: a pass over
+    one file's objects (bounded by the size limits), not the scan's."""
     if not gc.isenabled():
-        yield
+        yield  # an outer pause (a data file read inside a scan's): it collects when it ends
         return
     gc.disable()
     try:
         yield
     finally:
         gc.enable()
+        gc.collect(1)

@@ -36,7 +36,6 @@ from watchdog.observers.polling import PollingObserver
 
 from . import metrics
 from .engine import Engine
-from .files import collector_paused
 from .hooks import hook_for_file
 from .ruleset import DATA_HOOK, FileOutcome, RuleSet, next_retry, scan
 
@@ -384,7 +383,7 @@ class Reloader:
                 if age is not None and age < job.settle:
                     return _Result(None, [], job.settle - age + 0.01)  # a library or data file just changed
             previous = self.engine.ruleset
-            with collector_paused(), _quick_switches(self._executor is not None):
+            with _quick_switches(self._executor is not None):  # the collector pauses per file (files.py)
                 ruleset, outcomes = scan(self.directory, previous, job.writing, force=job.force, settle=job.settle,
                                          removable=job.removable, run_clock=job.run_clock)
             return _Result(previous, outcomes, 0.0, ruleset)

@@ -24,7 +24,7 @@ from .events import Event
 from .hooks import HOOKS, RULE_SUFFIX, HookInfo, hook_for_file, valid_file_names
 from .lang.builtins import HELPERS, SAFE_BUILTINS, decision_makers, make_decisions, make_log, topic_filter_test
 from .datafiles import DataNamespace, DataSet, scan_data
-from .files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, read_file
+from .files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, collector_paused, read_file
 from .lang.checker import TOPICS_NAME, check
 from .lang.loader import DATA_NAME, Libraries, Linker, reads_data, strip_loads, time_dependent
 from .lang.interp import ListChanged, RuleAbort, RuleInterpreter
@@ -384,7 +384,8 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
             failed[hook_name] = failure
         else:
             try:
-                rule = compile_rule(shown, raw, HOOKS[hook_name], context)
+                with collector_paused():  # and what the compile left collected after it, in this thread
+                    rule = compile_rule(shown, raw, HOOKS[hook_name], context)
             except RuleLoadError as exc:
                 errors = tuple(exc.errors)
                 # what it was built from: an unchanged broken rule is not parsed or linked again
