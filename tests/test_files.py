@@ -167,6 +167,9 @@ def test_each_place_refuses_each_kind_of_file(where: str, kind: str, dirs: tuple
     errors = [e for o in outcomes for e in o.errors if e.location.file == str(rules / rel)]
     assert errors, (where, kind, [e.one_line() for o in outcomes for e in o.errors])
     assert all(e.code in ("load_error", "parse_error") for e in errors)
+    said = {"fifo": "named pipe", "socket": "a socket", "directory": "a directory", "too_big": "over"}.get(kind)
+    if said:  # says what the file is (a socket said "No such device or address, check the permissions")
+        assert any(said in e.message for e in errors), [e.one_line() for e in errors]
 
 
 YAML_DOCS = ["a: 1\nb: 2.5\nc: true\nd: null\ne: ~\nf: 0x1F\ng: 0o17\nh: 1_000\ni: .inf\n",
