@@ -106,7 +106,7 @@ class DataSet:
 class DataOutcome:
     name: str
     path: str
-    result: str  # "loaded" | "unchanged" | "error" | "removed"
+    result: str  # "loaded" | "unchanged" | "error" | "removed" | "pending" (changed while read: read again later)
     version: str = ""
     errors: tuple[RuleError, ...] = ()
     kept_version: str = ""
@@ -431,7 +431,8 @@ def scan_data(root: Path, previous: DataSet) -> tuple[DataSet, list[DataOutcome]
         over = False  # past the total: no property of its contents, not cached as their failure
         errors: tuple[RuleError, ...]
         try:
-            raw, _ = read_file(root, path, MAX_DATA_BYTES)
+            raw, before = read_file(root, path, MAX_DATA_BYTES)
+            after = os.stat(path)
         except FileNotFoundError:
             if not os.path.lexists(path):
                 continue  # gone since the listing: as if never listed
@@ -441,6 +442,14 @@ def scan_data(root: Path, previous: DataSet) -> tuple[DataSet, list[DataOutcome]
         except OSError as exc:
             errors = (_error(shown, 0, 0, f"cannot read: {exc.strerror or exc}", "check the file's permissions").error,)
         else:
+            if (before.st_size, before.st_mtime_ns, before.st_ino) != (after.st_size, after.st_mtime_ns, after.st_ino):
+                # written while it was read (an in-place save): what was read may be half of it. As for
+                # rules: the last good version serves until a rescan reads it whole
+                outcomes.append(DataOutcome(name, shown, "pending"))
+                if old is not None:
+                    files[name] = old
+                    total += old.size
+                continue
             version = hashlib.sha256(raw).hexdigest()[:12]
             known = previous.failed.get(shown)
             if total + len(raw) > MAX_DATA_TOTAL_BYTES:

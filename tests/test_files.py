@@ -277,3 +277,28 @@ def test_the_data_files_together_are_bounded(tmp_path: Path, monkeypatch: pytest
         (tmp_path / "data" / f"{name}.json").unlink()
     data, found = datafiles.scan_data(tmp_path, data)
     assert sorted(data.files) == ["c", "d"] and {o.result for o in found if o.path.endswith("c.json")} == {"loaded"}
+
+
+def test_a_data_file_written_while_it_is_read_keeps_its_last_good_version(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9 audit F9: data files had no before/after look (rules had): an in-place write overlapping
+    a read could be served half-written until the next change. Now such a read is "pending": the last
+    good version serves, and the reloader rescans (it does for every pending outcome)."""
+    write(tmp_path, {"data/users.json": '["alice"]'})
+    data, _ = datafiles.scan_data(tmp_path, datafiles.DataSet())
+    write(tmp_path, {"data/users.json": '["alice", "bob"]'})
+    real = datafiles.read_file
+
+    def overlapped(root: Any, path: Any, limit: int, *args: Any) -> Any:
+        raw, st = real(root, path, limit, *args)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a writer touched it meanwhile
+        return raw[: len(raw) // 2], st  # and what was read is half of it
+
+    monkeypatch.setattr(datafiles, "read_file", overlapped)
+    again, found = datafiles.scan_data(tmp_path, data)
+    assert [o.result for o in found] == ["pending"] and again.files["users"].value == ("alice",)
+    new, found = datafiles.scan_data(tmp_path, datafiles.DataSet())  # never loaded: absent until read whole
+    assert [o.result for o in found] == ["pending"] and "users" not in new.files
+    monkeypatch.undo()
+    done, found = datafiles.scan_data(tmp_path, again)
+    assert [o.result for o in found] == ["loaded"] and done.files["users"].value == ("alice", "bob")
