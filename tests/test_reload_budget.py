@@ -178,3 +178,27 @@ def test_the_check_cache_holds_a_directory_of_many_libraries(tmp_path: Path, mon
     assert first >= count
     scan(tmp_path, rs, force=True)
     assert len(checks) == first  # every library's check was cached
+
+
+def test_the_libraries_of_one_rule_are_bounded_in_bytes_as_a_fault_of_the_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 libraries of 64 KiB took 600 MB for one rule (a checked tree is up to ~230 bytes a byte of
+    source). Past the total no more are read, and the error is cached (the files must change)."""
+    checks: list[str] = []
+    real_check = loader.Libraries._check
+
+    def counting(module: str, shown: str, version: str, data: bytes) -> Any:
+        checks.append(module)
+        return real_check(module, shown, version, data)
+
+    monkeypatch.setattr(loader.Libraries, "_check", staticmethod(counting))
+    monkeypatch.setattr(loader, "MAX_LIBRARY_BYTES", 120)
+    loader._CHECKED.clear()
+    for k in range(10):
+        write(tmp_path, f"lib/l{k}.star", f"def f():\n    return {k}\n" + "# padding\n" * 3)  # 52 bytes
+    write(tmp_path, AUTHN, "".join(f'load("lib/l{k}.star", f{k}="f")\n' for k in range(10)) + "allow()\n")
+    rs, outcomes = scan(tmp_path, RuleSet())
+    assert [o.result for o in outcomes] == ["error"]
+    assert any("over 0 KiB in all" in e.message for e in outcomes[0].errors), outcomes[0].errors
+    assert len(checks) == 3  # two fit, the third goes over: the rest are not read
+    assert rs.failed["client.authenticate"].retry_at == 0.0

@@ -36,6 +36,10 @@ LIBRARY_TIMEOUT = 1.0
 #: checking and running them. CPU time, not wall-clock: a scan thread that is merely slow (busy cores,
 #: its nice 10) stalls no call, and must neither fail a load nor get the server killed
 COMPILE_BUDGET = 5.0
+#: bytes of library source one rule may load in all: a checked library takes up to ~230 bytes of memory
+#: a byte of dense code (a 64 KiB library of 600 small functions: 15 MB), and each rule holds its own
+#: copy of what it linked; 40 such libraries took 600 MB for one rule
+MAX_LIBRARY_BYTES = 1024 * 1024
 MAX_LOAD_DEPTH = 32  # libraries loading libraries
 
 
@@ -46,6 +50,7 @@ class Library:
     version: str
     checked: CheckedRule
     lines: tuple[str, ...]
+    size: int = 0  # bytes of source
     #: whether its code names `data`: only rules that read data are rebuilt when a data file changes
     reads_data: bool = False
     #: CPU seconds its reading and checking took: charged to every compile that loads it, cached or not,
@@ -150,7 +155,7 @@ class Libraries:
                                            "simplify the file")])
             err.version = version  # type: ignore[attr-defined]
             return err
-        return Library(module, shown, version, checked, tuple(source_lines(text)), reads_data(checked.tree))
+        return Library(module, shown, version, checked, tuple(source_lines(text)), len(data), reads_data(checked.tree))
 
 
 #: the last check of each library, by (module, path), with the content hash it was made on and its
@@ -159,9 +164,9 @@ class Libraries:
 #: copy). Scans run in a worker thread (reload.py) and `hookrules check` in the main one: one lock.
 _CHECKED: OrderedDict[tuple[str, str], tuple[str, Library | RuleLoadError, int]] = OrderedDict()
 _CHECKED_LOCK = threading.Lock()
-#: bounded by the bytes of source it holds (a checked tree is a small multiple of its source), not by a
+#: bounded by the bytes of source it holds (a checked tree takes up to ~230 times its source), not by a
 #: count: a directory of 300 small libraries must not check them all again on every periodic rescan
-MAX_CHECKED_BYTES = 64 * 1024 * 1024
+MAX_CHECKED_BYTES = 4 * 1024 * 1024
 _checked_bytes = 0
 
 
@@ -204,6 +209,7 @@ class Linker:
     _linked: dict[str, _Linked] = field(default_factory=dict)
     _run_spent: float = 0.0  # wall seconds the library top levels have run so far
     _cpu_spent: float = 0.0  # CPU seconds charged so far: libraries' reading and checking, and their runs
+    _bytes: int = 0  # source bytes of the libraries linked so far
     _deadline: float = 0.0  # the current library run's (set by _run)
 
     def link(self, loads: tuple[LoadSpec, ...], importer: str, lines: tuple[str, ...]) -> dict[str, Any]:
@@ -247,6 +253,13 @@ class Linker:
                                              f"this rule's libraries take over {COMPILE_BUDGET:g} s to load",
                                              "load fewer or smaller libraries; hookrules tries again later")]))
 
+    @staticmethod
+    def _too_big(importer: str, lines: tuple[str, ...], spec: LoadSpec) -> RuleLoadError:
+        """What the files are, not time: no retry."""
+        return RuleLoadError([_at(importer, lines, spec.node, f"this rule's libraries are over "
+                                  f"{MAX_LIBRARY_BYTES // 1024} KiB in all",
+                                  "load fewer or smaller libraries: tables belong in data files")])
+
     def _module(self, module: str, stack: tuple[str, ...], spec: LoadSpec, lines: tuple[str, ...]) -> dict[str, Any]:
         if len(stack) > MAX_LOAD_DEPTH:
             raise RuleLoadError([_at(stack[-1], lines, spec.node, f"libraries load each other more than "
@@ -254,6 +267,8 @@ class Linker:
         linked = self._linked.get(module)
         if linked is None and self._cpu_spent > COMPILE_BUDGET:  # not read: the retry (ruleset.Failure) reads it
             raise self._over_budget(stack[-1], lines, spec)
+        if linked is None and self._bytes > MAX_LIBRARY_BYTES:  # over already: not worth reading
+            raise self._too_big(stack[-1], lines, spec)
         # Recorded before anything can fail: a rule that loads a missing or broken library is built
         # again when the library appears or is fixed (its version changes from '' or the broken one).
         self.deps[module] = self.libraries.version(module)
@@ -266,6 +281,9 @@ class Linker:
                                      "move what both files need into a third library")])
         if linked is None:
             self._cpu_spent += lib.cost
+            self._bytes += lib.size
+            if self._bytes > MAX_LIBRARY_BYTES:
+                raise self._too_big(stack[-1], lines, spec)
             try:
                 linked = _Linked(self._run(lib, stack, spec, lines), [])
             except RuleLoadError as exc:
