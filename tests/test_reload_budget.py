@@ -155,6 +155,7 @@ def test_reading_and_checking_libraries_are_outside_the_watchdogs_stretch_and_un
     rs, outcomes = scan(tmp_path, RuleSet(), force=True)
     assert [o.result for o in outcomes] == ["error"] and len(checks) < 10
     assert any("take over 0.05 s to load" in e.message for e in outcomes[0].errors)
+    assert len(outcomes[0].errors) == 1
     assert rs.failed["client.authenticate"].retry_at > 0
 
 
@@ -201,4 +202,5 @@ def test_the_libraries_of_one_rule_are_bounded_in_bytes_as_a_fault_of_the_files(
     assert [o.result for o in outcomes] == ["error"]
     assert any("over 0 KiB in all" in e.message for e in outcomes[0].errors), outcomes[0].errors
     assert len(checks) == 3  # two fit, the third goes over: the rest are not read
+    assert len(outcomes[0].errors) == 1  # and not one error for each load() after it
     assert rs.failed["client.authenticate"].retry_at == 0.0
