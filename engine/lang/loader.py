@@ -228,8 +228,8 @@ class Linker:
             except RuleLoadError as exc:
                 transient = transient or time_dependent(exc)
                 errors.extend(exc.errors)
-                if getattr(exc, "spent", False):  # a budget of the whole compile: the loads after it fail alike
-                    break
+                if self._cpu_spent > COMPILE_BUDGET or self._bytes > MAX_LIBRARY_BYTES:
+                    break  # a budget of the whole compile is spent: the loads after it would fail alike
                 if any(e.location.file != importer for e in exc.errors):  # say where the import happened too
                     errors.append(_at(importer, lines, spec.node, f"cannot load \"{spec.module}\": see its errors",
                                       "fix the library; every rule that loads it reloads when it is saved"))
@@ -254,7 +254,6 @@ class Linker:
         err = _transient(RuleLoadError([_at(importer, lines, spec.node,
                                             f"this rule's libraries take over {COMPILE_BUDGET:g} s to load",
                                             "load fewer or smaller libraries; hookrules tries again later")]))
-        err.spent = True  # type: ignore[attr-defined]
         return err
 
     @staticmethod
@@ -263,7 +262,6 @@ class Linker:
         err = RuleLoadError([_at(importer, lines, spec.node, f"this rule's libraries are over "
                                  f"{MAX_LIBRARY_BYTES // 1024} KiB in all",
                                  "load fewer or smaller libraries: tables belong in data files")])
-        err.spent = True  # type: ignore[attr-defined]
         return err
 
     def _module(self, module: str, stack: tuple[str, ...], spec: LoadSpec, lines: tuple[str, ...]) -> dict[str, Any]:
