@@ -27,6 +27,10 @@ from .files import FileRefused, collector_paused, read_file
 DATA_DIR = "data"
 SUFFIXES = (".json", ".yaml", ".yml", ".csv")
 MAX_DATA_BYTES = 16 * 1024 * 1024
+#: all the data files together (in name order; a file past it is a load error of that file): loaded data
+#: takes a few times its size in memory (twelve 16 MiB YAML files took 667 MB), so the whole set must
+#: be bounded, not only each file
+MAX_DATA_TOTAL_BYTES = 48 * 1024 * 1024
 #: values (each number, string, list and mapping, each CSV field) one file may hold: loading keeps a
 #: few hundred bytes per value (YAML's nodes most), so this bounds a file's memory whatever its shape
 MAX_DATA_ITEMS = 500_000
@@ -77,6 +81,7 @@ class DataFile:
     path: str
     version: str
     value: Any
+    size: int = 0  # bytes of the file it was loaded from: counted against MAX_DATA_TOTAL_BYTES
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ class DataSet:
 class DataOutcome:
     name: str
     path: str
-    result: str  # "loaded" | "unchanged" | "error" | "removed"
+    result: str  # "loaded" | "unchanged" | "error" | "removed" | "pending" (changed while read: read again later)
     version: str = ""
     errors: tuple[RuleError, ...] = ()
     kept_version: str = ""
@@ -146,10 +151,17 @@ def _parse(path: str, raw: bytes) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _error(path, 0, 0, f"not UTF-8 ({exc.reason} at byte {exc.start})", "save the file as UTF-8") from None
+    # A byte order mark (Excel's "CSV UTF-8", Notepad) is no part of the contents, in every format: CSV
+    # made it part of the first header ('\ufeffuser', so row["user"] failed), JSON refused the file
+    text = text[1:] if text.startswith("\ufeff") else text
     suffix = Path(path).suffix
     if suffix == ".json":
         try:
             return freeze(_load_json(path, text))
+        except _DuplicateKey as dup:
+            line, col = _line_col(text, _duplicate_at(text))
+            raise _error(path, line, col, f"the key {dup.key!r} appears twice in this object",
+                         "keep one of them: a duplicate would silently replace the first") from None
         except json.JSONDecodeError as exc:
             raise _error(path, exc.lineno, exc.colno, f"invalid JSON: {exc.msg}", "check the JSON syntax") from None
     if suffix in (".yaml", ".yml"):
@@ -172,7 +184,8 @@ def _load_json(path: str, text: str) -> Any:
     scanner only for small files. Bigger ones go through the pure-Python scanner, which lets other
     threads in every few milliseconds, and counts what it builds."""
     if len(text) <= JSON_C_MAX_BYTES:
-        return json.loads(text)  # at most ~40 bytes of objects per byte of text: bounded
+        # at most ~40 bytes of objects per byte of text: bounded
+        return json.loads(text, object_pairs_hook=_no_duplicates)
     count = [0]
 
     def counted(parse: Callable[..., Any]) -> Callable[..., Any]:
@@ -183,7 +196,7 @@ def _load_json(path: str, text: str) -> Any:
             return parse(*args)
         return run
 
-    decoder: Any = json.JSONDecoder()
+    decoder: Any = json.JSONDecoder(object_pairs_hook=_no_duplicates)
     decoder.parse_object = counted(decoder.parse_object)
     decoder.parse_array = counted(decoder.parse_array)
     decoder.parse_string = counted(decoder.parse_string)
@@ -191,6 +204,53 @@ def _load_json(path: str, text: str) -> Any:
     decoder.parse_float = counted(float)
     decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
     return decoder.decode(text)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any):
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A JSON object whose keys are all different: a duplicate is an error, not last-wins (YAML's too)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[Any] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return out
+
+
+def _duplicate_at(text: str) -> int:
+    """Where the first object with a duplicate key starts: parsed again (an error's path only) by the
+    pure-Python scanner, which says where each object starts."""
+    decoder: Any = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+    plain = decoder.parse_object
+
+    def located(s_and_end: tuple[str, int], *args: Any) -> Any:
+        try:
+            return plain(s_and_end, *args)
+        except _DuplicateKey as exc:
+            if not hasattr(exc, "pos"):
+                exc.pos = s_and_end[1] - 1  # type: ignore[attr-defined]
+            raise
+
+    decoder.parse_object = located
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
+    try:
+        decoder.decode(text)
+    except _DuplicateKey as exc:
+        return int(getattr(exc, "pos", 0))
+    except (ValueError, RecursionError):
+        pass
+    return 0
+
+
+def _line_col(text: str, pos: int) -> tuple[int, int]:
+    return text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
 
 
 _SEQ, _MAP = "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
@@ -201,7 +261,7 @@ def _load_yaml(path: str, text: str) -> Any:
     nodes and their marks took about 400 bytes a value, ten times what the values keep), no second
     copy to freeze, every value counted as it comes, and aliases refused where they appear."""
     loader = _Loader(text)
-    stack: list[tuple[list[Any], bool]] = []  # open collections: (items so far, is a mapping)
+    stack: list[tuple[list[Any], bool, list[Any]]] = []  # open collections: (items so far, is a mapping, marks)
     result: list[Any] = []
     values = documents = 0
     try:
@@ -226,16 +286,21 @@ def _load_yaml(path: str, text: str) -> Any:
                 if tag != (_MAP if is_map else _SEQ):
                     raise yaml.constructor.ConstructorError(None, None, f"the tag {tag} is not allowed in data files",
                                                             event.start_mark)
-                stack.append(([], is_map))
+                stack.append(([], is_map, []))
                 continue
             if isinstance(event, yaml.CollectionEndEvent):
-                items, is_map = stack.pop()
-                value = _mapping(items, event) if is_map else tuple(items)
+                items, is_map, marks = stack.pop()
+                value = _mapping(items, marks, event) if is_map else tuple(items)
             elif isinstance(event, yaml.ScalarEvent):
                 value = _scalar(loader, event)
             else:
                 continue  # stream and document ends
-            (stack[-1][0] if stack else result).append(value)
+            if stack:
+                stack[-1][0].append(value)
+                if stack[-1][1]:
+                    stack[-1][2].append(event.start_mark)  # where each key is, for a duplicate's error
+            else:
+                result.append(value)
     finally:
         loader.dispose()
     return result[0] if result else None
@@ -253,13 +318,16 @@ def _scalar(loader: Any, event: Any) -> Any:
     return construct(loader, node)
 
 
-def _mapping(items: list[Any], event: Any) -> MappingProxyType[Any, Any]:
+def _mapping(items: list[Any], marks: list[Any], event: Any) -> MappingProxyType[Any, Any]:
     out: dict[Any, Any] = {}
     for i in range(0, len(items) - 1, 2):
         key = items[i]
         if isinstance(key, (tuple, MappingProxyType)):  # PyYAML refuses them too (unhashable there)
             raise yaml.constructor.ConstructorError(None, None, "a mapping key is a list or a mapping",
                                                     event.start_mark)
+        if key in out:  # PyYAML keeps the last silently: a second entry for a user would replace the first
+            raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} appears twice in this mapping",
+                                                    marks[i] if i < len(marks) else event.start_mark)
         out[key] = items[i + 1]
     return MappingProxyType(out)
 
@@ -286,6 +354,12 @@ def _load_csv(path: str, text: str) -> Any:
         header = next(reader, None)
         if header is None:
             return ()
+        seen: set[str] = set()
+        for index, name in enumerate(header):
+            if name in seen:  # DictReader keeps the last column silently
+                raise _error(path, 1, len(",".join(header[:index])) + (2 if index else 1),
+                             f"the column {name!r} appears twice in the header", "rename or remove one of them")
+            seen.add(name)
         items = len(header)
         for row in reader:
             if not row:
@@ -337,6 +411,7 @@ def scan_data(root: Path, previous: DataSet) -> tuple[DataSet, list[DataOutcome]
     files: dict[str, DataFile] = {}
     failed: dict[str, tuple[str, tuple[RuleError, ...]]] = {}
     outcomes: list[DataOutcome] = []
+    total = 0  # bytes of the files in the set so far
     try:
         paths = list(data_files(root))
     except OSError as exc:  # data/ not readable: keep every file's last good contents, and say why
@@ -353,9 +428,11 @@ def scan_data(root: Path, previous: DataSet) -> tuple[DataSet, list[DataOutcome]
             outcomes.append(DataOutcome(name, shown, "error", errors=(err,)))
             continue
         version = ""
+        over = False  # past the total: no property of its contents, not cached as their failure
         errors: tuple[RuleError, ...]
         try:
-            raw, _ = read_file(root, path, MAX_DATA_BYTES)
+            raw, before = read_file(root, path, MAX_DATA_BYTES)
+            after = os.stat(path)
         except FileNotFoundError:
             if not os.path.lexists(path):
                 continue  # gone since the listing: as if never listed
@@ -365,23 +442,38 @@ def scan_data(root: Path, previous: DataSet) -> tuple[DataSet, list[DataOutcome]
         except OSError as exc:
             errors = (_error(shown, 0, 0, f"cannot read: {exc.strerror or exc}", "check the file's permissions").error,)
         else:
+            if (before.st_size, before.st_mtime_ns, before.st_ino) != (after.st_size, after.st_mtime_ns, after.st_ino):
+                # written while it was read (an in-place save): what was read may be half of it. As for
+                # rules: the last good version serves until a rescan reads it whole
+                outcomes.append(DataOutcome(name, shown, "pending"))
+                if old is not None:
+                    files[name] = old
+                    total += old.size
+                continue
             version = hashlib.sha256(raw).hexdigest()[:12]
             known = previous.failed.get(shown)
-            if old is not None and old.version == version and old.path == shown:
+            if total + len(raw) > MAX_DATA_TOTAL_BYTES:
+                over = True
+                errors = (_error(shown, 0, 0, f"the data files together are over {MAX_DATA_TOTAL_BYTES // (1024 * 1024)} "
+                                 f"MiB (files are counted in name order; this one is past the limit)",
+                                 "trim or remove data files: every rule holds all of them in memory").error,)
+            elif old is not None and old.version == version and old.path == shown:
                 files[name] = old
+                total += len(raw)
                 outcomes.append(DataOutcome(name, shown, "unchanged", version))
                 continue
-            if known is not None and known[0] == version:
+            elif known is not None and known[0] == version:
                 errors = known[1]  # the same broken contents: the same errors, without parsing again
             else:
                 try:
-                    files[name] = DataFile(name, shown, version, parse(shown, raw))
+                    files[name] = DataFile(name, shown, version, parse(shown, raw), len(raw))
+                    total += len(raw)
                     outcomes.append(DataOutcome(name, shown, "loaded", version))
                     continue
                 except DataError as exc_err:
                     errors = (exc_err.error,)
         # unreadable too (version ''): what it holds is unknown, and the rules reading data must show it
-        failed[shown] = (version, errors)
+        failed[shown] = ("" if over else version, errors)
         outcomes.append(DataOutcome(name, shown, "error", version, errors, kept_version=old.version if old else ""))
         if old is not None:
             files[name] = old

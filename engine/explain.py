@@ -16,7 +16,7 @@ from .events import Event
 from .eventspec import SpecError, build_event
 from .hooks import HOOKS
 from .lang.trace import TracingInterpreter
-from .ruleset import RuleSet, scan
+from .ruleset import CompiledRule, RuleSet, scan
 from .watchdog import RunClock
 
 
@@ -110,15 +110,14 @@ def _explain_one(engine: Engine, rules: Path, hook: str, event: Event, out: Text
         sources: dict[str, list[str]] = {}
         for step in rule.interp.steps:
             if step.kind == "stmt":
-                lines = sources.setdefault(step.file, _lines(step.file))
+                lines = sources.setdefault(step.file, _lines(rule, step.file))
                 text = lines[step.line - 1].rstrip() if 0 < step.line <= len(lines) else ""
                 out.write(f"  {step.file}:{step.line}  {text}\n")
             else:
                 out.write(f"      | {step.kind}: {step.text}\n")
 
 
-def _lines(path: str) -> list[str]:
-    try:
-        return Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
+def _lines(rule: CompiledRule, path: str) -> list[str]:
+    """The lines the rule was compiled from (its own or a library's): never the file read again, which
+    may have changed since, or be no file hookrules reads (files.read_file)."""
+    return list(rule.lines if path == rule.path else rule.library_lines.get(path, ()))

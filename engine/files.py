@@ -8,6 +8,15 @@ limit is ever read:
   the file is opened non-blocking so that a FIFO swapped in after the check cannot block either;
 - a 2 GB sparse file must not be read to learn that it is too big: fstat first, then read at most
   limit + 1 bytes (the file can grow while it is read).
+
+Decided, not closed:
+- a hard link to a file outside the directory is read: a hard link IS that file (there is no path
+  to resolve), and making one takes write access to the rules directory, which lets one write any
+  rule anyway;
+- inside() resolves the path, then open() follows it again: a directory on the way swapped for a
+  link in between is followed (O_NOFOLLOW guards the last component only). Swapping a directory in
+  the rules directory takes write access to it as well. What is opened is still fstat'ed: only a
+  regular file of at most the limit is read.
 """
 
 from __future__ import annotations
@@ -67,6 +76,11 @@ def read_file(root: Path | str, path: Path | str, limit: int,
     """The bytes of a regular file inside `root`, and its fstat; raises FileRefused (not a file hookrules
     reads, or over `limit` bytes) or OSError (cannot read it; FileNotFoundError: it is gone)."""
     real = inside(root, path)
+    # stat first: opening a socket fails (ENXIO, "No such device or address") before fstat could say
+    # what it is, and a FIFO or device is better not opened at all
+    mode = os.stat(real).st_mode
+    if not stat.S_ISREG(mode):
+        raise FileRefused(f"it is {_kind(mode)}; only regular files are read", "replace it with a regular file")
     fd = os.open(real, _FLAGS)  # O_NOFOLLOW: swapped for a link since it resolved: ELOOP, an OSError
     try:
         st = os.fstat(fd)
@@ -92,16 +106,22 @@ def read_file(root: Path | str, path: Path | str, limit: int,
 
 @contextmanager
 def collector_paused() -> Iterator[None]:
-    """No automatic garbage collection while files load and compile. Loading builds millions of
-    short-lived objects (YAML's nodes and marks, syntax trees), and the collector's full passes over
-    all of them, each one C call holding the GIL, took up to 0.9 s for a 2 MB YAML file: every broker
-    call waited. What loading leaves behind is freed by reference counting, but for a few cycles
-    (interpreters) the collector finds once it resumes, after the load."""
+    """No automatic garbage collection while one file loads or compiles, then a collection of the
+    young generations here, in the thread that loaded it.
+
+    Loading builds millions of short-lived objects (YAML's events, syntax trees), and the collector's
+    automatic passes over them, each one C call holding the GIL, took up to 0.9 s for a 2 MB YAML file:
+    every broker call waited. But paused for a whole scan, every object the scan allocated sat in the
+    youngest generation, and the first collection after it (on the event loop, 0.5 s) walked them all;
+    the garbage cycles of every compile piled up meanwhile (1.2 GB for ten rules loading one big
+    library). So: paused per file, and what that file left is collected at once, here: a pass over
+    one file's objects (bounded by the size limits), not the scan's."""
     if not gc.isenabled():
-        yield
+        yield  # an outer pause (a data file read inside a scan's): it collects when it ends
         return
     gc.disable()
     try:
         yield
     finally:
         gc.enable()
+        gc.collect(1)

@@ -36,9 +36,8 @@ from watchdog.observers.polling import PollingObserver
 
 from . import metrics
 from .engine import Engine
-from .files import collector_paused
 from .hooks import hook_for_file
-from .ruleset import DATA_HOOK, FileOutcome, RuleSet, scan
+from .ruleset import DATA_HOOK, FileOutcome, RuleSet, next_retry, scan
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +84,15 @@ class _Handler(FileSystemEventHandler):
         src = os.fsdecode(event.src_path)
         dest = os.fsdecode(getattr(event, "dest_path", "") or "")
         kind = event.event_type
-        if event.is_directory and kind != "moved":
+        if event.is_directory and kind not in ("moved", "created"):
             return  # the directory's own modified/opened events say nothing about a rule
-        if kind == "created" and not _is_regular(src):
+        if event.is_directory:
+            kind = "linked"  # a directory moved in whole (lib/, data/): complete, and its files with it
+        elif kind == "created" and not _is_regular(src):
             kind = "linked"  # a symlink (or a FIFO, a socket) is complete the moment it exists: no close follows
-        # paths relative to the rules directory: "x.star" is a rule, "lib/x.star" a library, "data/x.json" data
-        self.deliver(kind, os.path.relpath(src, self.root), os.path.relpath(dest, self.root) if dest else "")
+        # paths relative to the rules directory: "x.star" is a rule, "lib/x.star" a library, "data/x.json"
+        # data. A move from outside has no source (full inotify events): complete contents all the same
+        self.deliver(kind, os.path.relpath(src, self.root) if src else "", os.path.relpath(dest, self.root) if dest else "")
 
 
 #: the GIL switch interval while a scan runs beside the loop (Python's default: 5 ms). Each time the loop
@@ -119,6 +121,24 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     except (AttributeError, OSError):
         pass
+
+
+def _observer() -> BaseObserver:
+    """inotify with full move events where watchdog has them: a file moved in from outside the directory
+    (`mv /tmp/x.star rules/`) is then a move, complete contents, instead of a `created` that looks like
+    the start of a write."""
+    try:
+        return Observer(generate_full_events=True)  # type: ignore[call-arg]
+    except TypeError:  # not inotify
+        return Observer()
+
+
+def _has_contents(path: str) -> bool:
+    """Not empty: an empty new file may be one whose writer has not written yet."""
+    try:
+        return os.stat(path).st_size > 0
+    except OSError:
+        return False
 
 
 def _is_regular(path: str) -> bool:
@@ -150,6 +170,7 @@ class Reloader:
         self._periodic: asyncio.Task[None] | None = None
         self._missing_since: dict[str, float] = {}
         self._writing: dict[str, float] = {}  # rule file -> when a write to it was first seen
+        self._written: set[str] = set()  # rule files of _writing that were modified (not only created)
         self._reported: dict[str, str] = {}  # path -> version whose errors were already logged
         self._executor: ThreadPoolExecutor | None = None
         self._scanning = False  # a scan is running in the executor
@@ -185,7 +206,7 @@ class Reloader:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        observer: BaseObserver = PollingObserver(timeout=self.poll_interval) if self.polling else Observer()
+        observer: BaseObserver = PollingObserver(timeout=self.poll_interval) if self.polling else _observer()
         # recursive: libraries and data files live in subdirectories (lib/, data/)
         observer.schedule(_Handler(str(self.directory), self._deliver_threadsafe), str(self.directory), recursive=True)
         observer.daemon = True
@@ -239,10 +260,16 @@ class Reloader:
         elif kind in ("created", "modified"):
             if hook_for_file(name) is not None:  # only rule files are held this way (see rescan)
                 self._writing.setdefault(name, time.monotonic())
+                if kind == "modified":
+                    self._written.add(name)
+            # Whatever wrote it, some rescan must follow: a close usually pokes sooner, but a file can
+            # come complete with no close (a hard link, a move the watcher saw as a creation). The
+            # settle check keeps it for later if it is still being written then.
+            self.poke(self.settle + self.debounce)
         elif kind in ("closed", "moved", "deleted", "linked"):
-            self._writing.pop(name, None)
-            if dest:
-                self._writing.pop(dest, None)
+            for done in (name, dest):
+                self._writing.pop(done, None)
+                self._written.discard(done)
             self.poke()
 
     def poke(self, delay: float | None = None) -> None:
@@ -333,9 +360,13 @@ class Reloader:
         removable = (frozenset(h for h, since in self._missing_since.items() if now - since >= self.grace)
                      if self.grace > 0 else None)
         for name, since in list(self._writing.items()):
-            # a writer that never said it was done, or a file gone (renamed away)
-            if now - since >= WRITE_TIMEOUT or not os.path.lexists(os.path.join(self.directory, name)):
+            # a writer that never said it was done, a file gone (renamed away), or one that appeared
+            # whole (a hard link; a move seen as a creation) and has not been written to since
+            path = os.path.join(self.directory, name)
+            if (now - since >= WRITE_TIMEOUT or not os.path.lexists(path)
+                    or (name not in self._written and now - since >= settle and _has_contents(path))):
                 del self._writing[name]
+                self._written.discard(name)
         # Libraries and data files in subdirectories are covered by the settle check alone: watchdog
         # reports the files of a new subdirectory as created with no close to follow (ConfigMaps), so
         # tracking writes there would hold every rescan for WRITE_TIMEOUT.
@@ -352,7 +383,7 @@ class Reloader:
                 if age is not None and age < job.settle:
                     return _Result(None, [], job.settle - age + 0.01)  # a library or data file just changed
             previous = self.engine.ruleset
-            with collector_paused(), _quick_switches(self._executor is not None):
+            with _quick_switches(self._executor is not None):  # the collector pauses per file (files.py)
                 ruleset, outcomes = scan(self.directory, previous, job.writing, force=job.force, settle=job.settle,
                                          removable=job.removable, run_clock=job.run_clock)
             return _Result(previous, outcomes, 0.0, ruleset)
@@ -375,6 +406,9 @@ class Reloader:
                 self.poke(self.grace)  # decide about the missing files once their grace is over
             elif job.writing:
                 self.poke(WRITE_TIMEOUT)  # read files whose writer never said it was done
+        retry = next_retry(ruleset)
+        if retry is not None and self._loop is not None:  # a load that failed for want of time: try again then
+            self.poke(max(retry - time.monotonic(), self.debounce))
         changed = ruleset.versions() != previous.versions() or set(ruleset.broken) != set(previous.broken)
         self.engine.ruleset = ruleset  # the swap: one assignment, between two calls on the loop
         self._report(outcomes, previous, ruleset, forced=job.force)

@@ -24,9 +24,9 @@ from .events import Event
 from .hooks import HOOKS, RULE_SUFFIX, HookInfo, hook_for_file, valid_file_names
 from .lang.builtins import HELPERS, SAFE_BUILTINS, decision_makers, make_decisions, make_log, topic_filter_test
 from .datafiles import DataNamespace, DataSet, scan_data
-from .files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, read_file
+from .files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, collector_paused, read_file
 from .lang.checker import TOPICS_NAME, check
-from .lang.loader import DATA_NAME, Libraries, Linker, reads_data, strip_loads
+from .lang.loader import DATA_NAME, Libraries, Linker, reads_data, strip_loads, time_dependent
 from .lang.interp import ListChanged, RuleAbort, RuleInterpreter
 
 
@@ -225,6 +225,36 @@ class Failure:
     file_version: str
     deps: tuple[tuple[str, str], ...]
     errors: tuple[RuleError, ...]
+    #: a failure that depends on time (a library ran past its deadline on a busy machine, a compile over
+    #: its CPU budget) is no property of the files: it is tried again once time.monotonic() passes this,
+    #: and `backoff` (seconds) doubles each time it fails again. 0: it depends on the files alone.
+    retry_at: float = 0.0
+    backoff: float = 0.0
+
+    def current(self, path: str, file_version: str, context: Context, now: float) -> bool:
+        """Whether this failure still stands for the file as it is, without compiling it again."""
+        return (self.path == path and self.file_version == file_version and _versions_current(self.deps, context)
+                and (not self.retry_at or now < self.retry_at))
+
+
+_now = time.monotonic  # the clock of retries (a test moves it)
+#: the first wait before a time-dependent load failure is tried again, and the longest
+RETRY_FIRST = 5.0
+RETRY_MAX = 300.0
+
+
+def _failure(path: str, version: str, exc: BaseException, errors: tuple[RuleError, ...],
+             earlier: Failure | None, now: float) -> Failure:
+    deps = getattr(exc, "deps", ())
+    if not time_dependent(exc):
+        return Failure(path, version, deps, errors)
+    backoff = min(earlier.backoff * 2, RETRY_MAX) if earlier is not None and earlier.backoff else RETRY_FIRST
+    return Failure(path, version, deps, errors, now + backoff, backoff)
+
+
+def next_retry(ruleset: RuleSet) -> float | None:
+    """When (time.monotonic()) the earliest time-dependent failure of the set is to be tried again."""
+    return min((f.retry_at for f in ruleset.failed.values() if f.retry_at), default=None)
 
 
 @dataclass(frozen=True)
@@ -349,17 +379,17 @@ def scan(directory: Path, previous: RuleSet, hold: frozenset[str] = frozenset(),
             outcomes.append(FileOutcome(hook_name, "unchanged", shown, old.version))
             continue
         failure = previous.failed.get(hook_name)
-        if (not force and failure is not None and failure.path == shown and failure.file_version == version
-                and _versions_current(failure.deps, context)):
+        if not force and failure is not None and failure.current(shown, version, context, _now()):
             errors: tuple[RuleError, ...] = failure.errors  # nothing it was built from changed: same errors
             failed[hook_name] = failure
         else:
             try:
-                rule = compile_rule(shown, raw, HOOKS[hook_name], context)
+                with collector_paused():  # and what the compile left collected after it, in this thread
+                    rule = compile_rule(shown, raw, HOOKS[hook_name], context)
             except RuleLoadError as exc:
                 errors = tuple(exc.errors)
                 # what it was built from: an unchanged broken rule is not parsed or linked again
-                failed[hook_name] = Failure(shown, version, getattr(exc, "deps", ()), errors)
+                failed[hook_name] = _failure(shown, version, exc, errors, failure, _now())
             except Exception as exc:  # a limit of the parser, or a bug: this file's error, never the scan's
                 errors = (RuleError("load_error", Location(shown), f"cannot load: {type(exc).__name__}: {exc}",
                                     "simplify the file; if it looks right, report this as a hookrules bug"),)

@@ -19,7 +19,9 @@ from typing import Any, TextIO, get_args
 
 import yaml
 
+from .datafiles import MAX_DATA_BYTES, DataError, parse as parse_data
 from .decisions import Decision, Kind
+from .files import MAX_RULE_BYTES, FileRefused, read_file
 from .engine import Engine, Outcome
 from .errors import Code
 from .events import Event
@@ -171,16 +173,31 @@ def _compare(expect: Mapping[str, Any], outcome: Outcome, event: Event) -> list[
     return problems
 
 
-def load_cases(path: Path) -> list[tuple[int, Any]]:
-    """The cases of a test file, each with the line it starts on (0 when unknown)."""
-    text = path.read_text(encoding="utf-8")
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+def load_cases(path: Path, root: Path | None = None) -> list[tuple[int, Any]]:
+    """The cases of a test file, each with the line it starts on (0 when unknown).
+
+    Read like every file of the rules directory (`root`, by default the tests directory's parent):
+    only a regular file inside it, within the data files' size limit (a FIFO hung `hookrules test`,
+    a link to /dev/zero ran it out of memory), and parsed like a data file (no YAML aliases: a
+    billion laughs). DataError, FileRefused or OSError when it cannot be."""
+    raw, _ = read_file(root if root is not None else path.parent.parent, path, MAX_DATA_BYTES)
+    data = _thaw(parse_data(str(path), raw))
+    text = raw.decode("utf-8")
     listed = isinstance(data, Mapping) and "cases" in data
     if listed:
         data = data["cases"]
     if not isinstance(data, list):
         raise ValueError("a test file is a list of cases (or a mapping with 'cases')")
     return list(zip(_case_lines(text, listed, len(data)), data))
+
+
+def _thaw(value: Any) -> Any:
+    """Plain lists and dicts from a data file's frozen values: a case is edited as it is read."""
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
 
 
 def _case_lines(text: str, listed: bool, count: int) -> list[int]:
@@ -201,8 +218,8 @@ def check_test_files(directory: Path) -> list[str]:
     problems: list[str] = []
     for path in test_files(directory):
         try:
-            cases = load_cases(path)
-        except (OSError, ValueError, yaml.YAMLError) as exc:
+            cases = load_cases(path, directory)
+        except (OSError, ValueError, yaml.YAMLError, DataError, FileRefused) as exc:
             problems.append(f"{path}:1:1: cannot read the test file: {exc}")
             continue
         for index, (line, raw) in enumerate(cases):
@@ -265,8 +282,8 @@ def run_tests(directory: Path, out: TextIO, *, coverage: bool = False, verbose: 
     for path in files:
         shown = str(path)
         try:
-            cases = load_cases(path)
-        except (OSError, ValueError, yaml.YAMLError) as exc:
+            cases = load_cases(path, directory)
+        except (OSError, ValueError, yaml.YAMLError, DataError, FileRefused) as exc:
             results.append(CaseResult(shown, "(file)", [f"cannot read the test file: {exc}"]))
             continue
         with unlimited_log():
@@ -307,7 +324,7 @@ def _coverage_report(ruleset: RuleSet, outcomes: list[FileOutcome], out: TextIO)
         for module, _ in rule.deps:
             lib_path = str(Path(rule.path).parent / module)
             if module.endswith(".star") and lib_path not in files:
-                files[lib_path] = _library_lines(Path(lib_path))
+                files[lib_path] = _library_lines(Path(rule.path).parent, Path(lib_path))
     out.write("\ncoverage (statement lines run by the tests):\n")
     width = max((len(p) for p in files), default=0)
     for path in sorted(files):
@@ -319,10 +336,11 @@ def _coverage_report(ruleset: RuleSet, outcomes: list[FileOutcome], out: TextIO)
         out.write(f"  {path:<{width}}  {len(hit):>3}/{len(lines):<3} {pct:5.1f}%{detail}\n")
 
 
-def _library_lines(path: Path) -> set[int]:
+def _library_lines(root: Path, path: Path) -> set[int]:
     try:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, ValueError):
+        raw, _ = read_file(root, path, MAX_RULE_BYTES)  # the one safe reader, like the scan's
+        tree = ast.parse(raw.decode("utf-8"))
+    except (OSError, SyntaxError, ValueError, FileRefused):
         return set()
     strip_loads(tree)
     return statement_lines(tree)

@@ -47,13 +47,15 @@ class RunClock:
     def finished(self) -> None:
         self._view[0] = 0.0
 
-    def compile_started(self, hook: str) -> None:
-        """The libraries a rule of this hook loads start running: one stretch for all of them. From
-        the scan's worker thread, which a SIGHUP can outlive the clock in: a closed clock is no error."""
+    def compile_started(self, hook: str, spent: float = 0.0) -> None:
+        """A library top level of a rule of this hook starts running, after `spent` seconds of its
+        compile's earlier ones: the runs of one compile are one stretch, and reading and checking
+        files between them (the scan thread's own work, which holds no call for long) are not in it.
+        From the scan's worker thread, which a SIGHUP can outlive the clock in: a closed clock is no error."""
         try:
             view = self._view
             view[3] = _INDEX.get(hook, -1)
-            view[2] = time.monotonic()
+            view[2] = time.monotonic() - spent
         except ValueError:  # released by close(): the watchdog was restarted meanwhile
             pass
 

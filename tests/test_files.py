@@ -17,6 +17,8 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+from collections.abc import Mapping
+
 import pytest
 
 from hookrules import datafiles, files
@@ -165,6 +167,9 @@ def test_each_place_refuses_each_kind_of_file(where: str, kind: str, dirs: tuple
     errors = [e for o in outcomes for e in o.errors if e.location.file == str(rules / rel)]
     assert errors, (where, kind, [e.one_line() for o in outcomes for e in o.errors])
     assert all(e.code in ("load_error", "parse_error") for e in errors)
+    said = {"fifo": "named pipe", "socket": "a socket", "directory": "a directory", "too_big": "over"}.get(kind)
+    if said:  # says what the file is (a socket said "No such device or address, check the permissions")
+        assert any(said in e.message for e in errors), [e.one_line() for e in errors]
 
 
 YAML_DOCS = ["a: 1\nb: 2.5\nc: true\nd: null\ne: ~\nf: 0x1F\ng: 0o17\nh: 1_000\ni: .inf\n",
@@ -172,7 +177,7 @@ YAML_DOCS = ["a: 1\nb: 2.5\nc: true\nd: null\ne: ~\nf: 0x1F\ng: 0o17\nh: 1_000\n
              "when: 2024-01-01\nts: 2001-12-14t21:59:43.10-05:00\nexplicit: !!timestamp 2024-01-01\n",
              "s: !!str 123\ni: !!int '7'\nf: !!float '1.5'\nb: !!binary aGVsbG8=\nn: !!null ''\nbo: !!bool 'yes'\n",
              "{a: [1, 2, {b: c}], d: {}, e: []}\n", "", "# only a comment\n", "42\n", "x: yes\ny: no\nz: on\n",
-             "1: int key\n2.5: float key\ntrue: bool key\n~: null key\n", "a: 1\na: 2\n", "a:\nb:\n  - \n",
+             "3: int key\n2.5: float key\ntrue: bool key\n~: null key\n", "a:\nb:\n  - \n",
              "---\na: 1\n...\n", "[a, b, [c, [d]]]\n", "k: v # comment\n'quoted key': 1\n", "!!map {a: 1}\n",
              "!!seq [1]\n"]
 
@@ -190,7 +195,7 @@ def test_yaml_built_from_events_is_what_pyyaml_builds(doc: str) -> None:
 
 @pytest.mark.parametrize("doc", ["a: &x 1\nb: *x\n", "a: !!set {x, y}\n", "a: !!omap [x: 1]\n", "<<: {a: 1}\n",
                                  "a: 1\n---\nb: 2\n", "? [a]\n: 1\n", "a: !!python/object:os.system x\n",
-                                 "a: [1,\n", "a: b: c\n"])
+                                 "a: [1,\n", "a: b: c\n", "a: 1\na: 2\n"])
 def test_yaml_refusals_are_load_errors_with_a_line(doc: str) -> None:
     with pytest.raises(datafiles.DataError) as info:
         datafiles.parse("x.yaml", doc.encode())
@@ -214,3 +219,86 @@ def test_the_reader_reads_no_more_than_the_limit(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert peak < MiB
     assert read_file(tmp_path, tmp_path / "big.json", 2000)[0].startswith(b"[1,")
+
+
+# Issue 9 audit F8: the same contents in every format, with a byte order mark, and with a duplicate.
+SAME = {".json": '{"users": [{"user": "alice", "role": "admin"}]}',
+        ".yaml": "users:\n  - user: alice\n    role: admin\n",
+        ".csv": "user,role\nalice,admin\n"}
+DUPLICATED = {".json": '{"users": [{"user": "alice",\n "user": "mallory", "role": "admin"}]}',
+              ".yaml": "users:\n  - user: alice\n    user: mallory\n    role: admin\n",
+              ".csv": "user,user,role\nalice,mallory,admin\n"}
+DUPLICATE_AT = {".json": (1, 12), ".yaml": (3, 5), ".csv": (1, 6)}
+
+
+def _users(value: object) -> object:
+    return value["users"] if isinstance(value, Mapping) else value  # a CSV file is the rows alone
+
+
+@pytest.mark.parametrize("suffix", list(SAME))
+def test_every_format_strips_a_byte_order_mark_the_same_way(suffix: str) -> None:
+    """Excel's "CSV UTF-8" starts with a BOM: it became part of the first header ('\\ufeffuser'),
+    while YAML stripped it and JSON refused the file."""
+    plain = datafiles.parse(f"x{suffix}", SAME[suffix].encode())
+    assert datafiles.parse(f"x{suffix}", b"\xef\xbb\xbf" + SAME[suffix].encode()) == plain
+    assert _users(plain)[0]["user"] == "alice"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("suffix", list(DUPLICATED))
+def test_a_duplicate_key_or_header_is_a_load_error_with_its_place(suffix: str) -> None:
+    """They silently kept the last (a second entry for a user replaced the first)."""
+    with pytest.raises(datafiles.DataError) as info:
+        datafiles.parse(f"x{suffix}", DUPLICATED[suffix].encode())
+    err = info.value.error
+    assert "twice" in err.message and "user" in err.message, err.one_line()
+    assert (err.location.line, err.location.col) == DUPLICATE_AT[suffix], err.one_line()
+
+
+def test_a_big_json_file_refuses_duplicates_too() -> None:
+    """Over JSON_C_MAX_BYTES the pure-Python scanner parses: the same refusal."""
+    filler = ", ".join(f'"k{i}": {i}' for i in range(datafiles.JSON_C_MAX_BYTES // 8))
+    with pytest.raises(datafiles.DataError) as info:
+        datafiles.parse("x.json", ("{" + filler + ', "k1": 0}').encode())
+    assert "'k1' appears twice" in info.value.error.message and info.value.error.location.line == 1
+
+
+def test_the_data_files_together_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9 audit F7: twelve 16 MiB YAML files took 667 MB; a hundred would run out of memory. The
+    files past the total (in name order) are load errors of those files; the others load; once the
+    total fits again they load too (the refusal is not cached as a fault of their contents)."""
+    monkeypatch.setattr(datafiles, "MAX_DATA_TOTAL_BYTES", 100)
+    for name in "abcde":
+        write(tmp_path, {f"data/{name}.json": '["' + name * 30 + '"]'})  # 34 bytes each: two fit
+    data, found = datafiles.scan_data(tmp_path, datafiles.DataSet())
+    assert sorted(data.files) == ["a", "b"] and sum(f.size for f in data.files.values()) <= 100
+    errors = {Path(o.path).name: o.errors[0].message for o in found if o.result == "error"}
+    assert sorted(errors) == ["c.json", "d.json", "e.json"] and all("together are over" in m for m in errors.values())
+    for name in "ab":
+        (tmp_path / "data" / f"{name}.json").unlink()
+    data, found = datafiles.scan_data(tmp_path, data)
+    assert sorted(data.files) == ["c", "d"] and {o.result for o in found if o.path.endswith("c.json")} == {"loaded"}
+
+
+def test_a_data_file_written_while_it_is_read_keeps_its_last_good_version(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9 audit F9: data files had no before/after look (rules had): an in-place write overlapping
+    a read could be served half-written until the next change. Now such a read is "pending": the last
+    good version serves, and the reloader rescans (it does for every pending outcome)."""
+    write(tmp_path, {"data/users.json": '["alice"]'})
+    data, _ = datafiles.scan_data(tmp_path, datafiles.DataSet())
+    write(tmp_path, {"data/users.json": '["alice", "bob"]'})
+    real = datafiles.read_file
+
+    def overlapped(root: Any, path: Any, limit: int, *args: Any) -> Any:
+        raw, st = real(root, path, limit, *args)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a writer touched it meanwhile
+        return raw[: len(raw) // 2], st  # and what was read is half of it
+
+    monkeypatch.setattr(datafiles, "read_file", overlapped)
+    again, found = datafiles.scan_data(tmp_path, data)
+    assert [o.result for o in found] == ["pending"] and again.files["users"].value == ("alice",)
+    new, found = datafiles.scan_data(tmp_path, datafiles.DataSet())  # never loaded: absent until read whole
+    assert [o.result for o in found] == ["pending"] and "users" not in new.files
+    monkeypatch.undo()
+    done, found = datafiles.scan_data(tmp_path, again)
+    assert [o.result for o in found] == ["loaded"] and done.files["users"].value == ("alice", "bob")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import os
 import json
 import signal
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -200,3 +203,66 @@ def test_eval_raw_answers_topics_past_the_spent_budget_by_policy_as_live(tmp_pat
     spent = [b for b in blocks if "answered by the failure policy without running the rule" in b]
     assert spent and all("decision: deny" in b for b in spent)
     assert blocks[-1] in spent  # once spent, every later topic too
+
+
+TEST_FILE_KINDS = ["fifo", "dev_zero", "directory", "socket", "outside_link", "outside_dir_link", "too_big",
+                   "billion_laughs", "huge_int"]
+
+
+@pytest.mark.parametrize("kind", TEST_FILE_KINDS)
+def test_every_kind_of_bad_test_file_is_a_problem_of_that_file(tmp_path: Path, kind: str) -> None:
+    """Issue 9 audit F6: `hookrules test` read its tables with read_text and yaml.safe_load (a FIFO hung
+    it, /dev/zero ran it out of memory, a link to /etc/hostname was read, aliases expanded). Test tables
+    go through the one safe reader and the data files' YAML builder, like every file of the directory."""
+    import socket
+    import threading
+
+    from hookrules import datafiles
+    from hookrules.tester import check_test_files, run_tests
+
+    rules, outside = tmp_path / "rules", tmp_path / "outside"
+    (rules / "tests").mkdir(parents=True)
+    outside.mkdir()
+    (rules / "client.authenticate.star").write_text("allow()\n")
+    good = '- {name: ok, hook: client.authenticate, event: {client: {username: a}}, expect: {decision: allow}}\n'
+    (outside / "t.yaml").write_text(good)
+    (rules / "tests" / "good.yaml").write_text(good)
+    target = rules / "tests" / "t.yaml"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "dev_zero":
+        os.symlink("/dev/zero", target)
+    elif kind == "directory":
+        target.mkdir()
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(target))
+        sock.close()
+    elif kind == "outside_link":
+        os.symlink(outside / "t.yaml", target)
+    elif kind == "outside_dir_link":
+        os.unlink(rules / "tests" / "good.yaml")
+        os.rmdir(rules / "tests")
+        (rules / "tests").symlink_to(outside, target_is_directory=True)
+    elif kind == "too_big":
+        with open(target, "wb") as f:
+            f.truncate(datafiles.MAX_DATA_BYTES + 1)
+    elif kind == "billion_laughs":
+        target.write_text('- &a {name: x, hook: client.authenticate, event: {}, expect: {decision: allow}}\n- *a\n')
+    elif kind == "huge_int":
+        target.write_text("- " + "7" * 5000 + "\n")
+    result: list[Any] = []
+
+    def both() -> None:
+        out = io.StringIO()
+        result.append((check_test_files(rules), run_tests(rules, out), out.getvalue()))
+
+    thread = threading.Thread(target=both, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert result, "hookrules test did not return: it blocked reading a file"
+    problems, status, output = result[0]
+    assert status == 1
+    assert "good.yaml::ok PASSED" in output or kind == "outside_dir_link", output  # the good table still runs
+    assert [p for p in problems if "t.yaml" in p and "cannot read the test file" in p], problems
+    assert "t.yaml::(file) FAILED" in output, output
