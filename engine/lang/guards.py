@@ -90,9 +90,16 @@ def _walked(value: Any) -> Any:
     return value
 
 
-def walk_size(value: Any, budget: int = MAX_WALK) -> int:
+#: a walk charges one item per 2**TEXT_UNIT characters of a str or bytes (compared, or hashed once,
+#: 16 at a time or so) and per 2**INT_UNIT bits of an int (compared and hashed a 30-bit digit at a time)
+TEXT_UNIT = 4
+INT_UNIT = 5
+
+
+def walk_size(value: Any, budget: int = MAX_WALK, sized: bool = True) -> int:
     """How many items a walk of the value visits, shared parts counted each time; stops past budget.
-    Every container of the closed set counts (lang/values.CONTAINERS), mappings twice (key and value)."""
+    Every container of the closed set counts (lang/values.CONTAINERS), mappings twice (key and value),
+    and (with `sized`) every str, bytes and int in it by its size, wherever it sits."""
     seen = 0
     stack = [value]
     while stack:
@@ -105,16 +112,30 @@ def walk_size(value: Any, budget: int = MAX_WALK) -> int:
             seen += 2 * len(v) if cls in MAPPINGS else len(v)
             if seen > budget:
                 return seen
-            stack.extend(x for x in _walked(v) if x.__class__ in CONTAINERS)
+            for x in _walked(v):
+                xcls = x.__class__
+                if xcls in CONTAINERS:
+                    stack.append(x)
+                elif not sized:
+                    continue
+                elif xcls is str or xcls is bytes:
+                    seen += len(x) >> TEXT_UNIT  # each item by its size: a list of 1 MB strings is not cheap
+                elif xcls is int:
+                    seen += x.bit_length() >> INT_UNIT
+        elif not sized:
+            continue
         elif cls is str or cls is bytes:
-            seen += len(v) // 64  # text is compared a machine word at a time
+            seen += len(v) >> TEXT_UNIT
+        elif cls is int:
+            seen += v.bit_length() >> INT_UNIT
     return seen
 
 
 def _check_repeat(seq: Any, times: int) -> None:
     _check_len(seq, len(seq) * times)
     if isinstance(seq, (list, tuple)) and times > 1:
-        size = walk_size(seq, MAX_WALK // times + 1) * times
+        # lists only: a list of one long text repeated is cheap to hold; comparing it is charged then
+        size = walk_size(seq, MAX_WALK // times + 1, sized=False) * times
         if size > MAX_WALK:
             raise TooBig(f"repeating this list would stand for over {MAX_WALK} items (lists inside count "
                          "each time they appear)")
@@ -404,10 +425,22 @@ def _hash_walk(key: tuple[Any, ...], memo: dict[int, int]) -> int:
     if known is None:
         known = len(key)
         for item in key:
-            if item.__class__ is tuple:
-                known += _hash_walk(item, memo)
+            known += _hash_cost(item, memo)
         memo[id(key)] = known
     return known
+
+
+def _hash_cost(key: Any, memo: dict[int, int]) -> int:
+    """What hashing one key walks: a tuple all of it, an int its digits (never cached), a str or bytes
+    its length (cached after the first time, charged as if not: a new string hashes whole)."""
+    cls = key.__class__
+    if cls is tuple:
+        return _hash_walk(key, memo)
+    if cls is int:
+        return key.bit_length() >> INT_UNIT  # type: ignore[no-any-return]
+    if cls is str or cls is bytes:
+        return len(key) >> TEXT_UNIT
+    return 0
 
 
 def check_spread(keys: Iterable[Any]) -> None:
@@ -425,20 +458,22 @@ def check_spread(keys: Iterable[Any]) -> None:
     walk = 0
     memo: dict[int, int] = {}
     for key in items:
-        if key.__class__ is tuple:
-            walk += _hash_walk(key, memo)
+        kcls = key.__class__
+        if kcls is tuple or kcls is int or kcls is str or kcls is bytes:
+            walk += _hash_cost(key, memo)
             if walk > MAX_WALK:
                 raise TooBig(f"hashing these keys would walk over {MAX_WALK} items (a tuple key is walked "
-                             "whole each time it is hashed): use shorter keys")
+                             "whole each time it is hashed, a big number or long text by its size): use "
+                             "shorter keys")
     if len(items) <= SPREAD_FREE:
         return
-    counts = Counter(map(hash, items))
+    hashes = list(map(hash, items))  # each key hashed once, here
+    counts = Counter(hashes)
     if len(items) - len(counts) < MAX_SHARED_HASH:
         return  # too few shared hashes to matter
     crowded = {h for h, n in counts.items() if n > MAX_SHARED_HASH}
     groups: dict[int, list[Any]] = {}
-    for key in items:
-        h = hash(key)
+    for key, h in zip(items, hashes):
         if h in crowded:
             distinct = groups.setdefault(h, [])
             if all(key != seen for seen in distinct):  # equal keys share one slot: no walk
