@@ -189,3 +189,26 @@ def test_a_set_grown_by_any_inserting_method_is_as_deep_as_what_went_in(put: str
     assert not ok and "deep" in value, value
     ok, value = Runner()(src.replace(f"range({MAX_DEPTH - 5})", "range(1)"))
     assert ok, value
+
+
+# -- F4: what one run allocates in all is bounded ------------------------------------------------------
+
+_MAKERS = ["s + str(i)", "f'{s}{i}'", "s * 1 + 'x'", "'%s%d' % (s, i)", "s.replace('a', 'b', i)", "'-'.join([s, 'x'])", "s[i:]", "L[i:]", "D | {i: 0}",
+           "s.upper()", "s.encode()", "[0] * 50000", "list(range(50000))",
+           "dict.fromkeys(L[:3000])", "(2**9999) ** 10 + i", "repr(s)", "str(b)",
+           "sorted(L)", "L + L"]
+
+
+@pytest.mark.parametrize("make", _MAKERS)
+def test_a_run_cannot_allocate_past_its_budget(make: str) -> None:
+    """Result: a loop that keeps what every step makes (each step within the size limits) fails as a
+    rule error when the run's values pass MAX_ALLOCATION, whichever operator, call, f-string or
+    comprehension made them, long before the step budget or deadline; the same loop kept short works."""
+    from hookrules.lang.allocation import MAX_ALLOCATION
+
+    runner = Runner()
+    names = {"s": "a" * 200_000, "L": list(range(30_000)), "D": {j: 0 for j in range(5_000)}, "b": b"x" * 100_000}
+    ok, value = runner(f"[{make} for i in range(5000)]", **names)
+    assert not ok and f"{MAX_ALLOCATION // 2**20} MiB" in value, (make, value[:200])
+    ok, value = runner(f"[{make} for i in range(2)]", **names)
+    assert ok, (make, value)

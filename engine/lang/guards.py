@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..events import JSONArray, JSONObject
+from .allocation import charge
 from .values import CONTAINERS, HASHED, MAPPINGS, RECORDS, SETS
 
 MAX_TEXT = 256 * 1024  # characters of a str, bytes of a bytes (asteval's MAX_STR_LEN)
@@ -58,6 +59,7 @@ def _check_bits(bits: int) -> None:
 def add(a: Any, b: Any) -> Any:
     if isinstance(a, _SEQUENCE) and type(a) is type(b):
         _check_len(a, len(a) + len(b))
+        return charge(a + b)  # type: ignore[operator]
     return a + b
 
 
@@ -68,7 +70,9 @@ def mult(a: Any, b: Any) -> Any:
         _check_repeat(a, b)
     elif isinstance(b, _SEQUENCE) and _is_int(a):
         _check_repeat(b, a)
-    return a * b
+    else:
+        return a * b
+    return charge(a * b)
 
 
 #: items a value may stand for, counting a list as often as it is referred to: [[big] * 1000] * 1000
@@ -158,7 +162,7 @@ def power(a: Any, b: Any) -> Any:
         raise TooBig(f"exponent {b} is over the limit of {MAX_EXPONENT}")
     if _is_int(a) and _is_int(b) and b > 0:
         _check_bits(a.bit_length() * b)
-    result = a**b
+    result = charge(a**b)
     if result.__class__ is complex:  # (-8) ** (1 / 3): complex numbers are not among a rule's values
         raise ValueError(f"{a!r} ** {b!r} has no real value (rules have no complex numbers)")
     return result
@@ -169,6 +173,7 @@ def lshift(a: Any, b: Any) -> Any:
         raise TooBig(f"shift by {b} is over the limit of {MAX_SHIFT}")
     if _is_int(a) and _is_int(b):
         _check_bits(a.bit_length() + b)
+        return charge(a << b)
     return a << b
 
 
@@ -234,7 +239,7 @@ def check_size(value: Any) -> Any:
         _check_bits(value.bit_length())
     elif len(value) > MAX_ITEMS:  # list, tuple, dict, set
         raise TooBig(f"a {cls.__name__} of {len(value)} items is over the limit of {MAX_ITEMS}")
-    return value
+    return charge(value)
 
 
 #: the classes check_size looks at (a set lookup decides whether a call's result needs it)
@@ -248,7 +253,7 @@ def format_value(value: Any, spec: str) -> str:
     """format() of an f-string field, refused for widths and precisions of 10,000 or more."""
     if spec and _WIDE_SPEC.search(spec):
         raise TooBig("an f-string field with a width or precision of 10000 or more is not allowed")
-    return format(value, spec)
+    return charge(format(value, spec))
 
 
 def join_fields(parts: list[str]) -> str:
@@ -256,7 +261,7 @@ def join_fields(parts: list[str]) -> str:
     total = sum(len(p) for p in parts)
     if total > MAX_TEXT:
         raise TooBig(f"an f-string of {total} characters is over the limit of {MAX_TEXT}")
-    return "".join(parts)
+    return charge("".join(parts))
 
 
 def _hashed_pair(a: Any, b: Any) -> None:
@@ -267,22 +272,23 @@ def _hashed_pair(a: Any, b: Any) -> None:
 
 def bit_or(a: Any, b: Any) -> Any:
     _hashed_pair(a, b)
-    return a | b
+    return charge(a | b)
 
 
 def bit_and(a: Any, b: Any) -> Any:
     _hashed_pair(a, b)
-    return a & b
+    return charge(a & b)
 
 
 def bit_xor(a: Any, b: Any) -> Any:
     _hashed_pair(a, b)
-    return a ^ b
+    return charge(a ^ b)
 
 
 def sub(a: Any, b: Any) -> Any:
     if a.__class__ in SETS:
         _hashed_pair(a, b)
+        return charge(a - b)
     return a - b
 
 
@@ -301,7 +307,7 @@ def replace(s: Any, old: Any, new: Any, count: int = -1) -> Any:
         if count >= 0:
             hits = min(hits, count)
         _check_len(s, len(s) + hits * (len(new) - len(old)))
-    return s.replace(old, new, count)
+    return charge(s.replace(old, new, count))
 
 
 def join(sep: Any, items: Iterable[Any]) -> Any:
@@ -309,7 +315,7 @@ def join(sep: Any, items: Iterable[Any]) -> Any:
     parts = list(items)
     if isinstance(sep, _TEXT):
         _check_len(sep, sum(len(p) for p in parts if isinstance(p, _TEXT)) + len(sep) * max(len(parts) - 1, 0))
-    return sep.join(parts)
+    return charge(sep.join(parts))
 
 
 #: Methods of str and bytes served by the guarded versions above (what they make is measured first).

@@ -23,6 +23,7 @@ from asteval.astutils import OPERATORS as ASTEVAL_OPERATORS
 from asteval.astutils import ReturnedNone, safe_getattr
 
 from ..decisions import Decision
+from . import allocation
 from .builtins import Decided
 from .checker import DENIED_ATTR_PREFIXES, DENIED_ATTRS
 from .guards import (
@@ -53,6 +54,9 @@ _monotonic = time.monotonic
 
 #: asteval's operators, with everything that can grow a value replaced by a size-guarded version
 OPERATORS = {**ASTEVAL_OPERATORS, **GUARDED_OPERATORS}
+
+#: a list or tuple literal this short is not charged to the run's allocation (bounded by the file)
+_SMALL = 16
 
 #: `_interrupt` after a decision made as a statement: every block stops as at a `return`
 _DECIDED = object()
@@ -266,6 +270,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         self.nesting.reset()
         self._steps = max_steps
         self._deadline = RunBudget.deadline = deadline  # slow helpers refuse what cannot fit (helpers._cached)
+        allocation.start()  # what the run makes in all (lang/allocation)
         try:
             self.run(tree)
             return self.decision  # made as a statement, or None: no decision
@@ -277,6 +282,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         finally:
             self.symtable = {}  # nothing a run bound survives it
             RunBudget.deadline = float("inf")
+            allocation.stop()
             self.nesting.reset()  # nor what the depth meter remembered of it
 
     # -- the dispatch loop ----------------------------------------------------------------------
@@ -428,11 +434,15 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
     def on_list(self, node: Any) -> list[Any]:
         run = self.run
         items = [run(e) for e in node.elts]
+        if len(items) > _SMALL:
+            allocation.charge(items)
         return items if CONTAINERS.isdisjoint(map(type, items)) else self.nesting.made(items)
 
     def on_tuple(self, node: Any) -> tuple[Any, ...]:
         run = self.run
         items = tuple([run(e) for e in node.elts])
+        if len(items) > _SMALL:
+            allocation.charge(items)
         return items if CONTAINERS.isdisjoint(map(type, items)) else self.nesting.made(items)
 
     def on_set(self, node: Any) -> set[Any]:
@@ -440,25 +450,25 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         members = [run(e) for e in node.elts]
         if len(members) > SPREAD_FREE or tuple in map(type, members):  # tuples: each hash walks all of one
             check_spread(members)
-        return self.nesting.made(set(members))  # type: ignore[no-any-return]
+        return self.nesting.made(allocation.charge(set(members)))  # type: ignore[no-any-return]
 
     def on_dict(self, node: Any) -> dict[Any, Any]:
         run = self.run
         keys = [run(k) for k in node.keys]
         if len(keys) > SPREAD_FREE or tuple in map(type, keys):
             check_spread(keys)
-        return self.nesting.made(dict(zip(keys, [run(v) for v in node.values])))  # type: ignore[no-any-return]
+        return self.nesting.made(allocation.charge(dict(zip(keys, [run(v) for v in node.values]))))  # type: ignore[no-any-return]
 
     # Comprehensions: asteval deep-copies shadowed names and re-validates targets on every run.
     def on_listcomp(self, node: Any) -> list[Any]:
         out: list[Any] = []
         self._comprehend(node.generators, lambda: out.append(self.run(node.elt)))
-        return self.nesting.made(out)  # type: ignore[no-any-return]
+        return self.nesting.made(allocation.charge(out))  # type: ignore[no-any-return]
 
     def on_setcomp(self, node: Any) -> set[Any]:
         out: set[Any] = set()
         self._comprehend(node.generators, lambda: out.add(self.run(node.elt)))
-        return self.nesting.made(out)  # type: ignore[no-any-return]
+        return self.nesting.made(allocation.charge(out))  # type: ignore[no-any-return]
 
     def on_dictcomp(self, node: Any) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
@@ -467,7 +477,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             out[self.run(node.key)] = self.run(node.value)
 
         self._comprehend(node.generators, emit)
-        return self.nesting.made(out)  # type: ignore[no-any-return]
+        return self.nesting.made(allocation.charge(out))  # type: ignore[no-any-return]
 
     def _comprehend(self, generators: list[ast.comprehension], emit: Any) -> None:
         """Python 3 scoping: the loop names are local to the comprehension, the outer ones come back."""
@@ -533,7 +543,10 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
 
     def on_subscript(self, node: Any) -> Any:
         value, index = node.value, node.slice
-        return value.hr_run(value)[index.hr_run(index)]
+        key = index.hr_run(index)
+        if key.__class__ is slice:  # a slice is a new value: charged to the run (lang/allocation)
+            return allocation.charge(value.hr_run(value)[key])
+        return value.hr_run(value)[key]
 
     def on_formattedvalue(self, node: Any) -> Any:
         # asteval formats with str()/repr() of the whole value: a list of big lists is gigabytes
