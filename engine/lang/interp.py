@@ -599,7 +599,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
 
     def _call_host(self, func: Any, args: list[Any], kwargs: dict[str, Any], node: Any) -> Any:
         """A call of anything but a rule's def, with every check: from the rule (on_call), or from C
-        code calling a key= function back (_callback), so both meet the same guards."""
+        code calling a key= function back (lang/ordering, through _order), so both meet the same guards."""
         if not callable(func):
             raise TypeError(f"'{type(func).__name__}' object is not callable")
         method = None
