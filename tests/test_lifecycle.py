@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import signal
 import socket
@@ -136,10 +137,30 @@ def test_sighup_keeps_what_the_command_line_set(start_server: Any, tmp_path: Pat
 
 
 #: max() over lists that share their parts: a million million comparisons in one C call
-ENDLESS_STEP = ("a = [0] * 1000\nb = [0] * 1000\nA = []\nB = []\nfor i in range(1000):\n    A.append(a)\n    B.append(b)\n"
-                "D = []\nE = []\nfor i in range(1000):\n    D.append(A)\n    E.append(B)\n"
-                "F = []\nG = []\nfor i in range(1000):\n    F.append(D)\n    G.append(E)\n"
-                "x = max([F, G])\nallow()\n")
+#: One C call the guards did not foresee: the sandbox has no known one left (max() over lists sharing
+#: their parts, a million million items, was one until the walk guard reached sorted/min/max), so the
+#: server under test gets a helper that blocks in C, installed by a sitecustomize on its PYTHONPATH.
+ENDLESS_STEP = "x = topic_match('a', 'b')\nallow()\n"
+
+_BLOCKING_HELPER = """
+import time
+from hookrules.lang import builtins
+
+
+def _blocks(*args, **kwargs):
+    time.sleep(3600)  # one step that never returns to the interpreter
+
+
+builtins.HELPERS["topic_match"] = _blocks
+"""
+
+
+def with_blocking_helper(tmp_path: Path, monkeypatch: Any) -> None:
+    """Servers this test starts get topic_match replaced by a call that holds the event loop."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_BLOCKING_HELPER)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
 
 
 def watchdog_argv(server_pid: int) -> list[list[str]]:
@@ -169,9 +190,10 @@ def test_sighup_applies_new_limits_together_and_restarts_the_watchdog(start_serv
     assert wait_for(lambda: [argv[5] for argv in watchdog_argv(server.proc.pid)] == ["6.0"])
 
 
-def test_the_watchdog_watches_a_librarys_top_level_too(tmp_path: Path) -> None:
+def test_the_watchdog_watches_a_librarys_top_level_too(tmp_path: Path, monkeypatch: Any) -> None:
     """A library runs its top level when the rules load, on the same event loop: one endless C step there
     held the server too, with no watchdog (found by review). Result: killed, the library named."""
+    with_blocking_helper(tmp_path, monkeypatch)
     rules = tmp_path / "rules"
     (rules / "lib").mkdir(parents=True)
     (rules / "lib" / "slow.star").write_text(ENDLESS_STEP.replace("allow()\n", ""))
@@ -184,13 +206,14 @@ def test_the_watchdog_watches_a_librarys_top_level_too(tmp_path: Path) -> None:
 
 
 def test_the_watchdog_kills_a_server_held_by_one_endless_step(start_server: Any, tmp_path: Path,
-                                                              stubs: dict[str, Stubs]) -> None:
-    """One C call the guards did not foresee (max() comparing lists that share their parts, a million
-    million items in all) cannot be interrupted from Python, and holds every call.
+                                                              stubs: dict[str, Stubs], monkeypatch: Any) -> None:
+    """One C call the guards did not foresee (ENDLESS_STEP) cannot be interrupted from Python, and holds
+    every call.
 
     Result: past --hard-timeout the watchdog process logs the hook and kills the server, for its
     supervisor to restart; nothing else in the tree is left running.
     """
+    with_blocking_helper(tmp_path, monkeypatch)
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "client.authenticate.star").write_text(ENDLESS_STEP)

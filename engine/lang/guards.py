@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..events import JSONArray, JSONObject
+from .allocation import charge
 from .values import CONTAINERS, HASHED, MAPPINGS, RECORDS, SETS
 
 MAX_TEXT = 256 * 1024  # characters of a str, bytes of a bytes (asteval's MAX_STR_LEN)
@@ -58,6 +59,7 @@ def _check_bits(bits: int) -> None:
 def add(a: Any, b: Any) -> Any:
     if isinstance(a, _SEQUENCE) and type(a) is type(b):
         _check_len(a, len(a) + len(b))
+        return charge(a + b)  # type: ignore[operator]
     return a + b
 
 
@@ -68,7 +70,9 @@ def mult(a: Any, b: Any) -> Any:
         _check_repeat(a, b)
     elif isinstance(b, _SEQUENCE) and _is_int(a):
         _check_repeat(b, a)
-    return a * b
+    else:
+        return a * b
+    return charge(a * b)
 
 
 #: items a value may stand for, counting a list as often as it is referred to: [[big] * 1000] * 1000
@@ -90,9 +94,16 @@ def _walked(value: Any) -> Any:
     return value
 
 
-def walk_size(value: Any, budget: int = MAX_WALK) -> int:
+#: a walk charges one item per 2**TEXT_UNIT characters of a str or bytes (compared, or hashed once,
+#: 16 at a time or so) and per 2**INT_UNIT bits of an int (compared and hashed a 30-bit digit at a time)
+TEXT_UNIT = 4
+INT_UNIT = 5
+
+
+def walk_size(value: Any, budget: int = MAX_WALK, sized: bool = True) -> int:
     """How many items a walk of the value visits, shared parts counted each time; stops past budget.
-    Every container of the closed set counts (lang/values.CONTAINERS), mappings twice (key and value)."""
+    Every container of the closed set counts (lang/values.CONTAINERS), mappings twice (key and value),
+    and (with `sized`) every str, bytes and int in it by its size, wherever it sits."""
     seen = 0
     stack = [value]
     while stack:
@@ -105,16 +116,30 @@ def walk_size(value: Any, budget: int = MAX_WALK) -> int:
             seen += 2 * len(v) if cls in MAPPINGS else len(v)
             if seen > budget:
                 return seen
-            stack.extend(x for x in _walked(v) if x.__class__ in CONTAINERS)
+            for x in _walked(v):
+                xcls = x.__class__
+                if xcls in CONTAINERS:
+                    stack.append(x)
+                elif not sized:
+                    continue
+                elif xcls is str or xcls is bytes:
+                    seen += len(x) >> TEXT_UNIT  # each item by its size: a list of 1 MB strings is not cheap
+                elif xcls is int:
+                    seen += x.bit_length() >> INT_UNIT
+        elif not sized:
+            continue
         elif cls is str or cls is bytes:
-            seen += len(v) // 64  # text is compared a machine word at a time
+            seen += len(v) >> TEXT_UNIT
+        elif cls is int:
+            seen += v.bit_length() >> INT_UNIT
     return seen
 
 
 def _check_repeat(seq: Any, times: int) -> None:
     _check_len(seq, len(seq) * times)
     if isinstance(seq, (list, tuple)) and times > 1:
-        size = walk_size(seq, MAX_WALK // times + 1) * times
+        # lists only: a list of one long text repeated is cheap to hold; comparing it is charged then
+        size = walk_size(seq, MAX_WALK // times + 1, sized=False) * times
         if size > MAX_WALK:
             raise TooBig(f"repeating this list would stand for over {MAX_WALK} items (lists inside count "
                          "each time they appear)")
@@ -137,7 +162,7 @@ def power(a: Any, b: Any) -> Any:
         raise TooBig(f"exponent {b} is over the limit of {MAX_EXPONENT}")
     if _is_int(a) and _is_int(b) and b > 0:
         _check_bits(a.bit_length() * b)
-    result = a**b
+    result = charge(a**b)
     if result.__class__ is complex:  # (-8) ** (1 / 3): complex numbers are not among a rule's values
         raise ValueError(f"{a!r} ** {b!r} has no real value (rules have no complex numbers)")
     return result
@@ -148,6 +173,7 @@ def lshift(a: Any, b: Any) -> Any:
         raise TooBig(f"shift by {b} is over the limit of {MAX_SHIFT}")
     if _is_int(a) and _is_int(b):
         _check_bits(a.bit_length() + b)
+        return charge(a << b)
     return a << b
 
 
@@ -213,7 +239,7 @@ def check_size(value: Any) -> Any:
         _check_bits(value.bit_length())
     elif len(value) > MAX_ITEMS:  # list, tuple, dict, set
         raise TooBig(f"a {cls.__name__} of {len(value)} items is over the limit of {MAX_ITEMS}")
-    return value
+    return charge(value)
 
 
 #: the classes check_size looks at (a set lookup decides whether a call's result needs it)
@@ -227,7 +253,7 @@ def format_value(value: Any, spec: str) -> str:
     """format() of an f-string field, refused for widths and precisions of 10,000 or more."""
     if spec and _WIDE_SPEC.search(spec):
         raise TooBig("an f-string field with a width or precision of 10000 or more is not allowed")
-    return format(value, spec)
+    return charge(format(value, spec))
 
 
 def join_fields(parts: list[str]) -> str:
@@ -235,7 +261,7 @@ def join_fields(parts: list[str]) -> str:
     total = sum(len(p) for p in parts)
     if total > MAX_TEXT:
         raise TooBig(f"an f-string of {total} characters is over the limit of {MAX_TEXT}")
-    return "".join(parts)
+    return charge("".join(parts))
 
 
 def _hashed_pair(a: Any, b: Any) -> None:
@@ -246,22 +272,23 @@ def _hashed_pair(a: Any, b: Any) -> None:
 
 def bit_or(a: Any, b: Any) -> Any:
     _hashed_pair(a, b)
-    return a | b
+    return charge(a | b)
 
 
 def bit_and(a: Any, b: Any) -> Any:
     _hashed_pair(a, b)
-    return a & b
+    return charge(a & b)
 
 
 def bit_xor(a: Any, b: Any) -> Any:
     _hashed_pair(a, b)
-    return a ^ b
+    return charge(a ^ b)
 
 
 def sub(a: Any, b: Any) -> Any:
     if a.__class__ in SETS:
         _hashed_pair(a, b)
+        return charge(a - b)
     return a - b
 
 
@@ -280,7 +307,7 @@ def replace(s: Any, old: Any, new: Any, count: int = -1) -> Any:
         if count >= 0:
             hits = min(hits, count)
         _check_len(s, len(s) + hits * (len(new) - len(old)))
-    return s.replace(old, new, count)
+    return charge(s.replace(old, new, count))
 
 
 def join(sep: Any, items: Iterable[Any]) -> Any:
@@ -288,7 +315,7 @@ def join(sep: Any, items: Iterable[Any]) -> Any:
     parts = list(items)
     if isinstance(sep, _TEXT):
         _check_len(sep, sum(len(p) for p in parts if isinstance(p, _TEXT)) + len(sep) * max(len(parts) - 1, 0))
-    return sep.join(parts)
+    return charge(sep.join(parts))
 
 
 #: Methods of str and bytes served by the guarded versions above (what they make is measured first).
@@ -404,10 +431,22 @@ def _hash_walk(key: tuple[Any, ...], memo: dict[int, int]) -> int:
     if known is None:
         known = len(key)
         for item in key:
-            if item.__class__ is tuple:
-                known += _hash_walk(item, memo)
+            known += _hash_cost(item, memo)
         memo[id(key)] = known
     return known
+
+
+def _hash_cost(key: Any, memo: dict[int, int]) -> int:
+    """What hashing one key walks: a tuple all of it, an int its digits (never cached), a str or bytes
+    its length (cached after the first time, charged as if not: a new string hashes whole)."""
+    cls = key.__class__
+    if cls is tuple:
+        return _hash_walk(key, memo)
+    if cls is int:
+        return key.bit_length() >> INT_UNIT  # type: ignore[no-any-return]
+    if cls is str or cls is bytes:
+        return len(key) >> TEXT_UNIT
+    return 0
 
 
 def check_spread(keys: Iterable[Any]) -> None:
@@ -425,20 +464,22 @@ def check_spread(keys: Iterable[Any]) -> None:
     walk = 0
     memo: dict[int, int] = {}
     for key in items:
-        if key.__class__ is tuple:
-            walk += _hash_walk(key, memo)
+        kcls = key.__class__
+        if kcls is tuple or kcls is int or kcls is str or kcls is bytes:
+            walk += _hash_cost(key, memo)
             if walk > MAX_WALK:
                 raise TooBig(f"hashing these keys would walk over {MAX_WALK} items (a tuple key is walked "
-                             "whole each time it is hashed): use shorter keys")
+                             "whole each time it is hashed, a big number or long text by its size): use "
+                             "shorter keys")
     if len(items) <= SPREAD_FREE:
         return
-    counts = Counter(map(hash, items))
+    hashes = list(map(hash, items))  # each key hashed once, here
+    counts = Counter(hashes)
     if len(items) - len(counts) < MAX_SHARED_HASH:
         return  # too few shared hashes to matter
     crowded = {h for h, n in counts.items() if n > MAX_SHARED_HASH}
     groups: dict[int, list[Any]] = {}
-    for key in items:
-        h = hash(key)
+    for key, h in zip(items, hashes):
         if h in crowded:
             distinct = groups.setdefault(h, [])
             if all(key != seen for seen in distinct):  # equal keys share one slot: no walk

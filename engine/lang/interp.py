@@ -23,6 +23,7 @@ from asteval.astutils import OPERATORS as ASTEVAL_OPERATORS
 from asteval.astutils import ReturnedNone, safe_getattr
 
 from ..decisions import Decision
+from . import allocation
 from .builtins import Decided
 from .checker import DENIED_ATTR_PREFIXES, DENIED_ATTRS
 from .guards import (
@@ -40,6 +41,7 @@ from .guards import (
 )
 from .helpers import RunBudget
 from .nesting import Nesting
+from .ordering import ORDERING, is_ordering, ordered
 from .textmethods import TEXT_ARG_CHECKS
 from .values import CONTAINERS, HASHED, HELD, MUTABLE, BoundMethod, add_function_class, admit
 
@@ -52,6 +54,9 @@ _monotonic = time.monotonic
 
 #: asteval's operators, with everything that can grow a value replaced by a size-guarded version
 OPERATORS = {**ASTEVAL_OPERATORS, **GUARDED_OPERATORS}
+
+#: a list or tuple literal this short is not charged to the run's allocation (bounded by the file)
+_SMALL = 16
 
 #: `_interrupt` after a decision made as a statement: every block stops as at a `return`
 _DECIDED = object()
@@ -90,9 +95,10 @@ class ListChanged(RuntimeError):
 def compare(op: type[ast.cmpop], left: Any, right: Any) -> Any:
     """One comparison of a chain, with the walk guard between two containers (guards.check_walk),
     and the collision guard between two hashed ones (== of two sets looks each item up in the other)."""
-    if left.__class__ in CONTAINERS and right.__class__ in CONTAINERS:
-        check_walk(left, right, op)
-        if left.__class__ in HASHED and right.__class__ in HASHED and op not in _LOOKUPS:
+    rcls = right.__class__
+    if rcls in CONTAINERS and (left.__class__ in CONTAINERS or op is ast.In or op is ast.NotIn):
+        check_walk(left, right, op)  # `text in a_list` compares the text with every item
+        if left.__class__ in HASHED and rcls in HASHED and op not in _LOOKUPS:
             check_spread(itertools.chain(keys_of(left, False), keys_of(right, False)))
     return OPERATORS[op](left, right)
 
@@ -101,7 +107,9 @@ _LOOKUPS = frozenset({ast.Is, ast.IsNot, ast.In, ast.NotIn})
 
 #: methods of a list, dict or set that put values into it, with the level their argument goes in at:
 #: 1 for the value itself (append), 0 for its items (extend, update)
-_INSERTS: dict[str, int] = {"append": 1, "insert": 1, "add": 1, "setdefault": 1, "extend": 0, "update": 0}
+#: (tests/test_costs enumerates every method of list, dict and set and fails on one missing here)
+_INSERTS: dict[str, int] = {"append": 1, "insert": 1, "add": 1, "setdefault": 1, "extend": 0, "update": 0,
+                            "symmetric_difference_update": 0}
 #: methods of a dict, set or frozenset that hash the items of their arguments in one C call
 _BULK_HASHING = frozenset({"update", "fromkeys", "union", "intersection", "intersection_update", "difference",
                            "difference_update", "symmetric_difference", "symmetric_difference_update",
@@ -122,29 +130,6 @@ def _container_method(func: Any, args: list[Any], kwargs: dict[str, Any]) -> tup
     if (objclass is str or objclass is bytes) and func.__name__ in TEXT_ARG_CHECKS:
         TEXT_ARG_CHECKS[func.__name__](func.__name__, args[1:], kwargs)
     return None
-
-
-def _checked_by_on_call(func: Any) -> bool:
-    """Whether on_call checks something about a call of this method: its arguments (strip, decode),
-    what it hashes (update, union), compares (count) or inserts (append)."""
-    if func.__class__ is BuiltinMethodType:
-        owner, name = func.__self__, func.__name__
-    elif func.__class__ is MethodDescriptorType:
-        owner, name = getattr(func, "__objclass__", None), func.__name__
-    else:
-        return False
-    ocls = owner if isinstance(owner, type) else owner.__class__
-    if ocls in CONTAINERS:
-        return name in _INSERTS or name in _BULK_HASHING or name in _SCANS
-    return (ocls is str or ocls is bytes) and name in TEXT_ARG_CHECKS
-
-
-def _check_callback(key: Any) -> None:
-    """A `key=` function is called by Python's sorted/min/max/list.sort for each item, past on_call:
-    a method on_call would check (d.update, l.append, s.strip, ...) is refused there."""
-    if _checked_by_on_call(key):
-        raise TypeError(f"key={key.__name__} is not allowed: a key function is a def, a builtin or a helper "
-                        "(write a def that calls the method)")
 
 
 def _each(iterable: Any) -> Any:
@@ -285,6 +270,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         self.nesting.reset()
         self._steps = max_steps
         self._deadline = RunBudget.deadline = deadline  # slow helpers refuse what cannot fit (helpers._cached)
+        allocation.start()  # what the run makes in all (lang/allocation)
         try:
             self.run(tree)
             return self.decision  # made as a statement, or None: no decision
@@ -296,6 +282,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         finally:
             self.symtable = {}  # nothing a run bound survives it
             RunBudget.deadline = float("inf")
+            allocation.stop()
             self.nesting.reset()  # nor what the depth meter remembered of it
 
     # -- the dispatch loop ----------------------------------------------------------------------
@@ -447,11 +434,15 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
     def on_list(self, node: Any) -> list[Any]:
         run = self.run
         items = [run(e) for e in node.elts]
+        if len(items) > _SMALL:
+            allocation.charge(items)
         return items if CONTAINERS.isdisjoint(map(type, items)) else self.nesting.made(items)
 
     def on_tuple(self, node: Any) -> tuple[Any, ...]:
         run = self.run
         items = tuple([run(e) for e in node.elts])
+        if len(items) > _SMALL:
+            allocation.charge(items)
         return items if CONTAINERS.isdisjoint(map(type, items)) else self.nesting.made(items)
 
     def on_set(self, node: Any) -> set[Any]:
@@ -459,25 +450,25 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         members = [run(e) for e in node.elts]
         if len(members) > SPREAD_FREE or tuple in map(type, members):  # tuples: each hash walks all of one
             check_spread(members)
-        return self.nesting.made(set(members))  # type: ignore[no-any-return]
+        return self.nesting.made(allocation.charge(set(members)))  # type: ignore[no-any-return]
 
     def on_dict(self, node: Any) -> dict[Any, Any]:
         run = self.run
         keys = [run(k) for k in node.keys]
         if len(keys) > SPREAD_FREE or tuple in map(type, keys):
             check_spread(keys)
-        return self.nesting.made(dict(zip(keys, [run(v) for v in node.values])))  # type: ignore[no-any-return]
+        return self.nesting.made(allocation.charge(dict(zip(keys, [run(v) for v in node.values]))))  # type: ignore[no-any-return]
 
     # Comprehensions: asteval deep-copies shadowed names and re-validates targets on every run.
     def on_listcomp(self, node: Any) -> list[Any]:
         out: list[Any] = []
         self._comprehend(node.generators, lambda: out.append(self.run(node.elt)))
-        return self.nesting.made(out)  # type: ignore[no-any-return]
+        return self.nesting.made(allocation.charge(out))  # type: ignore[no-any-return]
 
     def on_setcomp(self, node: Any) -> set[Any]:
         out: set[Any] = set()
         self._comprehend(node.generators, lambda: out.add(self.run(node.elt)))
-        return self.nesting.made(out)  # type: ignore[no-any-return]
+        return self.nesting.made(allocation.charge(out))  # type: ignore[no-any-return]
 
     def on_dictcomp(self, node: Any) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
@@ -486,7 +477,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             out[self.run(node.key)] = self.run(node.value)
 
         self._comprehend(node.generators, emit)
-        return self.nesting.made(out)  # type: ignore[no-any-return]
+        return self.nesting.made(allocation.charge(out))  # type: ignore[no-any-return]
 
     def _comprehend(self, generators: list[ast.comprehension], emit: Any) -> None:
         """Python 3 scoping: the loop names are local to the comprehension, the outer ones come back."""
@@ -552,7 +543,10 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
 
     def on_subscript(self, node: Any) -> Any:
         value, index = node.value, node.slice
-        return value.hr_run(value)[index.hr_run(index)]
+        key = index.hr_run(index)
+        if key.__class__ is slice:  # a slice is a new value: charged to the run (lang/allocation)
+            return allocation.charge(value.hr_run(value)[key])
+        return value.hr_run(value)[key]
 
     def on_formattedvalue(self, node: Any) -> Any:
         # asteval formats with str()/repr() of the whole value: a list of big lists is gigabytes
@@ -601,6 +595,11 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
                 self.decision = maker(*args, **kwargs)
                 self._interrupt = _DECIDED
                 return None
+        return self._call_host(func, args, kwargs, node)
+
+    def _call_host(self, func: Any, args: list[Any], kwargs: dict[str, Any], node: Any) -> Any:
+        """A call of anything but a rule's def, with every check: from the rule (on_call), or from C
+        code calling a key= function back (lang/ordering, through _order), so both meet the same guards."""
         if not callable(func):
             raise TypeError(f"'{type(func).__name__}' object is not callable")
         method = None
@@ -610,16 +609,20 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             ocls = owner.__class__
             if ocls in CONTAINERS or owner is dict:
                 method = (owner, func.__name__, args)
+                if ocls is list and method[1] == "sort":
+                    return self._order(func, args, kwargs, node)
+            elif func in ORDERING:  # sorted, min, max: compared and key= called under the guards
+                return self._order(func, args, kwargs, node)
             elif ocls is str or ocls is bytes:  # s.strip(chars), b.decode(codec): arguments bounded
                 text_check = TEXT_ARG_CHECKS.get(func.__name__)
                 if text_check is not None:
                     text_check(func.__name__, args, kwargs)
         elif fcls is MethodDescriptorType:  # list.append(l, x), taken from the type
+            if is_ordering(func):  # list.sort(l)
+                return self._order(func, args, kwargs, node)
             method = _container_method(func, args, kwargs)
         elif func is dict and args:
             check_spread(keys_of(args[0], True))
-        if kwargs and "key" in kwargs:  # sorted(l, key=f): Python calls f, not this handler
-            _check_callback(kwargs["key"])
         if method is not None:
             name = method[1]
             if name in _BULK_HASHING:
@@ -644,6 +647,23 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
                     self.nesting.inserted(owner, arg, level)
                 for arg in kwargs.values():
                     self.nesting.inserted(owner, arg, 1)
+        return result
+
+    def _order(self, func: Any, args: list[Any], kwargs: dict[str, Any], node: Any) -> Any:
+        """sorted/min/max/list.sort (lang/ordering): the key function is called from here, one step
+        a call, with the same checks as a call in the rule; the result is measured like any other."""
+        def call(key: Any, item: Any) -> Any:
+            self._steps -= 1
+            if self._steps < 0 or _monotonic() > self._deadline:
+                self._check_budget(node)
+            if key.__class__ is RuleFunction:
+                return self._call_function(key, [item], {})
+            return self._call_host(key, [item], {}, node)
+
+        result = ordered(func, args, kwargs, call)
+        if result.__class__ is list:
+            check_size(result)
+            self.nesting.made(result)
         return result
 
     def on_functiondef(self, node: Any) -> None:
