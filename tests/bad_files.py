@@ -263,3 +263,24 @@ CATALOGUE: dict[str, Maker] = {f.__name__: f for f in (
     data_yaml_many_nodes, data_yaml_alias_bomb, data_not_utf8, rule_over_limit, rule_at_limit, library_at_limit, library_diamond, library_slow_top_level,
     data_json_15m, data_csv_15m, data_yaml_2m,
 )}
+
+
+def make_unreadable(kind: str, target: Path, outside_file: Path, too_big: int) -> None:
+    """Make `target` a file of a kind no reader of the rules directory may read: a FIFO, a link to
+    /dev/zero, a directory, a socket, a link to `outside_file`, or a sparse file of `too_big` bytes.
+    Any other kind: nothing (the caller makes those its own way)."""
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "dev_zero":
+        os.symlink("/dev/zero", target)
+    elif kind == "directory":
+        target.mkdir()
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(target))
+        sock.close()
+    elif kind == "outside_link":
+        os.symlink(outside_file, target)
+    elif kind == "too_big":
+        with open(target, "wb") as f:
+            f.truncate(too_big)

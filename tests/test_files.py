@@ -26,7 +26,7 @@ from hookrules.events import Client, Event, frozen_map
 from hookrules.files import FileRefused, read_file
 from hookrules.ruleset import FileOutcome, RuleSet, scan
 
-from .bad_files import CATALOGUE, MiB
+from .bad_files import CATALOGUE, MiB, make_unreadable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,7 +127,6 @@ PLACES = [(where, kind) for where in ("rule", "library", "data") for kind in KIN
 @pytest.mark.parametrize(("where", "kind"), PLACES)
 def test_each_place_refuses_each_kind_of_file(where: str, kind: str, dirs: tuple[Path, Path]) -> None:
     """Every file hookrules reads goes through one reader: the same refusals wherever it is."""
-    import socket
     rules, outside = dirs
     rel = {"rule": "client.authorize.star", "library": "lib/x.star", "data": "data/x.json"}[where]
     if where == "library":
@@ -135,19 +134,9 @@ def test_each_place_refuses_each_kind_of_file(where: str, kind: str, dirs: tuple
     target = rules / rel
     (outside / "real").mkdir()
     (outside / "real" / target.name).write_text("X = 1\n" if where != "data" else "[1]")
-    if kind == "fifo":
-        os.mkfifo(target)
-    elif kind == "dev_zero":
-        os.symlink("/dev/zero", target)
-    elif kind == "directory":
-        target.mkdir()
-    elif kind == "socket":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(str(target))
-        sock.close()
-    elif kind == "outside_link":
-        os.symlink(outside / "real" / target.name, target)
-    elif kind == "outside_dir_link":  # the file is a plain name in a directory that links out
+    limit = datafiles.MAX_DATA_BYTES if where == "data" else files.MAX_RULE_BYTES
+    make_unreadable(kind, target, outside / "real" / target.name, limit + 1)  # the kinds every reader refuses
+    if kind == "outside_dir_link":  # the file is a plain name in a directory that links out
         (rules / "sub").symlink_to(outside / "real", target_is_directory=True)
         rel = f"sub/{target.name}"
         if where == "library":
@@ -160,9 +149,6 @@ def test_each_place_refuses_each_kind_of_file(where: str, kind: str, dirs: tuple
             rel = "data/x.json"
     elif kind == "dangling_link":
         os.symlink("nothing.json", target)
-    elif kind == "too_big":
-        with open(target, "wb") as f:
-            f.truncate(datafiles.MAX_DATA_BYTES + 1 if where == "data" else files.MAX_RULE_BYTES + 1)
     _, outcomes = bounded_scan(rules, RuleSet())
     errors = [e for o in outcomes for e in o.errors if e.location.file == str(rules / rel)]
     assert errors, (where, kind, [e.one_line() for o in outcomes for e in o.errors])

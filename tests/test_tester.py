@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from .bad_files import make_unreadable
 from .support import BUNDLED_RULES
 from .test_lifecycle import ENDLESS_STEP, with_blocking_helper
 
@@ -213,7 +214,6 @@ def test_every_kind_of_bad_test_file_is_a_problem_of_that_file(tmp_path: Path, k
     """Issue 9 audit F6: `hookrules test` read its tables with read_text and yaml.safe_load (a FIFO hung
     it, /dev/zero ran it out of memory, a link to /etc/hostname was read, aliases expanded). Test tables
     go through the one safe reader and the data files' YAML builder, like every file of the directory."""
-    import socket
     import threading
 
     from hookrules import datafiles
@@ -227,25 +227,11 @@ def test_every_kind_of_bad_test_file_is_a_problem_of_that_file(tmp_path: Path, k
     (outside / "t.yaml").write_text(good)
     (rules / "tests" / "good.yaml").write_text(good)
     target = rules / "tests" / "t.yaml"
-    if kind == "fifo":
-        os.mkfifo(target)
-    elif kind == "dev_zero":
-        os.symlink("/dev/zero", target)
-    elif kind == "directory":
-        target.mkdir()
-    elif kind == "socket":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(str(target))
-        sock.close()
-    elif kind == "outside_link":
-        os.symlink(outside / "t.yaml", target)
-    elif kind == "outside_dir_link":
+    make_unreadable(kind, target, outside / "t.yaml", datafiles.MAX_DATA_BYTES + 1)  # the kinds every reader refuses
+    if kind == "outside_dir_link":
         os.unlink(rules / "tests" / "good.yaml")
         os.rmdir(rules / "tests")
         (rules / "tests").symlink_to(outside, target_is_directory=True)
-    elif kind == "too_big":
-        with open(target, "wb") as f:
-            f.truncate(datafiles.MAX_DATA_BYTES + 1)
     elif kind == "billion_laughs":
         target.write_text('- &a {name: x, hook: client.authenticate, event: {}, expect: {decision: allow}}\n- *a\n')
     elif kind == "huge_int":
