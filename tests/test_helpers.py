@@ -21,13 +21,15 @@ from hookrules.decisions import ALLOW, Deny, Rewrite
 from hookrules.engine import Engine
 from hookrules.events import Client, Event, Message, frozen_map
 from hookrules.hooks import HOOKS
-from hookrules.lang import helpers
+from hookrules.lang import helpers, passwords
 from hookrules.lang.builtins import HELPERS, json_decode, provided_names, topic_match
 from hookrules.lang.guards import MAX_ITEMS, MAX_TEXT, TooBig
 from hookrules.lang.helpers import (
-    MAX_BCRYPT_COST, MAX_PBKDF2_ITERATIONS, MAX_REGEX_EXPANSION, MAX_REGEX_PATTERN, MAX_REGEX_TEXT,
-    b64decode, b64encode, bcrypt_check, hash_check, hmac_equal, hmac_sha256, json_encode, pbkdf2_check,
-    regex_expansion, regex_match, regex_search, sha256, topic_fill, topic_words,
+    MAX_REGEX_EXPANSION, MAX_REGEX_PATTERN, MAX_REGEX_TEXT, b64decode, b64encode, hmac_equal, hmac_sha256,
+    json_encode, regex_expansion, regex_match, regex_search, sha256, topic_fill, topic_words,
+)
+from hookrules.lang.passwords import (
+    MAX_BCRYPT_COST, MAX_PBKDF2_ITERATIONS, bcrypt_check, hash_check, pbkdf2_check,
 )
 from hookrules.ruleset import CompiledRule, RuleRuntimeError, RuleSet, compile_rule
 
@@ -67,9 +69,9 @@ def runtime_error(rule: CompiledRule, event: Event) -> str:
 
 @pytest.fixture(autouse=True)
 def fresh_cache() -> Iterator[None]:
-    helpers.clear_check_cache()
+    passwords.clear_check_cache()
     yield
-    helpers.clear_check_cache()
+    passwords.clear_check_cache()
 
 
 REAL_HASHPW = bcrypt.hashpw
@@ -84,7 +86,7 @@ def hashpw_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
         calls.append(salt)
         return REAL_HASHPW(password, salt)
 
-    monkeypatch.setattr(helpers.bcrypt, "hashpw", counting)
+    monkeypatch.setattr(passwords.bcrypt, "hashpw", counting)
     return calls
 
 
@@ -182,7 +184,7 @@ def test_the_check_cache_keeps_no_password() -> None:
     hashed = bcrypt_hash(b"correct horse")
     assert bcrypt_check("correct horse", hashed)
     assert not pbkdf2_check("correct horse", "00" * 32, "salt")
-    entries = helpers._CHECKS._entries
+    entries = passwords._CHECKS._entries
     assert len(entries) == 2
     for key, result in entries.items():
         assert isinstance(key, bytes) and len(key) == 32
@@ -191,7 +193,7 @@ def test_the_check_cache_keeps_no_password() -> None:
 
 
 def test_the_check_cache_is_bounded_and_keyed_per_process() -> None:
-    cache = helpers._CheckCache(3)
+    cache = passwords._CheckCache(3)
     keys = [cache.key(b"bcrypt", str(i).encode()) for i in range(5)]
     for i, key in enumerate(keys):
         cache.put(key, i % 2 == 0)
@@ -201,7 +203,7 @@ def test_the_check_cache_is_bounded_and_keyed_per_process() -> None:
     # same parts, same key; another cache (another process) derives another key
     assert cache.key(b"a", b"bc") == cache.key(b"a", b"bc")
     assert cache.key(b"a", b"bc") != cache.key(b"ab", b"c")
-    assert helpers._CheckCache(3).key(b"a", b"bc") != cache.key(b"a", b"bc")
+    assert passwords._CheckCache(3).key(b"a", b"bc") != cache.key(b"a", b"bc")
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -283,7 +285,7 @@ def test_pbkdf2_check_caches_results(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append(iterations)
         return real(name, password, salt, iterations, dklen)
 
-    monkeypatch.setattr(helpers.hashlib, "pbkdf2_hmac", counting)
+    monkeypatch.setattr(passwords.hashlib, "pbkdf2_hmac", counting)
     key = real("sha256", b"pw", b"s", 10).hex()
     assert [pbkdf2_check("pw", key, "s", 10) for _ in range(3)] == [True] * 3
     assert [pbkdf2_check("px", key, "s", 10) for _ in range(3)] == [False] * 3

@@ -18,7 +18,7 @@ import pytest
 from hookrules.engine import Engine
 from hookrules.events import Client, Event, frozen_map
 from hookrules.hooks import HOOKS
-from hookrules.lang import helpers
+from hookrules.lang import helpers, passwords
 from hookrules.ruleset import CompiledRule, Limits, RuleRuntimeError, RuleSet, compile_rule, scan
 
 from . import vernemq_examples as spec
@@ -40,9 +40,9 @@ def authn(password: str = "pw") -> Event:
 
 @pytest.fixture(autouse=True)
 def fresh() -> Iterator[None]:
-    helpers.clear_check_cache()
+    passwords.clear_check_cache()
     yield
-    helpers.clear_check_cache()
+    passwords.clear_check_cache()
 
 
 @pytest.fixture
@@ -59,8 +59,8 @@ def computed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append(f"pbkdf2-{digest}")
         return real_pbkdf2(digest, *args)
 
-    monkeypatch.setattr(helpers.bcrypt, "hashpw", hashpw)
-    monkeypatch.setattr(helpers.hashlib, "pbkdf2_hmac", pbkdf2)
+    monkeypatch.setattr(passwords.bcrypt, "hashpw", hashpw)
+    monkeypatch.setattr(passwords.hashlib, "pbkdf2_hmac", pbkdf2)
     return calls
 
 
@@ -94,10 +94,10 @@ def test_every_cost_is_refused_exactly_when_its_estimate_does_not_fit(monkeypatc
                                                                       computed: list[str]) -> None:
     """Enumerated over every bcrypt cost and every pbkdf2 digest, with a known cost per unit (1 ms a bcrypt
     round, 10 us a pbkdf2 iteration): what fits runs (and answers), what does not is refused untouched."""
-    monkeypatch.setattr(helpers, "_PER_UNIT", {k: 1e-3 if k == "bcrypt" else 1e-5
-                                               for k in ("bcrypt", *set(helpers._DIGESTS.values()))})
+    monkeypatch.setattr(passwords, "_PER_UNIT", {k: 1e-3 if k == "bcrypt" else 1e-5
+                                               for k in ("bcrypt", *set(passwords._DIGESTS.values()))})
     limits = Limits(timeout=0.5)
-    for cost in range(4, helpers.MAX_BCRYPT_COST + 1):
+    for cost in range(4, passwords.MAX_BCRYPT_COST + 1):
         computed.clear()
         if cost <= 8:  # 16 to 256 rounds: 20 to 320 ms estimated, with the safety factor; real ones run
             hashed = HASHPW(b"pw", bcrypt.gensalt(cost)).decode()
@@ -109,7 +109,7 @@ def test_every_cost_is_refused_exactly_when_its_estimate_does_not_fit(monkeypatc
             rule = compile_src(f"if bcrypt_check(client.password, {hashed!r}):\n    allow()\ndeny()\n")
             refused(rule, authn(), limits)
             assert computed == [], cost
-    digests = [d for d in sorted(set(helpers._DIGESTS.values())) if _available(d)]
+    digests = [d for d in sorted(set(passwords._DIGESTS.values())) if _available(d)]
     assert len(digests) >= 6
     for digest in digests:
         computed.clear()
@@ -131,7 +131,7 @@ def _available(digest: str) -> bool:
 def test_a_cached_result_is_answered_whatever_the_budget(computed: list[str]) -> None:
     cost12 = HASHPW(b"pw", bcrypt.gensalt(12)).decode()
     rule = compile_src(f"if bcrypt_check(client.password, {cost12!r}):\n    allow()\ndeny()\n")
-    assert helpers.bcrypt_check("pw", cost12) is True  # outside a run: no budget, computed and cached
+    assert passwords.bcrypt_check("pw", cost12) is True  # outside a run: no budget, computed and cached
     assert computed == ["bcrypt"]
     computed.clear()
     for _ in range(3):
@@ -141,9 +141,9 @@ def test_a_cached_result_is_answered_whatever_the_budget(computed: list[str]) ->
 
 
 def test_outside_a_run_there_is_no_budget() -> None:
-    assert helpers.RunBudget.deadline == math.inf
+    assert passwords.RunBudget.deadline == math.inf
     compile_src("allow()\n").run(authn(), BUDGET)
-    assert helpers.RunBudget.deadline == math.inf  # cleared when the run ends
+    assert passwords.RunBudget.deadline == math.inf  # cleared when the run ends
 
 
 def test_a_refused_check_is_answered_by_the_policy_on_a_live_server(start_server: Any, tmp_path: Path) -> None:
@@ -164,7 +164,7 @@ def test_the_run_budget_is_per_thread() -> None:
     (or clear) the deadline another thread's helpers read. Result: each thread sees only its own."""
     import threading
 
-    from hookrules.lang.helpers import RunBudget
+    from hookrules.lang.passwords import RunBudget
 
     seen: list[float] = []
     RunBudget.deadline = 123.0

@@ -39,7 +39,7 @@ from .guards import (
     join_fields,
     keys_of,
 )
-from .helpers import RunBudget
+from .passwords import RunBudget
 from .nesting import Nesting
 from .ordering import ORDERING, is_ordering, ordered
 from .textmethods import TEXT_ARG_CHECKS
@@ -269,7 +269,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         self.decision = None
         self.nesting.reset()
         self._steps = max_steps
-        self._deadline = RunBudget.deadline = deadline  # slow helpers refuse what cannot fit (helpers._cached)
+        self._deadline = RunBudget.deadline = deadline  # slow helpers refuse what cannot fit (passwords._cached)
         allocation.start()  # what the run makes in all (lang/allocation)
         try:
             self.run(tree)
