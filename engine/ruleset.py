@@ -27,7 +27,8 @@ from .datafiles import DataNamespace, DataSet, scan_data
 from .files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, collector_paused, read_file
 from .lang.checker import TOPICS_NAME, check
 from .lang.loader import DATA_NAME, Libraries, Linker, reads_data, strip_loads, time_dependent
-from .lang.interp import ListChanged, RuleAbort, RuleInterpreter
+from .lang.functions import ListChanged, RuleAbort
+from .lang.interp import RuleInterpreter
 
 
 class RuleRuntimeError(Exception):

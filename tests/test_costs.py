@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 import pytest
-from hookrules.lang.interp import _INSERTS
+from hookrules.lang.boundary import INSERTS as _INSERTS
 from hookrules.lang.values import MUTABLE
 
 from .test_values import RECEIVERS, Runner, public_attributes
@@ -156,7 +156,7 @@ def _holds(container: Any) -> bool:
 def test_every_inserting_method_is_in_the_insert_table(cls: type) -> None:
     """Result: each method of list, dict and set is called with the marker passed directly and inside
     a list, a dict and a list of pairs; one that leaves the marker in the container must be in the
-    table the depth bound reads (interp._INSERTS), at the level it went in at (1: as itself, 0: its
+    table the depth bound reads (boundary.INSERTS), at the level it went in at (1: as itself, 0: its
     items), or values could nest past the bound through it (set.symmetric_difference_update)."""
     samples = {list: lambda: [1, 2], dict: lambda: {1: 2}, set: lambda: {1, 2}}
     found: dict[str, int] = {}
@@ -172,7 +172,7 @@ def test_every_inserting_method_is_in_the_insert_table(cls: type) -> None:
                 found[name] = max(found.get(name, 0), level)
     assert found, "the enumeration found no inserting method at all"
     missing = {n: lvl for n, lvl in found.items() if n not in _INSERTS or _INSERTS[n] < lvl}
-    assert not missing, f"methods that put values in, missing from interp._INSERTS: {missing}"
+    assert not missing, f"methods that put values in, missing from boundary.INSERTS: {missing}"
 
 
 @pytest.mark.parametrize("put", ["s.symmetric_difference_update([t])", "s.update([t])", "s.add(t)",

@@ -13,7 +13,7 @@ from collections.abc import ItemsView, KeysView, Mapping, ValuesView
 from types import BuiltinMethodType, MappingProxyType
 from typing import Any
 
-from .interp import RuleFunction
+from .functions import RuleFunction
 from .nesting import pin
 from .values import CONVERSIONS, is_held
 

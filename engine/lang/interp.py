@@ -6,16 +6,16 @@ let Python exceptions carry the failing node out, so errors point at file:line:c
 are its own: asteval's Procedure scopes names dynamically (a function sees its caller's
 variables, a returned function forgets its own); rules get Python's lexical scoping instead.
 One interpreter belongs to one compiled rule and is used by one run at a time: runs are synchronous
-on the server's event loop.
+on the server's event loop. The functions themselves (RuleFunction) live in lang/functions, the checks
+made before a call, comparison or insert reaches C code in lang/boundary.
 """
 
 from __future__ import annotations
 
 import ast
-import itertools
 import time
 from collections.abc import Callable
-from types import BuiltinMethodType, FunctionType, MappingProxyType, MethodDescriptorType, ModuleType
+from types import BuiltinMethodType, FunctionType, MethodDescriptorType, ModuleType
 from typing import Any
 
 from asteval import Interpreter
@@ -39,11 +39,13 @@ from .guards import (
     join_fields,
     keys_of,
 )
+from .boundary import BULK_HASHING, INSERTS, SCANS, check_bulk, compare, container_method
+from .functions import RuleAbort, RuleFunction, each
 from .passwords import RunBudget
 from .nesting import Nesting
 from .ordering import ORDERING, is_ordering, ordered
 from .textmethods import TEXT_ARG_CHECKS
-from .values import CONTAINERS, HASHED, HELD, MUTABLE, BoundMethod, add_function_class, admit
+from .values import CONTAINERS, HELD, MUTABLE, BoundMethod, admit
 
 # Everything the checker refuses is also switched off in asteval, so a tree that somehow skipped
 # the checker still cannot loop, import, raise or open files.
@@ -76,136 +78,6 @@ def _innermost_node(tb: Any) -> tuple[ast.AST | None, str]:
             file = getattr(node, "hr_file", file)
         tb = tb.tb_next
     return found, file
-
-
-def _check_bulk(owner: Any, name: str, args: list[Any]) -> None:
-    """Before a method hashes many keys in one C call: the keys it will put in the same table."""
-    if owner is dict:  # dict.fromkeys(keys)
-        if args:
-            check_spread(keys_of(args[0], False))
-        return
-    pairs = owner.__class__ is dict or owner.__class__ is MappingProxyType
-    check_spread(itertools.chain(keys_of(owner, False), *(keys_of(a, pairs) for a in args)))
-
-
-class ListChanged(RuntimeError):
-    """A list changed while a loop went over it."""
-
-
-def compare(op: type[ast.cmpop], left: Any, right: Any) -> Any:
-    """One comparison of a chain, with the walk guard between two containers (guards.check_walk),
-    and the collision guard between two hashed ones (== of two sets looks each item up in the other)."""
-    rcls = right.__class__
-    if rcls in CONTAINERS and (left.__class__ in CONTAINERS or op is ast.In or op is ast.NotIn):
-        check_walk(left, right, op)  # `text in a_list` compares the text with every item
-        if left.__class__ in HASHED and rcls in HASHED and op not in _LOOKUPS:
-            check_spread(itertools.chain(keys_of(left, False), keys_of(right, False)))
-    return OPERATORS[op](left, right)
-
-
-_LOOKUPS = frozenset({ast.Is, ast.IsNot, ast.In, ast.NotIn})
-
-#: methods of a list, dict or set that put values into it, with the level their argument goes in at:
-#: 1 for the value itself (append), 0 for its items (extend, update)
-#: (tests/test_costs enumerates every method of list, dict and set and fails on one missing here)
-_INSERTS: dict[str, int] = {"append": 1, "insert": 1, "add": 1, "setdefault": 1, "extend": 0, "update": 0,
-                            "symmetric_difference_update": 0}
-#: methods of a dict, set or frozenset that hash the items of their arguments in one C call
-_BULK_HASHING = frozenset({"update", "fromkeys", "union", "intersection", "intersection_update", "difference",
-                           "difference_update", "symmetric_difference", "symmetric_difference_update",
-                           "issubset", "issuperset", "isdisjoint"})
-
-#: methods of a list or tuple that compare their argument with every item
-_SCANS = frozenset({"count", "index", "remove"})
-
-
-def _container_method(func: Any, args: list[Any], kwargs: dict[str, Any]) -> tuple[Any, str, list[Any]] | None:
-    """(the container, the method's name, the other arguments) when `func` is an unbound method of a
-    container of the set (`list.append` taken from the type), else None; an unbound str or bytes
-    method has its arguments checked. (A bound one, `d.update` or `dict.fromkeys`, is recognised
-    inline in on_call.)"""
-    objclass = getattr(func, "__objclass__", None)
-    if objclass in CONTAINERS and args:
-        return args[0], func.__name__, args[1:]
-    if (objclass is str or objclass is bytes) and func.__name__ in TEXT_ARG_CHECKS:
-        TEXT_ARG_CHECKS[func.__name__](func.__name__, args[1:], kwargs)
-    return None
-
-
-def _each(iterable: Any) -> Any:
-    """What a for loop or comprehension goes over: a list as Starlark has it, refusing to change."""
-    return _frozen_while_iterated(iterable) if iterable.__class__ is list else iterable
-
-
-def _frozen_while_iterated(items: list[Any]) -> Any:
-    """Go over a list, failing as Starlark does if it grows or shrinks meanwhile (Python would go on
-    over what the loop appends, until the step budget ran out)."""
-    size = len(items)
-    for value in items:
-        if len(items) != size:
-            break
-        yield value
-    if len(items) != size:
-        raise ListChanged(f"the list changed size during the loop over it ({size} items, now {len(items)})")
-
-
-class RuleFunction:
-    """A `def` of a rule: its tree, its defaults and the scope it was defined in (its closure).
-
-    Underscore attributes only: rules cannot read them (checker and on_attribute refuse `_` names).
-    """
-
-    __slots__ = ("_node", "_params", "_defaults", "_env", "_interp", "__weakref__")
-
-    def __init__(self, node: ast.FunctionDef, params: list[str], defaults: dict[str, Any], env: dict[str, Any],
-                 interp: RuleInterpreter):
-        self._node = node
-        self._params = params
-        self._defaults = defaults
-        self._env = env
-        self._interp = interp
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Called from Python code, e.g. sorted(items, key=f): the same checks as a call in the rule."""
-        return self._interp._call_function(self, list(args), kwargs)
-
-    @property
-    def name(self) -> str:
-        return self._node.name
-
-    def __repr__(self) -> str:
-        return f"<function {self._node.name}>"
-
-    def bind(self, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The call's local scope: the closure, then the parameters."""
-        params = self._params
-        if len(args) > len(params):
-            raise TypeError(f"{self.name}() takes {len(params)} arguments but {len(args)} were given")
-        frame = self._env.copy()
-        frame.update(zip(params, args))
-        for key, value in kwargs.items():
-            if key not in params:
-                raise TypeError(f"{self.name}() got an unexpected keyword argument '{key}'")
-            if key in params[: len(args)]:
-                raise TypeError(f"{self.name}() got multiple values for argument '{key}'")
-            frame[key] = value
-        for name in params[len(args):]:
-            if name not in kwargs:
-                if name not in self._defaults:
-                    raise TypeError(f"{self.name}() missing argument '{name}'")
-                frame[name] = self._defaults[name]
-        return frame
-
-
-add_function_class(RuleFunction)
-
-
-class RuleAbort(BaseException):
-    """The run went over its step budget or deadline. BaseException, so no handler swallows it."""
-
-    def __init__(self, message: str, node: ast.AST | None):
-        super().__init__(message)
-        self.node = node
 
 
 class RuleInterpreter(Interpreter):  # type: ignore[misc]
@@ -373,7 +245,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         self._block(node.body if test.hr_run(test) else node.orelse)
 
     def on_for(self, node: Any) -> None:
-        for value in _each(self.run(node.iter)):
+        for value in each(self.run(node.iter)):
             self.node_assign(node.target, value)
             self._interrupt = None
             self._block(node.body)
@@ -498,7 +370,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
     def _generate(self, generators: list[ast.comprehension], index: int, emit: Any) -> None:
         gen = generators[index]
         last = index == len(generators) - 1
-        for value in _each(self.run(gen.iter)):
+        for value in each(self.run(gen.iter)):
             self._steps -= 1  # one step per item: the element may be a leaf, which costs none
             if self._steps < 0 or _monotonic() > self._deadline:
                 self._check_budget(gen.iter)  # the comprehension node itself has no position
@@ -620,14 +492,14 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         elif fcls is MethodDescriptorType:  # list.append(l, x), taken from the type
             if is_ordering(func):  # list.sort(l)
                 return self._order(func, args, kwargs, node)
-            method = _container_method(func, args, kwargs)
+            method = container_method(func, args, kwargs)
         elif func is dict and args:
             check_spread(keys_of(args[0], True))
         if method is not None:
             name = method[1]
-            if name in _BULK_HASHING:
-                _check_bulk(*method)
-            elif name in _SCANS and method[2]:  # l.count(x): x compared with every item, as `x in l`
+            if name in BULK_HASHING:
+                check_bulk(*method)
+            elif name in SCANS and method[2]:  # l.count(x): x compared with every item, as `x in l`
                 check_walk(method[2][0], method[0], ast.In)
         result = func(*args, **kwargs) if kwargs else func(*args)
         cls = result.__class__
@@ -640,7 +512,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
                                   or not CONTAINERS.isdisjoint(map(type, result))):
             self.nesting.made(result)  # (a short flat list or tuple, one level deep, needs no look)
         if method is not None and method[0].__class__ in MUTABLE:
-            level = _INSERTS.get(method[1])
+            level = INSERTS.get(method[1])
             if level is not None:  # append, update, ...: the container is as deep as what went in makes it
                 owner = method[0]
                 for arg in method[2]:

@@ -168,7 +168,7 @@ def _cached(key: bytes, compute: Callable[[], bool], helper: str, kind: str, uni
             estimate = _per_unit(kind) * units
             left = deadline - time.monotonic()
             if estimate * COST_SAFETY > left:
-                from .interp import RuleAbort  # here: interp imports this module
+                from .functions import RuleAbort  # here: interp imports this module
 
                 raise RuleAbort(f"{helper} would take about {estimate * 1000:.0f} ms, more than the "
                                 f"{max(left, 0.0) * 1000:.0f} ms left of the rule's budget: refused before it "

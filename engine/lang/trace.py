@@ -11,7 +11,8 @@ from types import MappingProxyType
 from typing import Any
 
 from .guards import TooBig, bounded_text
-from .interp import RuleInterpreter, compare
+from .boundary import compare
+from .interp import RuleInterpreter
 
 MAX_VALUE_CHARS = 80
 
