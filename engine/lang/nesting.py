@@ -142,16 +142,22 @@ class Nesting:
             self._lasting = {}
             self._lasting_kept = []
 
+    def _known(self, key: int) -> int | None:
+        """The remembered entry (depth, and hash walk << 8) of the container with id `key`: this run's,
+        a read-only one's of this run, or a pinned library value's; None when never measured."""
+        known = self._memo.get(key)
+        if known is None:
+            known = self._lasting.get(key)
+            if known is None:
+                known = _PINNED.get(key)
+        return known
+
     def depth(self, value: Any) -> int:
         if value.__class__ not in CONTAINERS:
             return 0
-        known = self._memo.get(id(value))
+        known = self._known(id(value))
         if known is None:
-            known = self._lasting.get(id(value))
-            if known is None:
-                known = _PINNED.get(id(value))
-                if known is None:
-                    known = self._walk(value)
+            known = self._walk(value)
         return known & 255
 
     def made(self, value: Any) -> Any:
@@ -180,11 +186,8 @@ class Nesting:
             if icls not in CONTAINERS:
                 continue
             iid = id(item)
-            known = memo.get(iid)
-            if known is None:
-                known = lasting.get(iid)
-                if known is None:
-                    known = _PINNED.get(iid)
+            known = self._known(iid)
+            if known is None or iid not in memo:
                 if known is None:
                     if (icls is list or icls is tuple) and len(item) <= _SMALL and CONTAINERS.isdisjoint(map(type, item)):
                         known = 1 + (len(item) << 8 if icls is tuple else 0)  # small and flat
@@ -254,13 +257,9 @@ class Nesting:
             value, depth = todo.pop()
             if depth > MAX_DEPTH:
                 raise _too_deep()
-            known = memo.get(id(value))
+            known = self._known(id(value))
             if known is None:  # not remembered (small and flat): measure it
-                known = self._lasting.get(id(value))
-                if known is None:
-                    known = _PINNED.get(id(value))
-                if known is None:
-                    known = self._walk(value)
+                known = self._walk(value)
             if known & 255 >= depth:
                 continue
             memo[id(value)] = depth + (known >> 8 << 8)
@@ -269,7 +268,7 @@ class Nesting:
     def _walk(self, root: Any) -> int:
         """Depth (and, for tuples, hash walk) of a container not measured before, iteratively; each
         container under it is measured once (shared parts are looked up, not walked again)."""
-        memo, lasting, holders = self._memo, self._lasting, self._holders
+        memo, holders = self._memo, self._holders
         # frame: [container, its items, deepest item, all items fixed, hash walk]
         entry: int
         stack: list[list[Any]] = [[root, iter(_items(root)), 0, root.__class__ in _FIXED,
@@ -282,11 +281,7 @@ class Nesting:
                 if cls not in CONTAINERS:
                     continue
                 iid = id(item)
-                known = memo.get(iid)
-                if known is None:
-                    known = lasting.get(iid)
-                    if known is None:
-                        known = _PINNED.get(iid)
+                known = self._known(iid)
                 if known is None or iid in memo:  # its depth may still change: link it to its holder
                     holders.setdefault(iid, {})[id(frame[0])] = frame[0]
                 if known is None:
@@ -310,7 +305,6 @@ class Nesting:
                 entry = depth + int(frame[4] << 8)
                 if frame[3]:
                     self._last(id(frame[0]), frame[0], entry)
-                    lasting = self._lasting
                 else:
                     if len(memo) > MAX_MEMO:
                         raise _too_many()
