@@ -122,23 +122,30 @@ def test_the_reloader_retries_a_time_dependent_failure_by_itself(tmp_path: Path,
     assert asyncio.run(main()) == ["rule", "rule", "allow"]  # deny (old), still old, then the new rule
 
 
+def count_checks(monkeypatch: pytest.MonkeyPatch, cost: float = 0.0) -> list[str]:
+    """The libraries checked from now on, in order; each check first spends `cost` s of CPU time (what
+    the compile budget counts)."""
+    checks: list[str] = []
+    real_check = loader.Libraries._check
+
+    def counting(module: str, shown: str, version: str, data: bytes) -> Any:
+        checks.append(module)
+        deadline = time.thread_time() + cost
+        while time.thread_time() < deadline:
+            pass
+        return real_check(module, shown, version, data)
+
+    monkeypatch.setattr(loader.Libraries, "_check", staticmethod(counting))
+    return checks
+
+
 def test_reading_and_checking_libraries_are_outside_the_watchdogs_stretch_and_under_the_cpu_budget(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """40 big libraries: the watchdog killed the server while they were being checked. The watchdog
     is now told only about runs, and their stretch goes on from the runs before it (not from the
     compile's start); a compile that spends its CPU budget stops reading libraries, as a transient
     load error of the rule."""
-    checks: list[str] = []
-    real_check = loader.Libraries._check
-
-    def slow_check(module: str, shown: str, version: str, data: bytes) -> Any:
-        checks.append(module)
-        deadline = time.thread_time() + 0.02  # CPU time: what the budget counts
-        while time.thread_time() < deadline:
-            pass
-        return real_check(module, shown, version, data)
-
-    monkeypatch.setattr(loader.Libraries, "_check", staticmethod(slow_check))
+    checks = count_checks(monkeypatch, cost=0.02)
     loader._CHECKED.clear()
     for k in range(10):
         write(tmp_path, f"lib/l{k}.star", f"def f{k}():\n    return {k}\n")
@@ -161,14 +168,7 @@ def test_reading_and_checking_libraries_are_outside_the_watchdogs_stretch_and_un
 
 def test_the_check_cache_holds_a_directory_of_many_libraries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """It held 256 entries: a directory with more checked every library again on every rescan."""
-    checks: list[str] = []
-    real_check = loader.Libraries._check
-
-    def counting(module: str, shown: str, version: str, data: bytes) -> Any:
-        checks.append(module)
-        return real_check(module, shown, version, data)
-
-    monkeypatch.setattr(loader.Libraries, "_check", staticmethod(counting))
+    checks = count_checks(monkeypatch)
     count = 400
     for k in range(count):
         write(tmp_path, f"lib/l{k}.star", f"def f():\n    return {k}\n")
@@ -185,14 +185,7 @@ def test_the_libraries_of_one_rule_are_bounded_in_bytes_as_a_fault_of_the_files(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """40 libraries of 64 KiB took 600 MB for one rule (a checked tree is up to ~230 bytes a byte of
     source). Past the total no more are read, and the error is cached (the files must change)."""
-    checks: list[str] = []
-    real_check = loader.Libraries._check
-
-    def counting(module: str, shown: str, version: str, data: bytes) -> Any:
-        checks.append(module)
-        return real_check(module, shown, version, data)
-
-    monkeypatch.setattr(loader.Libraries, "_check", staticmethod(counting))
+    checks = count_checks(monkeypatch)
     monkeypatch.setattr(loader, "MAX_LIBRARY_BYTES", 120)
     loader._CHECKED.clear()
     for k in range(10):
