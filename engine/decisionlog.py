@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from . import metrics
 from .events import Event
+from .hooks import RULE_SUFFIX
 from .ratelimit import Every
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,10 @@ class DecisionLog:
                     return False
         return True
 
-    def record(self, event: Event, decision: Any, source: str, version: str, error: str, seconds: float) -> None:
+    def record(self, event: Event, decision: Any, source: str, version: str, error: str, seconds: float,
+               rule: str = "") -> None:
+        """One entry; `rule` is the hook whose file answered (a twin's or portable file, for one
+        without its own), written as the file name."""
         if self.sample < 1.0 and random.random() >= self.sample:
             return
         client = event.client
@@ -145,6 +149,7 @@ class DecisionLog:
             "reason": getattr(decision, "reason", ""),
             "source": source,
             "rule_version": version,
+            "rule": rule + RULE_SUFFIX if rule else "",
             "duration_us": round(seconds * 1e6, 1),
         }
         topic = event.data.get("topic")

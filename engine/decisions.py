@@ -12,10 +12,11 @@ Kind = Literal["allow", "deny", "ignore", "rewrite", "drop"]
 @dataclass(frozen=True, slots=True)
 class Allow:
     """Let it happen. VerneMQ only: `modifiers` (checked against what the hook accepts) and `cache`
-    (seconds VerneMQ may reuse the answer)."""
+    (seconds VerneMQ may reuse the answer). RabbitMQ's user check only: `tags`, the user's tags."""
 
     modifiers: Mapping[str, Any] | None = None
     cache: int | None = None
+    tags: tuple[str, ...] | None = None
     kind: ClassVar[Kind] = "allow"
 
 

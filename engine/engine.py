@@ -16,7 +16,7 @@ from .decisionlog import DecisionLog
 from .decisions import ALLOW, IGNORE, POLICY_DECISIONS, Decision
 from .errors import Location, RuleError
 from .events import Event
-from .hooks import HOOKS, Policy
+from .hooks import CHAINS, HOOKS, Policy
 from .modifiers import decision_problem
 from .ratelimit import Every
 from .ruleset import Limits, RuleRuntimeError, RuleSet
@@ -51,20 +51,16 @@ class Outcome(NamedTuple):
     source: Source
     version: str = ""
     error: RuleError | None = None
+    #: the hook whose rule file answered (its own, a twin's or a portable one), "" for none
+    rule: str = ""
 
 
 NO_RULE = Outcome(IGNORE, "no_rule")
 
 
 def source_hook(ruleset: RuleSet, hook: str) -> str | None:
-    """The hook whose rule file answers `hook`: its own, else its fallback's, else None."""
-    if hook in ruleset.rules or hook in ruleset.broken:
-        return hook
-    info = HOOKS.get(hook)
-    fallback = info.fallback if info is not None else None
-    if fallback is not None and (fallback in ruleset.rules or fallback in ruleset.broken):
-        return fallback
-    return None
+    """The hook whose rule file answers `hook` (RuleSet.source)."""
+    return ruleset.source(hook)
 
 
 class Engine:
@@ -90,10 +86,15 @@ class Engine:
             return self.policies.get(hook, "ignore")
         if hook in self.policies:
             return self.policies[hook]
-        # a _m5 hook served by its twin's rule follows the policy configured for that rule
-        fallback = info.fallback
-        if fallback is not None and fallback in self.policies and source_hook(self.ruleset, hook) == fallback:
-            return self.policies[fallback]
+        # a hook answered by another file (a _m5 hook by its twin's, any by a portable one) follows the
+        # policy configured for the hooks between it and that file, the nearest first
+        source = self.ruleset.source(hook)
+        if source is not None and source != hook:
+            for name in CHAINS[hook][1:]:
+                if name in self.policies:
+                    return self.policies[name]
+                if name == source:
+                    break
         return info.failure_policy
 
     def never_loaded(self, hook: str) -> str | None:
@@ -109,10 +110,11 @@ class Engine:
         adapter may skip building it (most EMQX calls are notifications nobody wrote a rule for)."""
         return source_hook(self.ruleset, hook) is not None
 
-    def skip(self, broker: str, hook: str) -> Outcome:
-        """The outcome of a call to a hook with no rule file, counted like any other decision."""
-        self._count(broker, hook, IGNORE, "no_rule")
-        return NO_RULE
+    def skip(self, broker: str, hook: str, decision: Decision = IGNORE) -> Outcome:
+        """The outcome of a call to a hook with no rule file, counted like any other decision:
+        ignore(), or the answer the broker's adapter gives such a call (a RabbitMQ vhost check: allow)."""
+        self._count(broker, hook, decision, "no_rule")
+        return NO_RULE if decision is IGNORE else Outcome(decision, "no_rule")
 
     def internal_error(self, broker: str, hook: str) -> Decision:
         """The answer to a call an adapter failed on by a bug of hookrules' own: counted, logged (with
@@ -139,16 +141,17 @@ class Engine:
         ruleset = self.ruleset  # one read: a swap during this call does not affect it
         source = source_hook(ruleset, event.hook)
         rule = ruleset.get(source) if source is not None else None
+        answered = source or ""
         if rule is None and source is not None:  # its file exists but never loaded
             outcome = self._failed(event, "", RuleError("load_error", Location(ruleset.broken[source]),
                                                         "the rule file has errors and no earlier version loaded",
-                                                        "run 'hookrules check' on the rules directory"))
+                                                        "run 'hookrules check' on the rules directory"), source)
             if self.decision_log is not None:  # answered by policy: a decision an audit must see
                 self._log_decision(event, outcome, 0.0)
         elif rule is None:
             outcome = NO_RULE
         elif not rule.wants(event):
-            outcome = Outcome(IGNORE, "filtered", rule.version)
+            outcome = Outcome(IGNORE, "filtered", rule.version, None, answered)
         else:
             limits = self.limits
             budget = limits.timeout if timeout is None or timeout > limits.timeout else timeout
@@ -159,17 +162,18 @@ class Engine:
             try:
                 decision = rule.run(event, limits, budget)
                 if decision is None or decision is ALLOW or decision is IGNORE:  # the usual: nothing to check
-                    outcome = Outcome(decision or IGNORE, "rule", rule.version)
+                    outcome = Outcome(decision or IGNORE, "rule", rule.version, None, answered)
                 else:
                     problem = decision_problem(event.hook, decision) or (check(decision) if check else None)
                     if problem is None:
-                        outcome = Outcome(decision, "rule", rule.version)
+                        outcome = Outcome(decision, "rule", rule.version, None, answered)
                     else:
                         outcome = self._failed(event, rule.version, RuleError(
                             "runtime_error", Location(rule.path), f"{decision.kind}() cannot be sent to "
-                            f"{event.broker}: {problem}", "check the values the rule passes to its decision"))
+                            f"{event.broker}: {problem}", "check the values the rule passes to its decision"),
+                            answered)
             except RuleRuntimeError as exc:
-                outcome = self._failed(event, rule.version, exc.error)
+                outcome = self._failed(event, rule.version, exc.error, answered)
             finally:
                 elapsed = time.perf_counter() - started
                 if clock is not None:
@@ -213,21 +217,21 @@ class Engine:
         self._log_error(event.hook, rule.version if rule is not None else "", error, policy)
         decision = POLICY_DECISIONS[policy]
         if self.decision_log is not None:
-            self._log_decision(event, Outcome(decision, "policy", rule.version if rule else "", error), 0.0)
+            self._log_decision(event, Outcome(decision, "policy", rule.version if rule else "", error, source or ""), 0.0)
         self._count(event.broker, event.hook, decision, "policy", left)
         return [decision] * left
 
     def _log_decision(self, event: Event, outcome: Outcome, seconds: float) -> None:
         self.decision_log.record(event, outcome.decision, outcome.source, outcome.version,  # type: ignore[union-attr]
-                                 outcome.error.one_line() if outcome.error else "", seconds)
+                                 outcome.error.one_line() if outcome.error else "", seconds, outcome.rule)
 
-    def _failed(self, event: Event, version: str, error: RuleError) -> Outcome:
+    def _failed(self, event: Event, version: str, error: RuleError, rule: str = "") -> Outcome:
         policy = self.policy(event.hook)
         kind = "deadline" if error.code == "deadline_error" else "runtime"
         if error.code != "load_error":  # load errors were counted when the file was read
             metrics.RULE_ERRORS.labels(event.hook, kind).inc()
         self._log_error(event.hook, version, error, policy)
-        return Outcome(POLICY_DECISIONS[policy], "policy", version, error)
+        return Outcome(POLICY_DECISIONS[policy], "policy", version, error, rule)
 
     def _log_error(self, hook: str, version: str, error: RuleError, policy: str) -> None:
         key = (hook, version, str(error.location))

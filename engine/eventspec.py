@@ -16,7 +16,7 @@ from dataclasses import fields
 from typing import Any
 
 from .events import Client, Conn, Event, Message, SubOpts, TopicFilter, freeze, frozen_map
-from .hooks import HOOKS
+from .hooks import HOOKS, answered_hooks
 
 
 class SpecError(ValueError):
@@ -61,6 +61,9 @@ def build_event(hook: str, spec: Mapping[str, Any]) -> Event:
     info = HOOKS.get(hook)
     if info is None:
         raise SpecError(f"unknown hook '{hook}'")
+    if info.broker == "portable":
+        raise SpecError(f"no broker calls '{hook}': name the broker hook its file answers, one of "
+                        f"{', '.join(answered_hooks(hook))}")
     if not isinstance(spec, Mapping):
         raise SpecError(f"an event is a mapping of names to values, not {type(spec).__name__}")
     allowed = set(info.names) | {"client"}
@@ -92,6 +95,10 @@ def build_event(hook: str, spec: Mapping[str, Any]) -> Event:
             data["topic"] = message.topic
         if "qos" in allowed and "qos" not in data:
             data["qos"] = message.qos
+    if info.action is not None and "action" not in data:  # as the adapter sets it
+        data["action"] = info.action
+    if "qos" in allowed and "qos" not in data:  # a topic check whose broker sends no qos
+        data["qos"] = None
     if "request" in allowed and "request" not in data:
         data["request"] = frozen_map({})
     return Event(hook, info.broker, client, frozen_map(data))

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .decisions import Decision
+from .hooks import HOOKS
 
 Check = Callable[[str, Any], Any]
 
@@ -201,6 +202,26 @@ def check_cache(cache: Any) -> int:
     return cache
 
 
+#: allow(tags=[...]) in RabbitMQ's user check: RabbitMQ splits `allow TAG ...` on spaces and makes an
+#: Erlang atom of each tag (atoms are never freed), so tags are short names, and few
+MAX_TAGS = 16
+MAX_TAG = 64
+_TAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+
+
+def rabbitmq_tags(tags: Any) -> tuple[str, ...]:
+    """allow(tags=[...]): a list of RabbitMQ user tags (`administrator`, `monitoring`, ...)."""
+    if isinstance(tags, str) or not isinstance(tags, (list, tuple)):
+        raise ValueError(f"allow(tags=...) takes a list of tag names, not {type(tags).__name__}")
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"allow(tags=...) takes at most {MAX_TAGS} tags, not {len(tags)}")
+    for tag in tags:
+        if type(tag) is not str or not 0 < len(tag) <= MAX_TAG or not _TAG_CHARS.issuperset(tag):
+            raise ValueError(f"allow(tags=...): {_number_text(tag)} is not a tag name (1 to {MAX_TAG} letters, "
+                             "digits, '_', '-' or '.')")
+    return tuple(tags)
+
+
 def _topic_problem(topic: Any, what: str) -> str | None:
     problem = mqtt_string_problem(topic)
     if problem is not None:
@@ -223,7 +244,8 @@ def decision_problem(hook: str, decision: Decision) -> str | None:
         problem = mqtt_string_problem(reason)
         return None if problem is None or "U+0000" in problem else f"the {kind}() reason {problem}"
     if kind == "allow":
-        modifiers, cache = decision.modifiers, decision.cache  # type: ignore[union-attr]
+        modifiers, cache, tags = decision.modifiers, decision.cache, decision.tags  # type: ignore[union-attr]
+        info = HOOKS.get(hook)
         try:
             if modifiers is not None:
                 schema = SCHEMAS.get(hook)
@@ -231,7 +253,13 @@ def decision_problem(hook: str, decision: Decision) -> str | None:
                     return f"{hook} takes no modifiers"
                 validate(modifiers, schema)
             if cache is not None:
+                if info is None or not info.cacheable:
+                    return f"{hook} answers are not cached: allow(cache=...) cannot be sent"
                 check_cache(cache)
+            if tags is not None:
+                if info is None or not info.tagged:
+                    return f"{hook} carries no user tags: allow(tags=...) cannot be sent"
+                rabbitmq_tags(tags)
         except ValueError as exc:
             return str(exc)
         return None

@@ -21,7 +21,7 @@ from typing import Any
 from .decisions import Decision
 from .errors import Location, RuleError, RuleLoadError, char_col, redact, source_lines
 from .events import Event
-from .hooks import HOOKS, RULE_SUFFIX, HookInfo, hook_for_file, valid_file_names
+from .hooks import CHAINS, HOOKS, RULE_SUFFIX, HookInfo, hook_for_file, valid_file_names
 from .lang.builtins import HELPERS, SAFE_BUILTINS, decision_makers, make_decisions, make_log, topic_filter_test
 from .datafiles import DataNamespace, DataSet, scan_data
 from .files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, collector_paused, read_file
@@ -275,6 +275,15 @@ class RuleSet:
 
     def get(self, hook: str) -> CompiledRule | None:
         return self.rules.get(hook)
+
+    def source(self, hook: str) -> str | None:
+        """The hook whose rule file answers `hook`: the first of hooks.CHAINS[hook] with a file
+        (loaded, or present and never loaded), else None."""
+        rules, broken = self.rules, self.broken
+        for name in CHAINS.get(hook, (hook,)):
+            if name in rules or name in broken:
+                return name
+        return None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.rules)

@@ -28,6 +28,8 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .adapters.exhook import ExhookAdapter
+from .adapters.rabbitmq import PREFIX as RABBITMQ_PREFIX
+from .adapters.rabbitmq_http import RabbitMQAdapter
 from .adapters.webhooks import QuietProtocolErrors, WebhookAdapter
 from .config import Config, ConfigError, build_config, parse_address, read_config_file
 from .decisionlog import DecisionLog
@@ -124,6 +126,8 @@ class Server:
         self.exhook = ExhookAdapter(self.engine, max_concurrent=config.max_concurrent_calls)
         self.webhooks = WebhookAdapter(self.engine, base64=config.vernemq_base64, max_body=config.http_max_body,
                                        max_concurrent=config.max_concurrent_calls)
+        # RabbitMQ's checks share the --http port, and its limit on calls in progress, with VerneMQ's
+        self.rabbitmq = RabbitMQAdapter(self.engine, admission=self.webhooks.admission)
         self.reloader.listeners.append(self.exhook.rules_changed)
         metrics.RULE_BROKEN.watch(self.broken_rules)
         self.grpc_server: grpc.aio.Server | None = None
@@ -209,9 +213,11 @@ class Server:
         if self.config.grpc is not None:
             await self._start_grpc(self.config.grpc, tls)
         if self.config.http is not None:
-            webhooks = web.ServerRunner(self.webhooks.server(health_handlers(self.readiness)), handle_signals=False)
+            webhooks = web.ServerRunner(self.webhooks.server(health_handlers(self.readiness),
+                                                             {RABBITMQ_PREFIX: self.rabbitmq.dispatch}),
+                                        handle_signals=False)
             self.http_port = await self._start_http(self.config.http, "--http", webhooks, tls[2] if tls else None,
-                                                    "VerneMQ webhooks on {url}")
+                                                    "VerneMQ webhooks and RabbitMQ's HTTP auth on {url}")
         # Everything loaded so far (libraries, protos, the first rules) lives as long as the process:
         # keep it out of the garbage collector's full passes, which otherwise rescan it every few
         # hundred calls (measured: 17 ms a pass over ~50,000 objects).

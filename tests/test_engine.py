@@ -156,7 +156,7 @@ def test_no_decision_is_none_and_the_engine_answers_ignore() -> None:
     src = "x = client.username\n"
     assert run(src) is None
     outcome = engine_for(src, AUTHZ).decide(authz_event())
-    assert outcome == Outcome(IGNORE, "rule", compile_src(src).version)
+    assert outcome == Outcome(IGNORE, "rule", compile_src(src).version, None, "client.authorize")
 
 
 def test_deny_reason_is_kept() -> None:
@@ -611,7 +611,7 @@ def test_filtered_message_does_not_run_the_rule(caplog: pytest.LogCaptureFixture
     caplog.set_level(logging.INFO, logger="hookrules.rule")
     engine = engine_for("TOPICS = ['t/#']\nlog('ran')\nx = 1 / 0\n", PUBLISH)
     outcome = engine.decide(publish_event("x/y"))
-    assert outcome == Outcome(IGNORE, "filtered", outcome.version)
+    assert outcome == Outcome(IGNORE, "filtered", outcome.version, None, "message.publish")
     assert outcome.error is None
     assert not [r for r in caplog.records if r.name == "hookrules.rule"]
 

@@ -193,14 +193,13 @@ def test_the_emqx_hook_list_warning_is_not_repeated_for_a_list_that_did_not_chan
 def test_readiness_asks_every_authentication_hook_under_its_own_policy(tmp_path: Path) -> None:
     """Only auth_on_register.star, broken, with auth_on_register=ignore and auth_on_register_m5=deny: the
     m5 connects were refused while /readyz said ready. Enumerated: every authentication hook, every file
-    that can answer it (its own, its twin's), every policy pair."""
-    from hookrules.hooks import AUTHENTICATION_HOOKS, HOOKS
+    that can answer it (its own, its twin's, the portable one), every policy pair."""
+    from hookrules.hooks import AUTHENTICATION_HOOKS, CHAINS, HOOKS
     from hookrules.server import refusing_authentication
 
     checked = 0
     for hook in sorted(AUTHENTICATION_HOOKS):
-        files = [hook] + ([HOOKS[hook].fallback] if HOOKS[hook].fallback else [])
-        for file in files:
+        for file in CHAINS[hook]:  # its own, its twin's, the portable authenticate.star
             directory = tmp_path / f"{hook}-{file}"
             directory.mkdir()
             (directory / f"{file}.star").write_text(BROKEN)
@@ -212,7 +211,7 @@ def test_readiness_asks_every_authentication_hook_under_its_own_policy(tmp_path:
                         policies[hook] = hook_policy  # type: ignore[assignment]
                     engine = Engine(ruleset, policies=policies)  # type: ignore[arg-type]
                     answered = {h for h in AUTHENTICATION_HOOKS if engine.never_loaded(h) is not None}
-                    assert file in answered and (hook in answered) == (hook == file or file == HOOKS[hook].fallback)
+                    assert answered == {h for h in AUTHENTICATION_HOOKS if file in CHAINS[h]}, (hook, file)
                     refusing = {h for h in answered if engine.policy(h) == "deny"}
                     named = {entry.split(" ")[0] for entry in refusing_authentication(engine)}
                     assert named == refusing, (hook, file, policies, named)

@@ -111,8 +111,9 @@ EVENT_BUILDERS: dict[str, Callable[[str, Any], Event]] = {
     "client.connected": lambda h, r: _client_event(h, r),
     "client.disconnected": lambda h, r: _client_event(h, r, reason=r.reason),
     "client.authenticate": lambda h, r: _client_event(h, r, result=r.result),
+    # EMQX sends no qos with an authorization: None, as authorize.star reads it
     "client.authorize": lambda h, r: _client_event(h, r, action=_AUTHZ_ACTIONS.get(r.type, "publish"),
-                                                   topic=r.topic, result=r.result),
+                                                   topic=r.topic, qos=None, result=r.result),
     "client.subscribe": lambda h, r: _client_event(h, r, topic_filters=_filters(r.topic_filters),
                                                    properties=_props(r.props),
                                                    user_properties=_props(getattr(r, "user_props", ()))),
@@ -357,17 +358,19 @@ class ExhookAdapter:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot decode the {what} request: {request.error}")
 
     def hook_specs(self, ruleset: RuleSet) -> dict[str, tuple[str, ...]]:
-        """The EMQX hooks that have a rule file, in EMQX's order, with their TOPICS.
+        """The EMQX hooks that have a rule file (their own, or authenticate.star and authorize.star for
+        the two they answer), in EMQX's order, with their TOPICS.
 
         A file that has never loaded is listed too (without topics): EMQX then calls it and it answers
         by its failure policy, and fixing the file needs no provider reload.
         """
         specs: dict[str, tuple[str, ...]] = {}
         for info in EMQX_HOOKS:
-            rule = ruleset.get(info.name)
+            source = ruleset.source(info.name)  # its own file, or the portable one that answers it
+            rule = ruleset.get(source) if source is not None else None
             if rule is not None:
                 specs[info.name] = _as_emqx_sees(rule.topics)
-            elif info.name in ruleset.broken:
+            elif source is not None:
                 specs[info.name] = ()
         return specs
 

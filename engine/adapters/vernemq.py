@@ -157,11 +157,14 @@ def count_events(hook: str, body: Mapping[str, Any]) -> int:
 def iter_events(hook: str, body: Mapping[str, Any], b64: bool) -> Iterator[Event]:
     """events_for, lazily: the whole body is checked before the first event, but a subscription's
     per-topic events are built only as they are read (once a call's budget is spent, the rest are not)."""
-    names = HOOKS[hook].names
+    info = HOOKS[hook]
+    names = info.names
     client = _client(body)
     # MQTT 5 properties reach the rule as `properties` where the hook has them, and always in `message`
     props, user = _properties(body) if "properties" in body else (frozen_map({}), frozen_map({}))
     data: dict[str, Any] = {"request": json_view(body)}
+    if info.action is not None:  # "publish" or "subscribe", as authorize.star reads it
+        data["action"] = info.action
     if "properties" in names:
         data["properties"] = props
     if "user_properties" in names:

@@ -71,15 +71,20 @@ class WebhookAdapter:
         self._timers: dict[str, Any] = {}
         self._bad_log = Every(BAD_REQUEST_LOG_INTERVAL)
         self._get_routes: dict[str, Handler] = {}
+        self._prefixes: tuple[tuple[str, Handler], ...] = ()
 
-    def server(self, get_routes: Mapping[str, Handler] | None = None) -> web.Server:
+    def server(self, get_routes: Mapping[str, Handler] | None = None,
+               prefixes: Mapping[str, Handler] | None = None) -> web.Server:
         """aiohttp's low-level server: every request comes to dispatch(), with no router or middleware.
 
-        Each POST is a webhook whatever its path (VerneMQ may be pointed at any URL); `get_routes`
+        Each POST is a webhook whatever its path (VerneMQ may be pointed at any URL), except where
+        `prefixes` gives another front-end of the port a path prefix (RabbitMQ's /rabbitmq/): a
+        request under it goes there, whatever its method, unless it names a VerneMQ hook. `get_routes`
         answers GET and HEAD by path (health); anything else is refused with 405. Measured: the
         Application's routing and middleware machinery cost more than a rule run.
         """
         self._get_routes = dict(get_routes or {})
+        self._prefixes = tuple((prefix, handler) for prefix, handler in (prefixes or {}).items())
         # auto_decompress=False: VerneMQ never compresses; a compressed body is refused with a JSON 415
         # here, not left to the parser's own plain-text errors (or its waiting on a broken stream)
         return web.Server(self.dispatch, request_factory=body_limited_requests(self.max_body), access_log=None,
@@ -87,6 +92,9 @@ class WebhookAdapter:
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
+            for prefix, handler in self._prefixes:
+                if request.path.startswith(prefix) and HOOK_HEADER not in request.headers:
+                    return await handler(request)
             method = request.method
             if method == "POST":
                 if "Expect" in request.headers and (refused := await self._expect(request)) is not None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..decisions import ALLOW, IGNORE, Allow, Decision, Deny, Drop, Rewrite
 from ..hooks import HookInfo
-from ..modifiers import SCHEMAS, check_cache
+from ..modifiers import SCHEMAS, check_cache, rabbitmq_tags
 from ..modifiers import validate as validate_modifiers
 from . import guards, helpers, textmethods
 
@@ -142,10 +142,18 @@ def make_decisions(hook: HookInfo) -> dict[str, Callable[..., None]]:
     a rule error with file:line:col rather than a reply the broker chokes on."""
     schema = SCHEMAS.get(hook.name)
 
-    def hook_allow(modifiers: Mapping[str, Any] | None = None, cache: int | None = None) -> Decision:
-        """Let it happen and stop here (VerneMQ: with modifiers, and an answer cached for `cache` s)."""
-        if modifiers is None and cache is None:
+    def hook_allow(modifiers: Mapping[str, Any] | None = None, cache: int | None = None,
+                   tags: Sequence[str] | None = None) -> Decision:
+        """Let it happen and stop here (VerneMQ: with modifiers, and an answer cached for `cache` s;
+        RabbitMQ's user check: with the user's tags)."""
+        if modifiers is None and cache is None and tags is None:
             return ALLOW
+        checked_tags = None
+        if tags is not None:
+            if not hook.tagged:
+                raise ValueError(f"allow(tags=...) means nothing in {hook.name}: only RabbitMQ's user check "
+                                 "(rabbitmq.user) answers tags")
+            checked_tags = rabbitmq_tags(tags)
         checked = None
         if modifiers is not None:
             if schema is None:
@@ -158,7 +166,7 @@ def make_decisions(hook: HookInfo) -> dict[str, Callable[..., None]]:
                 raise ValueError(f"allow(cache=...) means nothing in {hook.name}: only VerneMQ auth_on_register, "
                                  "auth_on_publish and auth_on_subscribe answers are cached")
             check_cache(cache)  # a range too: f"max-age={10**5000}" failed in every reply
-        return Allow(checked, cache)
+        return Allow(checked, cache, checked_tags)
 
     def hook_rewrite(topic: str | None = None, payload: str | bytes | None = None, qos: int | None = None,
                      retain: bool | None = None, topics: list[str] | None = None) -> Decision:

@@ -354,7 +354,8 @@ class _Checker:
             accepted = set(hook.rewrites)
             example = ", ".join(f"{f}=..." for f in sorted(hook.rewrites))
         else:
-            accepted = ({"modifiers"} if hook.name in MODIFIER_SCHEMAS else set()) | ({"cache"} if hook.cacheable else set())
+            accepted = (({"modifiers"} if hook.name in MODIFIER_SCHEMAS else set()) | ({"cache"} if hook.cacheable else set())
+                        | ({"tags"} if hook.tagged else set()))
             example = ", ".join(f"{f}=..." for f in sorted(accepted)) or ""
         if node.args:
             self.error(node, f"{name}() takes keyword arguments only", f"write {name}({example})")

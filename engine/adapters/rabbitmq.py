@@ -1,0 +1,155 @@
+"""RabbitMQ's HTTP auth backend (rabbitmq_auth_backend_http) as events and answers.
+
+RabbitMQ asks four questions, each at its own path: may this user log in (`user`), reach this
+virtual host (`vhost`), use this queue or exchange (`resource`), publish or subscribe to this routing
+key (`topic`). The fields come as a query string (`auth_http.http_method = get`) or a form body
+(`post`). It reads the answer's body: `allow`, `allow TAG ...` (user check only) or `deny`, with a 200;
+anything else is an error to it. A trailing newline is not stripped: RabbitMQ's `req/2` has no case
+for `allow\n` and its connection process crashes (deps/rabbitmq_auth_backend_http/src/
+rabbit_auth_backend_http.erl, `req/2` and `user_login_authentication/2`), so every answer here is one
+of a few constant strings, or `allow` and checked tags.
+
+Without a rule file, a check answers what a RabbitMQ user would expect (see `DEFAULTS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from urllib.parse import parse_qsl
+
+from ..decisions import ALLOW, Decision, Deny
+from ..events import Client, Event, frozen_map
+
+BROKER = "rabbitmq"
+
+#: request path -> hook
+PATHS: Mapping[str, str] = {
+    "/rabbitmq/user": "rabbitmq.user",
+    "/rabbitmq/vhost": "rabbitmq.vhost",
+    "/rabbitmq/resource": "rabbitmq.resource",
+    "/rabbitmq/topic": "rabbitmq.topic",
+}
+PREFIX = "/rabbitmq/"
+
+#: the fields each check must carry (rabbit_auth_backend_http.erl builds them all, every time)
+REQUIRED: Mapping[str, tuple[str, ...]] = {
+    "rabbitmq.user": ("username",),
+    "rabbitmq.vhost": ("username", "vhost"),
+    "rabbitmq.resource": ("username", "vhost", "resource", "name", "permission"),
+    "rabbitmq.topic": ("username", "vhost", "resource", "name", "permission"),
+}
+
+#: the exchange MQTT publishes to and binds its queues to (rabbitmq_mqtt's `mqtt.exchange` default)
+MQTT_EXCHANGE = "amq.topic"
+#: the queue rabbitmq_mqtt declares for a client's subscriptions: mqtt-subscription-<client id>qos<N>
+MQTT_QUEUE_PREFIX = "mqtt-subscription-"
+#: most fields one call may carry: RabbitMQ sends at most a dozen
+MAX_FIELDS = 64
+
+DENY = Deny()
+ANSWER_ALLOW = "allow"
+ANSWER_DENY = "deny"
+
+
+class BadRequest(Exception):
+    """A call that cannot be read: answered `deny`, counted under `reason`."""
+
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+def parse_fields(raw: str) -> dict[str, str]:
+    """The fields of a query string or form body. A repeated field is refused: which one RabbitMQ
+    meant cannot be known, and a rule must never read one copy while a log shows the other."""
+    try:
+        pairs = parse_qsl(raw, keep_blank_values=True, strict_parsing=False, encoding="utf-8", errors="strict",
+                          max_num_fields=MAX_FIELDS)
+    except UnicodeDecodeError:
+        raise BadRequest(400, "bad_encoding", "the fields are not UTF-8") from None
+    except ValueError:
+        raise BadRequest(400, "too_many_fields", f"more than {MAX_FIELDS} fields") from None
+    fields: dict[str, str] = {}
+    for key, value in pairs:
+        if key in fields:
+            raise BadRequest(400, "repeated_field", f"field '{key[:40]}' is given twice")
+        fields[key] = value
+    return fields
+
+
+def routing_key_to_topic(routing_key: str, action: str) -> str:
+    """The MQTT topic a routing key was made from (rabbitmq_mqtt: `/` -> `.`, `+` -> `*`, `#` kept).
+
+    A `.` inside an MQTT topic level cannot be told from a level separator: both come back as `/`.
+    A `*` level comes back as `+` in a subscription (a filter), and stays `*` in a publish (a topic
+    name cannot hold `+`)."""
+    levels = routing_key.split(".")
+    if action == "subscribe":
+        levels = ["+" if level == "*" else level for level in levels]
+    return "/".join(levels)
+
+
+def _tags(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+def event_for(hook: str, fields: Mapping[str, str]) -> Event:
+    """The Event of one check, from its fields; BadRequest when a field RabbitMQ always sends is missing."""
+    missing = [name for name in REQUIRED[hook] if name not in fields]
+    if missing:
+        raise BadRequest(400, "missing_field", f"{hook}: field {', '.join(missing)} is missing")
+    get = fields.get
+    username = fields["username"]
+    if hook == "rabbitmq.user":
+        client = Client(id=get("client_id", ""), username=username, password=get("password", ""))
+        return Event(hook, BROKER, client, frozen_map({"vhost": get("vhost", "")}))
+    tags = _tags(get("tags", ""))
+    if hook == "rabbitmq.vhost":
+        ip = get("ip", "")
+        client = Client(id=get("client_id", ""), username=username, peerhost=ip)
+        return Event(hook, BROKER, client, frozen_map({"vhost": fields["vhost"], "ip": ip, "tags": tags}))
+    data: dict[str, object] = {"vhost": fields["vhost"], "resource": fields["resource"], "name": fields["name"],
+                               "permission": fields["permission"], "tags": tags}
+    if hook == "rabbitmq.resource":
+        return Event(hook, BROKER, Client(username=username), frozen_map(data))
+    # topic: rabbitmq_mqtt puts the client id and username in the authorization context's variable_map
+    permission = fields["permission"]
+    action = "publish" if permission == "write" else "subscribe" if permission == "read" else permission
+    routing_key = get("routing_key", "")
+    client = Client(id=get("variable_map.client_id", ""), username=get("variable_map.username", username))
+    data.update(routing_key=routing_key, action=action, topic=routing_key_to_topic(routing_key, action), qos=None)
+    return Event(hook, BROKER, client, frozen_map(data))
+
+
+def default_decision(hook: str, event: Event) -> Decision:
+    """The answer of a check no rule file answers, chosen as a RabbitMQ user would expect:
+
+    - user: deny. With no rule nobody is let in (RabbitMQ then asks its next auth backend, if any).
+    - vhost: allow. The user check already decided who gets in.
+    - resource: allow what MQTT uses (its subscription queues, and reading from and writing to
+      amq.topic), deny the rest, so a user let in for MQTT cannot use AMQP to declare or read other
+      queues. With another `mqtt.exchange`, write rabbitmq.resource.star.
+    - topic: allow, as RabbitMQ's own backend allows every routing key to a user with no topic
+      permissions.
+    """
+    if hook == "rabbitmq.user":
+        return DENY
+    if hook == "rabbitmq.resource":
+        data = event.data
+        kind, name, permission = data["resource"], data["name"], data["permission"]
+        if kind == "queue" and name.startswith(MQTT_QUEUE_PREFIX):
+            return ALLOW
+        if kind == "exchange" and name == MQTT_EXCHANGE and permission in ("read", "write"):
+            return ALLOW
+        return DENY
+    return ALLOW
+
+
+def answer_text(decision: Decision) -> str:
+    """The body RabbitMQ reads: allow (with the user's tags) or deny; ignore() is deny, which sends
+    RabbitMQ on to its next backend."""
+    if decision.kind == "allow":
+        tags = getattr(decision, "tags", None)
+        return ANSWER_ALLOW + "".join(" " + tag for tag in tags) if tags else ANSWER_ALLOW
+    return ANSWER_DENY

@@ -1,0 +1,119 @@
+"""RabbitMQ front-end: answers rabbitmq_auth_backend_http's calls at /rabbitmq/{user,vhost,resource,topic}.
+
+It shares the `--http` port with VerneMQ's webhooks: the port's dispatcher (adapters/webhooks.py)
+hands it every request under /rabbitmq/ that is not a VerneMQ webhook. Every answer is text/plain
+`allow` or `deny` (adapters/rabbitmq.py says why nothing else), never a 500: a bad request is
+answered `deny`, counted in hookrules_bad_requests_total and logged on one rate-limited line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from .. import metrics
+from ..engine import Engine
+from ..ratelimit import Every
+from .admission import Admission
+from .rabbitmq import ANSWER_DENY, BROKER, PATHS, BadRequest, answer_text, default_decision, event_for, parse_fields
+
+log = logging.getLogger(__name__)
+
+BODY_TIMEOUT = 10.0  # seconds for a form body to arrive once its headers have
+BAD_REQUEST_LOG_INTERVAL = 10.0
+FORM = "application/x-www-form-urlencoded"
+_TEXT = "text/plain"
+
+
+def _text(body: str, status: int = 200) -> web.Response:
+    # charset given: aiohttp would add one anyway; RabbitMQ reads only the status and the body
+    return web.Response(body=body.encode("ascii"), status=status, content_type=_TEXT, charset="utf-8")
+
+
+class RabbitMQAdapter:
+    """Answers every rabbitmq_auth_backend_http check from the engine's rules."""
+
+    def __init__(self, engine: Engine, *, admission: Admission | None = None, max_concurrent: int = 1000):
+        self.engine = engine
+        #: shared with the other front-end of the port, so max_concurrent_calls bounds the port
+        self.admission = admission if admission is not None else Admission(max_concurrent)
+        self._bad_log = Every(BAD_REQUEST_LOG_INTERVAL)
+        self._timers: dict[str, Any] = {}
+
+    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        """One call, whatever it is: a reply RabbitMQ reads, and never an exception out of here."""
+        hook = PATHS.get(request.path)
+        try:
+            if hook is None:
+                raise BadRequest(404, "unknown_path", f"unknown path {request.path[:60]!r}; RabbitMQ's paths: "
+                                 + ", ".join(PATHS))
+            if request.method not in ("GET", "POST"):
+                raise BadRequest(405, "bad_method", f"rabbitmq_auth_backend_http sends GET or POST, not "
+                                 f"{request.method[:20]}")
+            admission = self.admission
+            if not admission.enter():
+                raise BadRequest(503, "overloaded", f"overloaded: {admission.in_flight} calls in progress")
+            started = time.perf_counter()
+            try:
+                await asyncio.sleep(0)  # every call already received is counted first (admission.py)
+                return await self._answer(hook, request)
+            finally:
+                admission.leave()
+                self._timer(hook).observe(time.perf_counter() - started)
+        except BadRequest as bad:
+            return self._bad(bad)
+        except Exception:  # a bug of ours: still an answer RabbitMQ reads, by the failure policy
+            return _text(answer_text(self.engine.internal_error(BROKER, hook or "unknown")))
+
+    async def _answer(self, hook: str, request: web.BaseRequest) -> web.Response:
+        fields = parse_fields(await self._raw_fields(request))
+        event = event_for(hook, fields)
+        engine = self.engine
+        if not engine.needs_event(hook):  # no rule file answers it: the check's default
+            decision = default_decision(hook, event)
+            engine.skip(BROKER, hook, decision)
+        else:
+            decision = engine.decide(event).decision
+        return _text(answer_text(decision))
+
+    async def _raw_fields(self, request: web.BaseRequest) -> str:
+        """The query string of a GET, the form body of a POST (undecoded: parse_fields decodes once)."""
+        if request.method == "GET":
+            return request.rel_url.raw_query_string
+        content_type = request.content_type
+        if content_type != FORM:
+            raise BadRequest(415, "bad_content_type", f"a POST carries a form ({FORM}), not {content_type[:60]!r}")
+        if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+            raise BadRequest(415, "bad_encoding", "a compressed body is not accepted")
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise BadRequest(413, "too_large", "the body is too large") from None
+        except TimeoutError:
+            raise BadRequest(408, "slow_body", f"the body did not arrive within {BODY_TIMEOUT:.0f} s") from None
+        except Exception as exc:
+            raise BadRequest(400, "bad_body", f"the body could not be read ({type(exc).__name__})") from None
+        try:
+            return raw.decode("ascii")  # a form body is percent-encoded: anything else is not one
+        except UnicodeDecodeError:
+            raise BadRequest(400, "bad_encoding", "the form body is not percent-encoded ASCII") from None
+
+    def _bad(self, bad: BadRequest) -> web.Response:
+        metrics.BAD_REQUESTS.labels(BROKER, bad.reason).inc()
+        if self._bad_log.due():
+            log.warning("refused a RabbitMQ request: %s (HTTP %d, answered deny); more within %.0f s are only "
+                        "counted in hookrules_bad_requests_total", bad, bad.status, BAD_REQUEST_LOG_INTERVAL)
+        # a check whose fields are wrong gets the 200 deny RabbitMQ reads as a refusal; the rest (unknown
+        # path, method, overload) say what is wrong with their status, which RabbitMQ reads as an error
+        return _text(ANSWER_DENY, 200 if bad.status == 400 else bad.status)
+
+    def _timer(self, hook: str) -> Any:
+        timer = self._timers.get(hook)
+        if timer is None:
+            timer = self._timers[hook] = metrics.REQUEST_SECONDS.labels(BROKER, hook)
+        return timer
