@@ -14,6 +14,7 @@ from typing import TextIO
 
 from .datafiles import DATA_DIR, SUFFIXES
 from .errors import Location, RuleError, RuleLoadError
+from .hooks import RULE_SUFFIX, answered_hooks
 from .files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, read_file
 from .lang.loader import Libraries, loaded_modules, module_path_problem
 from .ruleset import DATA_HOOK, RuleSet, rule_files, scan
@@ -24,7 +25,7 @@ LIBRARY_SUFFIX = ".star"
 
 def check_directory(directory: Path, out: TextIO, err: TextIO) -> int:
     """Print every problem as file:line:col, and a summary; the exit status (0: none, 1: some)."""
-    _, outcomes = scan(directory, RuleSet())
+    ruleset, outcomes = scan(directory, RuleSet())
     errors = [e for o in outcomes for e in o.errors]
     reached = _loaded_modules(directory)
     libraries = Libraries(directory)
@@ -60,8 +61,21 @@ def check_directory(directory: Path, out: TextIO, err: TextIO) -> int:
     if tables:
         summary += f"; {tables} test file(s), {len(table_problems)} problem(s)"
     failed = bool(errors or table_problems)
+    for line in answering(ruleset):
+        print(line, file=out)
     print(summary, file=err if failed else out)
     return 1 if failed else 0
+
+
+def answering(ruleset: RuleSet) -> list[str]:
+    """For each rule file that answers more than its own hook (a VerneMQ _m5 twin, a portable file),
+    the hooks it answers: a broker's own file wins, so this shows who answers what."""
+    lines = []
+    for source in sorted(set(ruleset.rules) | set(ruleset.broken)):
+        hooks = [h for h in answered_hooks(source) if ruleset.source(h) == source]
+        if hooks and hooks != [source]:
+            lines.append(f"{source}{RULE_SUFFIX} answers {', '.join(hooks)}")
+    return lines
 
 
 def _library_modules(directory: Path) -> list[str]:

@@ -39,14 +39,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hookrules {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="answer EMQX ExHook calls and VerneMQ webhooks from the rules directory")
+    serve = sub.add_parser("serve", help="answer EMQX ExHook calls, VerneMQ webhooks and RabbitMQ's HTTP auth "
+                                         "checks from the rules directory")
     # Every serve flag defaults to None, "not given", so a config file's value stands unless a flag says otherwise.
     serve.add_argument("--config", type=Path, metavar="FILE", help="a TOML file with any of the settings below")
     serve.add_argument("--rules", type=Path, help="rules directory (default: rules)")
     serve.add_argument("--grpc", metavar="HOST:PORT",
                        help=f"EMQX ExHook gRPC address (default: {DEFAULT_GRPC}; port 0 picks a free port; 'off')")
     serve.add_argument("--http", metavar="HOST:PORT",
-                       help=f"VerneMQ webhooks HTTP address (default: {DEFAULT_HTTP}; port 0 picks a free port; 'off')")
+                       help=f"HTTP address of VerneMQ webhooks and RabbitMQ's /rabbitmq/ checks (default: "
+                            f"{DEFAULT_HTTP}; port 0 picks a free port; 'off')")
     serve.add_argument("--vernemq-base64", choices=("on", "off"),
                        help="whether VerneMQ sends payloads base64-encoded, as its base64encode setting "
                             "(default: on; an endpoint URL may override it with ?base64=off)")
@@ -57,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=LOG_LEVELS, help="default: info")
     serve.add_argument("--failure-policy", action="append", default=[], metavar="HOOK=POLICY",
                        help="what a failing rule answers: deny, ignore or allow (repeatable; "
-                            "default deny for client.authenticate/authorize and VerneMQ auth_*, else ignore)")
+                            "default deny for client.authenticate/authorize, VerneMQ auth_*, RabbitMQ's checks "
+                            "and the portable authenticate/authorize, else ignore)")
     serve.add_argument("--max-steps", type=int, help=f"evaluation steps per rule run (default: {Limits().max_steps})")
     serve.add_argument("--rule-timeout", type=float,
                        help=f"seconds one rule run may take (default: {Limits().timeout})")
@@ -97,15 +100,16 @@ def _parser() -> argparse.ArgumentParser:
                            "--rule-timeout; 0: never)")
 
     ev = sub.add_parser("eval", help="run one event through the rules and print the decision")
-    ev.add_argument("hook", help="the hook, e.g. client.authenticate or auth_on_register")
+    ev.add_argument("hook", help="the broker hook, e.g. client.authenticate, auth_on_register or rabbitmq.user "
+                                 "(its own file answers, else a portable authenticate.star/authorize.star)")
     ev.add_argument("--event", required=True, metavar="FILE_OR_JSON",
                     help='the event: JSON, e.g. \'{"client": {"username": "u"}}\', or a JSON/YAML file')
     ev.add_argument("--rules", type=Path, default=Path("rules"))
-    ev.add_argument("--broker", choices=("emqx", "vernemq"), help="check the hook belongs to this broker")
+    ev.add_argument("--broker", choices=("emqx", "vernemq", "rabbitmq"), help="check the hook belongs to this broker")
     ev.add_argument("--explain", action="store_true", help="show the lines that ran and what the conditions saw")
     ev.add_argument("--raw", action="store_true",
-                    help="the event as the broker sends it: a VerneMQ webhook body, or an EMQX request in "
-                         "protobuf JSON (the v3 proto's field names)")
+                    help="the event as the broker sends it: a VerneMQ webhook body, an EMQX request in "
+                         "protobuf JSON (the v3 proto's field names), or a RabbitMQ check's fields as a JSON object")
     ev.add_argument("--vernemq-base64", choices=("on", "off"), default="on",
                     help="with --raw: whether the body's payloads are base64 (VerneMQ's base64encode; default on)")
     return parser

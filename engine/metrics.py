@@ -190,6 +190,34 @@ class RuleStates:
 
 
 RULE_BROKEN = RuleStates()
+
+
+class AnsweredBy:
+    """hookrules_hook_rule{hook, rule}: 1 for each broker hook a rule file answers, naming the file (its
+    own, its MQTT 3 twin's, or the portable authenticate.star / authorize.star), computed when scraped
+    from the rule set serving now. Joined with hookrules_rule_info, it says which version answers a hook."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY):
+        self._source: Callable[[], Iterable[tuple[str, str]]] | None = None
+        registry.register(self)
+
+    def watch(self, source: Callable[[], Iterable[tuple[str, str]]] | None) -> None:
+        """`source` returns (broker hook, rule file name) pairs."""
+        self._source = source
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("hookrules_hook_rule", "1 for each broker hook answered by a rule file, and "
+                                   "which file answers it (its own, a twin's or a portable one)",
+                                   labels=["hook", "rule"])
+        for hook, rule in sorted(self._source() if self._source is not None else ()):
+            family.add_metric([hook, rule], 1.0)
+        yield family
+
+
+HOOK_RULE = AnsweredBy()
 BAD_REQUESTS = Counter(
     "hookrules_bad_requests", "Broker calls that could not be read, by broker and reason", ["broker", "reason"],
 )
@@ -203,5 +231,5 @@ LOG_LINES_DROPPED = Counter(
 )
 
 __all__ = ["Counter", "Histogram", "CounterChild", "HistogramChild", "LATENCY_BUCKETS", "REQUEST_SECONDS", "RULE_SECONDS", "DECISIONS", "RULE_ERRORS",
-           "RELOADS", "RULE_INFO", "RULES_LOADED", "LAST_RELOAD", "BAD_REQUESTS", "RULE_BROKEN", "BROKEN_STATES",
+           "RELOADS", "RULE_INFO", "RULES_LOADED", "LAST_RELOAD", "BAD_REQUESTS", "RULE_BROKEN", "BROKEN_STATES", "HOOK_RULE",
            "DECISION_LOG_DROPPED", "LOG_LINES_DROPPED"]

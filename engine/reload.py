@@ -36,7 +36,7 @@ from watchdog.observers.polling import PollingObserver
 
 from . import metrics
 from .engine import Engine
-from .hooks import hook_for_file
+from .hooks import HOOKS, RULE_SUFFIX, hook_for_file
 from .ruleset import DATA_HOOK, FileOutcome, RuleSet, next_retry, scan
 
 log = logging.getLogger(__name__)
@@ -468,7 +468,15 @@ class Reloader:
                              f", was {old.version}" if old is not None else "")
             elif out.result == "removed":
                 _forget_version(out.hook, old.version if old is not None else "")
-                log.warning("%s was removed: hook %s now answers ignore()", out.path, out.hook)
+                source = ruleset.source(out.hook)
+                if source is not None:
+                    log.warning("%s was removed: hook %s is now answered by %s%s", out.path, out.hook, source,
+                                RULE_SUFFIX)
+                elif HOOKS[out.hook].broker == "portable":
+                    log.warning("%s was removed: the hooks it answered without a file of their own now answer as "
+                                "with no rule (ignore(); RabbitMQ: see the README)", out.path)
+                else:
+                    log.warning("%s was removed: hook %s now answers ignore()", out.path, out.hook)
         metrics.RULES_LOADED.set(len(ruleset))
 
 

@@ -36,7 +36,7 @@ from .decisionlog import DecisionLog
 from .engine import Engine
 from . import metrics
 from .health import health_handlers, metrics_app
-from .hooks import AUTHENTICATION_HOOKS, RULE_SUFFIX
+from .hooks import AUTHENTICATION_HOOKS, HOOKS, RULE_SUFFIX
 from .reload import Reloader
 from .ruleset import DATA_DEP, RuleSet
 from .watchdog import Watchdog
@@ -130,6 +130,7 @@ class Server:
         self.rabbitmq = RabbitMQAdapter(self.engine, admission=self.webhooks.admission)
         self.reloader.listeners.append(self.exhook.rules_changed)
         metrics.RULE_BROKEN.watch(self.broken_rules)
+        metrics.HOOK_RULE.watch(self.answered_hooks)
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_health = grpc_health.aio.HealthServicer()
         self.runners: list[web.BaseRunner] = []
@@ -141,6 +142,17 @@ class Server:
         self._banner: list[str] | None = []
         self.watchdog: Watchdog | None = None
         self._stop = asyncio.Event()
+
+    def answered_hooks(self) -> list[tuple[str, str]]:
+        """(broker hook, rule file name) for every broker hook a rule file answers, from the rule set
+        serving now."""
+        ruleset = self.engine.ruleset
+        pairs = []
+        for hook, info in HOOKS.items():
+            source = ruleset.source(hook) if info.broker != "portable" else None
+            if source is not None:
+                pairs.append((hook, source + RULE_SUFFIX))
+        return pairs
 
     def broken_rules(self) -> list[tuple[str, str]]:
         """(hook, state) for every hook whose rule is broken, from the rule set serving now: never_loaded

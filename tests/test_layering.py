@@ -73,7 +73,8 @@ def test_the_engine_knows_no_broker(module: str) -> None:
 ADAPTER_FAMILIES = {"adapters.exhook": {"adapters.exhook_proto", "adapters.admission"}, "adapters.exhook_proto": set(),
                     "adapters.webhooks": {"adapters.vernemq", "adapters.admission"}, "adapters.vernemq": set(),
                     "adapters.admission": set(),
-                    "adapters.raw": {"adapters.exhook", "adapters.exhook_proto", "adapters.vernemq"}}
+                    "adapters.rabbitmq_http": {"adapters.rabbitmq", "adapters.admission"}, "adapters.rabbitmq": set(),
+                    "adapters.raw": {"adapters.exhook", "adapters.exhook_proto", "adapters.vernemq", "adapters.rabbitmq"}}
 
 
 def test_adapters_never_reach_into_the_language_or_each_other() -> None:

@@ -1,5 +1,6 @@
 """Events from what a broker really sends, for `hookrules eval --raw`: a body captured from VerneMQ,
-or an EMQX request written as protobuf JSON, read by the same code that reads live calls."""
+an EMQX request written as protobuf JSON, or the fields of a RabbitMQ check as a JSON object (the
+query string's names and values), read by the same code that reads live calls."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from google.protobuf import json_format
 from ..events import Event
 from ..hooks import HOOKS
 from . import exhook_proto
+from . import rabbitmq
 from .exhook import EVENT_BUILDERS, RPC_HOOKS
 from .vernemq import BadRequest, events_for
 
@@ -24,6 +26,19 @@ def raw_events(hook: str, text: str, *, vernemq_base64: bool = True) -> list[Eve
     info = HOOKS.get(hook)
     if info is None:
         raise RawEventError(f"unknown hook '{hook}'")
+    if info.broker == "portable":
+        raise RawEventError(f"no broker calls '{hook}': name the broker hook its file answers")
+    if info.broker == "rabbitmq":
+        try:
+            fields = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RawEventError(f"the fields are not JSON: {exc}") from None
+        if not isinstance(fields, dict) or not all(isinstance(v, str) for v in fields.values()):
+            raise RawEventError("a RabbitMQ check is a JSON object of its fields, each a string")
+        try:
+            return [rabbitmq.event_for(hook, fields)]
+        except rabbitmq.BadRequest as exc:
+            raise RawEventError(str(exc)) from None
     if info.broker == "vernemq":
         try:
             body = json.loads(text)

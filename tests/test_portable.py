@@ -1,0 +1,248 @@
+"""Portable rules: authenticate.star and authorize.star answer every broker's connect and topic checks
+that have no file of their own, and a broker's own file wins (hooks.CHAINS)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from hookrules.adapters import exhook_proto
+from hookrules.adapters.exhook import EVENT_BUILDERS, RPC_HOOKS
+from hookrules.adapters.rabbitmq import REQUIRED, event_for
+from hookrules.adapters.vernemq import iter_events
+from hookrules.decisions import Allow
+from hookrules.eventspec import SpecError, build_event
+from hookrules.hooks import CHAINS, COMMON_NAMES, HOOKS, PORTABLE_HOOKS
+from hookrules.modifiers import decision_problem
+
+from . import broker_calls as call
+from .support import ROOT, ServerProcess, Stubs, wait_for
+from .vernemq_examples import EXAMPLES
+
+AUTHENTICATE = """\
+# one policy for every broker: who may connect
+USERS = {"alice": "wonderland", "bob": "builder"}
+if USERS.get(client.username) == client.password and client.id.startswith(client.username + "-"):
+    allow()
+else:
+    deny("bad credentials")
+"""
+
+AUTHORIZE = """\
+# a client publishes under its own tree and subscribes to its own commands
+mine = "devices/" + client.id + "/"
+if action == "publish" and topic.startswith(mine) and "+" not in topic and "#" not in topic:
+    allow()
+elif action == "subscribe" and topic_match(mine + "#", topic):
+    allow()
+else:
+    deny()
+"""
+
+
+def _broker_event_names() -> dict[str, set[str]]:
+    """Every broker hook's event, built by its adapter from a call it accepts: the names it carries."""
+    found: dict[str, set[str]] = {}
+    proto = exhook_proto.load("v3")
+    for rpc, hook in RPC_HOOKS.items():
+        request = proto.messages[proto.methods[rpc][0]]()
+        found[hook] = set(EVENT_BUILDERS[hook](hook, request).names())
+    for hook, body in EXAMPLES.items():
+        found[hook] = set(next(iter_events(hook, body, False)).names())
+        m5 = hook + "_m5"
+        if m5 in HOOKS and m5 not in EXAMPLES:
+            found[m5] = set(next(iter_events(m5, body, False)).names())
+    for hook, required in REQUIRED.items():
+        found[hook] = set(event_for(hook, {name: "read" if name == "permission" else "x" for name in required}).names())
+    return found
+
+
+def test_every_broker_hook_event_carries_what_every_file_that_may_answer_it_reads() -> None:
+    """Enumerated: each adapter's event for each hook, against the names of every file in its chain, so a
+    portable rule never meets a NameError on one broker that it does not meet on another."""
+    events = _broker_event_names()
+    broker_hooks = [h for h, info in HOOKS.items() if info.broker != "portable"]
+    assert set(broker_hooks) - set(events) == {"on_auth_m5"} or set(broker_hooks) <= set(events)
+    checked = 0
+    for hook in broker_hooks:
+        if hook not in events:
+            continue
+        for source in CHAINS[hook]:
+            wanted = set(HOOKS[source].all_names)
+            assert wanted <= events[hook], (hook, source, wanted - events[hook])
+            checked += 1
+    assert checked > len(broker_hooks)  # the chains were walked, not only the hooks' own files
+
+
+def test_every_file_in_a_chain_decides_only_what_the_hook_it_answers_can_carry() -> None:
+    """Enumerated: decisions, rewrites, cache and tags. What a file's rule may call is set by the file's
+    hook; what reaches the broker is checked against the event's hook (modifiers.decision_problem)."""
+    for hook, chain in CHAINS.items():
+        info = HOOKS[hook]
+        for source in chain[1:]:
+            fallback = HOOKS[source]
+            assert fallback.decisions <= info.decisions, (hook, source)
+            assert fallback.rewrites <= info.rewrites, (hook, source)
+            assert not fallback.tagged or info.tagged, (hook, source)
+            assert not fallback.cacheable or info.cacheable, (hook, source)
+        assert (decision_problem(hook, Allow(cache=5)) is None) == info.cacheable, hook
+        assert (decision_problem(hook, Allow(tags=("monitoring",))) is None) == info.tagged, hook
+    assert {h.name for h in PORTABLE_HOOKS} == {"authenticate", "authorize"}
+    assert all(CHAINS[h.name] == (h.name,) for h in PORTABLE_HOOKS)
+
+
+def test_a_portable_hook_is_no_event_of_its_own() -> None:
+    with pytest.raises(SpecError, match="name the broker hook its file answers, one of client.authenticate"):
+        build_event("authenticate", {"client": {"username": "u"}})
+    event = build_event("auth_on_publish", {"client": {"id": "c"}, "message": {"topic": "a/b", "qos": 1}})
+    assert (event.data["action"], event.data["topic"], event.data["qos"]) == ("publish", "a/b", 1)
+    assert build_event("client.authorize", {"action": "subscribe", "topic": "t"}).data["qos"] is None
+    assert set(COMMON_NAMES) == {"hook", "broker", "client"}
+
+
+@pytest.fixture
+def portable_dir(tmp_path: Path) -> Path:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "authenticate.star").write_text(AUTHENTICATE)
+    (rules / "authorize.star").write_text(AUTHORIZE)
+    return rules
+
+
+def test_two_portable_files_serve_all_three_brokers(portable_dir: Path, stubs: dict[str, Stubs],
+                                                    start_server: Callable[..., ServerProcess],
+                                                    tmp_path: Path) -> None:
+    log_path = tmp_path / "decisions.jsonl"
+    server = start_server(portable_dir, "--decision-log", str(log_path))
+    for version in ("v2", "v3"):
+        s = stubs[version]
+        assert call.emqx_authenticate(server, s, "alice-1", "alice", "wonderland") is True
+        assert call.emqx_authenticate(server, s, "alice-1", "alice", "wrong") is False
+        assert call.emqx_authorize(server, s, "alice-1", "publish", "devices/alice-1/temp") is True
+        assert call.emqx_authorize(server, s, "alice-1", "publish", "devices/bob-1/temp") is False
+        assert call.emqx_authorize(server, s, "alice-1", "subscribe", "devices/alice-1/#") is True
+        with server.channel() as channel:
+            pb = s.pb2
+            reply = s.stub(channel).OnProviderLoaded(pb.ProviderLoadedRequest(
+                broker=pb.BrokerInfo(version="5.9.0", sysdescr="EMQX"), meta=call.meta(pb)), timeout=10)
+        assert [h.name for h in reply.hooks] == ["client.authenticate", "client.authorize"]
+    assert call.vernemq_register(server, "bob-7", "bob", "builder") == {"result": "ok"}
+    assert call.vernemq_register(server, "bob-7", "bob", "nope") == {"result": {"error": "bad credentials"}}
+    assert call.vernemq_publish(server, "bob-7", "devices/bob-7/x") == {"result": "ok"}
+    assert call.vernemq_publish(server, "bob-7", "devices/alice-1/x") == {"result": {"error": "not_allowed"}}
+    assert call.vernemq(server, "auth_on_publish_m5", {"client_id": "bob-7", "mountpoint": "", "username": "u",
+                                                       "topic": "devices/bob-7/x", "qos": 1, "payload": "p",
+                                                       "retain": False})["result"] == "ok"
+    assert call.vernemq_subscribe(server, "bob-7", "devices/bob-7/cmd")["result"] == "ok"
+    assert call.vernemq_subscribe(server, "bob-7", "devices/alice-1/cmd")["topics"][0]["qos"] == 128
+    assert call.rabbitmq_user(server, "alice-2", "alice", "wonderland") == "allow"
+    assert call.rabbitmq_user(server, "alice-2", "alice", "builder") == "deny"
+    assert call.rabbitmq_topic(server, "alice-2", "publish", "devices.alice-2.temp") == "allow"
+    assert call.rabbitmq_topic(server, "alice-2", "publish", "devices.bob-7.temp") == "deny"
+    assert call.rabbitmq_topic(server, "alice-2", "subscribe", "devices.alice-2.#") == "allow"
+    # which file answered: metrics and the decision log say so
+    text = server.metrics_text()
+    for hook, rule in (("client.authenticate", "authenticate"), ("auth_on_register_m5", "authenticate"),
+                       ("rabbitmq.user", "authenticate"), ("auth_on_publish", "authorize"),
+                       ("rabbitmq.topic", "authorize"), ("client.authorize", "authorize")):
+        assert f'hookrules_hook_rule{{hook="{hook}",rule="{rule}.star"}} 1.0' in text, hook
+    assert 'hookrules_hook_rule{hook="rabbitmq.vhost"' not in text
+    assert 'hookrules_decisions_total{broker="rabbitmq",decision="allow",hook="rabbitmq.user",source="rule"} 1.0' in text
+    entries = wait_for(lambda: [json.loads(line) for line in log_path.read_text().splitlines()]
+                       if log_path.exists() and log_path.read_text().count("\n") >= 22 else None)
+    assert entries, "the decision log has every call"
+    assert {(e["broker"], e["hook"], e["rule"]) for e in entries} >= {
+        ("emqx", "client.authenticate", "authenticate.star"), ("vernemq", "auth_on_register", "authenticate.star"),
+        ("rabbitmq", "rabbitmq.user", "authenticate.star"), ("rabbitmq", "rabbitmq.topic", "authorize.star"),
+        ("vernemq", "auth_on_subscribe", "authorize.star")}
+
+
+def test_a_brokers_own_file_wins_and_its_removal_hands_back(portable_dir: Path, stubs: dict[str, Stubs],
+                                                           start_server: Callable[..., ServerProcess]) -> None:
+    (portable_dir / "auth_on_register.star").write_text('deny("vernemq has its own rule")\n')
+    server = start_server(portable_dir)
+    assert call.vernemq_register(server, "bob-7", "bob", "builder") == {"result": {"error": "vernemq has its own rule"}}
+    # the _m5 hook walks the whole chain: its twin's file comes before the portable one
+    assert call.vernemq(server, "auth_on_register_m5", {"client_id": "bob-7", "username": "bob", "password": "builder",
+                                                        "mountpoint": "", "peer_addr": "127.0.0.1", "peer_port": 1,
+                                                        "clean_start": True})["result"] != "ok"
+    assert call.emqx_authenticate(server, stubs["v3"], "bob-7", "bob", "builder") is True
+    (portable_dir / "auth_on_register.star").unlink()
+    assert wait_for(lambda: call.vernemq_register(server, "bob-7", "bob", "builder") == {"result": "ok"})
+    assert wait_for(lambda: "hook auth_on_register is now answered by authenticate.star" in server.log())
+
+
+def test_portable_auth_on_publish_cannot_rewrite(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "authorize.star").write_text('rewrite(topic="x")\n')
+    done = subprocess.run([sys.executable, "-m", "hookrules", "check", str(rules)], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == 1
+    assert "rewrite() is not available in authorize" in done.stderr
+
+
+def test_check_test_and_eval_know_which_file_answers(portable_dir: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hookrules", *args], capture_output=True, text=True, timeout=60,
+                              cwd=ROOT)
+
+    (portable_dir / "auth_on_subscribe.star").write_text("allow()\n")
+    checked = run("check", str(portable_dir))
+    assert checked.returncode == 0, checked.stderr
+    assert ("authenticate.star answers client.authenticate, auth_on_register, auth_on_register_m5, rabbitmq.user"
+            in checked.stdout)
+    assert "authorize.star answers client.authorize, auth_on_publish, auth_on_publish_m5, rabbitmq.topic" in checked.stdout
+    assert "auth_on_subscribe.star answers auth_on_subscribe, auth_on_subscribe_m5" in checked.stdout
+    evaluated = run("eval", "--rules", str(portable_dir), "rabbitmq.user", "--event",
+                    '{"client": {"id": "alice-1", "username": "alice", "password": "wonderland"}}')
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "decision: allow" in evaluated.stdout
+    assert f"rule: {portable_dir / 'authenticate.star'}" in evaluated.stdout
+    raw = run("eval", "--rules", str(portable_dir), "rabbitmq.topic", "--raw", "--explain", "--event",
+              json.dumps({"username": "u", "vhost": "/", "resource": "topic", "name": "amq.topic",
+                          "permission": "read", "routing_key": "devices.c-1.*", "variable_map.client_id": "c-1"}))
+    assert "decision: allow" in raw.stdout, raw.stdout + raw.stderr
+    assert "authorize.star:" in raw.stdout  # --explain shows the portable file's lines
+    refused = run("eval", "--rules", str(portable_dir), "authorize", "--event", "{}")
+    assert refused.returncode == 2 and "name the broker hook its file answers" in refused.stdout
+    tests = portable_dir / "tests"
+    tests.mkdir()
+    (tests / "all.yaml").write_text("""\
+- name: EMQX lets alice in
+  hook: client.authenticate
+  event: {client: {id: alice-1, username: alice, password: wonderland}}
+  expect: {decision: allow}
+- name: RabbitMQ refuses a wrong password
+  hook: rabbitmq.user
+  event: {client: {id: alice-1, username: alice, password: nope}}
+  expect: {decision: deny, reason: bad credentials}
+- name: VerneMQ publishes under the client's own tree
+  hook: auth_on_publish_m5
+  event: {client: {id: c-1}, message: {topic: devices/c-1/t}}
+  expect: {decision: allow}
+- name: RabbitMQ subscribes with a wildcard
+  hook: rabbitmq.topic
+  event: {client: {id: c-1}, action: subscribe, topic: devices/c-1/+, permission: read, routing_key: devices.c-1.*}
+  expect: {decision: allow}
+""")
+    tested = run("test", str(portable_dir), "--coverage")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "4 passed" in tested.stdout
+    assert "authenticate.star" in tested.stdout and "authorize.star" in tested.stdout  # coverage of both files
+
+
+def test_portable_failure_policy_applies_to_the_hooks_it_answers(tmp_path: Path,
+                                                                 start_server: Callable[..., ServerProcess]) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "authorize.star").write_text("x = 1 / 0\n")
+    server = start_server(rules, "--failure-policy", "authorize=allow", "--failure-policy", "rabbitmq.topic=deny")
+    assert call.vernemq_publish(server, "c", "a/b") == {"result": "ok"}  # the portable file's policy
+    assert call.rabbitmq_topic(server, "c", "publish", "a.b") == "deny"  # the hook's own, nearer, wins
+    assert "ZeroDivisionError" in wait_for(lambda: server.log())
