@@ -21,7 +21,7 @@ def hookrules(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
 def test_check_passes_on_the_bundled_rules() -> None:
     result = hookrules("check", str(BUNDLED_RULES))
     assert result.returncode == 0, result.stderr
-    assert "6 rule file(s) OK, 0 with errors" in result.stdout
+    assert "3 rule file(s) OK, 0 with errors" in result.stdout
 
 
 def test_check_reports_every_problem_with_file_line_col(tmp_path: Path) -> None:
@@ -113,7 +113,7 @@ def test_a_failed_bind_prints_no_serving_banner(busy_flag: str) -> None:
 def test_port_zero_prints_the_bound_ports_and_sigterm_exits_zero(start_server: Any, rules_dir: Path) -> None:
     server: ServerProcess = start_server(rules_dir)
     assert server.grpc_port > 0 and server.metrics_port > 0
-    assert "hookrules_rules_loaded 6.0" in server.metrics_text()
+    assert "hookrules_rules_loaded 3.0" in server.metrics_text()
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(15) == 0
     assert "stopped" in server.log()

@@ -40,7 +40,7 @@ def test_health_and_readiness(bundled_server: ServerProcess) -> None:
     for port in (bundled_server.metrics_port, bundled_server.http_port):
         assert get(port, "/healthz") == (200, {"status": "ok"})
         status, body = get(port, "/readyz")
-        assert (status, body["status"]) == (200, "ready") and "6 rule file(s) loaded" in body["detail"]
+        assert (status, body["status"]) == (200, "ready") and "3 rule file(s) loaded" in body["detail"]
     with bundled_server.channel() as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for service in ("", "emqx.exhook.v3.HookProvider", "emqx.exhook.v2.HookProvider"):

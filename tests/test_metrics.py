@@ -52,11 +52,10 @@ def test_latency_decisions_and_versions_are_exported(start_server: Any, rules_di
     assert value(m, "hookrules_rules_broken", state="never_loaded") == value(m, "hookrules_rules_broken", state="stale") == 0
     # loaded versions and reloads
     infos = {dict(k[1])["hook"]: dict(k[1])["version"] for k, v in m.items() if k[0] == "hookrules_rule_info" and v == 1}
-    assert set(infos) == {"client.authenticate", "client.authorize", "message.publish", "auth_on_register",
-                          "auth_on_subscribe", "auth_on_publish"}
+    assert set(infos) == {"authenticate", "authorize", "message.publish"}
     assert all(len(v) == 12 for v in infos.values())
-    assert value(m, "hookrules_reloads_total", hook="client.authenticate", result="loaded") == 1
-    assert value(m, "hookrules_rules_loaded") == 6
+    assert value(m, "hookrules_reloads_total", hook="authenticate", result="loaded") == 1
+    assert value(m, "hookrules_rules_loaded") == 3
 
 
 def test_runtime_errors_are_counted_logged_and_answered_by_policy(start_server: Any, tmp_path: Any,

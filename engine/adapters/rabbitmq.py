@@ -3,11 +3,12 @@
 RabbitMQ asks four questions, each at its own path: may this user log in (`user`), reach this
 virtual host (`vhost`), use this queue or exchange (`resource`), publish or subscribe to this routing
 key (`topic`). The fields come as a query string (`auth_http.http_method = get`) or a form body
-(`post`). It reads the answer's body: `allow`, `allow TAG ...` (user check only) or `deny`, with a 200;
-anything else is an error to it. A trailing newline is not stripped: RabbitMQ's `req/2` has no case
-for `allow\n` and its connection process crashes (deps/rabbitmq_auth_backend_http/src/
-rabbit_auth_backend_http.erl, `req/2` and `user_login_authentication/2`), so every answer here is one
-of a few constant strings, or `allow` and checked tags.
+(`post`). It reads the answer's body: `allow`, `allow TAG ...` (user check only) or `deny`, with a 200
+or 201; anything else is an error to it. Only spaces are stripped: `req/2` has no case for `allow\n`
+and the client's connection process crashes, and the user check reads the newline as a tag
+(deps/rabbitmq_auth_backend_http/src/rabbit_auth_backend_http.erl, `req/2` and
+`user_login_authentication/2`; measured with 3.10.8), so every answer here is one of a few constant
+strings, or `allow` and checked tags.
 
 Without a rule file, a check answers what a RabbitMQ user would expect (see `DEFAULTS`).
 """
@@ -111,8 +112,8 @@ def event_for(hook: str, fields: Mapping[str, str]) -> Event:
         return Event(hook, BROKER, client, frozen_map({"vhost": fields["vhost"], "ip": ip, "tags": tags}))
     data: dict[str, object] = {"vhost": fields["vhost"], "resource": fields["resource"], "name": fields["name"],
                                "permission": fields["permission"], "tags": tags}
-    if hook == "rabbitmq.resource":
-        return Event(hook, BROKER, Client(username=username), frozen_map(data))
+    if hook == "rabbitmq.resource":  # rabbitmq_mqtt sends the client id here too
+        return Event(hook, BROKER, Client(id=get("client_id", ""), username=username), frozen_map(data))
     # topic: rabbitmq_mqtt puts the client id and username in the authorization context's variable_map
     permission = fields["permission"]
     action = "publish" if permission == "write" else "subscribe" if permission == "read" else permission
