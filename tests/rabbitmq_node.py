@@ -46,12 +46,20 @@ MARKER = "HOOKRULES_RABBIT_NODE"  # environment variable set on every process a 
 _LOOPBACK_ERL = "-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now (the OS picks it; another process could take it before use)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports on 127.0.0.1 that are free now (another process could take one before use).
+
+    All sockets stay bound until every port is picked: picking one at a time lets the OS hand out the same
+    port twice, and then e.g. epmd answers the probe of the MQTT port.
+    """
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind((HOST, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def port_open(port: int, host: str = HOST) -> bool:
@@ -138,7 +146,7 @@ class RabbitNode:
 
     def _prepare(self) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="hookrules-rabbit-"))
-        self.mqtt_port, self.epmd_port, self.dist_port, ctl_port = (free_port() for _ in range(4))
+        self.mqtt_port, self.epmd_port, self.dist_port, ctl_port = free_ports(4)
         self._ctl_port = ctl_port
         w = self.workdir
         for sub in ("home", "mnesia", "log"):
