@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from .rabbitmq_node import RabbitNode, require_rabbitmq
 from .support import BUNDLED_RULES, ServerProcess, Stubs, generate_stubs
 
 
@@ -46,3 +47,26 @@ def bundled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
     server = ServerProcess(rules, log_path=tmp / "server.log")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> float | None:
+    """Debian's rabbitmq-server is installed: in CI as root it is installed now (never skipped in CI);
+    outside CI a missing package skips with how to install it. Returns the install time, or None."""
+    return require_rabbitmq()
+
+
+@pytest.fixture
+def start_rabbit(rabbitmq: float | None) -> Iterator[Callable[..., RabbitNode]]:
+    """start_rabbit(auth_base_url, http_method="get", extra_conf=()) -> a booted throwaway node; every node
+    started is stopped (no process, no file left) when the test ends, pass or fail."""
+    nodes: list[RabbitNode] = []
+
+    def start(auth_base_url: str, **kwargs: object) -> RabbitNode:
+        node = RabbitNode(auth_base_url, **kwargs)  # type: ignore[arg-type]
+        nodes.append(node)
+        return node.__enter__()
+
+    yield start
+    for node in nodes:
+        node.stop()
