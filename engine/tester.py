@@ -26,7 +26,7 @@ from .engine import Engine, Outcome
 from .errors import Code
 from .events import Event
 from .eventspec import SpecError, build_event
-from .hooks import HOOKS, Policy
+from .hooks import HOOKS, RULE_SUFFIX, Policy
 from .ruleset import FileOutcome, Limits, RuleSet, scan
 from .watchdog import RunClock
 from .lang.builtins import RULE_LOGGER, unlimited_log
@@ -170,6 +170,9 @@ def _compare(expect: Mapping[str, Any], outcome: Outcome, event: Event) -> list[
             problems.append(f"{key}: expected {wanted!r}, got {got!r}{kept}")
     if problems and outcome.error is not None and "error" not in expect:
         problems.append(f"the rule failed: {outcome.error.one_line()}")
+    if problems:  # which file answered: the hook's own, its twin's, or a portable one
+        problems.append(f"answered by {outcome.rule}{RULE_SUFFIX}" if outcome.rule
+                        else f"no rule file answers {event.hook}")
     return problems
 
 

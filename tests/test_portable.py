@@ -235,6 +235,15 @@ def test_check_test_and_eval_know_which_file_answers(portable_dir: Path) -> None
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "4 passed" in tested.stdout
     assert "authenticate.star" in tested.stdout and "authorize.star" in tested.stdout  # coverage of both files
+    (tests / "wrong.yaml").write_text("""\
+- name: a failing case says which file answered
+  hook: auth_on_register_m5
+  event: {client: {id: alice-1, username: alice, password: nope}}
+  expect: {decision: allow}
+""")
+    failed = run("test", str(portable_dir))
+    assert failed.returncode == 1
+    assert "answered by authenticate.star" in failed.stdout, failed.stdout
 
 
 def test_portable_failure_policy_applies_to_the_hooks_it_answers(tmp_path: Path,
