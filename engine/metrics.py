@@ -157,31 +157,41 @@ LAST_RELOAD = Gauge(
 BROKEN_STATES = ("never_loaded", "data_missing", "stale")  # worst first
 
 
-class RuleStates:
-    """hookrules_rule_broken{hook, state} (1 per hook whose rule is broken) and hookrules_rules_broken{state}
-    (how many; 0 too, so an alert has a series to read), computed when scraped from what `watch` was given:
-    always the rule set serving now, whatever changed it."""
+class PairsWhenScraped:
+    """A collector of gauges computed when scraped from the (label, label) pairs `watch` was given: always
+    the rule set serving now, whatever changed it, with nothing to keep in step on every reload."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY):
         self._source: Callable[[], Iterable[tuple[str, str]]] | None = None
         registry.register(self)
 
     def watch(self, source: Callable[[], Iterable[tuple[str, str]]] | None) -> None:
-        """`source` returns (hook, state) pairs, state one of BROKEN_STATES."""
         self._source = source
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return sorted(self._source()) if self._source is not None else []
 
     def describe(self) -> list[Metric]:
         return []
 
+    def collect(self) -> Iterator[Metric]:  # each subclass yields its families
+        return iter(())
+
+
+class RuleStates(PairsWhenScraped):
+    """hookrules_rule_broken{hook, state} (1 per hook whose rule is broken) and hookrules_rules_broken{state}
+    (how many; 0 too, so an alert has a series to read); the pairs are (hook, state), state one of
+    BROKEN_STATES."""
+
     def collect(self) -> Iterator[Metric]:
-        pairs = list(self._source()) if self._source is not None else []
+        pairs = self.pairs()
         per_hook = GaugeMetricFamily("hookrules_rule_broken", "1 for each hook whose rule is broken: its file "
                                      "never loaded (answered by the failure policy), its current contents "
                                      "failed and an older version serves, or a data file it reads did (stale), "
                                      "or it reads data while a data file never loaded (data_missing)",
                                      labels=["hook", "state"])
         totals = GaugeMetricFamily("hookrules_rules_broken", "Hooks whose rule is broken, by state", labels=["state"])
-        for hook, state in sorted(pairs):
+        for hook, state in pairs:
             per_hook.add_metric([hook, state], 1.0)
         for state in BROKEN_STATES:
             totals.add_metric([state], float(sum(1 for _, s in pairs if s == state)))
@@ -192,27 +202,16 @@ class RuleStates:
 RULE_BROKEN = RuleStates()
 
 
-class AnsweredBy:
+class AnsweredBy(PairsWhenScraped):
     """hookrules_hook_rule{hook, rule}: 1 for each broker hook a rule file answers, naming the file (its
-    own, its MQTT 3 twin's, or the portable authenticate.star / authorize.star), computed when scraped
-    from the rule set serving now. Joined with hookrules_rule_info, it says which version answers a hook."""
-
-    def __init__(self, registry: CollectorRegistry = REGISTRY):
-        self._source: Callable[[], Iterable[tuple[str, str]]] | None = None
-        registry.register(self)
-
-    def watch(self, source: Callable[[], Iterable[tuple[str, str]]] | None) -> None:
-        """`source` returns (broker hook, rule file name) pairs."""
-        self._source = source
-
-    def describe(self) -> list[Metric]:
-        return []
+    own, its MQTT 3 twin's, or the portable authenticate.star / authorize.star); the pairs are (broker
+    hook, file name). Joined with hookrules_rule_info, it says which version answers a hook."""
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily("hookrules_hook_rule", "1 for each broker hook answered by a rule file, and "
                                    "which file answers it (its own, a twin's or a portable one)",
                                    labels=["hook", "rule"])
-        for hook, rule in sorted(self._source() if self._source is not None else ()):
+        for hook, rule in self.pairs():
             family.add_metric([hook, rule], 1.0)
         yield family
 

@@ -42,6 +42,14 @@ TOPIC = {"username": "admin", "vhost": "/", "resource": "topic", "name": "amq.to
          "variable_map.username": "admin"}
 
 
+def rules_with(tmp_path: Path, files: Mapping[str, str]) -> Path:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for name, text in files.items():
+        (rules / name).write_text(text)
+    return rules
+
+
 def resource(kind: str, name: str, permission: str) -> dict[str, str]:
     return {"username": "admin", "vhost": "/", "resource": kind, "name": name, "permission": permission, "tags": ""}
 
@@ -65,11 +73,7 @@ def call(server: ServerProcess, check: str, fields: Mapping[str, str], method: s
 
 @pytest.fixture
 def portable(tmp_path: Path, start_server: Callable[..., ServerProcess]) -> ServerProcess:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "authenticate.star").write_text(AUTHENTICATE)
-    (rules / "authorize.star").write_text(AUTHORIZE)
-    return start_server(rules)
+    return start_server(rules_with(tmp_path, {"authenticate.star": AUTHENTICATE, "authorize.star": AUTHORIZE}))
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
@@ -95,9 +99,7 @@ def test_ignore_answers_deny_and_the_answer_has_no_newline(portable: ServerProce
 
 def test_without_rules_each_check_answers_its_default(tmp_path: Path,
                                                       start_server: Callable[..., ServerProcess]) -> None:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    server = start_server(rules)
+    server = start_server(rules_with(tmp_path, {}))
     assert call(server, "user", USER)[2] == "deny"
     assert call(server, "vhost", VHOST)[2] == "allow"
     assert call(server, "topic", TOPIC)[2] == "allow"
@@ -119,20 +121,15 @@ def test_without_rules_each_check_answers_its_default(tmp_path: Path,
 
 def test_own_files_win_and_the_user_check_answers_tags(tmp_path: Path,
                                                        start_server: Callable[..., ServerProcess]) -> None:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "authenticate.star").write_text("deny()\n")
-    (rules / "authorize.star").write_text("deny()\n")
-    (rules / "rabbitmq.user.star").write_text(
-        'if vhost == "/" and client.id == "dev-1":\n    allow(tags=["monitoring", "management"])\n')
-    (rules / "rabbitmq.topic.star").write_text(
-        'if name == "amq.topic" and permission == "write" and routing_key == "a.b" and "ops" in tags:\n'
-        '    allow()\n')
-    (rules / "rabbitmq.vhost.star").write_text('if ip == "127.0.0.1" and vhost == "/" and client.peerhost == ip:\n'
-                                                '    allow()\n')
-    (rules / "rabbitmq.resource.star").write_text('if resource == "queue" and name == "q" and permission == "read":\n'
-                                                   '    allow()\n')
-    server = start_server(rules)
+    server = start_server(rules_with(tmp_path, {
+        "authenticate.star": "deny()\n",
+        "authorize.star": "deny()\n",
+        "rabbitmq.user.star": 'if vhost == "/" and client.id == "dev-1":\n    allow(tags=["monitoring", "management"])\n',
+        "rabbitmq.topic.star": ('if name == "amq.topic" and permission == "write" and routing_key == "a.b" and "ops" in tags:\n'
+                                '    allow()\n'),
+        "rabbitmq.vhost.star": 'if ip == "127.0.0.1" and vhost == "/" and client.peerhost == ip:\n    allow()\n',
+        "rabbitmq.resource.star": 'if resource == "queue" and name == "q" and permission == "read":\n    allow()\n',
+    }))
     assert call(server, "user", USER)[2] == "allow monitoring management"
     assert call(server, "user", {**USER, "client_id": "other"})[2] == "deny"  # the rule returns nothing: ignore
     assert call(server, "topic", {**TOPIC, "routing_key": "a.b", "tags": "ops admin"})[2] == "allow"
@@ -145,12 +142,10 @@ def test_own_files_win_and_the_user_check_answers_tags(tmp_path: Path,
 
 def test_tags_outside_the_user_check_are_a_rule_error(tmp_path: Path,
                                                       start_server: Callable[..., ServerProcess]) -> None:
-    rules = tmp_path / "rules"
-    rules.mkdir()
     # written plainly, `hookrules check` and the loader refuse it; called under another name, the run does
-    (rules / "authenticate.star").write_text('let_in = allow\nlet_in(tags=["administrator"])\n')
-    (rules / "rabbitmq.vhost.star").write_text('let_in = allow\nlet_in(tags=["administrator"])\n')
-    (rules / "rabbitmq.resource.star").write_text('allow(tags=["administrator"])\n')
+    aliased = 'let_in = allow\nlet_in(tags=["administrator"])\n'
+    rules = rules_with(tmp_path, {"authenticate.star": aliased, "rabbitmq.vhost.star": aliased,
+                                  "rabbitmq.resource.star": 'allow(tags=["administrator"])\n'})
     server = start_server(rules, "--failure-policy", "rabbitmq.vhost=allow")
     # authenticate.star cannot give tags, even when it answers RabbitMQ's user check
     assert call(server, "user", USER)[2] == "deny"
