@@ -92,7 +92,7 @@ def test_eval_prints_the_decision_and_explains_it() -> None:
     assert out.startswith("decision: allow\n")
     assert "authenticate.star:7  if client.username == \"baduser\":" in out
     assert "compare: client.username == 'baduser'  ->  'gooduser' == 'baduser'  ->  False" in out
-    assert "authenticate.star:10  allow()" in out
+    assert "authenticate.star:15  allow()" in out
 
 
 def test_eval_reads_an_event_file_and_knows_the_broker(tmp_path: Path) -> None:
