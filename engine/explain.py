@@ -39,7 +39,7 @@ def read_event(value: str) -> Any:
 def describe(outcome: Outcome) -> str:
     d = outcome.decision
     parts: list[str] = [d.kind]
-    details = {k: v for k in ("reason", "topic", "payload", "qos", "retain", "topics", "modifiers", "cache")
+    details = {k: v for k in ("reason", "topic", "payload", "qos", "retain", "topics", "modifiers", "cache", "tags")
                if (v := getattr(d, k, None)) not in (None, "")}
     if details:
         parts.append("(" + ", ".join(f"{k}={_plain(v)!r}" for k, v in details.items()) + ")")

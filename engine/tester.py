@@ -91,6 +91,7 @@ EXPECTATIONS: dict[str, Callable[[Outcome, Event], Any]] = {
     "topics": lambda o, e: list(t) if (t := getattr(o.decision, "topics", None)) is not None else None,
     "modifiers": lambda o, e: _modifiers(o.decision),
     "cache": lambda o, e: getattr(o.decision, "cache", None),
+    "tags": lambda o, e: list(t) if (t := getattr(o.decision, "tags", None)) is not None else None,
 }
 CASE_KEYS = ("name", "hook", "broker", "event", "expect")
 DECISIONS: tuple[str, ...] = get_args(Kind)
