@@ -1,4 +1,5 @@
-"""A bare VerneMQ webhook endpoint with a constant reply: the floor hookrules is measured against.
+"""A bare VerneMQ webhook (or RabbitMQ HTTP auth) endpoint with a constant reply: the floor hookrules is
+measured against.
 
 It is built on hookrules' own HTTP stack (adapters/webhooks.py and server.py: aiohttp's low-level
 `web.Server` with the same request factory (client_max_size) and auto_decompress=False, a
@@ -14,9 +15,16 @@ With --parse it is the floor of any webhook server that reads its requests: it a
 body with json.loads and refuses one that is not a JSON object (400), and still answers the same
 constant reply. hookrules/parse is the price of the event, the rule and the reply alone.
 
+With --rabbitmq it stands in for hookrules' /rabbitmq/{user,vhost,resource,topic} checks instead: every
+request, whatever its method and path, has its body read and is answered `allow` as text/plain (built
+as adapters/rabbitmq_http.py builds its answers). With --parse as well, the form body is also decoded and
+parsed with urllib.parse.parse_qsl (the parser hookrules' adapter uses); one that cannot be is answered
+`deny` with a 400.
+
 Run by bench/webhooks_bench.py; it prints where it listens the way hookrules does
-(`bare: VerneMQ webhooks (constant replies) on http://127.0.0.1:PORT/`), stops on SIGTERM/SIGINT,
-and in any case after --lifetime seconds, so it can never outlive a benchmark for long.
+(`bare: VerneMQ webhooks (constant replies) on http://127.0.0.1:PORT/`, or `RabbitMQ HTTP auth` with
+--rabbitmq), stops on SIGTERM/SIGINT, and in any case after --lifetime seconds, so it can never outlive a
+benchmark for long.
 """
 
 from __future__ import annotations
@@ -26,12 +34,33 @@ import asyncio
 import json
 import signal
 import socket
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 from hookrules.adapters.webhooks import DEFAULT_MAX_BODY, body_limited_requests
 
 #: the one reply, to every POST whatever its hook: what an allow-all endpoint answers
 REPLY = {"result": "ok"}
+#: the one RabbitMQ answer: what an allow-all rabbitmq_auth_backend_http endpoint answers
+RABBITMQ_ALLOW = b"allow"
+
+
+def _text(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type="text/plain", charset="utf-8")
+
+
+def rabbitmq_server(parse: bool = False) -> web.Server:
+    async def handle(request: web.BaseRequest) -> web.Response:
+        raw = await request.read()
+        if parse:
+            try:
+                parse_qsl(raw.decode("ascii"), keep_blank_values=True, errors="strict")
+            except (UnicodeDecodeError, ValueError):
+                return _text(b"deny", 400)
+        return _text(RABBITMQ_ALLOW)
+
+    return web.Server(handle, request_factory=body_limited_requests(DEFAULT_MAX_BODY), access_log=None,
+                      auto_decompress=False)
 
 
 def server(parse: bool = False) -> web.Server:
@@ -52,17 +81,18 @@ def server(parse: bool = False) -> web.Server:
                       auto_decompress=False)
 
 
-async def serve(host: str, port: int, lifetime: float, parse: bool) -> None:
+async def serve(host: str, port: int, lifetime: float, parse: bool, rabbitmq: bool = False) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(1024)  # as hookrules' server.py
-    runner = web.ServerRunner(server(parse), handle_signals=False)
+    runner = web.ServerRunner(rabbitmq_server(parse) if rabbitmq else server(parse), handle_signals=False)
     await runner.setup()
     try:
         await web.SockSite(runner, sock, shutdown_timeout=1.0).start()
         name, what = ("parse", "parsed, constant replies") if parse else ("bare", "constant replies")
-        print(f"{name}: VerneMQ webhooks ({what}) on http://{host}:{sock.getsockname()[1]}/", flush=True)
+        kind = "RabbitMQ HTTP auth" if rabbitmq else "VerneMQ webhooks"
+        print(f"{name}: {kind} ({what}) on http://{host}:{sock.getsockname()[1]}/", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -81,9 +111,12 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     parser.add_argument("--lifetime", type=float, default=900.0, help="exit after this many seconds (default 900)")
-    parser.add_argument("--parse", action="store_true", help="also parse each body as a JSON object")
+    parser.add_argument("--parse", action="store_true", help="also parse each body (a JSON object, or with "
+                                                               "--rabbitmq a form)")
+    parser.add_argument("--rabbitmq", action="store_true", help="answer `allow` as text/plain to every request, as "
+                                                                "an allow-all RabbitMQ HTTP auth backend")
     args = parser.parse_args()
-    asyncio.run(serve(args.host, args.port, args.lifetime, args.parse))
+    asyncio.run(serve(args.host, args.port, args.lifetime, args.parse, args.rabbitmq))
 
 
 if __name__ == "__main__":

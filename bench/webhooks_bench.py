@@ -1,27 +1,39 @@
-"""How much does hookrules cost over a bare VerneMQ webhook endpoint? One command, one run, both measured.
+"""How much does hookrules cost over a bare HTTP auth endpoint? One command, one run, all measured.
 
     python bench/webhooks_bench.py            # about a minute and a half: 6 rounds of 5 s runs
     python bench/webhooks_bench.py --quick    # smoke test: 1 round of 2 s runs
     python bench/webhooks_bench.py --client python   # without wrk (the default takes wrk when installed)
+    python bench/webhooks_bench.py --broker rabbitmq # RabbitMQ's auth checks instead of VerneMQ's webhooks
 
-Two servers, both for the whole benchmark in their own processes:
+--broker vernemq (the default) measures VerneMQ's webhooks, --broker rabbitmq RabbitMQ's
+rabbitmq_auth_backend_http checks (POSTed forms to /rabbitmq/{user,vhost,resource,topic}, answered
+`allow`/`deny` as text/plain) on the same --http port. Everything below holds for both; the requests
+and the check of each reply are the broker's Mix in bench/webhooks_loadgen.py.
+
+Three servers, all for the whole benchmark in their own processes:
 * bare: bench/bare_webhooks.py, an aiohttp endpoint on the same stack as hookrules (the low-level
   web.Server, ServerRunner, SockSite on its own socket) answering every POST with the same
-  `{"result": "ok"}`: the floor;
-* parse: the same with --parse, which also parses every body with json.loads (the least any webhook
-  server that reads its requests does): the floor of a real endpoint;
+  `{"result": "ok"}` (with --broker rabbitmq: bare_webhooks.py --rabbitmq, `allow` as text/plain to
+  every request): the floor;
+* parse: the same with --parse, which also parses every body with json.loads (rabbitmq: the form with
+  urllib.parse.parse_qsl), the least any server that reads its requests does: the floor of a real
+  endpoint;
 * hookrules: `python -m hookrules serve --rules rules --grpc off --http 127.0.0.1:0 --metrics off`,
-  as an operator runs it for VerneMQ (with no metrics endpoint, to leave only the webhooks running).
+  as an operator runs it for VerneMQ or RabbitMQ (with no metrics endpoint, to leave only the HTTP
+  front-ends running), with the bundled rules/ (authenticate.star, authorize.star, message.publish.star).
 
 They are measured in alternation to spread machine noise evenly (bare, parse, hookrules, bare, parse,
 hookrules, ... for --rounds rounds). Before the first round each server is sent one request of every kind and
-its replies are shown (hookrules must really run the rules: the t/demo publish comes back rewritten).
-Each run loads one server with the VerneMQ requests of bench/webhooks_loadgen.py (auth_on_register,
-auth_on_subscribe with 2 topics, auth_on_publish to t/demo and to sensors/1, base64 payloads), cycled
-over keep-alive connections (VerneMQ keeps up to 100 per endpoint), from a client process:
+its replies are shown, and hookrules is sent the Mix's probe, a connect as "baduser", which it must refuse
+(so its rules really run: every request of the load is one the bundled rules allow, answered like the floors).
+Each run loads one server with the broker's requests of bench/webhooks_loadgen.py (vernemq: auth_on_register,
+auth_on_subscribe with 2 topics, auth_on_publish to t/demo and to sensors/1, base64 payloads; rabbitmq: the
+8 checks RabbitMQ 3.10 makes for a client that connects, subscribes and publishes), cycled over keep-alive
+connections (VerneMQ keeps up to 100 per endpoint), from a client process:
 * wrk (--client wrk; `apt-get install wrk`): one thread (-t 1, so the client stays on one core),
   --connections connections, driven by a Lua script generated from the same request bytes, whose
-  `response` hook checks every reply (HTTP 200 and a result of "ok") and whose `done` hook reports the
+  `response` hook checks every reply as the Mix says (vernemq: HTTP 200 and a result of "ok";
+  rabbitmq: HTTP 200 and the body exactly `allow`) and whose `done` hook reports the
   counts and the p50/p99 latency. wrk has no warm-up of its own: a first wrk run of --warmup seconds
   is the warm-up (its failures count too), a second of --duration seconds is measured. wrk takes whole
   seconds, so both are rounded up for it;
@@ -74,15 +86,16 @@ from pathlib import Path
 from exhook_bench import (Child, Pinning, RunResult, choose_pinning, dist_version, interrupt, print_run, print_summary,
                           run_loadgen, stop_all)
 from loadgen import cpu_seconds, machine_busy_seconds
-from webhooks_loadgen import REQUEST_TIMEOUT, REQUESTS, Request
+from webhooks_loadgen import MIXES, REQUEST_TIMEOUT, Mix, Request
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RULES = ROOT / "rules"
 HOST = "127.0.0.1"
 START_TIMEOUT = 60.0  # a cold start imports aiohttp (and hookrules its rules, grpc and protos)
-#: both `hookrules: VerneMQ webhooks on http://...` and `bare: VerneMQ webhooks (constant replies) on ...`
-LISTEN = re.compile(r"VerneMQ webhooks\b.*\bon http://(?P<host>[\d.]+):(?P<port>\d+)/\s*$", re.MULTILINE)
+#: `hookrules: VerneMQ webhooks and RabbitMQ's HTTP auth on http://...`, `bare: VerneMQ webhooks (constant
+#: replies) on ...` and `bare: RabbitMQ HTTP auth (constant replies) on ...`
+LISTEN = re.compile(r"(?:VerneMQ webhooks|RabbitMQ)\b.*\bon http://(?P<host>[\d.]+):(?P<port>\d+)/\s*$", re.MULTILINE)
 
 THROUGHPUT_GOAL = 0.8
 #: above this much CPU (% of one core) used by other processes during a window, req/s is called noisy
@@ -94,7 +107,7 @@ SERVERS = ("bare", "parse", "hookrules")
 
 
 def wait_port(child: Child, timeout: float = START_TIMEOUT) -> int:
-    """The port from the server's `... VerneMQ webhooks ... on http://127.0.0.1:PORT/` line."""
+    """The port from the server's `... VerneMQ webhooks ... on http://127.0.0.1:PORT/` (or RabbitMQ) line."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         m = LISTEN.search(child.stdout())
@@ -112,11 +125,11 @@ def start_servers(args: argparse.Namespace, pin: Pinning, workdir: Path,
     # the bare server exits by itself after this many seconds whatever happens: the whole run, with room
     per_run = args.warmup + args.duration + 2 + START_TIMEOUT
     lifetime = max(900, math.ceil(START_TIMEOUT + 2 * args.rounds * per_run))
+    bare = [*prefix, sys.executable, str(BENCH / "bare_webhooks.py"), "--host", HOST, "--port", "0",
+            "--lifetime", str(lifetime), *(["--rabbitmq"] if args.broker == "rabbitmq" else [])]
     cmds = {
-        "bare": [*prefix, sys.executable, str(BENCH / "bare_webhooks.py"), "--host", HOST, "--port", "0",
-                 "--lifetime", str(lifetime)],
-        "parse": [*prefix, sys.executable, str(BENCH / "bare_webhooks.py"), "--host", HOST, "--port", "0",
-                  "--lifetime", str(lifetime), "--parse"],
+        "bare": bare,
+        "parse": [*bare, "--parse"],
         "hookrules": [*prefix, sys.executable, "-m", "hookrules", "serve", "--rules", str(RULES),
                       "--grpc", "off", "--http", f"{HOST}:0", "--metrics", "off", "--log-level", "warning"],
     }
@@ -139,28 +152,32 @@ def ask(port: int, request: Request) -> Reply:
     """One request, as the load sends it, from this process."""
     conn = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT)
     try:
-        conn.request("POST", "/", body=request.body, headers=request.headers)
+        conn.request("POST", request.path, body=request.body, headers=request.headers)
         resp = conn.getresponse()
         return Reply(resp.status, resp.read().decode(errors="replace"), resp.getheader("cache-control", ""))
     finally:
         conn.close()
 
 
-def print_replies(servers: dict[str, tuple[Child, int]]) -> int:
-    """One request of every kind to each server; returns how many replies were not 200 with result ok."""
-    print("\nReplies to one request of each kind (the load sends these, cycled):")
-    width = max(len(r.label) for r in REQUESTS)
+def print_replies(servers: dict[str, tuple[Child, int]], mix: Mix) -> int:
+    """One request of every kind to each server, and the probe to hookrules; returns how many replies
+    were wrong (a request of the load not answered as mix.reply_ok wants, or the probe not refused)."""
+    print(f"\nReplies to one request of each kind (the load sends these, cycled; good: {mix.good_reply}):")
+    width = max(len(r.label) for r in (*mix.requests, mix.probe))
     wrong = 0
-    for request in REQUESTS:
+    for request in mix.requests:
         for name in SERVERS:
             reply = ask(servers[name][1], request)
-            try:
-                ok = reply.status == 200 and json.loads(reply.body).get("result") == "ok"
-            except (ValueError, AttributeError):
-                ok = False
+            ok = mix.reply_ok(reply.status, reply.body.encode())
             wrong += not ok
             label = request.label if name == SERVERS[0] else ""
             print(f"  {label:<{width}}  {name:<9}  {reply.describe()[:150]}" + ("" if ok else "   <- WRONG"))
+    # the load is all allowed, as the floors answer: this shows hookrules' answers come from its rules
+    reply = ask(servers["hookrules"][1], mix.probe)
+    refused = reply.status == 200 and not mix.reply_ok(reply.status, reply.body.encode())
+    wrong += not refused
+    print(f"  {mix.probe.label:<{width}}  {'hookrules':<9}  {reply.describe()[:150]}"
+          + ("   (refused by the rules, as it must be; not in the load)" if refused else "   <- WRONG: not refused"))
     return wrong
 
 
@@ -170,14 +187,14 @@ def print_replies(servers: dict[str, tuple[Child, int]]) -> int:
 def _lua_string(text: str) -> str:
     """A Lua (LuaJIT) string literal for ASCII text: JSON's escapes for it are \\" and \\\\, which Lua shares."""
     literal = json.dumps(text, ensure_ascii=True)
-    if "\\u" in literal or "\\n" in literal:  # never for the JSON bodies of webhooks_loadgen
+    if "\\u" in literal or "\\n" in literal:  # never for the bodies (JSON, forms) of webhooks_loadgen
         raise ValueError(f"cannot put {text[:40]!r} in the wrk script")
     return literal
 
 
 WRK_SCRIPT = """\
--- Generated by bench/webhooks_bench.py: VerneMQ webhook requests cycled over every connection of
--- the thread, every reply checked (HTTP 200 and a result of "ok"), counts and latency printed at the end.
+-- Generated by bench/webhooks_bench.py: %(broker)s requests cycled over every connection of the
+-- thread, every reply checked (%(good)s), counts and latency printed at the end.
 local cycle = {
 %(requests)s
 }
@@ -191,7 +208,7 @@ end
 
 function init(args)
   for i, r in ipairs(cycle) do
-    reqs[i] = wrk.format("POST", "/", {["Content-Type"] = "application/json", ["vernemq-hook"] = r[1]}, r[2])
+    reqs[i] = wrk.format("POST", r[1], r[2], r[3])
   end
   bad = 0
   first_error = ""
@@ -203,7 +220,7 @@ function request()
 end
 
 function response(status, headers, body)
-  if status ~= 200 or not string.find(body, '"result":%%s*"ok"') then
+  if not (%(reply_ok)s) then
     bad = bad + 1
     if first_error == "" then
       first_error = "HTTP " .. status .. " " .. string.sub(body, 1, 200)
@@ -227,9 +244,16 @@ end
 """
 
 
-def write_wrk_script(path: Path) -> Path:
-    lines = [f"  {{{_lua_string(r.hook)}, {_lua_string(r.body.decode('ascii'))}}},  -- {r.label}" for r in REQUESTS]
-    path.write_text(WRK_SCRIPT % {"requests": "\n".join(lines)})
+def _lua_request(r: Request) -> str:
+    """{path, {header = value, ...}, body} for the script's cycle."""
+    headers = ", ".join(f"[{_lua_string(k)}] = {_lua_string(v)}" for k, v in r.headers.items())
+    return f"  {{{_lua_string(r.path)}, {{{headers}}}, {_lua_string(r.body.decode('ascii'))}}},  -- {r.label}"
+
+
+def write_wrk_script(path: Path, mix: Mix) -> Path:
+    # %-formatting inserts the values as they are: the check's Lua pattern escapes (%s) stay single
+    path.write_text(WRK_SCRIPT % {"broker": mix.broker, "good": mix.good_reply, "reply_ok": mix.lua_reply_ok,
+                                  "requests": "\n".join(_lua_request(r) for r in mix.requests)})
     return path
 
 
@@ -347,7 +371,8 @@ def run_wrk(server: str, round_no: int, port: int, server_pid: int, script: Path
 def run_python(server: str, round_no: int, port: int, server_pid: int, args: argparse.Namespace, pin: Pinning,
                workdir: Path, children: list[Child]) -> RunResult:
     cmd = [*pin.prefix(pin.loadgen), sys.executable, str(BENCH / "webhooks_loadgen.py"), "--url",
-           f"http://{HOST}:{port}/", "--server-pid", str(server_pid), "--connections", str(args.connections),
+           f"http://{HOST}:{port}/", "--broker", args.broker, "--server-pid", str(server_pid),
+           "--connections", str(args.connections),
            "--concurrency", str(args.concurrency), "--warmup", str(args.warmup), "--duration", str(args.duration)]
     return run_loadgen(cmd, server, round_no, args, workdir, children)
 
@@ -356,7 +381,7 @@ def run_python(server: str, round_no: int, port: int, server_pid: int, args: arg
 
 
 def print_run_header(args: argparse.Namespace, pin: Pinning) -> None:
-    mix = ", ".join(r.label for r in REQUESTS)
+    mix = ", ".join(r.label for r in MIXES[args.broker].requests)
     if args.client == "wrk":
         client = f"wrk, {args.threads} thread(s), {args.connections} keep-alive connections"
         warmup, duration = whole_seconds(args.warmup), whole_seconds(args.duration)
@@ -366,7 +391,8 @@ def print_run_header(args: argparse.Namespace, pin: Pinning) -> None:
         client = (f"Python aiohttp client, {args.connections} keep-alive connections, "
                   f"{args.concurrency} requests in flight")
         warmup, duration = args.warmup, args.duration
-    print(f"\nWebhook load: {client}; cycling {mix}; {warmup:g} s warm-up + {duration:g} s measured per run; "
+    what = "RabbitMQ HTTP auth" if args.broker == "rabbitmq" else "Webhook"
+    print(f"\n{what} load: {client}; cycling {mix}; {warmup:g} s warm-up + {duration:g} s measured per run; "
           f"{pin.describe()}")
     print("  (CPU columns: % of one core during the window; 'other' = everything else on the machine)")
     print(f"  {'run':<4} {'server':<10} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'srv us/req':>10} "
@@ -374,8 +400,10 @@ def print_run_header(args: argparse.Namespace, pin: Pinning) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="hookrules vs a bare aiohttp endpoint answering VerneMQ webhooks: "
-                                            "throughput, latency and CPU per request over HTTP.")
+    p = argparse.ArgumentParser(description="hookrules vs a bare aiohttp endpoint answering VerneMQ webhooks or "
+                                            "RabbitMQ's HTTP auth checks: throughput, latency and CPU per request.")
+    p.add_argument("--broker", choices=sorted(MIXES), default="vernemq",
+                   help="whose requests: VerneMQ's webhooks or RabbitMQ's auth checks (default vernemq)")
     p.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
                    help="load generator: wrk, the Python one, or wrk when installed (default auto)")
     p.add_argument("--duration", type=float, help="measured seconds per run (default 5, --quick 2)")
@@ -404,14 +432,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def print_parse_floor(results: list[RunResult], rounds: int) -> None:
+def print_parse_floor(results: list[RunResult], rounds: int, broker: str) -> None:
     """hookrules against the endpoint that also parses its requests: the price of event, rule and reply."""
     by = {(r.server, r.round): r for r in results}
     floor = statistics.median(by[("parse", i)].rps / by[("bare", i)].rps for i in range(1, rounds + 1))
     print(f"the parsing endpoint alone: throughput parse/bare = {floor:.2f}x")
     pairs = [(by[("parse", i)], by[("hookrules", i)]) for i in range(1, rounds + 1)]
     rps = statistics.median(h.rps / p.rps for p, h in pairs)
-    line = f"against the parsing endpoint (bare + json.loads): throughput hookrules/parse = {rps:.2f}x"
+    parser = "parse_qsl" if broker == "rabbitmq" else "json.loads"
+    line = f"against the parsing endpoint (bare + {parser}): throughput hookrules/parse = {rps:.2f}x"
     cpus = [(p.cpu_us_per_req, h.cpu_us_per_req) for p, h in pairs]
     if all(p and h for p, h in cpus):
         cpu = statistics.median(h / p for p, h in cpus if p and h)
@@ -429,7 +458,9 @@ def _versions(client: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, interrupt)  # stop the children on SIGTERM too
-    print(f"hookrules VerneMQ webhooks benchmark ({_versions(args.client)})")
+    mix = MIXES[args.broker]
+    what = "RabbitMQ HTTP auth" if args.broker == "rabbitmq" else "VerneMQ webhooks"
+    print(f"hookrules {what} benchmark ({_versions(args.client)})")
 
     pin = choose_pinning(args.pin)
     children: list[Child] = []
@@ -438,10 +469,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="hookrules-webhooks-bench-") as tmp:
             workdir = Path(tmp)
-            script = write_wrk_script(workdir / "vernemq.lua") if args.client == "wrk" else None
+            script = write_wrk_script(workdir / f"{args.broker}.lua", mix) if args.client == "wrk" else None
             try:
                 servers = start_servers(args, pin, workdir, children)
-                wrong = print_replies(servers)
+                wrong = print_replies(servers, mix)
                 print_run_header(args, pin)
                 for round_no in range(1, args.rounds + 1):
                     for name in SERVERS:
@@ -464,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nbenchmark failed: {exc}", file=sys.stderr)
         return 1
     print_summary(results, args.rounds, THROUGHPUT_GOAL, " (or use --client wrk)")
-    print_parse_floor(results, args.rounds)
+    print_parse_floor(results, args.rounds, args.broker)
     failures = wrong + sum(r.errors + r.bad_replies for r in results)
     if failures:
         print(f"\n{failures} failed or wrong replies: the figures above are not trustworthy", file=sys.stderr)
