@@ -42,8 +42,11 @@ TOPIC = {"username": "admin", "vhost": "/", "resource": "topic", "name": "amq.to
          "variable_map.username": "admin"}
 
 
-def resource(kind: str, name: str, permission: str) -> dict[str, str]:
-    return {"username": "admin", "vhost": "/", "resource": kind, "name": name, "permission": permission, "tags": ""}
+def resource(kind: str, name: str, permission: str, client_id: str | None = "dev-1") -> dict[str, str]:
+    """A resource check as rabbitmq_mqtt makes it (with the client id), or with client_id=None as an
+    AMQP 0-9-1 client's check comes (rabbit_channel gives it no variable map: no client_id field)."""
+    fields = {"username": "admin", "vhost": "/", "resource": kind, "name": name, "permission": permission, "tags": ""}
+    return fields if client_id is None else {**fields, "client_id": client_id}
 
 
 def call(server: ServerProcess, check: str, fields: Mapping[str, str], method: str = "GET",
@@ -115,6 +118,32 @@ def test_without_rules_each_check_answers_its_default(tmp_path: Path,
     text = server.metrics_text()
     assert 'hookrules_decisions_total{broker="rabbitmq",decision="allow",hook="rabbitmq.vhost",source="default"} 1.0' in text
     assert 'hookrules_decisions_total{broker="rabbitmq",decision="deny",hook="rabbitmq.user",source="default"} 1.0' in text
+
+
+def test_the_resource_default_gives_each_mqtt_client_its_own_queues_only(tmp_path: Path,
+                                                                      start_server: Callable[..., ServerProcess]) -> None:
+    """Without rabbitmq.resource.star a client may use only the queues rabbitmq_mqtt declares for its
+    own client id, and a check without a client id (an AMQP 0-9-1 client with the same credentials)
+    gets nothing: else an AMQP client could consume, purge or delete any MQTT client's subscription
+    queue, reading the messages of another client's subscriptions past every topic check."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    server = start_server(rules)
+    clients = ["dev-1", "dev-2", "dev-1qos1", "a.b", "x y", None, ""]
+    queues = {f"mqtt-subscription-{c}qos{n}" for c in clients if c for n in (0, 1, 2)}
+    queues |= {"mqtt-subscription-", "mqtt-subscription-qos1", "mqtt-subscription-dev-1qos1qos1",
+               "mqtt-subscription-dev-1", "orders", "amq.topic"}
+    for client_id in clients:
+        own = {f"mqtt-subscription-{client_id}qos{n}" for n in (0, 1, 2)} if client_id else set()
+        for permission in ("configure", "read", "write"):
+            for name in sorted(queues):
+                expected = "allow" if name in own else "deny"
+                got = call(server, "resource", resource("queue", name, permission, client_id))
+                assert got == (200, "text/plain", expected), (client_id, name, permission)
+            for name in ("amq.topic", "amq.direct", "mqtt-subscription-dev-1qos1", ""):
+                expected = "allow" if client_id and name == "amq.topic" and permission != "configure" else "deny"
+                got = call(server, "resource", resource("exchange", name, permission, client_id))
+                assert got == (200, "text/plain", expected), (client_id, name, permission)
 
 
 def test_own_files_win_and_the_user_check_answers_tags(tmp_path: Path,

@@ -128,9 +128,14 @@ def default_decision(hook: str, event: Event) -> Decision:
 
     - user: deny. With no rule nobody is let in (RabbitMQ then asks its next auth backend, if any).
     - vhost: allow. The user check already decided who gets in.
-    - resource: allow what MQTT uses (its subscription queues, and reading from and writing to
-      amq.topic), deny the rest, so a user let in for MQTT cannot use AMQP to declare or read other
-      queues. With another `mqtt.exchange`, write rabbitmq.resource.star.
+    - resource: allow what an MQTT client uses (its own subscription queues, and reading from and
+      writing to amq.topic), deny the rest. rabbitmq_mqtt sends the client id with each of its
+      resource checks; an AMQP 0-9-1 client's checks carry none (rabbit_channel passes it no
+      variable map). So a queue is allowed only when its name is the asking client's own
+      (`mqtt-subscription-<client id>qos<N>`), and nothing at all is allowed without a client id:
+      an AMQP client let in with the same credentials can neither consume, purge nor delete
+      another client's subscription queue (reading its messages past every topic check), nor
+      publish. With another `mqtt.exchange`, write rabbitmq.resource.star.
     - topic: allow, as RabbitMQ's own backend allows every routing key to a user with no topic
       permissions.
     """
@@ -139,12 +144,20 @@ def default_decision(hook: str, event: Event) -> Decision:
     if hook == "rabbitmq.resource":
         data = event.data
         kind, name, permission = data["resource"], data["name"], data["permission"]
-        if kind == "queue" and name.startswith(MQTT_QUEUE_PREFIX):
+        client_id = event.client.id
+        if not client_id:  # not an MQTT client's check (AMQP 0-9-1): nothing by default
+            return DENY
+        if kind == "queue" and name in mqtt_queues(client_id):
             return ALLOW
         if kind == "exchange" and name == MQTT_EXCHANGE and permission in ("read", "write"):
             return ALLOW
         return DENY
     return ALLOW
+
+
+def mqtt_queues(client_id: str) -> frozenset[str]:
+    """The queues rabbitmq_mqtt declares for this client's subscriptions, one per QoS it grants."""
+    return frozenset(f"{MQTT_QUEUE_PREFIX}{client_id}qos{qos}" for qos in (0, 1, 2))
 
 
 def answer_text(decision: Decision) -> str:
