@@ -7,6 +7,7 @@ with the values rabbitmq_mqtt gives them (tests/test_rabbitmq_e2e.py drives a re
 
 from __future__ import annotations
 
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -220,3 +221,24 @@ def test_a_vernemq_webhook_under_the_prefix_is_still_a_webhook(portable: ServerP
     with urllib.request.urlopen(request, timeout=10) as resp:
         assert resp.headers.get_content_type() == "application/json"
         assert b'"result": "ok"' in resp.read()
+
+
+@pytest.mark.parametrize("check", ["user", "vhost", "resource", "topic", "nope"])
+def test_expect_100_continue_is_answered_under_the_prefix(portable: ServerProcess, check: str) -> None:
+    """A client that sends `Expect: 100-continue` waits for the interim 100 before its body: without it,
+    the call stalled until the body timeout and was refused 408."""
+    fields = {"user": USER, "vhost": VHOST, "resource": resource("queue", "mqtt-subscription-dev-1qos0", "read"),
+              "topic": TOPIC, "nope": USER}[check]
+    body = urllib.parse.urlencode(fields).encode()
+    with socket.create_connection(("127.0.0.1", portable.http_port), timeout=5) as sock:
+        sock.sendall(f"POST /rabbitmq/{check} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                     f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        assert sock.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        reply = b""
+        while not reply.endswith((b"allow", b"deny")):
+            chunk = sock.recv(4096)
+            assert chunk, reply
+            reply += chunk
+    status = int(reply.split(b" ", 2)[1])
+    assert (status, reply.rsplit(b"\r\n\r\n", 1)[1]) == ((404, b"deny") if check == "nope" else (200, b"allow"))

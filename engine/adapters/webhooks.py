@@ -94,6 +94,8 @@ class WebhookAdapter:
         try:
             for prefix, handler in self._prefixes:
                 if request.path.startswith(prefix) and HOOK_HEADER not in request.headers:
+                    if "Expect" in request.headers:  # else a client that waits for 100 stalls until the body timeout
+                        await self._continue(request)
                     return await handler(request)
             method = request.method
             if method == "POST":
@@ -119,13 +121,18 @@ class WebhookAdapter:
         """`Expect: 100-continue` (curl sends it with bodies over 1 KiB): say continue, or the client
         waits before sending the body. An Application's router did this; the low-level server does not."""
         expect = request.headers.get("Expect", "")
-        if request.version != HttpVersion11:
-            return None
-        if expect.lower() == "100-continue":
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0  # the reply's own size starts after this interim line
+        if request.version != HttpVersion11 or await self._continue(request):
             return None
         return self._bad(BadRequest(417, "bad_expect", f"Expect: {expect[:40]!r} is not understood, only 100-continue"))
+
+    @staticmethod
+    async def _continue(request: web.BaseRequest) -> bool:
+        """Answer `Expect: 100-continue` (HTTP/1.1) with the interim 100; False for any other expectation."""
+        if request.version != HttpVersion11 or request.headers.get("Expect", "").lower() != "100-continue":
+            return False
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the reply's own size starts after this interim line
+        return True
 
     async def not_post(self, request: web.BaseRequest) -> web.Response:
         return self._bad(BadRequest(405, "not_post", f"VerneMQ webhooks are POST requests, not {request.method[:20]}"))
