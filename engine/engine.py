@@ -16,7 +16,7 @@ from .decisionlog import DecisionLog
 from .decisions import ALLOW, IGNORE, POLICY_DECISIONS, Decision
 from .errors import Location, RuleError
 from .events import Event
-from .hooks import CHAINS, HOOKS, Policy
+from .hooks import CHAINS, HOOKS, NO_RULE_DEFAULTS, Policy, no_rule_decision
 from .modifiers import decision_problem
 from .ratelimit import Every
 from .ruleset import Limits, RuleRuntimeError, RuleSet
@@ -106,15 +106,16 @@ class Engine:
         return source if source is not None and ruleset.get(source) is None else None
 
     def needs_event(self, hook: str) -> bool:
-        """False when the hook has no rule file: the answer is ignore() whatever the event says, so an
-        adapter may skip building it (most EMQX calls are notifications nobody wrote a rule for)."""
-        return source_hook(self.ruleset, hook) is not None
+        """False when the hook has no rule file and no default of its own: the answer is ignore()
+        whatever the event says, so an adapter may skip building it (most EMQX calls are notifications
+        nobody wrote a rule for) and call skip()."""
+        return source_hook(self.ruleset, hook) is not None or hook in NO_RULE_DEFAULTS
 
-    def skip(self, broker: str, hook: str, decision: Decision = IGNORE) -> Outcome:
-        """The outcome of a call to a hook with no rule file, counted like any other decision:
-        ignore(), or the answer the broker's adapter gives such a call (a RabbitMQ vhost check: allow)."""
-        self._count(broker, hook, decision, "no_rule")
-        return NO_RULE if decision is IGNORE else Outcome(decision, "no_rule")
+    def skip(self, broker: str, hook: str) -> Outcome:
+        """The outcome of a call to a hook needs_event() said needs none: ignore(), counted like any
+        other decision."""
+        self._count(broker, hook, IGNORE, "no_rule")
+        return NO_RULE
 
     def internal_error(self, broker: str, hook: str) -> Decision:
         """The answer to a call an adapter failed on by a bug of hookrules' own: counted, logged (with
@@ -148,8 +149,9 @@ class Engine:
                                                         "run 'hookrules check' on the rules directory"), source)
             if self.decision_log is not None:  # answered by policy: a decision an audit must see
                 self._log_decision(event, outcome, 0.0)
-        elif rule is None:
-            outcome = NO_RULE
+        elif rule is None:  # no file: ignore(), or the hook's own default (a RabbitMQ check's allow or deny)
+            default = no_rule_decision(event)
+            outcome = NO_RULE if default is IGNORE else Outcome(default, "no_rule")
         elif not rule.wants(event):
             outcome = Outcome(IGNORE, "filtered", rule.version, None, answered)
         else:

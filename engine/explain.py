@@ -98,7 +98,8 @@ def _explain_one(engine: Engine, rules: Path, hook: str, event: Event, out: Text
     rule = ruleset.get(source) if source is not None else None
     out.write(f"decision: {describe(outcome)}\n")
     if source is None:
-        out.write(f"rule: none ({hook} has no rule file in {rules}, so it answers ignore)\n")
+        out.write(f"rule: none ({hook} has no rule file in {rules}, so it answers its default, "
+                  f"{outcome.decision.kind})\n")
     elif rule is None:
         out.write(f"rule: {ruleset.broken[source]} did not load, so the failure policy answers\n")
     else:

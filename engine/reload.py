@@ -36,7 +36,7 @@ from watchdog.observers.polling import PollingObserver
 
 from . import metrics
 from .engine import Engine
-from .hooks import HOOKS, RULE_SUFFIX, hook_for_file
+from .hooks import HOOKS, NO_RULE_DEFAULTS, RULE_SUFFIX, hook_for_file
 from .ruleset import DATA_HOOK, FileOutcome, RuleSet, next_retry, scan
 
 log = logging.getLogger(__name__)
@@ -475,6 +475,8 @@ class Reloader:
                 elif HOOKS[out.hook].broker == "portable":
                     log.warning("%s was removed: the hooks it answered without a file of their own now answer as "
                                 "with no rule (ignore(); RabbitMQ: see the README)", out.path)
+                elif out.hook in NO_RULE_DEFAULTS:
+                    log.warning("%s was removed: hook %s now answers its default (see the README)", out.path, out.hook)
                 else:
                     log.warning("%s was removed: hook %s now answers ignore()", out.path, out.hook)
         metrics.RULES_LOADED.set(len(ruleset))

@@ -404,3 +404,18 @@ def test_scan_loads_every_bundled_rule() -> None:
     ruleset, outcomes = scan(BUNDLED_RULES, RuleSet())
     assert {o.hook: o.result for o in outcomes} == {hook_for_file(p.name): "loaded" for p in BUNDLED}
     assert sorted(ruleset) == sorted(hook_for_file(p.name) for p in BUNDLED)
+
+
+@pytest.mark.parametrize("hook", sorted(HOOKS))
+@pytest.mark.parametrize("decision", ["rewrite(topic='a')", "drop()", "allow()", "deny('x')", "ignore()"])
+def test_an_unavailable_decision_hint_names_what_works(hook: str, decision: str) -> None:
+    """Every hook's refusal of a decision says what to do instead: never an empty list ("rewrite() works
+    in: " for the portable authorize, whose own broker group has no hook that rewrites)."""
+    name = decision.split("(")[0]
+    if name in HOOKS[hook].decisions:
+        return
+    err = only_error(decision + "\n", hook)
+    assert err.code == "check_error" and f"{name}()" in err.message, err.message
+    assert err.hint and not err.hint.rstrip().endswith(":"), (hook, err.hint)
+    if HOOKS[hook].broker == "portable" and name in ("rewrite", "drop") and hook == "authorize":
+        assert "auth_on_publish.star" in err.hint, err.hint

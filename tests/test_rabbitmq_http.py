@@ -7,6 +7,10 @@ with the values rabbitmq_mqtt gives them (tests/test_rabbitmq_e2e.py drives a re
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -50,8 +54,11 @@ def rules_with(tmp_path: Path, files: Mapping[str, str]) -> Path:
     return rules
 
 
-def resource(kind: str, name: str, permission: str) -> dict[str, str]:
-    return {"username": "admin", "vhost": "/", "resource": kind, "name": name, "permission": permission, "tags": ""}
+def resource(kind: str, name: str, permission: str, client_id: str | None = "dev-1") -> dict[str, str]:
+    """A resource check as rabbitmq_mqtt makes it (with the client id), or with client_id=None as an
+    AMQP 0-9-1 client's check comes (rabbit_channel gives it no variable map: no client_id field)."""
+    fields = {"username": "admin", "vhost": "/", "resource": kind, "name": name, "permission": permission, "tags": ""}
+    return fields if client_id is None else {**fields, "client_id": client_id}
 
 
 def call(server: ServerProcess, check: str, fields: Mapping[str, str], method: str = "GET",
@@ -117,6 +124,30 @@ def test_without_rules_each_check_answers_its_default(tmp_path: Path,
     text = server.metrics_text()
     assert 'hookrules_decisions_total{broker="rabbitmq",decision="allow",hook="rabbitmq.vhost",source="default"} 1.0' in text
     assert 'hookrules_decisions_total{broker="rabbitmq",decision="deny",hook="rabbitmq.user",source="default"} 1.0' in text
+
+
+def test_the_resource_default_gives_each_mqtt_client_its_own_queues_only(tmp_path: Path,
+                                                                      start_server: Callable[..., ServerProcess]) -> None:
+    """Without rabbitmq.resource.star a client may use only the queues rabbitmq_mqtt declares for its
+    own client id, and a check without a client id (an AMQP 0-9-1 client with the same credentials)
+    gets nothing: else an AMQP client could consume, purge or delete any MQTT client's subscription
+    queue, reading the messages of another client's subscriptions past every topic check."""
+    server = start_server(rules_with(tmp_path, {}))
+    clients = ["dev-1", "dev-2", "dev-1qos1", "a.b", "x y", None, ""]
+    queues = {f"mqtt-subscription-{c}qos{n}" for c in clients if c for n in (0, 1, 2)}
+    queues |= {"mqtt-subscription-", "mqtt-subscription-qos1", "mqtt-subscription-dev-1qos1qos1",
+               "mqtt-subscription-dev-1", "orders", "amq.topic"}
+    for client_id in clients:
+        own = {f"mqtt-subscription-{client_id}qos{n}" for n in (0, 1, 2)} if client_id else set()
+        for permission in ("configure", "read", "write"):
+            for name in sorted(queues):
+                expected = "allow" if name in own else "deny"
+                got = call(server, "resource", resource("queue", name, permission, client_id))
+                assert got == (200, "text/plain", expected), (client_id, name, permission)
+            for name in ("amq.topic", "amq.direct", "mqtt-subscription-dev-1qos1", ""):
+                expected = "allow" if client_id and name == "amq.topic" and permission != "configure" else "deny"
+                got = call(server, "resource", resource("exchange", name, permission, client_id))
+                assert got == (200, "text/plain", expected), (client_id, name, permission)
 
 
 def test_own_files_win_and_the_user_check_answers_tags(tmp_path: Path,
@@ -186,3 +217,63 @@ def test_a_vernemq_webhook_under_the_prefix_is_still_a_webhook(portable: ServerP
     with urllib.request.urlopen(request, timeout=10) as resp:
         assert resp.headers.get_content_type() == "application/json"
         assert b'"result": "ok"' in resp.read()
+
+
+@pytest.mark.parametrize("check", ["user", "vhost", "resource", "topic", "nope"])
+def test_expect_100_continue_is_answered_under_the_prefix(portable: ServerProcess, check: str) -> None:
+    """A client that sends `Expect: 100-continue` waits for the interim 100 before its body: without it,
+    the call stalled until the body timeout and was refused 408."""
+    fields = {"user": USER, "vhost": VHOST, "resource": resource("queue", "mqtt-subscription-dev-1qos0", "read"),
+              "topic": TOPIC, "nope": USER}[check]
+    body = urllib.parse.urlencode(fields).encode()
+    with socket.create_connection(("127.0.0.1", portable.http_port), timeout=5) as sock:
+        sock.sendall(f"POST /rabbitmq/{check} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                     f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+        reply = b""
+        while len(reply) < len(interim):  # an unknown path's 404 may follow the 100 at once
+            chunk = sock.recv(4096)
+            assert chunk, reply
+            reply += chunk
+        assert reply.startswith(interim), reply
+        reply = reply[len(interim):]
+        sock.sendall(body)
+        while not reply.endswith((b"allow", b"deny")):
+            chunk = sock.recv(4096)
+            assert chunk, reply
+            reply += chunk
+    status = int(reply.split(b" ", 2)[1])
+    assert (status, reply.rsplit(b"\r\n\r\n", 1)[1]) == ((404, b"deny") if check == "nope" else (200, b"allow"))
+
+
+def test_eval_and_test_answer_a_check_no_file_answers_as_the_server_does(
+        tmp_path: Path, start_server: Callable[..., ServerProcess]) -> None:
+    """Without a rule file each RabbitMQ check answers its default (user deny, vhost and topic allow,
+    resource the asking client's own MQTT resources). `hookrules eval` and `hookrules test` said
+    `ignore` (which RabbitMQ reads as deny) for every one: a table test of the defaults failed, and eval
+    told the author a topic the server allows was refused. Each check's events, live and through eval."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    server = start_server(rules)
+    checks = [("user", USER), ("vhost", VHOST), ("topic", TOPIC), ("topic", {**TOPIC, "permission": "read"})]
+    checks += [("resource", resource(kind, name, permission, client_id))
+               for kind, name in (("queue", "mqtt-subscription-dev-1qos1"), ("queue", "orders"),
+                                  ("exchange", "amq.topic"), ("exchange", "amq.direct"))
+               for permission in ("configure", "read") for client_id in ("dev-1", None)]
+    cases = []
+    for check, fields in checks:
+        live = call(server, check, fields)[2]
+        said = subprocess.run([sys.executable, "-m", "hookrules", "eval", "--rules", str(rules), f"rabbitmq.{check}",
+                               "--raw", "--event", json.dumps(fields)], capture_output=True, text=True, timeout=60).stdout
+        decision = said.split("decision: ", 1)[-1].split()[0] if "decision: " in said else ""
+        assert (decision if decision != "ignore" else "deny") == live, (check, fields, said)
+        event = {"client": {"id": fields.get("client_id", fields.get("variable_map.client_id", "")),
+                            "username": fields["username"]},
+                 **{k: v for k, v in fields.items() if k in ("vhost", "resource", "name", "permission", "routing_key")}}
+        cases.append({"name": f"{check} {len(cases)}", "hook": f"rabbitmq.{check}", "event": event,
+                      "expect": {"decision": live}})
+    (rules / "tests").mkdir()
+    (rules / "tests" / "defaults.yaml").write_text(json.dumps(cases))  # JSON is YAML
+    tested = subprocess.run([sys.executable, "-m", "hookrules", "test", str(rules)], capture_output=True, text=True,
+                            timeout=60)
+    assert tested.returncode == 0 and f"{len(cases)} passed" in tested.stdout, tested.stdout + tested.stderr

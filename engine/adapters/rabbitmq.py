@@ -10,7 +10,7 @@ and the client's connection process crashes, and the user check reads the newlin
 `user_login_authentication/2`; measured with 3.10.8), so every answer here is one of a few constant
 strings, or `allow` and checked tags.
 
-Without a rule file, a check answers what a RabbitMQ user would expect (see `DEFAULTS`).
+Without a rule file, a check answers what a RabbitMQ user would expect (hooks.NO_RULE_DEFAULTS).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import parse_qsl
 
-from ..decisions import ALLOW, Decision, Deny
+from ..decisions import Decision
 from ..events import Client, Event, frozen_map
 
 BROKER = "rabbitmq"
@@ -40,14 +40,9 @@ REQUIRED: Mapping[str, tuple[str, ...]] = {
     "rabbitmq.topic": ("username", "vhost", "resource", "name", "permission"),
 }
 
-#: the exchange MQTT publishes to and binds its queues to (rabbitmq_mqtt's `mqtt.exchange` default)
-MQTT_EXCHANGE = "amq.topic"
-#: the queue rabbitmq_mqtt declares for a client's subscriptions: mqtt-subscription-<client id>qos<N>
-MQTT_QUEUE_PREFIX = "mqtt-subscription-"
 #: most fields one call may carry: RabbitMQ sends at most a dozen
 MAX_FIELDS = 64
 
-DENY = Deny()
 ANSWER_ALLOW = "allow"
 ANSWER_DENY = "deny"
 
@@ -121,30 +116,6 @@ def event_for(hook: str, fields: Mapping[str, str]) -> Event:
     client = Client(id=get("variable_map.client_id", ""), username=get("variable_map.username", username))
     data.update(routing_key=routing_key, action=action, topic=routing_key_to_topic(routing_key, action), qos=None)
     return Event(hook, BROKER, client, frozen_map(data))
-
-
-def default_decision(hook: str, event: Event) -> Decision:
-    """The answer of a check no rule file answers, chosen as a RabbitMQ user would expect:
-
-    - user: deny. With no rule nobody is let in (RabbitMQ then asks its next auth backend, if any).
-    - vhost: allow. The user check already decided who gets in.
-    - resource: allow what MQTT uses (its subscription queues, and reading from and writing to
-      amq.topic), deny the rest, so a user let in for MQTT cannot use AMQP to declare or read other
-      queues. With another `mqtt.exchange`, write rabbitmq.resource.star.
-    - topic: allow, as RabbitMQ's own backend allows every routing key to a user with no topic
-      permissions.
-    """
-    if hook == "rabbitmq.user":
-        return DENY
-    if hook == "rabbitmq.resource":
-        data = event.data
-        kind, name, permission = data["resource"], data["name"], data["permission"]
-        if kind == "queue" and name.startswith(MQTT_QUEUE_PREFIX):
-            return ALLOW
-        if kind == "exchange" and name == MQTT_EXCHANGE and permission in ("read", "write"):
-            return ALLOW
-        return DENY
-    return ALLOW
 
 
 def answer_text(decision: Decision) -> str:

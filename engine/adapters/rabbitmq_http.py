@@ -19,7 +19,7 @@ from .. import metrics
 from ..engine import Engine
 from ..ratelimit import Every
 from .admission import Admission
-from .rabbitmq import ANSWER_DENY, BROKER, PATHS, BadRequest, answer_text, default_decision, event_for, parse_fields
+from .rabbitmq import ANSWER_DENY, BROKER, PATHS, BadRequest, answer_text, event_for, parse_fields
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,8 @@ class RabbitMQAdapter:
 
     async def _answer(self, hook: str, request: web.BaseRequest) -> web.Response:
         fields = parse_fields(await self._raw_fields(request))
-        event = event_for(hook, fields)
-        engine = self.engine
-        if not engine.needs_event(hook):  # no rule file answers it: the check's default
-            decision = default_decision(hook, event)
-            engine.skip(BROKER, hook, decision)
-        else:
-            decision = engine.decide(event).decision
-        return _text(answer_text(decision))
+        # no rule file: decide() answers the check's default (hooks.NO_RULE_DEFAULTS), as eval and test do
+        return _text(answer_text(self.engine.decide(event_for(hook, fields)).decision))
 
     async def _raw_fields(self, request: web.BaseRequest) -> str:
         """The query string of a GET, the form body of a POST (undecoded: parse_fields decodes once)."""

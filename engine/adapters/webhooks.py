@@ -94,6 +94,8 @@ class WebhookAdapter:
         try:
             for prefix, handler in self._prefixes:
                 if request.path.startswith(prefix) and HOOK_HEADER not in request.headers:
+                    if "Expect" in request.headers:  # else a client that waits for 100 stalls until the body timeout
+                        await self._continue(request)
                     return await handler(request)
             method = request.method
             if method == "POST":
@@ -119,13 +121,18 @@ class WebhookAdapter:
         """`Expect: 100-continue` (curl sends it with bodies over 1 KiB): say continue, or the client
         waits before sending the body. An Application's router did this; the low-level server does not."""
         expect = request.headers.get("Expect", "")
-        if request.version != HttpVersion11:
-            return None
-        if expect.lower() == "100-continue":
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0  # the reply's own size starts after this interim line
+        if request.version != HttpVersion11 or await self._continue(request):
             return None
         return self._bad(BadRequest(417, "bad_expect", f"Expect: {expect[:40]!r} is not understood, only 100-continue"))
+
+    @staticmethod
+    async def _continue(request: web.BaseRequest) -> bool:
+        """Answer `Expect: 100-continue` (HTTP/1.1) with the interim 100; False for any other expectation."""
+        if request.version != HttpVersion11 or request.headers.get("Expect", "").lower() != "100-continue":
+            return False
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the reply's own size starts after this interim line
+        return True
 
     async def not_post(self, request: web.BaseRequest) -> web.Response:
         return self._bad(BadRequest(405, "not_post", f"VerneMQ webhooks are POST requests, not {request.method[:20]}"))
@@ -248,6 +255,20 @@ class WebhookAdapter:
         return timer
 
 
+def fault_description(exc: BaseException) -> str:
+    """What aiohttp says is wrong with a request, without the request's own bytes.
+
+    aiohttp's parser quotes the offending line after its description (`Got more than 8190 bytes when
+    reading: b'/rabbitmq/user?username=..&password=...'`, `Invalid char in url query:\n\n  b'GET ...'`),
+    and a RabbitMQ GET carries the password in its request line: only the description before the
+    first colon or quote is kept, so no request text reaches a log line, whatever the fault."""
+    message = getattr(exc, "message", None)
+    text = message if isinstance(message, str) and message else str(exc)
+    cut = min((i for i in (text.find(c) for c in ":'\"?\n") if i >= 0), default=len(text))
+    description = " ".join(text[:cut].split())
+    return printable(description[:120]) or "(no description)"
+
+
 class QuietProtocolErrors(logging.Filter):
     """aiohttp logs every malformed HTTP request (a port scanner, a client that hangs up) with a
     traceback: keep one line, without the traceback, at most every BAD_REQUEST_LOG_INTERVAL seconds."""
@@ -265,8 +286,7 @@ class QuietProtocolErrors(logging.Filter):
             return False
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
-            detail = " ".join(str(exc).split())  # aiohttp's message spans lines, with a caret under the fault
-            record.msg = f"malformed HTTP request refused: {type(exc).__name__}: {printable(detail)[:300]}"
+            record.msg = f"malformed HTTP request refused: {type(exc).__name__}: {fault_description(exc)}"
             record.args = ()
         record.exc_info = None
         record.exc_text = None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 
 from ..errors import Location, RuleError, RuleLoadError, char_col, source_lines
 from ..events import Client, Conn, Message, SubOpts
-from ..hooks import HOOKS, PUBLISH, HookInfo
+from ..hooks import HOOKS, PUBLISH, RULE_SUFFIX, HookInfo, answered_hooks
 from ..modifiers import SCHEMAS as MODIFIER_SCHEMAS
 from .builtins import DECISIONS, HELPERS, provided_names, validate_filter
 from .helpers import PATTERN_HELPERS, pattern_problem
@@ -517,9 +517,15 @@ def _decision_unavailable(name: str, hook: HookInfo) -> tuple[str, str]:
         return (f"{name}() cannot be used in {hook.name}: the broker does not wait for an answer to this hook",
                 "notification hooks only observe: use log(...)")
     able = sorted(h.name for h in HOOKS.values() if name in h.decisions and h.broker == hook.broker)
-    if name in PUBLISH:
+    if name in PUBLISH and able:
         return (f"{name}() is not available in {hook.name}", f"{name}() works in: {', '.join(able)}")
-    return (f"{name}() is not available in {hook.name}", f"this hook decides with: {', '.join(sorted(hook.decisions))}")
+    decides = f"this hook decides with: {', '.join(sorted(hook.decisions))}"
+    if name in PUBLISH:  # no hook of its broker can (RabbitMQ's; a portable file: its brokers' own files can)
+        own = sorted(h + RULE_SUFFIX for h in answered_hooks(hook.name) if name in HOOKS[h].decisions)
+        where = (f"{name}() works in a broker's own file: {', '.join(own)}" if own else
+                 f"no {hook.broker} hook can {name}()")
+        return (f"{name}() is not available in {hook.name}", f"{decides}; {where}")
+    return (f"{name}() is not available in {hook.name}", decides)
 
 
 def _syntax_hint(message: str, line: str) -> str:
