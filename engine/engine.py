@@ -16,7 +16,8 @@ from .decisionlog import DecisionLog
 from .decisions import ALLOW, IGNORE, POLICY_DECISIONS, Decision
 from .errors import Location, RuleError
 from .events import Event
-from .hooks import CHAINS, HOOKS, NO_RULE_DEFAULTS, Policy, no_rule_decision
+from .hooks import CHAINS, HOOKS, Policy
+from .nodefaults import NO_RULE_DEFAULTS, no_rule_decision
 from .modifiers import decision_problem
 from .ratelimit import Every
 from .ruleset import Limits, RuleRuntimeError, RuleSet

@@ -7,12 +7,9 @@ broker's connect and topic checks that have no file of their own (`chain`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from .decisions import ALLOW, IGNORE, Decision, Deny
-from .events import Event
 
 Broker = Literal["emqx", "vernemq", "rabbitmq", "portable"]
 Policy = Literal["deny", "ignore", "allow"]
@@ -204,57 +201,3 @@ def hook_for_file(filename: str) -> str | None:
 def valid_file_names(broker: Broker | None = None) -> list[str]:
     """Every valid rule file name, for error messages that say what to write instead."""
     return [h.name + RULE_SUFFIX for h in HOOKS.values() if broker is None or h.broker in (broker, "portable")]
-
-
-# -- what a hook with no rule file answers ---------------------------------------------------------------
-# ignore() for every hook but RabbitMQ's checks, whose every answer is allow or deny (ignore is deny).
-# Here, not in the RabbitMQ adapter: the server, `hookrules eval` and `hookrules test` must all answer a
-# call no file answers the same way (Engine.decide asks no_rule_decision).
-
-#: the exchange MQTT publishes to and binds its queues to (rabbitmq_mqtt's `mqtt.exchange` default)
-RABBITMQ_MQTT_EXCHANGE = "amq.topic"
-#: the queue rabbitmq_mqtt declares for a client's subscriptions: mqtt-subscription-<client id>qos<N>
-RABBITMQ_MQTT_QUEUE_PREFIX = "mqtt-subscription-"
-_DENY = Deny()
-
-
-def rabbitmq_mqtt_queues(client_id: str) -> frozenset[str]:
-    """The queues rabbitmq_mqtt declares for this client's subscriptions, one per QoS it grants."""
-    return frozenset(f"{RABBITMQ_MQTT_QUEUE_PREFIX}{client_id}qos{qos}" for qos in (0, 1, 2))
-
-
-def _rabbitmq_resource(event: Event) -> Decision:
-    """What an MQTT client uses: its own subscription queues, reading from and writing to amq.topic.
-    rabbitmq_mqtt sends the client id with each of its resource checks; an AMQP 0-9-1 client's checks
-    carry none (rabbit_channel passes it no variable map). So a queue is allowed only when its name is
-    the asking client's own, and nothing at all without a client id: an AMQP client let in with the same
-    credentials can neither consume, purge nor delete another client's subscription queue (reading its
-    messages past every topic check), nor publish. With another `mqtt.exchange`, write
-    rabbitmq.resource.star."""
-    data, client_id = event.data, event.client.id
-    if not client_id:
-        return _DENY
-    kind, name, permission = data.get("resource"), data.get("name"), data.get("permission")
-    if kind == "queue" and name in rabbitmq_mqtt_queues(client_id):
-        return ALLOW
-    if kind == "exchange" and name == RABBITMQ_MQTT_EXCHANGE and permission in ("read", "write"):
-        return ALLOW
-    return _DENY
-
-
-#: hook -> its answer without a rule file, chosen as a RabbitMQ user would expect: the user check deny
-#: (nobody gets in; RabbitMQ asks its next backend, if any), the vhost check allow (the user check already
-#: decided who gets in), the topic check allow (as RabbitMQ's own backend allows every routing key to a
-#: user with no topic permissions), the resource check what MQTT uses (_rabbitmq_resource)
-NO_RULE_DEFAULTS: Mapping[str, Callable[[Event], Decision]] = {
-    "rabbitmq.user": lambda event: _DENY,
-    "rabbitmq.vhost": lambda event: ALLOW,
-    "rabbitmq.resource": _rabbitmq_resource,
-    "rabbitmq.topic": lambda event: ALLOW,
-}
-
-
-def no_rule_decision(event: Event) -> Decision:
-    """The answer to a call no rule file answers: the hook's default, else ignore()."""
-    default = NO_RULE_DEFAULTS.get(event.hook)
-    return IGNORE if default is None else default(event)

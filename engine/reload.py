@@ -36,7 +36,8 @@ from watchdog.observers.polling import PollingObserver
 
 from . import metrics
 from .engine import Engine
-from .hooks import HOOKS, NO_RULE_DEFAULTS, RULE_SUFFIX, hook_for_file
+from .hooks import HOOKS, RULE_SUFFIX, hook_for_file
+from .nodefaults import NO_RULE_DEFAULTS
 from .ruleset import DATA_HOOK, FileOutcome, RuleSet, next_retry, scan
 
 log = logging.getLogger(__name__)

@@ -109,6 +109,9 @@ def test_without_rules_each_check_answers_its_default(tmp_path: Path,
     server = start_server(rules_with(tmp_path, {}))
     assert call(server, "user", USER)[2] == "deny"
     assert call(server, "vhost", VHOST)[2] == "allow"
+    # only the default vhost: an MQTT client picks its vhost (`tenant-b:admin`), which no portable file sees
+    for vhost in ("tenant-b", "", "/x", " /"):
+        assert call(server, "vhost", {**VHOST, "vhost": vhost})[2] == "deny", vhost
     assert call(server, "topic", TOPIC)[2] == "allow"
     expected = {
         ("queue", "mqtt-subscription-dev-1qos1", "configure"): "allow",
@@ -248,14 +251,14 @@ def test_expect_100_continue_is_answered_under_the_prefix(portable: ServerProces
 
 def test_eval_and_test_answer_a_check_no_file_answers_as_the_server_does(
         tmp_path: Path, start_server: Callable[..., ServerProcess]) -> None:
-    """Without a rule file each RabbitMQ check answers its default (user deny, vhost and topic allow,
+    """Without a rule file each RabbitMQ check answers its default (user deny, vhost allow for "/", topic allow,
     resource the asking client's own MQTT resources). `hookrules eval` and `hookrules test` said
     `ignore` (which RabbitMQ reads as deny) for every one: a table test of the defaults failed, and eval
     told the author a topic the server allows was refused. Each check's events, live and through eval."""
-    rules = tmp_path / "rules"
-    rules.mkdir()
+    rules = rules_with(tmp_path, {})
     server = start_server(rules)
-    checks = [("user", USER), ("vhost", VHOST), ("topic", TOPIC), ("topic", {**TOPIC, "permission": "read"})]
+    checks = [("user", USER), ("vhost", VHOST), ("vhost", {**VHOST, "vhost": "tenant-b"}), ("topic", TOPIC),
+              ("topic", {**TOPIC, "permission": "read"})]
     checks += [("resource", resource(kind, name, permission, client_id))
                for kind, name in (("queue", "mqtt-subscription-dev-1qos1"), ("queue", "orders"),
                                   ("exchange", "amq.topic"), ("exchange", "amq.direct"))

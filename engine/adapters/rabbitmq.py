@@ -10,7 +10,7 @@ and the client's connection process crashes, and the user check reads the newlin
 `user_login_authentication/2`; measured with 3.10.8), so every answer here is one of a few constant
 strings, or `allow` and checked tags.
 
-Without a rule file, a check answers what a RabbitMQ user would expect (hooks.NO_RULE_DEFAULTS).
+Without a rule file, a check answers what a RabbitMQ user would expect (nodefaults.NO_RULE_DEFAULTS).
 """
 
 from __future__ import annotations

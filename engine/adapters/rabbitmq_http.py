@@ -71,7 +71,7 @@ class RabbitMQAdapter:
 
     async def _answer(self, hook: str, request: web.BaseRequest) -> web.Response:
         fields = parse_fields(await self._raw_fields(request))
-        # no rule file: decide() answers the check's default (hooks.NO_RULE_DEFAULTS), as eval and test do
+        # no rule file: decide() answers the check's default (nodefaults.NO_RULE_DEFAULTS), as eval and test do
         return _text(answer_text(self.engine.decide(event_for(hook, fields)).decision))
 
     async def _raw_fields(self, request: web.BaseRequest) -> str:
