@@ -196,6 +196,10 @@ def test_tags_outside_the_user_check_are_a_rule_error(tmp_path: Path,
 def test_bad_requests_are_answered_deny_and_counted(portable: ServerProcess) -> None:
     assert call(portable, "user", {"password": "x"}) == (200, "text/plain", "deny")
     assert call(portable, "topic", {k: v for k, v in TOPIC.items() if k != "permission"})[2] == "deny"
+    assert call(portable, "topic", {k: v for k, v in TOPIC.items() if k != "routing_key"})[2] == "deny"
+    # a topic permission other than write (publish) and read (subscribe) is no action authorize.star knows
+    for permission in ("configure", "", "WRITE"):
+        assert call(portable, "topic", {**TOPIC, "permission": permission}) == (200, "text/plain", "deny"), permission
     assert call(portable, "nope", USER) == (404, "text/plain", "deny")
     assert call(portable, "user", USER, method="PUT")[0:3:2] == (405, "deny")
     assert call(portable, "user", USER, "POST", content_type="application/json")[0:3:2] == (415, "deny")
@@ -205,7 +209,7 @@ def test_bad_requests_are_answered_deny_and_counted(portable: ServerProcess) -> 
     assert call(portable, "user", {}, "POST", raw="username=é".encode()) == (200, "text/plain", "deny")
     text = portable.metrics_text()
     for reason in ("missing_field", "unknown_path", "bad_method", "bad_content_type", "repeated_field",
-                   "bad_encoding"):
+                   "bad_encoding", "bad_field"):
         assert f'hookrules_bad_requests_total{{broker="rabbitmq",reason="{reason}"}}' in text, reason
     log = wait_for(lambda: "refused a RabbitMQ request" in portable.log() and portable.log())
     assert "s3cret" not in log  # never a password in the log

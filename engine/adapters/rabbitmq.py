@@ -37,9 +37,12 @@ REQUIRED: Mapping[str, tuple[str, ...]] = {
     "rabbitmq.user": ("username",),
     "rabbitmq.vhost": ("username", "vhost"),
     "rabbitmq.resource": ("username", "vhost", "resource", "name", "permission"),
-    "rabbitmq.topic": ("username", "vhost", "resource", "name", "permission"),
+    "rabbitmq.topic": ("username", "vhost", "resource", "name", "permission", "routing_key"),
 }
 
+#: a topic check's permission -> the action authorize.star reads (check_topic_access asks write for a
+#: publish, read for a subscription's binding; RabbitMQ has no other permission for topics)
+TOPIC_ACTIONS: Mapping[str, str] = {"write": "publish", "read": "subscribe"}
 #: most fields one call may carry: RabbitMQ sends at most a dozen
 MAX_FIELDS = 64
 
@@ -110,9 +113,11 @@ def event_for(hook: str, fields: Mapping[str, str]) -> Event:
     if hook == "rabbitmq.resource":  # rabbitmq_mqtt sends the client id here too
         return Event(hook, BROKER, Client(id=get("client_id", ""), username=username), frozen_map(data))
     # topic: rabbitmq_mqtt puts the client id and username in the authorization context's variable_map
-    permission = fields["permission"]
-    action = "publish" if permission == "write" else "subscribe" if permission == "read" else permission
-    routing_key = get("routing_key", "")
+    action = TOPIC_ACTIONS.get(fields["permission"])
+    if action is None:  # what authorize.star reads is one of two actions, never a third it did not foresee
+        raise BadRequest(400, "bad_field", f"{hook}: permission must be write or read, not "
+                         f"{fields['permission'][:20]!r}")
+    routing_key = fields["routing_key"]
     client = Client(id=get("variable_map.client_id", ""), username=get("variable_map.username", username))
     data.update(routing_key=routing_key, action=action, topic=routing_key_to_topic(routing_key, action), qos=None)
     return Event(hook, BROKER, client, frozen_map(data))
