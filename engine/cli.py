@@ -185,6 +185,9 @@ def _eval(args: argparse.Namespace) -> int:
     from .eventspec import SpecError
     from .explain import evaluate, read_event
 
+    if not args.rules.is_dir():  # a mistyped --rules must not look like an answer ("no rule: ignore")
+        print(f"hookrules: error: {args.rules} is not a directory", file=sys.stderr)
+        return 2
     logging.basicConfig(level="ERROR", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger(RULE_LOGGER).setLevel(logging.INFO)  # what the rule's log() calls say
     logging.getLogger("hookrules.engine").setLevel(logging.CRITICAL)  # its rule errors are printed below

@@ -69,6 +69,17 @@ def build_event(hook: str, spec: Mapping[str, Any]) -> Event:
     allowed = set(info.names) | {"client"}
     data: dict[str, Any] = {}
     client = Client()
+    if info.broker == "rabbitmq":  # made by the adapter's own mapping, as from RabbitMQ's fields
+        unknown = sorted(str(k) for k in spec if k not in allowed)
+        if unknown:
+            raise SpecError(f"{hook} does not provide '{unknown[0]}'; it provides: {', '.join(sorted(allowed))}")
+        if "qos" in spec and spec["qos"] is not None:
+            raise SpecError("RabbitMQ sends no qos: leave 'qos' out")
+        from .adapters.rabbitmq import event_from_spec  # the broker's mapping: hand events are wire events
+        try:
+            return event_from_spec(hook, spec, _object(Client, spec.get("client", {}), "client"))
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
     for key, value in spec.items():
         if key not in allowed:
             raise SpecError(f"{hook} does not provide '{key}'; it provides: {', '.join(sorted(allowed))}")

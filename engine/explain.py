@@ -96,7 +96,10 @@ def _explain_one(engine: Engine, rules: Path, hook: str, event: Event, out: Text
     outcome = engine.decide(event, budget)
     source = source_hook(ruleset, hook)  # a VerneMQ _m5 hook may be answered by its twin's file
     rule = ruleset.get(source) if source is not None else None
-    out.write(f"decision: {describe(outcome)}\n")
+    said = describe(outcome)
+    if outcome.decision.kind == "ignore" and HOOKS[hook].broker == "rabbitmq":
+        said += " (RabbitMQ is answered deny: it asks its next auth backend, if any)"
+    out.write(f"decision: {said}\n")
     if source is None:
         out.write(f"rule: none ({hook} has no rule file in {rules}, so it answers its default, "
                   f"{outcome.decision.kind})\n")

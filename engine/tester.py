@@ -134,7 +134,7 @@ def parse_case(file: str, line: int, index: int, raw: Any) -> Case:
         problems.append(_unknown("hook", hook, sorted(HOOKS)))
     broker = raw.get("broker")
     if info is not None and broker is not None and broker != info.broker:
-        problems.append(f"broker: {hook} is {info.broker}'s hook, not {broker!r}'s")
+        problems.append(f"broker: {hook} is {info.broker}'s hook, not {str(broker)[:40]}'s")
     if info is not None:
         try:
             case.event = build_event(hook, raw.get("event") or {})  # type: ignore[arg-type]

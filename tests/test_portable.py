@@ -105,6 +105,42 @@ def test_a_portable_hook_is_no_event_of_its_own() -> None:
     assert set(COMMON_NAMES) == {"hook", "broker", "client"}
 
 
+WIRE = {
+    "rabbitmq.user": {"username": "u", "password": "p", "vhost": "/", "client_id": "c"},
+    "rabbitmq.vhost": {"username": "u", "vhost": "/", "ip": "10.0.0.7", "tags": "management ops", "client_id": "c"},
+    "rabbitmq.resource": {"username": "u", "vhost": "/", "resource": "queue", "name": "q", "permission": "read",
+                          "tags": "", "client_id": "c"},
+    "rabbitmq.topic": {"username": "u", "vhost": "/", "resource": "topic", "name": "amq.topic", "permission": "read",
+                       "tags": "", "routing_key": "a.*.#", "variable_map.client_id": "c"},
+}
+HAND = {
+    "rabbitmq.user": {"client": {"id": "c", "username": "u", "password": "p"}},
+    "rabbitmq.vhost": {"client": {"id": "c", "username": "u"}, "ip": "10.0.0.7", "tags": ["management", "ops"]},
+    "rabbitmq.resource": {"client": {"id": "c", "username": "u"}, "resource": "queue", "name": "q",
+                          "permission": "read"},
+    "rabbitmq.topic": {"client": {"id": "c", "username": "u"}, "action": "subscribe", "topic": "a/+/#"},
+}
+
+
+@pytest.mark.parametrize("hook", sorted(WIRE))
+def test_a_hand_written_rabbitmq_event_is_the_event_rabbitmq_sends(hook: str) -> None:
+    """Test tables and eval build RabbitMQ events with the adapter's own mapping: the same event as the
+    wire's, whatever subset of what the rule reads the author wrote (topic and action, or routing key and
+    permission), and a contradiction between the two is an error, never a case that cannot happen."""
+    wire = event_for(hook, WIRE[hook])
+    assert build_event(hook, HAND[hook]) == wire
+    if hook == "rabbitmq.topic":
+        assert build_event(hook, {"client": {"id": "c", "username": "u"}, "permission": "read",
+                                  "routing_key": "a.*.#"}) == wire
+        with pytest.raises(SpecError, match="'topic' 'a/b' is not what RabbitMQ's fields make of it"):
+            build_event(hook, {"permission": "read", "routing_key": "a.*.#", "topic": "a/b"})
+        with pytest.raises(SpecError, match="permission must be write or read"):
+            build_event(hook, {"action": "configure", "topic": "a"})
+    if hook != "rabbitmq.user":  # the user check sends no tags: it answers them
+        with pytest.raises(SpecError, match="'tags' is a list"):
+            build_event(hook, {**HAND[hook], "tags": "management"})
+
+
 @pytest.fixture
 def portable_dir(tmp_path: Path) -> Path:
     rules = tmp_path / "rules"

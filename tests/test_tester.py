@@ -122,7 +122,7 @@ def test_check_also_reads_the_test_tables(tmp_path: Path) -> None:
     assert f"{bad}:1:1: typo: event: client.authenticate does not provide 'clinet'" in err
     assert f"{bad}:1:1: typo: unknown expectation 'decison'; did you mean 'decision'?" in err
     assert f"{bad}:2:1: case 2: a case is a mapping" in err
-    assert f"{bad}:3:1: wrong broker: broker: client.authenticate is emqx's hook, not 'vernemq''s" in err
+    assert f"{bad}:3:1: wrong broker: broker: client.authenticate is emqx's hook, not vernemq's" in err
     assert f"{bad}:7:1: misspelt: unknown case key 'evnet'; did you mean 'event'?" in err
     assert f"{bad}:7:1: misspelt: unknown decision 'refuse'" in err
     assert "3 rule file(s) OK, 0 with errors; 4 test file(s), 7 problem(s)" in err

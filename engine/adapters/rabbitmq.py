@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 
 from ..decisions import Decision
 from ..events import Client, Event, frozen_map
+from ..nodefaults import RABBITMQ_MQTT_EXCHANGE
 
 BROKER = "rabbitmq"
 
@@ -97,7 +98,8 @@ def event_for(hook: str, fields: Mapping[str, str]) -> Event:
     """The Event of one check, from its fields; BadRequest when a field RabbitMQ always sends is missing."""
     missing = [name for name in REQUIRED[hook] if name not in fields]
     if missing:
-        raise BadRequest(400, "missing_field", f"{hook}: field {', '.join(missing)} is missing")
+        raise BadRequest(400, "missing_field", f"{hook}: field{'s' if len(missing) > 1 else ''} "
+                         f"{', '.join(missing)} {'are' if len(missing) > 1 else 'is'} missing")
     get = fields.get
     username = fields["username"]
     if hook == "rabbitmq.user":
@@ -121,6 +123,57 @@ def event_for(hook: str, fields: Mapping[str, str]) -> Event:
     client = Client(id=get("variable_map.client_id", ""), username=get("variable_map.username", username))
     data.update(routing_key=routing_key, action=action, topic=routing_key_to_topic(routing_key, action), qos=None)
     return Event(hook, BROKER, client, frozen_map(data))
+
+
+#: what a hand-written event (a test table, `hookrules eval`) leaves out, as RabbitMQ's MQTT plugin sends it
+_SPEC_DEFAULTS: Mapping[str, Mapping[str, str]] = {
+    "rabbitmq.user": {"vhost": "/"},
+    "rabbitmq.vhost": {"vhost": "/", "tags": ""},
+    "rabbitmq.resource": {"vhost": "/", "tags": ""},
+    "rabbitmq.topic": {"vhost": "/", "resource": "topic", "name": RABBITMQ_MQTT_EXCHANGE, "tags": ""},
+}
+_SPEC_NAMES = ("vhost", "ip", "resource", "name", "permission", "routing_key")
+
+
+def event_from_spec(hook: str, spec: Mapping[str, object], client: Client) -> Event:
+    """A hand-written event of a RabbitMQ check, made the way the wire's is (event_for), so a table tests
+    only events RabbitMQ can send: `tags` a list of names, `ip` the peer's address; in a topic check the
+    routing key and permission from `topic` and `action` when not given, and the two must agree.
+    ValueError says what is wrong."""
+    fields: dict[str, str] = dict(_SPEC_DEFAULTS[hook])
+    fields["username"] = client.username
+    if hook == "rabbitmq.user":
+        fields["password"] = client.password
+    if client.id:
+        fields["variable_map.client_id" if hook == "rabbitmq.topic" else "client_id"] = client.id
+    if client.peerhost:
+        fields["ip"] = client.peerhost
+    for name in _SPEC_NAMES:
+        if name in spec:
+            if not isinstance(spec[name], str):
+                raise ValueError(f"'{name}' is a string, as RabbitMQ sends it")
+            fields[name] = spec[name]  # type: ignore[assignment]
+    tags = spec.get("tags", ())
+    if isinstance(tags, str) or not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) for t in tags):
+        raise ValueError("'tags' is a list of tag names, e.g. [management]")
+    if tags:
+        fields["tags"] = " ".join(tags)
+    if hook == "rabbitmq.topic":
+        action, topic = spec.get("action"), spec.get("topic")
+        if "permission" not in fields and isinstance(action, str):
+            fields["permission"] = {v: k for k, v in TOPIC_ACTIONS.items()}.get(action, action)
+        if "routing_key" not in fields and isinstance(topic, str):
+            fields["routing_key"] = topic.replace("/", ".").replace("+", "*")
+    try:
+        event = event_for(hook, fields)
+    except BadRequest as exc:
+        raise ValueError(str(exc)) from None
+    for name in ("action", "topic"):
+        if name in spec and spec[name] != event.data.get(name):
+            raise ValueError(f"'{name}' {spec[name]!r} is not what RabbitMQ's fields make of it: "
+                             f"{event.data.get(name)!r} (from permission {fields.get('permission')!r} and routing "
+                             f"key {fields.get('routing_key')!r}); give one or the other, or both agreeing")
+    return event
 
 
 def answer_text(decision: Decision) -> str:

@@ -362,6 +362,9 @@ class _Checker:
         for kw in node.keywords:
             if kw.arg is not None and kw.arg not in accepted:
                 can = f"it takes {', '.join(sorted(accepted))}" if accepted else f"in {hook.name} it takes none"
+                owner = KEYWORD_HOOKS.get(kw.arg)
+                if owner and name == "allow":
+                    can += f"; {kw.arg}= is for {owner}"
                 self.error(kw.value, f"{name}() in {hook.name} has no '{kw.arg}'", can)
 
     def visit_Constant(self, node: ast.Constant) -> None:
@@ -507,6 +510,11 @@ def _is_constant(node: ast.AST) -> bool:
         return isinstance(node.operand, ast.Constant)
     return isinstance(node, ast.Tuple) and all(_is_constant(e) for e in node.elts)
 
+
+#: allow()'s keywords only some hooks take, and where they belong, for the hint of a rule that used one
+KEYWORD_HOOKS = {"tags": "RabbitMQ's user check: rabbitmq.user.star",
+                 "cache": "VerneMQ's auth_on_register, auth_on_publish and auth_on_subscribe files",
+                 "modifiers": "VerneMQ's files (see the README's VerneMQ hooks)"}
 
 #: Every name some hook provides; used to say "not in this hook" rather than "unknown".
 HOOK_NAMES = frozenset(n for h in HOOKS.values() for n in h.all_names)
