@@ -1,4 +1,4 @@
-"""The server's event loop (eventloop.py): uvloop by default, asyncio's on request, and every front-end
+"""The server's event loop (eventloop.py): asyncio's by default, uvloop on request, and every front-end
 working on each, grpc.aio's ExHook included, through a whole life: start, calls, SIGHUP, drain."""
 
 from __future__ import annotations
@@ -22,23 +22,23 @@ from .support import BUNDLED_RULES, ServerProcess, Stubs, wait_for
 
 
 @pytest.mark.parametrize(("choice", "loop_class"), [
-    ("", uvloop.Loop), ("uvloop", uvloop.Loop), (" UVLOOP ", uvloop.Loop), ("asyncio", asyncio.BaseEventLoop),
+    ("", asyncio.BaseEventLoop), ("uvloop", uvloop.Loop), (" UVLOOP ", uvloop.Loop), ("asyncio", asyncio.BaseEventLoop),
 ])
 def test_the_loop_chosen(choice: str, loop_class: type) -> None:
     name, factory = eventloop.loop_factory(choice)
     loop = factory()
     try:
         assert isinstance(loop, loop_class)
-        assert name == choice.strip().lower() or (not choice and name == "uvloop")
+        assert name == (choice.strip().lower() or "asyncio")
     finally:
         loop.close()
 
 
 def test_the_environment_chooses_when_no_choice_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(eventloop.ENV, "asyncio")
-    assert eventloop.loop_factory()[0] == "asyncio"
-    monkeypatch.delenv(eventloop.ENV)
+    monkeypatch.setenv(eventloop.ENV, "uvloop")
     assert eventloop.loop_factory()[0] == "uvloop"
+    monkeypatch.delenv(eventloop.ENV)
+    assert eventloop.loop_factory()[0] == "asyncio"
 
 
 @pytest.mark.parametrize("choice", ["tokio", "uv loop", "asyncio2", "x" * 100])
@@ -47,7 +47,7 @@ def test_an_unknown_loop_is_refused_and_main_is_never_left_unawaited(choice: str
         raise AssertionError("must not run")
 
     coro = main()
-    with pytest.raises(ConfigError, match="the event loop is one of uvloop, asyncio"):
+    with pytest.raises(ConfigError, match="the event loop is one of asyncio, uvloop"):
         eventloop.run(coro, choice)
     assert coro.cr_frame is None  # closed: no "never awaited" warning (filterwarnings=error would say)
 
@@ -58,7 +58,7 @@ def test_serve_refuses_an_unknown_loop(tmp_path: Path) -> None:
                            "127.0.0.1:0", "--http", "127.0.0.1:0", "--metrics", "off"], env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
-    assert "HOOKRULES_LOOP='tokio': the event loop is one of uvloop, asyncio" in proc.stderr
+    assert "HOOKRULES_LOOP='tokio': the event loop is one of asyncio, uvloop" in proc.stderr
 
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
@@ -72,6 +72,7 @@ def test_every_front_end_on_each_loop(loop: str, tmp_path: Path, stubs: dict[str
     server = ServerProcess(rules, log_path=tmp_path / "server.log")
     try:
         assert f"event loop: {loop}" in server.log()
+        assert (eventloop.UVLOOP_CAVEAT in server.log()) is (loop == "uvloop")  # the operator is told
         for version in ("v2", "v3"):
             assert call.emqx_authenticate(server, stubs[version], "c1", "gooduser", "pw") is True
             assert call.emqx_authenticate(server, stubs[version], "c1", "baduser", "pw") is False
