@@ -34,7 +34,7 @@ from .adapters.webhooks import QuietProtocolErrors, WebhookAdapter
 from .config import Config, ConfigError, build_config, parse_address, read_config_file
 from .decisionlog import DecisionLog
 from .engine import Engine
-from . import metrics
+from . import eventloop, metrics
 from .health import health_handlers, metrics_app
 from .hooks import AUTHENTICATION_HOOKS, HOOKS, RULE_SUFFIX
 from .reload import Reloader
@@ -408,7 +408,7 @@ class Server:
 def run(config: Config) -> int:
     try:
         server = Server(config)
-        asyncio.run(server.serve())
+        eventloop.run(server.serve())  # asyncio's loop, or uvloop on request (eventloop.py)
     except ConfigError as exc:
         print(f"hookrules: error: {exc}", file=sys.stderr)
         return 2

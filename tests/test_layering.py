@@ -71,7 +71,8 @@ def test_the_engine_knows_no_broker(module: str) -> None:
 
 #: each broker's front-end and the module it may lean on
 ADAPTER_FAMILIES = {"adapters.exhook": {"adapters.exhook_proto", "adapters.admission"}, "adapters.exhook_proto": set(),
-                    "adapters.webhooks": {"adapters.vernemq", "adapters.admission"}, "adapters.vernemq": set(),
+                    "adapters.webhooks": {"adapters.vernemq", "adapters.admission", "adapters.jsonwire"},
+                    "adapters.vernemq": set(), "adapters.jsonwire": set(),
                     "adapters.admission": set(),
                     "adapters.rabbitmq_http": {"adapters.rabbitmq", "adapters.admission"}, "adapters.rabbitmq": set(),
                     "adapters.raw": {"adapters.exhook", "adapters.exhook_proto", "adapters.vernemq", "adapters.rabbitmq"}}

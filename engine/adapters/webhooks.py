@@ -8,7 +8,6 @@ anything a rule does gets a 200 with a reply VerneMQ accepts (adapters/vernemq.p
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ from ..health import Handler
 from ..hooks import HOOKS
 from ..ratelimit import Every
 from .admission import Admission
+from .jsonwire import decode, encode, reference_encode
 from .vernemq import (
     BROKER,
     NEXT,
@@ -45,7 +45,7 @@ DEFAULT_MAX_BODY = 1024 * 1024
 BODY_TIMEOUT = 10.0  # seconds for a body to arrive once its headers have
 #: bad requests are logged at most this often (all are counted)
 BAD_REQUEST_LOG_INTERVAL = 10.0
-_CONSTANT = {id(r): json.dumps(r.body).encode() for r in (OK, NEXT, NOTIFIED)}
+_CONSTANT = {id(r): encode(r.body) for r in (OK, NEXT, NOTIFIED)}
 _FLAGS = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
 
 
@@ -163,7 +163,7 @@ class WebhookAdapter:
             body = await self._body(request)
             try:
                 reply = self._answer(hook, body, b64)
-            except RecursionError:  # a body json.loads could parse but too deep to copy read-only
+            except RecursionError:  # a body the JSON decoder could parse but too deep to copy read-only
                 raise BadRequest(400, "too_deep", "the body is nested too deeply") from None
             except BadRequest:
                 raise
@@ -188,11 +188,10 @@ class WebhookAdapter:
             for name, value in reply.headers.items():  # aiohttp would refuse these only while sending
                 if not (value.isascii() and value.isprintable()):
                     raise ValueError(f"header {name} holds a character HTTP cannot carry")
-            return web.Response(body=json.dumps(reply.body, allow_nan=False).encode(), headers=reply.headers,
-                                content_type="application/json")
+            return web.Response(body=encode(reply.body), headers=reply.headers, content_type="application/json")
         except Exception:
             fallback = reply_for(hook, self.engine.internal_error(BROKER, hook), True)
-            return web.Response(body=json.dumps(fallback.body).encode(), content_type="application/json")
+            return web.Response(body=reference_encode(fallback.body), content_type="application/json")
 
     def _answer(self, hook: str, body: dict[str, Any], b64: bool) -> Reply:
         engine = self.engine
@@ -234,7 +233,7 @@ class WebhookAdapter:
         except Exception as exc:  # the client went away, a broken chunked encoding, ...
             raise BadRequest(400, "bad_body", f"the body could not be read ({type(exc).__name__})") from None
         try:
-            body = json.loads(raw.decode("utf-8"))  # JSON on the wire is UTF-8 (RFC 8259): no detection
+            body = decode(raw)  # json.loads(raw.decode("utf-8")), faster (jsonwire.py): UTF-8 only, no detection
         except (ValueError, RecursionError):  # bad JSON, bad UTF-8, absurd nesting
             raise BadRequest(400, "malformed_json", "the body is not valid JSON") from None
         if not isinstance(body, dict):
