@@ -1,0 +1,564 @@
+"""`hookrules serve --workers N`: one parent process, N worker processes serving the same ports.
+
+Why processes: a rule runs on one event loop, under one GIL; a process uses one core. The parent
+runs no rule and imports neither grpc nor the engine. It
+- reserves the broker ports: a socket bound with SO_REUSEPORT (port 0 becomes a concrete port), kept
+  open and never listening, so the port stays the group's while workers come and go; the workers bind
+  the same port with SO_REUSEPORT and the kernel spreads new connections over them. A port already
+  served by anything else is refused at start, as with one process;
+- starts the workers (`python -m hookrules serve ...` with the same arguments, the concrete ports, a
+  private metrics port and the hidden --worker flag), reads their start lines, and prints the one banner;
+- starts again at once a worker that exits unasked (a crash, its watchdog's SIGKILL), with a growing
+  pause when it dies while starting, and counts it;
+- forwards SIGTERM/SIGINT (each worker drains as a single server does) and SIGHUP to every worker;
+- serves the public --metrics address: /metrics merged from the workers' own (metricsmerge.py),
+  /healthz, and /readyz (ready when every worker is).
+The decision log goes through the parent: each worker writes to a pipe of its own and the parent
+copies whole lines to the one target, so lines of different workers never interleave (a pipe write
+over 4 KiB is not atomic; O_APPEND is not over NFS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+
+from . import metricsmerge
+from .config import Config, ConfigError, bind_problem, parse_address
+from .metricsmerge import Totals
+
+log = logging.getLogger(__name__)
+
+#: how often the parent keeps a copy of every worker's metrics (the counts a SIGKILL can lose)
+SNAPSHOT_INTERVAL = 1.0
+#: how long one fetch from a worker's private port may take before its last copy is used
+FETCH_TIMEOUT = 2.0
+#: how long a worker may take to report its ports
+START_TIMEOUT = 120.0
+#: a worker that dies within this long of its start (or before it started) died "at start"
+STARTUP_WINDOW = 2.0
+#: restarts after repeated deaths at start wait this long, doubling up to MAX_BACKOFF
+FIRST_BACKOFF = 0.1
+MAX_BACKOFF = 5.0
+#: after the grace period, how long the parent still waits for a draining worker before SIGKILL
+#: (its own stop: the watchdog process, the decision log's last lines)
+STOP_MARGIN = 5.0
+#: the line a worker writes on stdout after its drain, followed by its last metrics
+FINAL_METRICS = "hookrules: final metrics"
+
+_LINE = re.compile(r"^hookrules: (?P<what>EMQX ExHook|VerneMQ webhooks|Prometheus metrics|serving)"
+                   r"(?:.* on (?:https?://)?(?P<host>\[[^\]]*\]|[^\s/]+):(?P<port>\d+))?")
+
+
+def stop_with_parent(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> None:
+    """A worker's stdin is a pipe from its supervisor: end of file means the supervisor is gone (even
+    by SIGKILL), and the worker stops as on SIGTERM rather than keep the port alone."""
+
+    def readable() -> None:
+        try:
+            data = os.read(0, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(0)
+            stop()
+
+    os.set_blocking(0, False)
+    loop.add_reader(0, readable)
+
+
+def report_final_metrics() -> None:
+    """A worker's last counts, after its drain, for the supervisor to fold into its totals."""
+    from prometheus_client import REGISTRY, generate_latest
+
+    try:
+        sys.stdout.write(FINAL_METRICS + "\n")
+        sys.stdout.flush()
+        sys.stdout.buffer.write(generate_latest(REGISTRY))
+        sys.stdout.flush()
+    except OSError:  # the supervisor is gone
+        pass
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def reserve(address: str, flag: str) -> tuple[str, list[socket.socket]]:
+    """Bind (not listen) SO_REUSEPORT sockets on every address `address` stands for, all on one port
+    (port 0: the one the OS picks for the first); returns "HOST:PORT" with that port, and the sockets.
+    A port anything else serves is refused first, with the message a single server gives."""
+    host, port = parse_address(address, flag)
+    what = "gRPC" if flag == "--grpc" else "HTTP"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen for {what} on {address} ({flag}): {exc.strerror}") from None
+    held: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, sockaddr in infos:
+            if port:  # free for anyone? (a socket of another group, SO_REUSEPORT or not, is listening)
+                with socket.socket(family, kind, proto) as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind(sockaddr)
+            sock = socket.socket(family, kind, proto)
+            held.append(sock)
+            # no SO_REUSEADDR: only sockets with SO_REUSEPORT (the workers') may bind it while held
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((sockaddr[0], port, *sockaddr[2:]))
+            port = sock.getsockname()[1]
+    except OSError as exc:
+        for sock in held:
+            sock.close()
+        raise ConfigError(f"cannot listen for {what} on {address} ({flag}): {bind_problem(exc)}") from None
+    return _hostport(host, port), held
+
+
+class LineRelay:
+    """The decision log's one writer: whole lines from every worker's pipe to the target descriptor."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self._lock = threading.Lock()
+
+    def follow(self, read_fd: int, name: str) -> threading.Thread:
+        thread = threading.Thread(target=self._copy, args=(read_fd,), name=f"decision-log-{name}", daemon=True)
+        thread.start()
+        return thread
+
+    def _copy(self, read_fd: int) -> None:
+        pending = b""
+        try:
+            while True:
+                data = os.read(read_fd, 1 << 16)
+                if not data:
+                    return  # the worker is gone; a line it had not finished is dropped, never written in part
+                pending += data
+                end = pending.rfind(b"\n") + 1
+                if end:
+                    self._write(pending[:end])
+                    pending = pending[end:]
+        except OSError as exc:
+            log.error("decision log: cannot copy a worker's lines: %s", exc)
+        finally:
+            os.close(read_fd)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        with self._lock:
+            while view:
+                view = view[os.write(self.fd, view):]
+
+    def close(self) -> None:
+        if self.fd != sys.stdout.fileno():
+            os.close(self.fd)
+
+
+@dataclass
+class Worker:
+    """One worker slot: the process serving in it now, and what the parent knows of it."""
+
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    generation: int = 0
+    up: bool = False
+    metrics_url: str = ""
+    banner: dict[str, str] = field(default_factory=dict)
+    snapshot: str | None = None  # the last /metrics text of the current process
+    final: str | None = None  # what it wrote after its drain
+    started: float = 0.0
+    restarts: int = 0
+    failed_starts: int = 0  # deaths at start in a row
+
+
+class Supervisor:
+    def __init__(self, config: Config, argv: list[str]):
+        self.config = config
+        self.argv = _worker_argv(argv)
+        self.workers = [Worker(i + 1) for i in range(config.workers)]
+        self.retired = Totals()
+        self.state = "starting"  # -> "ready" -> "draining"
+        self.addresses: dict[str, str | None] = {"--grpc": config.grpc, "--http": config.http}
+        self.reserved: list[socket.socket] = []
+        self.relay: LineRelay | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.runner: web.AppRunner | None = None
+        self.metrics_port = 0
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- start -------------------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        if not self.config.rules.is_dir():
+            raise ConfigError(f"the rules directory {self.config.rules} does not exist or is not a directory (--rules)")
+        for flag, address in list(self.addresses.items()):
+            if address is not None:
+                self.addresses[flag], held = reserve(address, flag)
+                self.reserved += held
+        target = self.config.decision_log
+        if target is not None:
+            try:
+                fd = (sys.stdout.fileno() if target == "stdout"
+                      else os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644))
+            except OSError as exc:
+                raise ConfigError(f"cannot open the decision log {target}: {exc.strerror}") from None
+            self.relay = LineRelay(fd)
+
+    async def _spawn(self, worker: Worker) -> None:
+        """Start a process in this slot; returns once it has reported its ports (or raises)."""
+        extra = ["--worker", str(worker.index), "--metrics", "127.0.0.1:0"]
+        for flag, address in self.addresses.items():
+            extra += [flag, address or "off"]
+        pass_fds: tuple[int, ...] = ()
+        read_fd = None
+        if self.relay is not None:
+            read_fd, write_fd = os.pipe()
+            pass_fds = (write_fd,)
+            extra += ["--decision-log", f"/dev/fd/{write_fd}"]
+        worker.generation += 1
+        worker.up, worker.snapshot, worker.final, worker.banner = False, None, None, {}
+        worker.started = time.monotonic()
+        try:
+            worker.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "hookrules", *self.argv, *extra, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, pass_fds=pass_fds)
+        finally:
+            for fd in pass_fds:
+                os.close(fd)
+        if self.relay is not None and read_fd is not None:
+            self.relay.follow(read_fd, str(worker.index))
+        await asyncio.wait_for(self._read_banner(worker), START_TIMEOUT)
+
+    async def _read_banner(self, worker: Worker) -> None:
+        process = worker.process
+        assert process is not None and process.stdout is not None
+        wanted = {"Prometheus metrics"} | {what for what, flag in (("EMQX ExHook", "--grpc"),
+                                                                    ("VerneMQ webhooks", "--http"))
+                                           if self.addresses[flag] is not None}
+        while not wanted <= worker.banner.keys():
+            line = (await process.stdout.readline()).decode(errors="replace")
+            if not line:
+                raise _WorkerFailed(worker, await process.wait())
+            match = _LINE.match(line)
+            if match:
+                worker.banner[match["what"]] = line.rstrip("\n")
+                if match["what"] == "Prometheus metrics":
+                    worker.metrics_url = f"http://127.0.0.1:{match['port']}"
+        worker.up = True
+
+    async def start(self) -> None:
+        self._prepare()
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT))
+        # the first worker alone: a problem only a worker finds (a TLS file, a bad rule setting) is told once
+        await self._spawn(self.workers[0])
+        await asyncio.gather(*(self._spawn(w) for w in self.workers[1:]))
+        if self.config.metrics is not None:
+            await self._start_metrics(self.config.metrics)
+        first = self.workers[0].banner
+        announce = _announcer(self.config)
+        announce(f"{first['serving'].removeprefix('hookrules: ')} in {len(self.workers)} worker processes")
+        if self.config.metrics is not None:
+            host, _ = parse_address(self.config.metrics, "--metrics")
+            announce(f"Prometheus metrics on http://{_hostport(host, self.metrics_port)}/metrics "
+                     "(and /healthz, /readyz)")
+        for what in ("EMQX ExHook", "VerneMQ webhooks"):
+            if what in first:
+                announce(first[what].removeprefix("hookrules: "))
+        self.state = "ready"
+        self._tasks = [asyncio.create_task(self._supervise(w)) for w in self.workers]
+        self._tasks.append(asyncio.create_task(self._snapshots()))
+
+    async def _start_metrics(self, address: str) -> None:
+        host, port = parse_address(address, "--metrics")
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot listen for HTTP on {address} (--metrics): {bind_problem(exc)}") from None
+        await web.SockSite(self.runner, sock).start()
+        self.metrics_port = int(sock.getsockname()[1])
+
+    # -- supervise ---------------------------------------------------------------------------------
+
+    async def _supervise(self, worker: Worker) -> None:
+        """Wait for the slot's process to exit; unless stopping, fold its counts and start another."""
+        while True:
+            process = worker.process
+            assert process is not None
+            code = await self._wait_exit(worker, process)
+            lived = time.monotonic() - worker.started
+            self._retire(worker)
+            if self.state == "draining":
+                return
+            worker.restarts += 1
+            worker.failed_starts = worker.failed_starts + 1 if lived < STARTUP_WINDOW else 0
+            pause = 0.0 if worker.failed_starts <= 1 else min(FIRST_BACKOFF * 2 ** (worker.failed_starts - 2),
+                                                              MAX_BACKOFF)
+            log.error("worker %d (pid %d) %s after %.1f s; starting it again%s", worker.index, process.pid,
+                      _exit_text(code), lived, f" in {pause:.1f} s" if pause else "")
+            await asyncio.sleep(pause)
+            while self.state != "draining":
+                try:
+                    await self._spawn(worker)
+                    break
+                except (_WorkerFailed, asyncio.TimeoutError) as exc:
+                    self._retire(worker)
+                    worker.failed_starts += 1
+                    pause = min(FIRST_BACKOFF * 2 ** (worker.failed_starts - 2), MAX_BACKOFF)
+                    log.error("worker %d failed to start (%s); trying again in %.1f s", worker.index, exc, pause)
+                    await asyncio.sleep(pause)
+            if self.state == "draining":
+                if worker.process is not None and worker.process.returncode is None:
+                    worker.process.send_signal(signal.SIGTERM)
+                    continue  # let it drain and fold its counts
+                return
+
+    async def _wait_exit(self, worker: Worker, process: asyncio.subprocess.Process) -> int:
+        """Read what the process writes after its banner (its last metrics, after its drain) until it
+        exits; returns its exit status."""
+        assert process.stdout is not None
+        stdout = process.stdout
+        chunks: list[bytes] = []
+
+        async def read() -> None:
+            while chunk := await stdout.read(1 << 16):
+                chunks.append(chunk)
+
+        reader = asyncio.create_task(read())
+        code = await process.wait()
+        # its watchdog process shares its stdout for up to half a second more: end of file then
+        await asyncio.wait([reader], timeout=1.0)
+        reader.cancel()
+        text = b"".join(chunks).decode(errors="replace")
+        marker = FINAL_METRICS + "\n"
+        if marker in text and code == 0:  # written whole: a worker killed while writing it has its snapshot
+            worker.final = text.split(marker, 1)[1]
+        return code
+
+    def _retire(self, worker: Worker) -> None:
+        """The slot's process has exited: its last counts join the retired totals, once."""
+        text = worker.final if worker.final is not None else worker.snapshot
+        if text is not None:
+            try:
+                self.retired = metricsmerge.fold(self.retired, metricsmerge.parse(text))
+            except ValueError:
+                log.exception("worker %d: its last metrics could not be read", worker.index)
+        worker.up, worker.snapshot, worker.final = False, None, None
+        worker.generation += 1  # a fetch still on its way belongs to the process that is gone
+
+    async def _snapshots(self) -> None:
+        """Every SNAPSHOT_INTERVAL, each worker's /metrics text: what a SIGKILL leaves to fold."""
+        while True:
+            await asyncio.sleep(SNAPSHOT_INTERVAL)
+            await self._refresh()
+
+    async def _refresh(self) -> None:
+        await asyncio.gather(*(self._fetch_metrics(w) for w in self.workers if w.up))
+
+    async def _fetch_metrics(self, worker: Worker) -> None:
+        generation = worker.generation
+        try:
+            assert self.session is not None
+            async with self.session.get(worker.metrics_url + "/metrics") as resp:
+                text = await resp.text()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return  # its last copy stands
+        if generation == worker.generation and worker.up:
+            worker.snapshot = text
+
+    # -- endpoints ---------------------------------------------------------------------------------
+
+    def merged(self) -> list[Metric]:
+        live = {}
+        for worker in self.workers:
+            if worker.snapshot is not None:
+                live[str(worker.index)] = metricsmerge.parse(worker.snapshot)
+        families = metricsmerge.merge(self.retired, live)
+        restarts = Metric("hookrules_worker_restarts", "Worker processes started again after they exited "
+                          "unasked (a crash, the watchdog's SIGKILL), by worker", "counter")
+        calls = Metric("hookrules_worker_calls", "Broker calls answered by each worker's current process "
+                       "(starts again from 0 when the worker is restarted)", "counter")
+        up = Metric("hookrules_worker_up", "1 for each worker process serving, 0 while it is being restarted", "gauge")
+        for worker in self.workers:
+            labels = {metricsmerge.WORKER_LABEL: str(worker.index)}
+            restarts.add_sample("hookrules_worker_restarts_total", labels, float(worker.restarts))
+            if str(worker.index) in live:
+                calls.add_sample("hookrules_worker_calls_total", labels, metricsmerge.sample_total(
+                    live[str(worker.index)], "hookrules_request_duration_seconds_count"))
+            up.add_sample("hookrules_worker_up", labels, 1.0 if worker.up else 0.0)
+        return [*families, restarts, calls, up]
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        await self._refresh()
+        body = metricsmerge.render(self.merged())
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _worker_ready(self, worker: Worker) -> dict[str, Any]:
+        if not worker.up:
+            return {"status": "not ready", "detail": "starting"}
+        try:
+            assert self.session is not None
+            async with self.session.get(worker.metrics_url + "/readyz") as resp:
+                body: dict[str, Any] = await resp.json()
+                return body
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+            return {"status": "not ready", "detail": f"no answer ({type(exc).__name__})"}
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        answers = await asyncio.gather(*(self._worker_ready(w) for w in self.workers))
+        per_worker = {str(w.index): answer for w, answer in zip(self.workers, answers)}
+        ready, detail, broken = readiness(self.state, per_worker)
+        return web.json_response({"broken": broken, "workers": per_worker,
+                                  "status": "ready" if ready else "not ready", "detail": detail},
+                                 status=200 if ready else 503)
+
+    # -- stop --------------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def forward(self, sig: signal.Signals) -> None:
+        for worker in self.workers:
+            if worker.process is not None and worker.process.returncode is None:
+                worker.process.send_signal(sig)
+
+    async def stop(self) -> None:
+        self.state = "draining"
+        self.forward(signal.SIGTERM)
+        supervising = [t for t in self._tasks[:len(self.workers)]]
+        for task in self._tasks[len(self.workers):]:
+            task.cancel()
+        if supervising:
+            done, pending = await asyncio.wait(supervising, timeout=self.config.grace_period + STOP_MARGIN)
+            if pending:
+                log.error("%d worker(s) still draining after the grace period; killing them", len(pending))
+                self.forward(signal.SIGKILL)
+                await asyncio.wait(pending, timeout=STOP_MARGIN)
+        else:  # a failed start: whatever did start must not outlive it
+            self.forward(signal.SIGKILL)
+            for worker in self.workers:
+                if worker.process is not None:
+                    await worker.process.wait()
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.session is not None:
+            await self.session.close()
+        for sock in self.reserved:
+            sock.close()
+        # the relay's threads end with the workers' pipes; what they hold is written before the exit
+        for thread in threading.enumerate():
+            if thread.name.startswith("decision-log-"):
+                thread.join(2.0)
+        if self.relay is not None:
+            self.relay.close()
+        log.info("stopped")
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.forward, signal.SIGHUP)
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        try:
+            await self._stop.wait()
+            log.info("stopping: every worker drains its calls in flight for up to %.0fs", self.config.grace_period)
+        finally:
+            await self.stop()
+
+
+class _WorkerFailed(Exception):
+    def __init__(self, worker: Worker, code: int):
+        super().__init__(f"worker {worker.index} {_exit_text(code)} while starting")
+        self.code = code
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def readiness(state: str, workers: dict[str, dict[str, Any]]) -> tuple[bool, str, dict[str, str]]:
+    """Ready when serving and every worker says ready; the detail names those that are not, and the
+    broken hooks are every worker's (the worst state of each hook: the workers read one directory, so
+    they differ only while a save is reaching them)."""
+    from .metrics import BROKEN_STATES
+
+    rank = {s: i for i, s in enumerate(BROKEN_STATES)}
+    broken: dict[str, str] = {}
+    for answer in workers.values():
+        for hook, s in (answer.get("broken") or {}).items():
+            if hook not in broken or rank.get(s, 99) < rank.get(broken[hook], 99):
+                broken[hook] = s
+    if state != "ready":
+        return False, state, dict(sorted(broken.items()))
+    waiting = [f"worker {i}: {a.get('detail', '')}" for i, a in workers.items() if a.get("status") != "ready"]
+    if waiting:
+        return False, "not every worker is ready: " + "; ".join(waiting), dict(sorted(broken.items()))
+    details = {a.get("detail", "") for a in workers.values()}
+    detail = f"{len(workers)} workers ready; " + " / ".join(sorted(details))
+    return True, detail, dict(sorted(broken.items()))
+
+
+def _worker_argv(argv: list[str]) -> list[str]:
+    """The command line a worker gets: the parent's, whose later flags override (the ports, --workers 1)."""
+    return [*argv, "--workers", "1"]
+
+
+def _announcer(config: Config) -> Callable[[str], None]:
+    to_stderr = config.decision_log == "stdout"
+
+    def announce(text: str) -> None:
+        print(f"hookrules: {text}", file=sys.stderr if to_stderr else sys.stdout, flush=True)
+
+    return announce
+
+
+def supervise(config: Config, argv: list[str]) -> int:
+    try:
+        asyncio.run(Supervisor(config, argv).serve())
+    except ConfigError as exc:
+        print(f"hookrules: error: {exc}", file=sys.stderr)
+        return 2
+    except _WorkerFailed as exc:
+        print(f"hookrules: error: {exc} (its own message is above)", file=sys.stderr)
+        return exc.code if exc.code > 0 else 1
+    return 0
