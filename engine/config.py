@@ -48,7 +48,7 @@ def parse_workers(value: object) -> int:
     """--workers / `workers`: a whole number of at least 1, or "auto": one per CPU this process may run on."""
     if value == "auto":
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"--workers {value!r} is not a number of worker processes (1 or more, or auto)")

@@ -437,7 +437,8 @@ class Supervisor:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         answers = await asyncio.gather(*(self._worker_ready(w) for w in self.workers))
-        per_worker = {str(w.index): answer for w, answer in zip(self.workers, answers)}
+        per_worker = {str(w.index): {**answer, "pid": w.process.pid if w.process is not None else None}
+                      for w, answer in zip(self.workers, answers)}
         ready, detail, broken = readiness(self.state, per_worker)
         return web.json_response({"broken": broken, "workers": per_worker,
                                   "status": "ready" if ready else "not ready", "detail": detail},
