@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", metavar="N|auto",
                        help="worker processes sharing the ports, supervised by this one (default: 1; auto: one "
                             "per CPU available)")
-    serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor for its workers
+    # set by the supervisor for its workers only (a name no one types for --workers by mistake)
+    serve.add_argument("--supervised-worker", dest="worker", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve gRPC and HTTP over TLS with this certificate")
     serve.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
     serve.add_argument("--tls-client-ca", type=Path, metavar="PEM",

@@ -119,7 +119,7 @@ class Config:
     #: worker processes sharing the ports (1: this process serves alone; see supervisor.py)
     workers: int = 1
     #: which worker of a supervisor's group this process is (1..workers); 0: not a worker. Set only by
-    #: the supervisor (the hidden --worker flag): it shares the ports with SO_REUSEPORT
+    #: the supervisor (the hidden --supervised-worker flag): it shares the ports with SO_REUSEPORT
     worker: int = 0
     #: the TOML file these settings came from, re-read on SIGHUP
     config_file: Path | None = None

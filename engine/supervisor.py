@@ -7,7 +7,7 @@ runs no rule and imports neither grpc nor the engine. It
   the same port with SO_REUSEPORT and the kernel spreads new connections over them. A port already
   served by anything else is refused at start, as with one process;
 - starts the workers (`python -m hookrules serve ...` with the same arguments, the concrete ports, a
-  private metrics port and the hidden --worker flag), reads their start lines, and prints the one banner;
+  private metrics port and the hidden --supervised-worker flag), reads their start lines, and prints the one banner;
 - starts again at once a worker that exits unasked (a crash, its watchdog's SIGKILL), with a growing
   pause when it dies while starting, and counts it;
 - forwards SIGTERM/SIGINT (each worker drains as a single server does) and SIGHUP to every worker;
@@ -51,7 +51,7 @@ SNAPSHOT_INTERVAL = 1.0
 FETCH_TIMEOUT = 2.0
 #: how long a worker may take to report its ports
 START_TIMEOUT = 120.0
-#: a worker that dies within this long of its start (or before it started) died "at start"
+#: a worker that dies within this long of reporting its ports (or before) died "at start"
 STARTUP_WINDOW = 2.0
 #: restarts after repeated deaths at start wait this long, doubling up to MAX_BACKOFF
 FIRST_BACKOFF = 0.1
@@ -184,7 +184,7 @@ class Worker:
     banner: dict[str, str] = field(default_factory=dict)
     snapshot: str | None = None  # the last /metrics text of the current process
     final: str | None = None  # what it wrote after its drain
-    started: float = 0.0
+    started: float = 0.0  # when it reported its ports
     restarts: int = 0
     failed_starts: int = 0  # deaths at start in a row
 
@@ -225,7 +225,7 @@ class Supervisor:
 
     async def _spawn(self, worker: Worker) -> None:
         """Start a process in this slot; returns once it has reported its ports (or raises)."""
-        extra = ["--worker", str(worker.index), "--metrics", "127.0.0.1:0"]
+        extra = ["--supervised-worker", str(worker.index), "--metrics", "127.0.0.1:0"]
         for flag, address in self.addresses.items():
             extra += [flag, address or "off"]
         pass_fds: tuple[int, ...] = ()
@@ -236,7 +236,6 @@ class Supervisor:
             extra += ["--decision-log", f"/dev/fd/{write_fd}"]
         worker.generation += 1
         worker.up, worker.snapshot, worker.final, worker.banner = False, None, None, {}
-        worker.started = time.monotonic()
         try:
             worker.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "hookrules", *self.argv, *extra, stdin=asyncio.subprocess.PIPE,
@@ -246,7 +245,13 @@ class Supervisor:
                 os.close(fd)
         if self.relay is not None and read_fd is not None:
             self.relay.follow(read_fd, str(worker.index))
-        await asyncio.wait_for(self._read_banner(worker), START_TIMEOUT)
+        try:
+            await asyncio.wait_for(self._read_banner(worker), START_TIMEOUT)
+        except asyncio.TimeoutError:
+            worker.process.kill()
+            raise _WorkerFailed(worker, await worker.process.wait(),
+                                f"did not report its ports within {START_TIMEOUT:g} s") from None
+        worker.started = time.monotonic()
 
     async def _read_banner(self, worker: Worker) -> None:
         process = worker.process
@@ -257,7 +262,8 @@ class Supervisor:
         while not wanted <= worker.banner.keys():
             line = (await process.stdout.readline()).decode(errors="replace")
             if not line:
-                raise _WorkerFailed(worker, await process.wait())
+                code = await process.wait()
+                raise _WorkerFailed(worker, code, f"{_exit_text(code)} while starting")
             match = _LINE.match(line)
             if match:
                 worker.banner[match["what"]] = line.rstrip("\n")
@@ -319,6 +325,7 @@ class Supervisor:
             if self.state == "draining":
                 return
             worker.restarts += 1
+            # one that served a while is started again at once; one that keeps dying as it starts, after a pause
             worker.failed_starts = worker.failed_starts + 1 if lived < STARTUP_WINDOW else 0
             pause = 0.0 if worker.failed_starts <= 1 else min(FIRST_BACKOFF * 2 ** (worker.failed_starts - 2),
                                                               MAX_BACKOFF)
@@ -329,10 +336,10 @@ class Supervisor:
                 try:
                     await self._spawn(worker)
                     break
-                except (_WorkerFailed, asyncio.TimeoutError) as exc:
+                except _WorkerFailed as exc:
                     self._retire(worker)
                     worker.failed_starts += 1
-                    pause = min(FIRST_BACKOFF * 2 ** (worker.failed_starts - 2), MAX_BACKOFF)
+                    pause = min(FIRST_BACKOFF * 2 ** (worker.failed_starts - 1), MAX_BACKOFF)
                     log.error("worker %d failed to start (%s); trying again in %.1f s", worker.index, exc, pause)
                     await asyncio.sleep(pause)
             if self.state == "draining":
@@ -503,8 +510,8 @@ class Supervisor:
 
 
 class _WorkerFailed(Exception):
-    def __init__(self, worker: Worker, code: int):
-        super().__init__(f"worker {worker.index} {_exit_text(code)} while starting")
+    def __init__(self, worker: Worker, code: int, what: str):
+        super().__init__(f"worker {worker.index} {what}")
         self.code = code
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from .emqx_session import client_info, meta
 from .support import ServerProcess, Stubs, wait_for
@@ -204,16 +205,23 @@ def test_a_save_reaches_every_worker(start_server: Any, rules_dir: Path, stubs: 
     assert all(v > 0 for v in per_worker(server.metrics_text(), "hookrules_worker_calls_total").values())
 
 
+@pytest.mark.parametrize("to", ["file", "stdout"])
 def test_the_decision_log_has_whole_lines_from_every_worker(start_server: Any, rules_dir: Path, tmp_path: Path,
-                                                            stubs: dict[str, Stubs]) -> None:
+                                                            stubs: dict[str, Stubs], to: str) -> None:
     target = tmp_path / "decisions.log"
-    server: ServerProcess = start_server(rules_dir, "--workers", "2", "--decision-log", str(target))
+    server: ServerProcess = start_server(rules_dir, "--workers", "2",
+                                         "--decision-log", str(target) if to == "file" else "stdout")
     s = stubs["v3"]
     long_name = "x" * 6000  # lines past a pipe's atomic 4 KiB
     for i in range(CONNECTIONS):
         authenticate(server, s, long_name if i % 2 else "u")
+    assert all(v > 0 for v in per_worker(server.metrics_text(), "hookrules_worker_calls_total").values())
+    if to == "stdout":
+        assert server.proc.stdout is not None
+        server.proc.send_signal(signal.SIGTERM)
+        text = server.proc.stdout.read().decode()  # to its end: every process has exited
     assert server.stop() == 0
-    lines = target.read_text().splitlines()
+    lines = (target.read_text() if to == "file" else text).splitlines()
     entries = [json.loads(line) for line in lines]  # every line whole
     assert len(entries) == CONNECTIONS
     assert sorted(e["username"] for e in entries) == sorted([long_name, "u"] * (CONNECTIONS // 2))
@@ -277,3 +285,36 @@ def test_one_worker_is_the_single_process_server(start_server: Any, rules_dir: P
     commands = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in children]
     assert [c[2] for c in commands] == [b"hookrules.watchdog"], commands
     assert "[worker" not in server.log() and "supervisor" not in server.log()
+
+
+def test_a_problem_only_a_worker_finds_fails_the_start_once(tmp_path: Path, rules_dir: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("not a certificate\n")
+    key.write_text("not a key\n")
+    result = serve_check("--rules", str(rules_dir), "--workers", "3", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                         "--metrics", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("cannot use the TLS files") == 1, result.stderr  # the first worker's, alone
+    assert "worker 1 exited with status 2 while starting" in result.stderr
+    assert "serving" not in result.stdout
+
+
+def test_a_worker_that_cannot_start_is_retried_until_it_can(start_server: Any, rules_dir: Path) -> None:
+    """While its rules directory is gone a restarted worker fails at start: the supervisor tries again, with
+    growing pauses, and the other worker serves on; once the directory is back the worker serves again."""
+    server: ServerProcess = start_server(rules_dir, "--workers", "2")
+    pids = worker_pids(server)
+    away = rules_dir.with_name("away")
+    rules_dir.rename(away)
+    try:
+        os.kill(pids["1"], signal.SIGKILL)
+        assert wait_for(lambda: server.log().count("worker 1 failed to start") >= 2, timeout=30), server.log()
+        status, body = get(server.metrics_port, "/readyz")
+        assert status == 503 and "worker 1" in body["detail"] and body["workers"]["2"]["status"] == "ready", body
+    finally:
+        away.rename(rules_dir)
+    assert wait_for(lambda: get(server.metrics_port, "/readyz")[0] == 200, timeout=30, interval=0.2), server.log()
+    assert per_worker(server.metrics_text(), "hookrules_worker_restarts_total") == {"1": 1, "2": 0}
+    pauses = [float(p) for p in re.findall(r"worker 1 failed to start .*; trying again in ([\d.]+) s", server.log())]
+    assert len(pauses) >= 2 and pauses == sorted(pauses) and pauses[-1] > pauses[0], pauses  # growing
+    assert server.stop() == 0
