@@ -37,11 +37,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import Metric
 
 from . import metricsmerge
 from .config import Config, ConfigError, bind_problem, parse_address
-from .metricsmerge import Totals
+from .metricsmerge import Family, Totals
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +193,7 @@ class Supervisor:
         self.config = config
         self.argv = _worker_argv(argv)
         self.workers = [Worker(i + 1) for i in range(config.workers)]
-        self.retired = Totals()
+        self.retired: Totals = {}
         self.state = "starting"  # -> "ready" -> "draining"
         self.addresses: dict[str, str | None] = {"--grpc": config.grpc, "--http": config.http}
         self.reserved: list[socket.socket] = []
@@ -403,25 +402,22 @@ class Supervisor:
 
     # -- endpoints ---------------------------------------------------------------------------------
 
-    def merged(self) -> list[Metric]:
-        live = {}
+    def merged(self) -> list[Family]:
+        """The group's families: the workers' merged, and the supervisor's own about its workers."""
+        live = {str(w.index): metricsmerge.parse(w.snapshot) for w in self.workers if w.snapshot is not None}
+        restarts = _family("hookrules_worker_restarts_total", "counter", "Worker processes started again after "
+                           "they exited unasked (a crash, the watchdog's SIGKILL), by worker")
+        calls = _family("hookrules_worker_calls_total", "counter", "Broker calls answered by each worker's "
+                        "current process (starts again from 0 when the worker is restarted)")
+        up = _family("hookrules_worker_up", "gauge", "1 for each worker process serving, 0 while it is restarted")
         for worker in self.workers:
-            if worker.snapshot is not None:
-                live[str(worker.index)] = metricsmerge.parse(worker.snapshot)
-        families = metricsmerge.merge(self.retired, live)
-        restarts = Metric("hookrules_worker_restarts", "Worker processes started again after they exited "
-                          "unasked (a crash, the watchdog's SIGKILL), by worker", "counter")
-        calls = Metric("hookrules_worker_calls", "Broker calls answered by each worker's current process "
-                       "(starts again from 0 when the worker is restarted)", "counter")
-        up = Metric("hookrules_worker_up", "1 for each worker process serving, 0 while it is being restarted", "gauge")
-        for worker in self.workers:
-            labels = {metricsmerge.WORKER_LABEL: str(worker.index)}
-            restarts.add_sample("hookrules_worker_restarts_total", labels, float(worker.restarts))
+            label = f'{{{metricsmerge.WORKER_LABEL}="{worker.index}"}}'
+            restarts.samples[restarts.name + label] = float(worker.restarts)
             if str(worker.index) in live:
-                calls.add_sample("hookrules_worker_calls_total", labels, metricsmerge.sample_total(
-                    live[str(worker.index)], "hookrules_request_duration_seconds_count"))
-            up.add_sample("hookrules_worker_up", labels, 1.0 if worker.up else 0.0)
-        return [*families, restarts, calls, up]
+                calls.samples[calls.name + label] = metricsmerge.sample_total(
+                    live[str(worker.index)], "hookrules_request_duration_seconds_count")
+            up.samples[up.name + label] = 1.0 if worker.up else 0.0
+        return [*metricsmerge.merge(self.retired, live), restarts, calls, up]
 
     async def _metrics(self, request: web.Request) -> web.Response:
         await self._refresh()
@@ -513,6 +509,11 @@ class _WorkerFailed(Exception):
     def __init__(self, worker: Worker, code: int, what: str):
         super().__init__(f"worker {worker.index} {what}")
         self.code = code
+
+
+def _family(name: str, kind: str, documentation: str) -> Family:
+    """A family of the supervisor's own, `name` as written (a counter's with _total)."""
+    return Family(name, kind, [f"# HELP {name} {documentation}", f"# TYPE {name} {kind}"])
 
 
 def _exit_text(code: int) -> str:
