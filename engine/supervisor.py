@@ -273,11 +273,11 @@ class Supervisor:
     async def start(self) -> None:
         self._prepare()
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT))
+        if self.config.metrics is not None:  # before any worker: a busy port is refused at once
+            await self._start_metrics(self.config.metrics)
         # the first worker alone: a problem only a worker finds (a TLS file, a bad rule setting) is told once
         await self._spawn(self.workers[0])
         await asyncio.gather(*(self._spawn(w) for w in self.workers[1:]))
-        if self.config.metrics is not None:
-            await self._start_metrics(self.config.metrics)
         first = self.workers[0].banner
         announce = _announcer(self.config)
         announce(f"{first['serving'].removeprefix('hookrules: ')} in {len(self.workers)} worker processes")
@@ -335,7 +335,7 @@ class Supervisor:
                 try:
                     await self._spawn(worker)
                     break
-                except _WorkerFailed as exc:
+                except (_WorkerFailed, OSError) as exc:  # OSError: no process could be made (out of memory, fds)
                     self._retire(worker)
                     worker.failed_starts += 1
                     pause = min(FIRST_BACKOFF * 2 ** (worker.failed_starts - 1), MAX_BACKOFF)
@@ -460,20 +460,18 @@ class Supervisor:
     async def stop(self) -> None:
         self.state = "draining"
         self.forward(signal.SIGTERM)
-        supervising = [t for t in self._tasks[:len(self.workers)]]
         for task in self._tasks[len(self.workers):]:
             task.cancel()
-        if supervising:
-            done, pending = await asyncio.wait(supervising, timeout=self.config.grace_period + STOP_MARGIN)
+        waits: list[asyncio.Future[Any]] = list(self._tasks[:len(self.workers)])
+        if not waits:  # a failed start: whatever did start drains (it may have taken calls), and goes
+            waits = [asyncio.ensure_future(self._wait_exit(w, w.process)) for w in self.workers
+                     if w.process is not None and w.process.returncode is None]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=self.config.grace_period + STOP_MARGIN)
             if pending:
                 log.error("%d worker(s) still draining after the grace period; killing them", len(pending))
                 self.forward(signal.SIGKILL)
                 await asyncio.wait(pending, timeout=STOP_MARGIN)
-        else:  # a failed start: whatever did start must not outlive it
-            self.forward(signal.SIGKILL)
-            for worker in self.workers:
-                if worker.process is not None:
-                    await worker.process.wait()
         if self.runner is not None:
             await self.runner.cleanup()
         if self.session is not None:
@@ -570,4 +568,7 @@ def supervise(config: Config, argv: list[str]) -> int:
     except _WorkerFailed as exc:
         print(f"hookrules: error: {exc} (its own message is above)", file=sys.stderr)
         return exc.code if exc.code > 0 else 1
+    except OSError as exc:  # e.g. no process could be made for a worker
+        print(f"hookrules: error: cannot start the workers: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -111,3 +111,20 @@ def test_the_servers_own_metrics_merge_as_well() -> None:
 def test_text_that_is_not_metrics_is_refused(text: str) -> None:
     with pytest.raises(ValueError):
         parse(text)
+
+
+def test_readiness_of_a_group_is_every_workers() -> None:
+    from hookrules.metrics import BROKEN_STATES
+    from hookrules.supervisor import readiness
+
+    ready = {"status": "ready", "detail": "3 rule file(s) loaded", "broken": {}}
+    assert readiness("ready", {"1": ready, "2": ready})[:2] == (True, "2 workers ready; 3 rule file(s) loaded")
+    for state in ("starting", "draining"):
+        assert readiness(state, {"1": ready})[:2] == (False, state)
+    ok, detail, _ = readiness("ready", {"1": ready, "2": {"status": "not ready", "detail": "starting"}})
+    assert not ok and detail == "not every worker is ready: worker 2: starting"
+    # a hook broken differently in two workers (a save reaching them) is reported in its worst state
+    for better in BROKEN_STATES:
+        for worse in BROKEN_STATES[:BROKEN_STATES.index(better) + 1]:
+            answers = {"1": {**ready, "broken": {"h": better}}, "2": {**ready, "broken": {"h": worse, "g": better}}}
+            assert readiness("ready", answers)[2] == {"g": better, "h": worse}
