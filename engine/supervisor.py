@@ -58,6 +58,8 @@ MAX_BACKOFF = 5.0
 #: after the grace period, how long the parent still waits for a draining worker before SIGKILL
 #: (its own stop: the watchdog process, the decision log's last lines)
 STOP_MARGIN = 5.0
+#: the most of a worker's stdout kept (its last metrics are ~50 KB)
+MAX_FINAL = 8 << 20
 #: the line a worker writes on stdout after its drain, followed by its last metrics
 FINAL_METRICS = "hookrules: final metrics"
 
@@ -290,7 +292,8 @@ class Supervisor:
                 announce(first[what].removeprefix("hookrules: "))
         self.state = "ready"
         self._tasks = [asyncio.create_task(self._supervise(w)) for w in self.workers]
-        self._tasks.append(asyncio.create_task(self._snapshots()))
+        if self.config.metrics is not None:  # without a /metrics the copies serve nothing
+            self._tasks.append(asyncio.create_task(self._snapshots()))
 
     async def _start_metrics(self, address: str) -> None:
         host, port = parse_address(address, "--metrics")
@@ -355,8 +358,12 @@ class Supervisor:
         chunks: list[bytes] = []
 
         async def read() -> None:
+            held = 0
             while chunk := await stdout.read(1 << 16):
                 chunks.append(chunk)
+                held += len(chunk)
+                while held > MAX_FINAL and len(chunks) > 1:  # a worker writes nothing else there; if it did
+                    held -= len(chunks.pop(0))
 
         reader = asyncio.create_task(read())
         code = await process.wait()
