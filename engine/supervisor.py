@@ -380,6 +380,8 @@ class Supervisor:
         """The slot's process has exited: its last counts join the retired totals, once."""
         text = worker.final if worker.final is not None else worker.snapshot
         if text is not None:
+            log.debug("worker %d: its counts join the retired totals, from %s", worker.index,
+                      "what it wrote after its drain" if worker.final is not None else "the last copy taken")
             try:
                 self.retired = metricsmerge.fold(self.retired, metricsmerge.parse(text))
             except ValueError:

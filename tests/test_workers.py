@@ -128,6 +128,7 @@ def test_a_killed_worker_is_restarted_and_no_counter_goes_back(start_server: Any
                          and get(server.metrics_port, "/readyz")[0] == 200, timeout=60, interval=0.2)
     assert restarted, server.log()
     assert "worker 1 (pid %d) was killed by SIGKILL" % pids["1"] in server.log()
+    assert "worker 1: its counts join the retired totals, from the last copy taken" in server.log()
     after = server.metrics_text()
     for name in ("hookrules_decisions_total", "hookrules_request_duration_seconds_count",
                  "hookrules_request_duration_seconds_bucket", "hookrules_rule_duration_seconds_count"):
@@ -141,6 +142,22 @@ def test_a_killed_worker_is_restarted_and_no_counter_goes_back(start_server: Any
     assert total(text, "hookrules_decisions_total") == 2 * CONNECTIONS
     assert all(v > 0 for v in per_worker(text, "hookrules_worker_calls_total").values())
     assert server.stop() == 0
+
+
+def test_a_worker_stopped_alone_hands_over_its_last_counts(start_server: Any, rules_dir: Path) -> None:
+    """A worker that drains and exits by itself (SIGTERM sent to it, not to the group) writes its last
+    metrics for the supervisor, which folds them in and starts the worker again: no count is lost,
+    even those made after the supervisor's last copy."""
+    server: ServerProcess = start_server(rules_dir, "--workers", "2")
+    pids = worker_pids(server)
+    for _ in range(CONNECTIONS):
+        register(server, "u")
+    os.kill(pids["2"], signal.SIGTERM)  # at once: the supervisor's copy (once a second) may predate the calls
+    assert wait_for(lambda: per_worker(server.metrics_text(), "hookrules_worker_restarts_total") == {"1": 0, "2": 1},
+                    timeout=60, interval=0.2), server.log()
+    assert "worker 2 (pid %d) exited with status 0" % pids["2"] in server.log()
+    assert "worker 2: its counts join the retired totals, from what it wrote after its drain" in server.log()
+    assert total(server.metrics_text(), "hookrules_decisions_total") == CONNECTIONS
 
 
 def test_sigterm_drains_every_worker_and_exits_zero(start_server: Any, tmp_path: Path,
