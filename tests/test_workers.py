@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .emqx_session import client_info, meta
 from .support import ServerProcess, Stubs, wait_for
@@ -95,6 +96,7 @@ def test_two_workers_share_both_ports_and_the_connections(start_server: Any, rul
     assert answers == [True] * CONNECTIONS + [False, False]
     assert all(r == {"result": "ok"} for r in replies), replies[:3]
     text = server.metrics_text()
+    assert list(text_string_to_metric_families(text))  # what Prometheus scrapes is valid text
     calls = per_worker(text, "hookrules_worker_calls_total")
     assert set(calls) == {"1", "2"} and all(v > 0 for v in calls.values()), calls  # both workers answered
     assert sum(calls.values()) == 2 * CONNECTIONS + 2
