@@ -389,7 +389,7 @@ class Server:
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         if self.config.worker:  # a worker whose supervisor is gone stops (drains) too
-            from .supervisor import stop_with_parent
+            from .workerlink import stop_with_parent
             stop_with_parent(loop, self.request_stop)
         try:
             await self.start()
@@ -411,6 +411,6 @@ def run(config: Config) -> int:
         print(f"hookrules: error: {exc}", file=sys.stderr)
         return 2
     if config.worker:  # every call answered: the supervisor folds these last counts into its totals
-        from .supervisor import report_final_metrics
+        from .workerlink import report_final_metrics
         report_final_metrics()
     return 0

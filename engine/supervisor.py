@@ -1,7 +1,7 @@
 """`hookrules serve --workers N`: one parent process, N worker processes serving the same ports.
 
 Why processes: a rule runs on one event loop, under one GIL; a process uses one core. The parent
-runs no rule and imports neither grpc nor the engine. It
+runs no rule and imports no grpc. It
 - reserves the broker ports: a socket bound with SO_REUSEPORT (port 0 becomes a concrete port), kept
   open and never listening, so the port stays the group's while workers come and go; the workers bind
   the same port with SO_REUSEPORT and the kernel spreads new connections over them. A port already
@@ -12,23 +12,20 @@ runs no rule and imports neither grpc nor the engine. It
   pause when it dies while starting, and counts it;
 - forwards SIGTERM/SIGINT (each worker drains as a single server does) and SIGHUP to every worker;
 - serves the public --metrics address: /metrics merged from the workers' own (metricsmerge.py),
-  /healthz, and /readyz (ready when every worker is).
-The decision log goes through the parent: each worker writes to a pipe of its own and the parent
-copies whole lines to the one target, so lines of different workers never interleave (a pipe write
-over 4 KiB is not atomic; O_APPEND is not over NFS).
+  /healthz, and /readyz (ready when every worker is);
+- writes the decision log, whole lines from each worker's pipe (workerlink.py, with the ports' and the
+  other links between the two sides).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import re
 import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from . import metricsmerge
 from .config import Config, ConfigError, bind_problem, parse_address
 from .metricsmerge import Family, Totals
+from .workerlink import FINAL_METRICS, LineRelay, hostport, reserve
 
 log = logging.getLogger(__name__)
 
@@ -60,117 +58,8 @@ MAX_BACKOFF = 5.0
 STOP_MARGIN = 5.0
 #: the most of a worker's stdout kept (its last metrics are ~50 KB)
 MAX_FINAL = 8 << 20
-#: the line a worker writes on stdout after its drain, followed by its last metrics
-FINAL_METRICS = "hookrules: final metrics"
-
 _LINE = re.compile(r"^hookrules: (?P<what>EMQX ExHook|VerneMQ webhooks|Prometheus metrics|serving)"
                    r"(?:.* on (?:https?://)?(?P<host>\[[^\]]*\]|[^\s/]+):(?P<port>\d+))?")
-
-
-def stop_with_parent(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> None:
-    """A worker's stdin is a pipe from its supervisor: end of file means the supervisor is gone (even
-    by SIGKILL), and the worker stops as on SIGTERM rather than keep the port alone."""
-
-    def readable() -> None:
-        try:
-            data = os.read(0, 4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            loop.remove_reader(0)
-            stop()
-
-    os.set_blocking(0, False)
-    loop.add_reader(0, readable)
-
-
-def report_final_metrics() -> None:
-    """A worker's last counts, after its drain, for the supervisor to fold into its totals."""
-    from prometheus_client import REGISTRY, generate_latest
-
-    try:
-        sys.stdout.write(FINAL_METRICS + "\n")
-        sys.stdout.flush()
-        sys.stdout.buffer.write(generate_latest(REGISTRY))
-        sys.stdout.flush()
-    except OSError:  # the supervisor is gone
-        pass
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def reserve(address: str, flag: str) -> tuple[str, list[socket.socket]]:
-    """Bind (not listen) SO_REUSEPORT sockets on every address `address` stands for, all on one port
-    (port 0: the one the OS picks for the first); returns "HOST:PORT" with that port, and the sockets.
-    A port anything else serves is refused first, with the message a single server gives."""
-    host, port = parse_address(address, flag)
-    what = "gRPC" if flag == "--grpc" else "HTTP"
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise ConfigError(f"cannot listen for {what} on {address} ({flag}): {exc.strerror}") from None
-    held: list[socket.socket] = []
-    try:
-        for family, kind, proto, _, sockaddr in infos:
-            if port:  # free for anyone? (a socket of another group, SO_REUSEPORT or not, is listening)
-                with socket.socket(family, kind, proto) as probe:
-                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    probe.bind(sockaddr)
-            sock = socket.socket(family, kind, proto)
-            held.append(sock)
-            # no SO_REUSEADDR: only sockets with SO_REUSEPORT (the workers') may bind it while held
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((sockaddr[0], port, *sockaddr[2:]))
-            port = sock.getsockname()[1]
-    except OSError as exc:
-        for sock in held:
-            sock.close()
-        raise ConfigError(f"cannot listen for {what} on {address} ({flag}): {bind_problem(exc)}") from None
-    return _hostport(host, port), held
-
-
-class LineRelay:
-    """The decision log's one writer: whole lines from every worker's pipe to the target descriptor."""
-
-    def __init__(self, fd: int):
-        self.fd = fd
-        self._lock = threading.Lock()
-
-    def follow(self, read_fd: int, name: str) -> threading.Thread:
-        thread = threading.Thread(target=self._copy, args=(read_fd,), name=f"decision-log-{name}", daemon=True)
-        thread.start()
-        return thread
-
-    def _copy(self, read_fd: int) -> None:
-        pending = b""
-        try:
-            while True:
-                data = os.read(read_fd, 1 << 16)
-                if not data:
-                    return  # the worker is gone; a line it had not finished is dropped, never written in part
-                pending += data
-                end = pending.rfind(b"\n") + 1
-                if end:
-                    self._write(pending[:end])
-                    pending = pending[end:]
-        except OSError as exc:
-            log.error("decision log: cannot copy a worker's lines: %s", exc)
-        finally:
-            os.close(read_fd)
-
-    def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        with self._lock:
-            while view:
-                view = view[os.write(self.fd, view):]
-
-    def close(self) -> None:
-        if self.fd != sys.stdout.fileno():
-            os.close(self.fd)
 
 
 @dataclass
@@ -285,7 +174,7 @@ class Supervisor:
         announce(f"{first['serving'].removeprefix('hookrules: ')} in {len(self.workers)} worker processes")
         if self.config.metrics is not None:
             host, _ = parse_address(self.config.metrics, "--metrics")
-            announce(f"Prometheus metrics on http://{_hostport(host, self.metrics_port)}/metrics "
+            announce(f"Prometheus metrics on http://{hostport(host, self.metrics_port)}/metrics "
                      "(and /healthz, /readyz)")
         for what in ("EMQX ExHook", "VerneMQ webhooks"):
             if what in first:
@@ -487,10 +376,6 @@ class Supervisor:
             await self.session.close()
         for sock in self.reserved:
             sock.close()
-        # the relay's threads end with the workers' pipes; what they hold is written before the exit
-        for thread in threading.enumerate():
-            if thread.name.startswith("decision-log-"):
-                thread.join(2.0)
         if self.relay is not None:
             self.relay.close()
         log.info("stopped")
