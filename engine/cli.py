@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="include passwords and payloads (base64) in the decision log: only where that log is safe")
     serve.add_argument("--polling", action=argparse.BooleanOptionalAction,
                        help="poll the rules directory instead of inotify (NFS, some container mounts)")
+    serve.add_argument("--workers", metavar="N|auto",
+                       help="worker processes sharing the ports, supervised by this one (default: 1; auto: one "
+                            "per CPU available)")
+    # set by the supervisor for its workers only (a name no one types for --workers by mistake)
+    serve.add_argument("--supervised-worker", dest="worker", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve gRPC and HTTP over TLS with this certificate")
     serve.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
     serve.add_argument("--tls-client-ca", type=Path, metavar="PEM",
@@ -126,6 +131,7 @@ def serve_config(args: argparse.Namespace) -> Config:
         "hard_timeout": args.hard_timeout, "grace_period": args.grace_period,
         "decision_log_sample": args.decision_log_sample, "decision_log_secrets": args.decision_log_secrets,
         "tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_client_ca": args.tls_client_ca,
+        "workers": args.workers, "worker": args.worker,
         "failure_policy": dict(parse_policy(p) for p in args.failure_policy),
     }
     file_settings = read_config_file(args.config) if args.config is not None else {}
@@ -143,8 +149,13 @@ def _serve(args: argparse.Namespace) -> int:
     from .logsink import NonBlockingHandler  # a stderr nobody reads must not block the server
 
     handler = NonBlockingHandler(sys.stderr.fileno())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    who = f" [worker {config.worker}]" if config.worker else ""  # the workers share the supervisor's stderr
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s{who} %(name)s: %(message)s"))
     logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
+    if config.workers > 1 and not config.worker:
+        from .supervisor import supervise
+
+        return supervise(config, args.argv)
     return run(config)
 
 
@@ -241,6 +252,7 @@ COMMANDS = {"serve": _serve, "check": _check, "test": _test, "eval": _eval}
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a supervisor passes on to its workers
     try:
         return COMMANDS[args.command](args)
     except BrokenPipeError:  # `hookrules eval ... | head`: the reader has what it wanted

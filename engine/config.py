@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -32,6 +34,27 @@ def parse_address(value: str, what: str) -> tuple[str, int]:
     if not 0 <= int(port) <= 65535:
         raise ConfigError(f"{what} '{value}': port {port} is out of range 0-65535")
     return host.strip("[]"), int(port)
+
+
+def bind_problem(exc: OSError) -> str:
+    """What a failed bind means, for the message that refuses to start."""
+    why = {errno.EADDRINUSE: " (is another server on that port?)",
+           errno.EADDRNOTAVAIL: " (that address is not one of this machine's)",
+           errno.EACCES: " (ports below 1024 need privileges)"}.get(exc.errno or 0, "")
+    return f"{exc.strerror or exc}{why}"
+
+
+def parse_workers(value: object) -> int:
+    """--workers / `workers`: a whole number of at least 1, or "auto": one per CPU this process may run on."""
+    if value == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"--workers {value!r} is not a number of worker processes (1 or more, or auto)")
+    if value < 1:
+        raise ConfigError(f"--workers {value} must be at least 1 (or auto: one per CPU)")
+    return value
 
 
 def parse_policy(value: str) -> tuple[str, Policy]:
@@ -93,6 +116,11 @@ class Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    #: worker processes sharing the ports (1: this process serves alone; see supervisor.py)
+    workers: int = 1
+    #: which worker of a supervisor's group this process is (1..workers); 0: not a worker. Set only by
+    #: the supervisor (the hidden --supervised-worker flag): it shares the ports with SO_REUSEPORT
+    worker: int = 0
     #: the TOML file these settings came from, re-read on SIGHUP
     config_file: Path | None = None
     #: the settings the command line gave, which override the file again after a SIGHUP
@@ -126,6 +154,9 @@ class Config:
             raise ConfigError("rule limits must be positive (--max-steps, --rule-timeout)")
         if self.grace_period < 0:
             raise ConfigError(f"--grace-period {self.grace_period} must be 0 or more seconds")
+        parse_workers(self.workers)
+        if self.worker < 0:
+            raise ConfigError(f"internal: worker {self.worker}")
         if self.max_concurrent_calls < 1:
             raise ConfigError(f"--max-concurrent-calls {self.max_concurrent_calls} must be at least 1")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -141,7 +172,7 @@ class Config:
 FILE_KEYS: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
     "": {"rules": ("rules", str), "grpc": ("grpc", str), "http": ("http", str), "metrics": ("metrics", str),
          "log_level": ("log_level", str), "polling": ("polling", bool), "grace_period": ("grace_period", (int, float)),
-         "max_concurrent_calls": ("max_concurrent_calls", int)},
+         "max_concurrent_calls": ("max_concurrent_calls", int), "workers": ("workers", (int, str))},
     "limits": {"max_steps": ("max_steps", int), "rule_timeout": ("rule_timeout", (int, float)),
                "hard_timeout": ("hard_timeout", (int, float))},
     "vernemq": {"base64": ("vernemq_base64", bool), "max_body": ("http_max_body", int)},
@@ -213,6 +244,8 @@ def build_config(file_settings: dict[str, Any], flags: dict[str, Any]) -> Config
     if unknown:  # a bug of ours, not the user's
         raise ConfigError(f"internal: unknown settings {sorted(unknown)}")
     try:
+        if "workers" in settings:
+            settings["workers"] = parse_workers(settings["workers"])
         return Config(**settings, failure_policy=policies, limits=limits, overrides=overrides)
     except ConfigError as exc:
         raise _in_file_terms(exc, file_settings, overrides) from None

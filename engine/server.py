@@ -10,7 +10,6 @@ SIGHUP: re-read the config file's rule settings and recompile every rule, librar
 from __future__ import annotations
 
 import asyncio
-import errno
 import gc
 import logging
 import signal
@@ -31,7 +30,7 @@ from .adapters.exhook import ExhookAdapter
 from .adapters.rabbitmq import PREFIX as RABBITMQ_PREFIX
 from .adapters.rabbitmq_http import RabbitMQAdapter
 from .adapters.webhooks import QuietProtocolErrors, WebhookAdapter
-from .config import Config, ConfigError, build_config, parse_address, read_config_file
+from .config import Config, ConfigError, bind_problem, build_config, parse_address, read_config_file
 from .decisionlog import DecisionLog
 from .engine import Engine
 from . import eventloop, metrics
@@ -54,14 +53,6 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _bind_problem(exc: OSError) -> str:
-    """What a failed bind means, for the message that refuses to start."""
-    why = {errno.EADDRINUSE: " (is another server on that port?)",
-           errno.EADDRNOTAVAIL: " (that address is not one of this machine's)",
-           errno.EACCES: " (ports below 1024 need privileges)"}.get(exc.errno or 0, "")
-    return f"{exc.strerror or exc}{why}"
-
-
 def _check_bindable(host: str, port: int, address: str, flag: str) -> None:
     """Bind (and release) every address `host` stands for, as grpc-core will: its own failure is a raw
     `E1204 ... add_port.cc` line on stderr and a bare RuntimeError, so a port in use is told here first.
@@ -78,7 +69,7 @@ def _check_bindable(host: str, port: int, address: str, flag: str) -> None:
             try:
                 sock.bind(sockaddr)
             except OSError as exc:
-                raise ConfigError(f"cannot listen for gRPC on {address} ({flag}): {_bind_problem(exc)}") from None
+                raise ConfigError(f"cannot listen for gRPC on {address} ({flag}): {bind_problem(exc)}") from None
 
 
 def _data_state(ruleset: RuleSet) -> str | None:
@@ -277,9 +268,10 @@ class Server:
 
     async def _start_grpc(self, address: str, tls: tuple[bytes, bytes, ssl.SSLContext] | None) -> None:
         host, port = parse_address(address, "--grpc")
-        # so_reuseport=0: a second server on a busy port must fail loudly, not share it silently;
+        # so_reuseport=0: a second server on a busy port must fail loudly, not share it silently (only
+        # the workers of one supervisor share it: it reserved the port and checked it was free);
         # maximum_concurrent_rpcs: past it, calls get RESOURCE_EXHAUSTED at once (EMQX's failed_action)
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)],
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if self.config.worker else 0)],
                                  maximum_concurrent_rpcs=self.config.max_concurrent_calls)
         server.add_generic_rpc_handlers(self.exhook.generic_handlers())
         health_pb2_grpc.add_HealthServicer_to_server(self.grpc_health, server)
@@ -287,7 +279,8 @@ class Server:
         for service in ("", *(p.service_name for p in self.exhook.protos)):
             await self.grpc_health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         target = _hostport(host, port)
-        _check_bindable(host, port, address, "--grpc")
+        if not self.config.worker:  # a worker's port is its supervisor's, checked and held by it
+            _check_bindable(host, port, address, "--grpc")
         try:
             if tls is None:
                 self.grpc_port = server.add_insecure_port(target)
@@ -312,11 +305,13 @@ class Server:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.config.worker and flag == "--http":  # the port its supervisor reserved for the group
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
             sock.listen(1024)  # VerneMQ keeps up to 100 connections per endpoint
         except OSError as exc:
             sock.close()
-            raise ConfigError(f"cannot listen for HTTP on {address} ({flag}): {_bind_problem(exc)}") from None
+            raise ConfigError(f"cannot listen for HTTP on {address} ({flag}): {bind_problem(exc)}") from None
         await runner.setup()
         await web.SockSite(runner, sock, shutdown_timeout=self.config.grace_period, ssl_context=context).start()
         self.runners.append(runner)
@@ -393,6 +388,9 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):  # either one: stop accepting, drain, exit 0
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if self.config.worker:  # a worker whose supervisor is gone stops (drains) too
+            from .workerlink import stop_with_parent
+            stop_with_parent(loop, self.request_stop)
         try:
             await self.start()
         except BaseException:
@@ -412,4 +410,7 @@ def run(config: Config) -> int:
     except ConfigError as exc:
         print(f"hookrules: error: {exc}", file=sys.stderr)
         return 2
+    if config.worker:  # every call answered: the supervisor folds these last counts into its totals
+        from .workerlink import report_final_metrics
+        report_final_metrics()
     return 0

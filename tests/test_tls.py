@@ -55,10 +55,11 @@ def webhook(port: int, context: ssl.SSLContext) -> tuple[int, Any]:
         conn.close()
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_tls_on_both_front_ends(start_server: Any, rules_dir: Path, pki: dict[str, Any],
-                                stubs: dict[str, Stubs]) -> None:
+                                stubs: dict[str, Stubs], workers: str) -> None:
     p = pki["paths"]
-    server = start_server(rules_dir, "--tls-cert", str(p["cert"]), "--tls-key", str(p["key"]))
+    server = start_server(rules_dir, "--tls-cert", str(p["cert"]), "--tls-key", str(p["key"]), "--workers", workers)
     ca_pem = p["ca"].read_bytes()
     reply = authenticate(server.target, grpc.ssl_channel_credentials(root_certificates=ca_pem), stubs)
     assert reply.bool_result is True
