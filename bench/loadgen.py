@@ -9,6 +9,14 @@ order EMQX sends it:
     declares in TOPICS, so the rule really runs): authorize(publish), publish, delivered, acked;
     then disconnected, terminated.
 
+With `--calls advertised`, only the calls EMQX makes to a provider whose OnProviderLoaded advertised
+just the bundled rules' hooks (client.authenticate, client.authorize, message.publish): 6 a session,
+every one answered by a rule (EMQX sends no notification it was not asked for).
+
+`--rate` paces the calls (in all, spread over the workers) for a steady load below saturation, where
+the CPU per call of servers of different shapes compares; `--tree` reads the CPU time of --server-pid's
+whole process tree (a parent with its workers and their watchdogs) instead of the one process.
+
 Requests use the v3 message classes of `hookrules.adapters.exhook_proto` and the method paths
 `/emqx.exhook.v3.HookProvider/<Rpc>`, with EMQX's 5 s deadline. After `--warmup` seconds the measured
 window opens: the CPU time of the server (utime+stime of --server-pid from /proc), our own and the
@@ -245,7 +253,7 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 async def run(target: str, server_pid: int, channels: int, concurrency: int, warmup: float,
-              duration: float, rate: float = 0.0, tree: bool = False) -> dict[str, Any]:
+              duration: float, rate: float = 0.0, tree: bool = False, advertised: bool = False) -> dict[str, Any]:
     proto = exhook_proto.load("v3")
     stop_and_return = proto.ValuedResponse.STOP_AND_RETURN
     # A local subchannel pool per channel: without it grpc would share one TCP connection among all of them.
@@ -257,6 +265,8 @@ async def run(target: str, server_pid: int, channels: int, concurrency: int, war
                                      response_deserializer=proto.messages[resp].FromString)
                   for rpc, (req, resp) in proto.methods.items()} for c in chans]
         sessions = [session_calls(proto, f"bench-{i:04d}", f"user{i}") for i in range(concurrency)]
+        if advertised:  # what EMQX sends when only the rules' hooks were advertised: the decisions
+            sessions = [[c for c in calls if c.check != CHECK_NONE] for calls in sessions]
         state = State()
         interval = concurrency / rate if rate > 0 else 0.0
         tasks = [asyncio.create_task(_worker(i, sessions[i], stubs[i % channels], state, stop_and_return, interval))
@@ -295,9 +305,11 @@ def main() -> int:
                         help="calls per second in all, paced (default 0: as fast as the server answers)")
     parser.add_argument("--tree", action="store_true",
                         help="read the CPU time of --server-pid and all its descendants (workers, watchdogs)")
+    parser.add_argument("--calls", choices=("all", "advertised"), default="all",
+                        help="every call of a session (default), or only the hooks the bundled rules advertise")
     args = parser.parse_args()
     result = asyncio.run(run(args.target, args.server_pid, args.channels, args.concurrency, args.warmup,
-                             args.duration, args.rate, args.tree))
+                             args.duration, args.rate, args.tree, args.calls == "advertised"))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0
