@@ -116,7 +116,8 @@ def tree_pids(root: int) -> list[int]:
         except (OSError, IndexError, ValueError):
             continue  # gone meanwhile
         children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
+    out: list[int] = []
+    todo = [root]
     while todo and len(out) < 10_000:  # bounded, whatever /proc says
         pid = todo.pop()
         out.append(pid)

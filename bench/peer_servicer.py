@@ -1,4 +1,4 @@
-"""What a user writes instead of hookrules for EMQX ExHook: a hand-written grpc.aio servicer, the bundled rules in Python.
+"""What a user writes instead of hookrules for EMQX ExHook: a hand-written grpc.aio servicer, rules in Python.
 
 The seed's way, as EMQX's ExHook documentation and its Python example show it: compile the proto with
 grpcio-tools into `exhook_v3_pb2` / `exhook_v3_pb2_grpc` (done here at start-up, in a temporary

@@ -37,13 +37,14 @@ webhooks: five HTTP servers, each its own process, pinned as above: bare and par
   JSON). Load: wrk, one thread, --http-connections keep-alive connections, VerneMQ's 4 webhooks cycled
   (bench/webhooks_bench.py's Lua script, every reply checked).
 workers: hookrules (gRPC) at `--workers 1`, `2` and `auto`, on a port picked here (all workers share it),
-  not pinned (the workers spread over the CPUs; --workers-pin puts every worker count on one CPU and the load
-  on the other, so 2 workers are compared with 1 on the same core: "loses nothing"). For each: (a) saturated throughput under the h2load
-  authenticate storm; (b) the CPU per call of the whole process tree (parent, workers, their watchdogs:
-  /proc/<pid>/stat summed over the tree) under a steady --rate calls/s (default 2,000) of the Python
-  client's calls over 8 channels, below saturation. Goals: 2 workers within 1.15x of 1 worker's CPU per call, saturated
-  throughput >= 0.95x. A hookrules that refuses --workers (before the flag exists) is run without it as
-  the 1-worker case, and 2 and auto are reported as skipped.
+  not pinned (the workers spread over the CPUs; --workers-pin puts every worker count on one CPU and the
+  load on the other, so 2 workers are compared with 1 on the same core: "loses nothing"). For each:
+  (a) saturated throughput under the h2load authenticate storm; (b) the CPU per call of the whole process
+  tree (parent, workers, their watchdogs: /proc/<pid>/stat summed over the tree) under a steady --rate
+  calls/s (default 2,000) of the Python client's calls over 8 channels, below saturation. Goals: 2 workers
+  within 1.15x of 1 worker's CPU per call, saturated throughput >= 0.95x. A hookrules that refuses
+  --workers (before the flag exists) is run without it as the 1-worker case, and 2 and auto are reported
+  as skipped.
 
 Each window reads the server's CPU time (its whole process tree) at both ends, and the machine's
 (/proc/stat): "other" is what everything else used meanwhile; above 25% of a core the req/s of that window
@@ -132,8 +133,7 @@ class Window:
         self.busy0, self.srv0 = machine_busy_seconds(), tree_cpu_seconds(self.server_pid)
         self.t0 = time.perf_counter()
 
-    def close(self, client_cpu: float | None, calls: int) -> tuple[float | None, float | None, float | None,
-                                                                     float | None]:
+    def close(self, client_cpu: float | None, calls: int) -> tuple[float | None, ...]:
         """(CPU us per call, server %, client %, other %) of one core, over the window."""
         window = time.perf_counter() - self.t0
         srv1, busy1 = tree_cpu_seconds(self.server_pid), machine_busy_seconds()
@@ -147,7 +147,8 @@ class Window:
         return (None if srv is None or not calls else srv / calls * 1e6, pct(srv), pct(client_cpu), pct(other))
 
 
-def run_child_to_end(name: str, cmd: list[str], limit: float, workdir: Path, children: list[Child]) -> tuple[Child, float | None]:
+def run_child_to_end(name: str, cmd: list[str], limit: float, workdir: Path,
+                     children: list[Child]) -> tuple[Child, float | None]:
     """Run a load generator to its end; its CPU time is read once it has exited, before it is reaped."""
     child = Child(name, cmd, workdir)
     children.append(child)
@@ -553,9 +554,9 @@ def section_exhook(res: Results, args: argparse.Namespace, pin: Pinning, workdir
     started = {name: start(f"exhook-{name}", cmd, workdir, children) for name, cmd in cmds.items()}
     servers = {name: Server(name, c, grpc_port(c)) for name, c in started.items()}
     wrong = check_exhook(servers, pb)
-    print(f"\nExHook load: {args.channels} connections; {'h2load ' + str(args.streams) + ' streams each, ' if body else ''}"
-          f"Python client {args.concurrency} calls in flight ({mix_title(args)}); {args.warmup:g} s warm-up + {args.duration:g} s; "
-          f"{pin.describe()}")
+    h2 = f"h2load {args.streams} streams each, " if body else ""
+    print(f"\nExHook load: {args.channels} connections; {h2}Python client {args.concurrency} calls in flight "
+          f"({mix_title(args)}); {args.warmup:g} s warm-up + {args.duration:g} s; {pin.describe()}")
     print_header()
     try:
         for round_no in range(1, args.rounds + 1):
@@ -591,7 +592,8 @@ def section_webhooks(res: Results, args: argparse.Namespace, pin: Pinning, workd
         import uvicorn  # noqa: F401
     except ImportError:
         del cmds["fastapi"]
-        res.notes.append("webhooks: fastapi peer left out: FastAPI or uvicorn is not installed (pip install -e '.[bench]')")
+        res.notes.append("webhooks: fastapi peer left out: FastAPI or uvicorn is not installed "
+                         "(pip install -e '.[bench]')")
         print(f"\n{res.notes[-1]}")
     started = {name: start(f"webhooks-{name}", cmd, workdir, children) for name, cmd in cmds.items()}
     servers = {name: Server(name, c, wait_port(c)) for name, c in started.items()}
@@ -728,7 +730,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     wrong = 0
     h2 = shutil.which("h2load") is not None
     if not h2:
-        res.notes.append("h2load is not installed (apt-get install nghttp2-client): gRPC load from the Python client only")
+        res.notes.append("h2load is not installed (apt-get install nghttp2-client): gRPC load from the Python "
+                         "client only")
         print(res.notes[-1])
     try:
         with tempfile.TemporaryDirectory(prefix="hookrules-peers-bench-") as tmp:
