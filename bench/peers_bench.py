@@ -42,7 +42,8 @@ workers: hookrules (gRPC) at `--workers 1`, `2` and `auto`, on a port picked her
   (a) saturated throughput under the h2load authenticate storm; (b) the CPU per call of the whole process
   tree (parent, workers, their watchdogs: /proc/<pid>/stat summed over the tree) under a steady --rate
   calls/s (default 2,000) of the Python client's calls over 8 channels, below saturation. Goals: 2 workers
-  within 1.15x of 1 worker's CPU per call, saturated throughput >= 0.95x. A hookrules that refuses
+  within 1.15x of 1 worker's CPU per call, saturated throughput >= 0.95x. The floors beside them: 1 and 2
+  bench/bare_servicer.py processes sharing one port (--processes 2, SO_REUSEPORT). A hookrules that refuses
   --workers (before the flag exists) is run without it as the 1-worker case, and 2 and auto are reported
   as skipped.
 
@@ -502,12 +503,14 @@ def comparison_table(res: Results, args: argparse.Namespace) -> list[str]:
                          f"{_f(res.median(section, load, name, cpu), '.0f')} | {rr} | {cr} |")
     for load, title in (("h2load", "saturated, h2load authenticate storm"),
                         ("rate", f"steady {args.rate:,.0f} calls/s, {mix}")):
-        for name in ("1", "2", "auto"):
+        for name in ("1", "2", "auto", "bare 1", "bare 2"):
             if not res.of("workers", load, name):
                 continue
-            rr = "" if name == "1" else f"{_x(res.ratio('workers', load, name, '1', rps))} of 1 worker"
-            cr = "" if name == "1" else f"{_x(res.ratio('workers', load, name, '1', cpu))} of 1 worker"
-            lines.append(f"| hookrules --workers, {title} | {name} | "
+            one = "bare 1" if name.startswith("bare") else "1"
+            rr = "" if name == one else f"{_x(res.ratio('workers', load, name, one, rps))} of 1"
+            cr = "" if name == one else f"{_x(res.ratio('workers', load, name, one, cpu))} of 1"
+            who = "bare servicers sharing the port" if name.startswith("bare") else "hookrules --workers"
+            lines.append(f"| {who}, {title} | {name.removeprefix('bare ')} | "
                          f"{_f(res.median('workers', load, name, rps), ',.0f')} | "
                          f"{_f(res.median('workers', load, name, cpu), '.0f')} | {rr} | {cr} |")
     return lines
@@ -529,13 +532,19 @@ def goal_lines(res: Results) -> list[str]:
         out.append(f"Webhooks, one process: hookrules/aiohttp throughput {_x(wh_rps)} (wrk; goal >= {WEBHOOK_GOAL}x) "
                    f"[{_met(wh_rps >= WEBHOOK_GOAL)}]; from CPU per request {_x(None if not wh_cpu else 1 / wh_cpu)} "
                    f"[{_met(None if not wh_cpu else 1 / wh_cpu >= WEBHOOK_GOAL)}]")
+    sat = "h2load" if res.of("workers", "h2load", "1") else "mix"
     w_cpu = res.ratio("workers", "rate", "2", "1", cpu)
-    w_rps = res.ratio("workers", "h2load", "2", "1", rps) or res.ratio("workers", "mix", "2", "1", rps)
+    w_rps = res.ratio("workers", sat, "2", "1", rps)
+    b_cpu = res.ratio("workers", "rate", "bare 2", "bare 1", cpu)
+    b_rps = res.ratio("workers", sat, "bare 2", "bare 1", rps)
     if w_cpu is not None or w_rps is not None:
-        out.append(f"Workers: CPU per call 2/1 = {_x(w_cpu)} (goal <= {WORKERS_CPU_GOAL}x) "
-                   f"[{_met(None if w_cpu is None else w_cpu <= WORKERS_CPU_GOAL)}]; saturated throughput 2/1 = "
-                   f"{_x(w_rps)} (goal >= {WORKERS_RPS_GOAL}x) "
+        out.append(f"Workers: CPU per call 2/1 = {_x(w_cpu)} (goal <= {WORKERS_CPU_GOAL}x; bare servicers "
+                   f"{_x(b_cpu)}) [{_met(None if w_cpu is None else w_cpu <= WORKERS_CPU_GOAL)}]; saturated "
+                   f"throughput 2/1 = {_x(w_rps)} (goal >= {WORKERS_RPS_GOAL}x; bare servicers {_x(b_rps)}) "
                    f"[{_met(None if w_rps is None else w_rps >= WORKERS_RPS_GOAL)}]")
+    elif b_cpu is not None:
+        out.append(f"Workers: not measured (no --workers); bare servicers 2/1: CPU per call {_x(b_cpu)}, "
+                   f"saturated throughput {_x(b_rps)}")
     return out
 
 
@@ -638,6 +647,11 @@ def section_workers(res: Results, args: argparse.Namespace, pin: Pinning, workdi
             print(f"\n{res.notes[-1]}")
             child = start("workers-1-noflag", hookrules_cmd(prefix, f"{HOST}:{port}", "off"), workdir, children)
             servers["1"] = Server("1", child, grpc_port(child), "no --workers flag")
+    for n in (1, 2):  # the floors: bare servicers sharing the port, as the workers do
+        cmd = [*prefix, sys.executable, str(BENCH / "bare_servicer.py"), "--host", HOST, "--port", "0",
+               "--lifetime", str(args.lifetime), "--processes", str(n)]
+        child = start(f"workers-bare-{n}", cmd, workdir, children)
+        servers[f"bare {n}"] = Server(f"bare {n}", child, grpc_port(child))
     procs = {name: len(tree_pids(s.child.pid)) for name, s in servers.items()}
     print(f"\nWorkers: hookrules --workers 1 / 2 / auto (processes in each tree: "
           f"{', '.join(f'{k}: {v}' for k, v in procs.items())}); {nopin.describe()}; "
