@@ -186,6 +186,11 @@ def h2load_body(workdir: Path, pb: Any) -> H2Body:
     return H2Body(call.rpc, path, 5 + len(allow))
 
 
+def ms(seconds: float) -> str:
+    """A duration for h2load's -D, which takes whole seconds or a unit ("1.5" is refused)."""
+    return f"{seconds * 1000:.0f}ms"
+
+
 def run_h2load(section: str, server: str, round_no: int, port: int, pid: int, body: H2Body, args: argparse.Namespace,
                pin: Pinning, workdir: Path, children: list[Child]) -> Run:
     url = f"http://{HOST}:{port}{PATH}{body.rpc}"
@@ -193,11 +198,11 @@ def run_h2load(section: str, server: str, round_no: int, port: int, pid: int, bo
             "-d", str(body.path), "-H", "content-type: application/grpc", "-H", "te: trailers",
             "-H", f"grpc-timeout: {int(CALL_TIMEOUT)}S"]
     if args.warmup > 0:  # a run of its own: the window below is the measured run alone
-        run_child_to_end(f"h2load-warmup-{server}-{round_no}", [*base, "-D", f"{args.warmup:g}", url],
+        run_child_to_end(f"h2load-warmup-{server}-{round_no}", [*base, "-D", ms(args.warmup), url],
                          args.warmup + START_TIMEOUT, workdir, children)
     window = Window(pid)
     window.open()
-    child, client_cpu = run_child_to_end(f"h2load-{server}-{round_no}", [*base, "-D", f"{args.duration:g}", url],
+    child, client_cpu = run_child_to_end(f"h2load-{server}-{round_no}", [*base, "-D", ms(args.duration), url],
                                          args.duration + START_TIMEOUT, workdir, children)
     out = child.stdout()
     finished = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out)
