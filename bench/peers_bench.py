@@ -21,9 +21,11 @@ exhook: three gRPC servers, each its own process, pinned to one CPU (the load to
   rules answer. Two loads, over EMQX's 8 connections (pool_size):
   * h2load, an authenticate storm (a reconnect storm after a broker restart): OnClientAuthenticate,
     pre-encoded and length-prefixed as gRPC frames it, POSTed over 8 HTTP/2 connections x --streams
-    streams. h2load cannot send a mix (one body per run) nor read gRPC trailers (grpc-status), so the
-    replies are checked by their size: every reply must carry exactly the bytes of an allow
-    (h2load's "data" count = replies x 9 bytes), a gRPC error has none;
+    streams; then (--h2load) the same for OnClientAuthorize (publish sensors/1) and OnMessagePublish (t/demo,
+    whose payload the rule rewrites). h2load cannot send a mix (one body per run) nor read gRPC trailers
+    (grpc-status), so the replies are checked by their size: every reply must carry exactly the bytes of
+    the rules' answer (h2load's "data" count = replies x its frame: 9 bytes for an allow), a gRPC error
+    has none;
   * a session's calls from bench/loadgen.py, a Python client (every reply checked): by default (--calls
     advertised) the 6 calls EMQX makes per MQTT session to a provider that advertised only the bundled
     rules' hooks (authenticate, authorize x3, publish x2: every one a rule's decision); --calls all sends
@@ -170,20 +172,48 @@ def run_child_to_end(name: str, cmd: list[str], limit: float, workdir: Path,
 
 @dataclass(frozen=True)
 class H2Body:
+    load: str  # the Run's load name
+    title: str
     rpc: str
     path: Path  # the request, as one gRPC frame (flag, length, protobuf)
     reply_bytes: int  # bytes of DATA per good reply (its frame)
+    floor_bytes: int  # the same from the bare servicer, which echoes a message unchanged
 
 
-def h2load_body(workdir: Path, pb: Any) -> H2Body:
-    """OnClientAuthenticate for a good user, as a length-prefixed gRPC message, and the size of an allow."""
-    call = next(c for c in session_calls(pb, "bench-0001", "user1") if c.rpc == "OnClientAuthenticate")
-    data = call.request.SerializeToString()
-    path = workdir / "authenticate.grpc"
-    path.write_bytes(b"\x00" + struct.pack(">I", len(data)) + data)
+#: kind -> (load name, title, RPC, topic of the session call to send)
+H2_KINDS = {
+    "authenticate": ("h2 authn", "h2load authenticate storm", "OnClientAuthenticate", ""),
+    "authorize": ("h2 authz", "h2load authorize publish sensors/1", "OnClientAuthorize", "sensors/1"),
+    "publish": ("h2 pub", "h2load message.publish t/demo (rewritten)", "OnMessagePublish", "t/demo"),
+}
+
+
+def _topic(request: Any) -> str:
+    """The topic a request is about: its own (authorize), or its message's (publish)."""
+    return str(request.message.topic if hasattr(request, "message") else getattr(request, "topic", ""))
+
+
+def h2load_bodies(workdir: Path, pb: Any) -> dict[str, H2Body]:
+    """Each kind's request as a length-prefixed gRPC message, and the size of the reply the rules give it:
+    an allow, or for t/demo the message with the payload message.publish.star writes."""
+    calls = session_calls(pb, "bench-0001", "user1")
     vr = pb.ValuedResponse
-    allow = vr(type=vr.STOP_AND_RETURN, bool_result=True).SerializeToString()
-    return H2Body(call.rpc, path, 5 + len(allow))
+    allow = vr(type=vr.STOP_AND_RETURN, bool_result=True)
+    out = {}
+    for kind, (load, title, rpc, topic) in H2_KINDS.items():
+        call = next(c for c in calls if c.rpc == rpc and (not topic or _topic(c.request) == topic))
+        reply = floor = allow
+        if rpc == "OnMessagePublish":
+            floor = vr(type=vr.STOP_AND_RETURN, message=call.request.message)
+            msg = pb.Message()
+            msg.CopyFrom(call.request.message)
+            msg.payload = b"hardcode payload by hookrules :)"
+            reply = vr(type=vr.STOP_AND_RETURN, message=msg)
+        data = call.request.SerializeToString()
+        path = workdir / f"{kind}.grpc"
+        path.write_bytes(b"\x00" + struct.pack(">I", len(data)) + data)
+        out[kind] = H2Body(load, title, rpc, path, 5 + reply.ByteSize(), 5 + floor.ByteSize())
+    return out
 
 
 def ms(seconds: float) -> str:
@@ -214,14 +244,15 @@ def run_h2load(section: str, server: str, round_no: int, port: int, pid: int, bo
         raise RuntimeError(f"cannot read h2load's output:\n{out[-1500:]}")
     done, succeeded = int(reqs[3]), int(reqs[4])
     failures = done - succeeded + int(reqs[5]) + int(reqs[6]) + int(reqs[7])
-    expected = succeeded * body.reply_bytes
+    size = body.floor_bytes if server.startswith("bare") else body.reply_bytes
+    expected = succeeded * size
     first = ""
     if int(data[1]) != expected:  # a gRPC error (status 200, grpc-status in the trailers) has no data
-        failures += max(1, abs(expected - int(data[1])) // body.reply_bytes)
-        first = f"h2load: {data[1]} bytes of replies, {expected} expected ({body.reply_bytes} per allow)"
+        failures += max(1, abs(expected - int(data[1])) // size)
+        first = f"h2load: {data[1]} bytes of replies, {expected} expected ({size} per reply)"
     scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[lat[2]]
     cpu, srv, cli, other = window.close(client_cpu, succeeded)
-    return Run(section, "h2load", server, round_no, float(finished[1]), float(lat[1]) * scale, cpu, srv, cli, other,
+    return Run(section, body.load, server, round_no, float(finished[1]), float(lat[1]) * scale, cpu, srv, cli, other,
                failures, first)
 
 
@@ -495,8 +526,10 @@ def comparison_table(res: Results, args: argparse.Namespace) -> list[str]:
     lines = ["| front-end, load | server | req/s | CPU µs/call | hookrules ÷ server: req/s | CPU per call |",
              "|---|---|---|---|---|---|"]
     mix = mix_title(args)
-    groups = [("exhook", "h2load", "ExHook, h2load authenticate storm", ("bare", "peer", "hookrules")),
-              ("exhook", "mix", f"ExHook, {mix} (Python client)", ("bare", "peer", "hookrules")),
+    groups: list[tuple[str, str, str, tuple[str, ...]]]
+    groups = [("exhook", load, f"ExHook, {title}", ("bare", "peer", "hookrules"))
+              for load, title, _, _ in H2_KINDS.values()]
+    groups += [("exhook", "mix", f"ExHook, {mix} (Python client)", ("bare", "peer", "hookrules")),
               ("webhooks", "wrk", "VerneMQ webhooks, wrk", ("bare", "parse", "aiohttp", "fastapi", "hookrules"))]
     for section, load, title, names in groups:
         for name in names:
@@ -506,7 +539,8 @@ def comparison_table(res: Results, args: argparse.Namespace) -> list[str]:
             cr = "" if name == "hookrules" else _x(res.ratio(section, load, "hookrules", name, cpu))
             lines.append(f"| {title} | {name} | {_f(res.median(section, load, name, rps), ',.0f')} | "
                          f"{_f(res.median(section, load, name, cpu), '.0f')} | {rr} | {cr} |")
-    for load, title in (("h2load", "saturated, h2load authenticate storm"),
+    for load, title in (("h2 authn", "saturated, h2load authenticate storm"),
+                        ("mix", f"saturated, {mix} (Python client)"),
                         ("rate", f"steady {args.rate:,.0f} calls/s, {mix}")):
         for name in ("1", "2", "auto", "bare 1", "bare 2"):
             if not res.of("workers", load, name):
@@ -523,21 +557,22 @@ def comparison_table(res: Results, args: argparse.Namespace) -> list[str]:
 
 def goal_lines(res: Results) -> list[str]:
     out = []
-    ex_load = "h2load" if res.of("exhook", "h2load", "peer") else "mix"
-    ex_rps = res.ratio("exhook", ex_load, "hookrules", "peer", rps)
-    ex_cpu = res.ratio("exhook", "mix", "hookrules", "peer", cpu)
-    if ex_rps is not None or ex_cpu is not None:
-        out.append(f"ExHook, one process: hookrules/peer throughput {_x(ex_rps)} ({ex_load}; goal >= {EXHOOK_GOAL}x) "
-                   f"[{_met(None if ex_rps is None else ex_rps >= EXHOOK_GOAL)}]; server-bound estimate from CPU per "
-                   f"call of the Python client's load {_x(None if not ex_cpu else 1 / ex_cpu)} "
-                   f"[{_met(None if not ex_cpu else 1 / ex_cpu >= EXHOOK_GOAL)}]")
+    for load, title, _, _ in [*H2_KINDS.values(), ("mix", "the Python client's calls", "", "")]:
+        ex_rps = res.ratio("exhook", load, "hookrules", "peer", rps)
+        ex_cpu = res.ratio("exhook", load, "hookrules", "peer", cpu)
+        if ex_rps is None:
+            continue
+        bound = None if not ex_cpu else 1 / ex_cpu
+        out.append(f"ExHook, one process, {title}: hookrules/peer throughput {_x(ex_rps)} (goal >= {EXHOOK_GOAL}x) "
+                   f"[{_met(ex_rps >= EXHOOK_GOAL)}]; server-bound, from CPU per call: "
+                   f"{_x(bound)} [{_met(None if bound is None else bound >= EXHOOK_GOAL)}]")
     wh_rps = res.ratio("webhooks", "wrk", "hookrules", "aiohttp", rps)
     wh_cpu = res.ratio("webhooks", "wrk", "hookrules", "aiohttp", cpu)
     if wh_rps is not None:
         out.append(f"Webhooks, one process: hookrules/aiohttp throughput {_x(wh_rps)} (wrk; goal >= {WEBHOOK_GOAL}x) "
                    f"[{_met(wh_rps >= WEBHOOK_GOAL)}]; from CPU per request {_x(None if not wh_cpu else 1 / wh_cpu)} "
                    f"[{_met(None if not wh_cpu else 1 / wh_cpu >= WEBHOOK_GOAL)}]")
-    sat = "h2load" if res.of("workers", "h2load", "1") else "mix"
+    sat = "h2 authn" if res.of("workers", "h2 authn", "1") else "mix"
     w_cpu = res.ratio("workers", "rate", "2", "1", cpu)
     w_rps = res.ratio("workers", sat, "2", "1", rps)
     b_cpu = res.ratio("workers", "rate", "bare 2", "bare 1", cpu)
@@ -557,7 +592,7 @@ def goal_lines(res: Results) -> list[str]:
 
 
 def section_exhook(res: Results, args: argparse.Namespace, pin: Pinning, workdir: Path, children: list[Child],
-                   pb: Any, body: H2Body | None) -> int:
+                   pb: Any, bodies: list[H2Body]) -> int:
     prefix = pin.prefix(pin.server)
     life = ["--lifetime", str(args.lifetime)]
     cmds = {
@@ -568,14 +603,14 @@ def section_exhook(res: Results, args: argparse.Namespace, pin: Pinning, workdir
     started = {name: start(f"exhook-{name}", cmd, workdir, children) for name, cmd in cmds.items()}
     servers = {name: Server(name, c, grpc_port(c)) for name, c in started.items()}
     wrong = check_exhook(servers, pb)
-    h2 = f"h2load {args.streams} streams each, " if body else ""
+    h2 = f"h2load {args.streams} streams each, " if bodies else ""
     print(f"\nExHook load: {args.channels} connections; {h2}Python client {args.concurrency} calls in flight "
           f"({mix_title(args)}); {args.warmup:g} s warm-up + {args.duration:g} s; {pin.describe()}")
     print_header()
     try:
         for round_no in range(1, args.rounds + 1):
             for name, s in servers.items():
-                if body is not None:
+                for body in bodies:
                     res.add(run_h2load("exhook", name, round_no, s.port, s.child.pid, body, args, pin, workdir,
                                        children))
                 res.add(run_loadgen("exhook", "mix", name, round_no, s.port, s.child.pid, args, pin, workdir,
@@ -699,6 +734,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--streams", type=int, default=8, help="h2load: streams in flight per connection (default 8)")
     p.add_argument("--concurrency", type=int, default=64, help="Python gRPC client: calls in flight (default 64)")
     p.add_argument("--http-connections", type=int, default=32, help="wrk keep-alive connections (default 32)")
+    p.add_argument("--h2load", default=",".join(H2_KINDS),
+                   help=f"exhook section: the h2load runs, comma-separated, of {','.join(H2_KINDS)} (default all; "
+                        "the workers section runs authenticate)")
     p.add_argument("--calls", choices=("advertised", "all"), default="advertised",
                    help="Python gRPC client: the calls EMQX makes for the bundled rules' advertised hooks, 6 a "
                         "session, every one a rule's (default), or all 18 of a session (notifications too)")
@@ -711,6 +749,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
     args.duration = args.duration if args.duration is not None else (2.0 if args.quick else 5.0)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    args.h2load = [k.strip() for k in args.h2load.split(",") if k.strip()]
+    for k in args.h2load:
+        if k not in H2_KINDS:
+            p.error(f"--h2load: unknown kind {k!r} (of {', '.join(H2_KINDS)})")
     for s in args.sections:
         if s not in SECTIONS:
             p.error(f"--sections: unknown section {s!r} (of {', '.join(SECTIONS)})")
@@ -755,10 +797,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="hookrules-peers-bench-") as tmp:
             workdir = Path(tmp)
-            body = h2load_body(workdir, pb) if h2 else None
+            bodies = h2load_bodies(workdir, pb) if h2 else {}
+            body = bodies.get("authenticate")
             try:
                 if "exhook" in args.sections:
-                    wrong += section_exhook(res, args, pin, workdir, children, pb, body)
+                    wrong += section_exhook(res, args, pin, workdir, children, pb,
+                                            [bodies[k] for k in args.h2load if k in bodies])
                 if "webhooks" in args.sections:
                     wrong += section_webhooks(res, args, pin, workdir, children)
                 if "workers" in args.sections:
