@@ -12,13 +12,24 @@ path and nothing else:
 Run by bench/exhook_bench.py; it prints where it listens the way hookrules does
 (`bare: EMQX ExHook (emqx.exhook.v3, constant replies) on 127.0.0.1:PORT`), stops on SIGTERM/SIGINT,
 and in any case after --lifetime seconds, so it can never outlive a benchmark for long.
+
+With --processes N (bench/peers_bench.py's workers section) it is the floor of `hookrules serve --workers N`:
+this process starts N copies of itself serving one port with SO_REUSEPORT (the kernel spreads the
+connections over them, as with hookrules' workers), prints the banner once all listen, and stops them on
+SIGTERM/SIGINT or at the end of its lifetime.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import re
 import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -64,9 +75,9 @@ def generic_handler(proto: ExhookProto) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(proto.service_name, handlers)
 
 
-async def serve(host: str, port: int, lifetime: float) -> None:
+async def serve(host: str, port: int, lifetime: float, reuseport: bool = False) -> None:
     proto = exhook_proto.load("v3")
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # as hookrules' server.py
+    server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuseport))])  # 0: as hookrules' server.py
     server.add_generic_rpc_handlers([generic_handler(proto)])
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
@@ -83,13 +94,65 @@ async def serve(host: str, port: int, lifetime: float) -> None:
         await server.stop(1.0)
 
 
+def _die_with_parent() -> None:
+    """preexec_fn: SIGTERM a copy when this process dies, however it dies (Linux only)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def supervise(host: str, port: int, lifetime: float, processes: int) -> None:
+    """N copies of this server on one port (SO_REUSEPORT), stopped together."""
+    if port == 0:  # every copy binding port 0 would get a port of its own
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    cmd = [sys.executable, __file__, "--host", host, "--port", str(port), "--lifetime", str(lifetime), "--reuseport"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+             for _ in range(processes)]
+    stop = {"now": False}
+
+    def handler(signum: int, frame: object) -> None:
+        stop["now"] = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+    try:
+        for proc in procs:
+            line = proc.stdout.readline() if proc.stdout else ""
+            if not re.search(r" on [\d.]+:\d+", line):
+                raise SystemExit(f"a copy did not start: {line!r}")
+        print(f"bare: EMQX ExHook (emqx.exhook.v3, constant replies, {processes} processes) on {host}:{port}",
+              flush=True)
+        deadline = time.monotonic() + lifetime
+        while not stop["now"] and time.monotonic() < deadline and all(p.poll() is None for p in procs):
+            time.sleep(0.1)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5.0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     parser.add_argument("--lifetime", type=float, default=900.0, help="exit after this many seconds (default 900)")
+    parser.add_argument("--processes", type=int, default=1, help="copies of the server sharing the port (default 1)")
+    parser.add_argument("--reuseport", action="store_true", help="set SO_REUSEPORT (a copy under --processes)")
     args = parser.parse_args()
-    asyncio.run(serve(args.host, args.port, args.lifetime))
+    if args.processes > 1:
+        supervise(args.host, args.port, args.lifetime, args.processes)
+    else:
+        asyncio.run(serve(args.host, args.port, args.lifetime, args.reuseport))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,14 @@ order EMQX sends it:
     declares in TOPICS, so the rule really runs): authorize(publish), publish, delivered, acked;
     then disconnected, terminated.
 
+With `--calls advertised`, only the calls EMQX makes to a provider whose OnProviderLoaded advertised
+just the bundled rules' hooks (client.authenticate, client.authorize, message.publish): 6 a session,
+every one answered by a rule (EMQX sends no notification it was not asked for).
+
+`--rate` paces the calls (in all, spread over the workers) for a steady load below saturation, where
+the CPU per call of servers of different shapes compares; `--tree` reads the CPU time of --server-pid's
+whole process tree (a parent with its workers and their watchdogs) instead of the one process.
+
 Requests use the v3 message classes of `hookrules.adapters.exhook_proto` and the method paths
 `/emqx.exhook.v3.HookProvider/<Rpc>`, with EMQX's 5 s deadline. After `--warmup` seconds the measured
 window opens: the CPU time of the server (utime+stime of --server-pid from /proc), our own and the
@@ -92,6 +100,39 @@ def cpu_seconds(pid: int) -> float | None:
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_pids(root: int) -> list[int]:
+    """root and every process descended from it (a supervising parent, its workers, their watchdogs), from /proc."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return [root]
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(entry))
+    out: list[int] = []
+    todo = [root]
+    while todo and len(out) < 10_000:  # bounded, whatever /proc says
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
+def tree_cpu_seconds(root: int) -> float | None:
+    """cpu_seconds summed over a process tree: what a server of several processes costs. CPU time of a
+    process that exits between two readings is lost (a restarted worker), so compare steady trees."""
+    if cpu_seconds(root) is None:
+        return None
+    return sum(cpu_seconds(pid) or 0.0 for pid in tree_pids(root))
+
+
 def machine_busy_seconds() -> float | None:
     """CPU time spent by everything on the machine, all CPUs (the `cpu` line of /proc/stat, less idle and iowait)."""
     try:
@@ -170,12 +211,21 @@ def _reply_ok(call: Call, reply: Any, stop_and_return: int) -> bool:
     return True
 
 
-async def _worker(index: int, calls: list[Call], stubs: dict[str, Any], state: State, stop_and_return: int) -> None:
+async def _worker(index: int, calls: list[Call], stubs: dict[str, Any], state: State, stop_and_return: int,
+                  interval: float = 0.0) -> None:
+    """Calls back to back, or with `interval` > 0 one call every `interval` seconds (an open schedule:
+    a call that comes back late is followed at once; at most 0.1 s of lag is caught up, never a long burst)."""
     perf = time.perf_counter
     k = (index * 5) % len(calls)  # stagger the workers over the session
+    due = perf() + interval * (index % 97) / 97  # spread the workers' first calls over one interval
     for _ in range(MAX_CALLS_PER_WORKER):
         if state.stop:
             return
+        if interval:
+            now = perf()
+            if due > now:
+                await asyncio.sleep(due - now)
+            due = max(due + interval, perf() - 0.1)
         call = calls[k]
         k = k + 1 if k + 1 < len(calls) else 0
         started = perf()
@@ -204,7 +254,7 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 async def run(target: str, server_pid: int, channels: int, concurrency: int, warmup: float,
-              duration: float) -> dict[str, Any]:
+              duration: float, rate: float = 0.0, tree: bool = False, advertised: bool = False) -> dict[str, Any]:
     proto = exhook_proto.load("v3")
     stop_and_return = proto.ValuedResponse.STOP_AND_RETURN
     # A local subchannel pool per channel: without it grpc would share one TCP connection among all of them.
@@ -216,20 +266,24 @@ async def run(target: str, server_pid: int, channels: int, concurrency: int, war
                                      response_deserializer=proto.messages[resp].FromString)
                   for rpc, (req, resp) in proto.methods.items()} for c in chans]
         sessions = [session_calls(proto, f"bench-{i:04d}", f"user{i}") for i in range(concurrency)]
+        if advertised:  # what EMQX sends when only the rules' hooks were advertised: the decisions
+            sessions = [[c for c in calls if c.check != CHECK_NONE] for calls in sessions]
         state = State()
-        tasks = [asyncio.create_task(_worker(i, sessions[i], stubs[i % channels], state, stop_and_return))
+        interval = concurrency / rate if rate > 0 else 0.0
+        tasks = [asyncio.create_task(_worker(i, sessions[i], stubs[i % channels], state, stop_and_return, interval))
                  for i in range(concurrency)]
+        server_cpu = tree_cpu_seconds if tree else cpu_seconds
         await asyncio.sleep(warmup)
         # open the window: CPU readings and the `measuring` flag change in the same loop step
-        busy0, server_cpu0, client_cpu0 = machine_busy_seconds(), cpu_seconds(server_pid), cpu_seconds(os.getpid())
+        busy0, server_cpu0, client_cpu0 = machine_busy_seconds(), server_cpu(server_pid), cpu_seconds(os.getpid())
         t0 = time.perf_counter()
         state.measuring = True
         await asyncio.sleep(duration)
         state.measuring = False
         t1 = time.perf_counter()
-        client_cpu1, server_cpu1, busy1 = cpu_seconds(os.getpid()), cpu_seconds(server_pid), machine_busy_seconds()
+        client_cpu1, server_cpu1, busy1 = cpu_seconds(os.getpid()), server_cpu(server_pid), machine_busy_seconds()
         state.stop = True
-        await asyncio.wait_for(asyncio.gather(*tasks), CALL_TIMEOUT + 5.0)
+        await asyncio.wait_for(asyncio.gather(*tasks), CALL_TIMEOUT + 5.0 + interval)
     finally:
         await asyncio.gather(*(c.close() for c in chans), return_exceptions=True)
     report = summarize(t1 - t0, state.latencies, _delta(server_cpu0, server_cpu1), _delta(client_cpu0, client_cpu1),
@@ -248,9 +302,15 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="calls per second in all, paced (default 0: as fast as the server answers)")
+    parser.add_argument("--tree", action="store_true",
+                        help="read the CPU time of --server-pid and all its descendants (workers, watchdogs)")
+    parser.add_argument("--calls", choices=("all", "advertised"), default="all",
+                        help="every call of a session (default), or only the hooks the bundled rules advertise")
     args = parser.parse_args()
     result = asyncio.run(run(args.target, args.server_pid, args.channels, args.concurrency, args.warmup,
-                             args.duration))
+                             args.duration, args.rate, args.tree, args.calls == "advertised"))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0
