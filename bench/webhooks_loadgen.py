@@ -20,7 +20,7 @@ that connects, subscribes and publishes, in this order; a good reply is HTTP 200
 
     user      username, password, vhost=/, client_id          (authenticate.star)
     vhost     username, vhost, ip=127.0.0.1, tags="", client_id (no rule file: the default, allow)
-    resource  queue mqtt-subscription-<id>qos1, configure      (no rule file: MQTT's queues are allowed)
+    resource  queue mqtt-subscription-<id>qos1, configure, client_id (no rule file: the client's own queue)
     resource  exchange amq.topic, read                         (no rule file: amq.topic is allowed)
     topic     read devices.<id>.cmd.# (the client's own command topics, with variable_map.client_id,
               variable_map.username, variable_map.vhost)       (authorize.star, subscribe)
@@ -157,7 +157,8 @@ def _user(username: str) -> Request:
 
 def _resource(kind: str, name: str, permission: str) -> Request:
     return _check(f"resource {kind} {name} {permission}", "resource", {
-        "username": USERNAME, "vhost": "/", "resource": kind, "name": name, "permission": permission, "tags": ""})
+        "username": USERNAME, "vhost": "/", "resource": kind, "name": name, "permission": permission, "tags": "",
+        "client_id": CLIENT_ID})  # rabbitmq_mqtt sends it; without it the default refuses (an AMQP client)
 
 
 def _topic(permission: str, routing_key: str) -> Request:
