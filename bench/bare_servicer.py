@@ -21,9 +21,8 @@ SIGTERM/SIGINT or at the end of its lifetime.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import ctypes
+import os
 import re
 import signal
 import socket
@@ -37,6 +36,8 @@ import grpc
 
 from hookrules.adapters import exhook_proto
 from hookrules.adapters.exhook_proto import ExhookProto
+
+import serving
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Any]
 
@@ -79,28 +80,7 @@ async def serve(host: str, port: int, lifetime: float, reuseport: bool = False) 
     proto = exhook_proto.load("v3")
     server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuseport))])  # 0: as hookrules' server.py
     server.add_generic_rpc_handlers([generic_handler(proto)])
-    bound = server.add_insecure_port(f"{host}:{port}")
-    await server.start()
-    print(f"bare: EMQX ExHook ({proto.package}, constant replies) on {host}:{bound}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await asyncio.wait_for(stop.wait(), lifetime)
-    except TimeoutError:
-        pass
-    finally:
-        await server.stop(1.0)
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: SIGTERM a copy when this process dies, however it dies (Linux only)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
+    await serving.serve_grpc(server, host, port, lifetime, f"bare: EMQX ExHook ({proto.package}, constant replies)")
 
 
 def supervise(host: str, port: int, lifetime: float, processes: int) -> None:
@@ -110,7 +90,7 @@ def supervise(host: str, port: int, lifetime: float, processes: int) -> None:
             s.bind((host, 0))
             port = s.getsockname()[1]
     cmd = [sys.executable, __file__, "--host", host, "--port", str(port), "--lifetime", str(lifetime), "--reuseport"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=serving.die_with_parent(os.getpid()))
              for _ in range(processes)]
     stop = {"now": False}
 
@@ -142,10 +122,7 @@ def supervise(host: str, port: int, lifetime: float, processes: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
-    parser.add_argument("--lifetime", type=float, default=900.0, help="exit after this many seconds (default 900)")
+    parser = serving.server_args(__doc__)
     parser.add_argument("--processes", type=int, default=1, help="copies of the server sharing the port (default 1)")
     parser.add_argument("--reuseport", action="store_true", help="set SO_REUSEPORT (a copy under --processes)")
     args = parser.parse_args()

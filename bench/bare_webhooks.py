@@ -29,15 +29,14 @@ benchmark for long.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import signal
-import socket
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 from hookrules.adapters.webhooks import DEFAULT_MAX_BODY, body_limited_requests
+
+import serving
 
 #: the one reply, to every POST whatever its hook: what an allow-all endpoint answers
 REPLY = {"result": "ok"}
@@ -82,35 +81,14 @@ def server(parse: bool = False) -> web.Server:
 
 
 async def serve(host: str, port: int, lifetime: float, parse: bool, rabbitmq: bool = False) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)  # as hookrules' server.py
     runner = web.ServerRunner(rabbitmq_server(parse) if rabbitmq else server(parse), handle_signals=False)
-    await runner.setup()
-    try:
-        await web.SockSite(runner, sock, shutdown_timeout=1.0).start()
-        name, what = ("parse", "parsed, constant replies") if parse else ("bare", "constant replies")
-        kind = "RabbitMQ HTTP auth" if rabbitmq else "VerneMQ webhooks"
-        print(f"{name}: {kind} ({what}) on http://{host}:{sock.getsockname()[1]}/", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await asyncio.wait_for(stop.wait(), lifetime)
-        except TimeoutError:
-            pass
-    finally:
-        await runner.cleanup()
-        sock.close()
+    name, what = ("parse", "parsed, constant replies") if parse else ("bare", "constant replies")
+    kind = "RabbitMQ HTTP auth" if rabbitmq else "VerneMQ webhooks"
+    await serving.serve_aiohttp(runner, host, port, lifetime, f"{name}: {kind} ({what})")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
-    parser.add_argument("--lifetime", type=float, default=900.0, help="exit after this many seconds (default 900)")
+    parser = serving.server_args(__doc__)
     parser.add_argument("--parse", action="store_true", help="also parse each body (a JSON object, or with "
                                                                "--rabbitmq a form)")
     parser.add_argument("--rabbitmq", action="store_true", help="answer `allow` as text/plain to every request, as "

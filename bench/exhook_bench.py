@@ -50,7 +50,6 @@ reported, not enforced), 130 on Ctrl+C.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -72,6 +71,7 @@ from typing import Any
 from hookrules.engine import Engine
 from hookrules.events import EMPTY, Client, Event, Message, frozen_map
 from hookrules.ruleset import Limits, RuleSet, scan
+from serving import die_with_parent
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -93,21 +93,6 @@ NOISY_OTHER_PCT = 25.0
 # -- child processes ----------------------------------------------------------------------------
 
 
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    """preexec_fn: SIGTERM this child when the benchmark dies, however it dies (Linux only)."""
-
-    def setup() -> None:
-        if sys.platform.startswith("linux"):
-            try:
-                ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-            except (OSError, AttributeError):
-                pass
-            if os.getppid() != parent:  # the parent died before prctl
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    return setup
-
-
 class Child:
     """A subprocess with its stdout and stderr in files (no pipe can fill up and stall it)."""
 
@@ -119,7 +104,7 @@ class Child:
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             # own session: Ctrl+C reaches only us, and we stop the children in order
             self.proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=ROOT,
-                                         env=env, start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
+                                         env=env, start_new_session=True, preexec_fn=die_with_parent(os.getpid()))
 
     @property
     def pid(self) -> int:
@@ -132,11 +117,12 @@ class Child:
         text = self.err_path.read_text(errors="replace").rstrip()
         return "\n".join(text.splitlines()[-lines:]) or "(no output on stderr)"
 
-    def wait_listening(self, timeout: float = START_TIMEOUT) -> int:
-        """The port from the server's `... EMQX ExHook ... on 127.0.0.1:PORT` line."""
+    def wait_listening(self, listen: re.Pattern[str] = LISTEN, timeout: float = START_TIMEOUT) -> int:
+        """The port from the server's banner: `listen`'s `port` group (by default the `... EMQX ExHook ...
+        on 127.0.0.1:PORT` line; webhooks_bench.LISTEN for the HTTP servers)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            m = LISTEN.search(self.stdout())
+            m = listen.search(self.stdout())
             if m:
                 return int(m["port"])
             if self.proc.poll() is not None:
