@@ -6,9 +6,8 @@ directory, so no generated code is committed), subclass the generated `HookProvi
 it with `add_HookProviderServicer_to_server` on a `grpc.aio.server`, and code the policy in the methods:
 
 * OnProviderLoaded: the hooks (and message.publish's topics) hookrules advertises for rules/;
-* OnClientAuthenticate: rules/authenticate.star: refuse the user "baduser", let everyone else in;
-* OnClientAuthorize: rules/authorize.star: devices/<id>/... belongs to client <id> (by name or by
-  wildcard; a client named "+" or "#" owns nothing), nobody publishes to $SYS/...;
+* OnClientAuthenticate: rules/authenticate.star, OnClientAuthorize: rules/authorize.star, both as
+  bench/peer_policy.py codes them for the webhook peers too (`authenticate`, `authorize`);
 * OnMessagePublish: rules/message.publish.star: only t/# and sensors/# (other topics: IGNORE, as
   hookrules answers a message its rule's TOPICS filter out), an empty sensors/# reading is dropped
   (allow_publish=false), t/demo's payload is replaced; every other message passes unchanged;
@@ -20,15 +19,13 @@ sandbox, no hot reload, no failure policy: the least a user would write for the 
 hookrules' goal (at one worker, at least 0.9x its throughput) is measured against.
 
 It prints where it listens (`peer: EMQX ExHook (emqx.exhook.v3, hand-written servicer) on HOST:PORT`),
-stops on SIGTERM/SIGINT, and in any case after --lifetime seconds.
+stops on SIGTERM/SIGINT, and in any case after --lifetime seconds (bench/serving.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib
-import signal
 import sys
 import tempfile
 from importlib import resources
@@ -37,6 +34,9 @@ from types import ModuleType
 from typing import Any
 
 import grpc
+
+import serving
+from peer_policy import authenticate, authorize
 
 PROTO = "exhook_v3.proto"
 
@@ -61,14 +61,6 @@ def make_servicer(pb2: ModuleType, pb2_grpc: ModuleType) -> Any:
     EMPTY = pb2.EmptySuccess()
     PUBLISH = pb2.ClientAuthorizeRequest.PUBLISH
 
-    def authorize(client_id: str, action: int, topic: str) -> bool:
-        words = topic.split("/")
-        if words[0] == "devices" and (len(words) < 2 or words[1] != client_id or client_id in ("+", "#")):
-            return False
-        if action == PUBLISH and topic.startswith("$SYS/"):
-            return False
-        return True
-
     class HookProvider(pb2_grpc.HookProviderServicer):  # type: ignore[misc,name-defined]
         async def OnProviderLoaded(self, request: Any, context: Any) -> Any:
             return pb2.LoadedResponse(hooks=[
@@ -81,11 +73,11 @@ def make_servicer(pb2: ModuleType, pb2_grpc: ModuleType) -> Any:
             return EMPTY
 
         async def OnClientAuthenticate(self, request: Any, context: Any) -> Any:
-            return DENY if request.clientinfo.username == "baduser" else ALLOW
+            return ALLOW if authenticate(request.clientinfo.username) is None else DENY
 
         async def OnClientAuthorize(self, request: Any, context: Any) -> Any:
-            ok = authorize(request.clientinfo.clientid, request.type, request.topic)
-            return ALLOW if ok else DENY
+            reason = authorize(request.clientinfo.clientid, request.type == PUBLISH, request.topic)
+            return ALLOW if reason is None else DENY
 
         async def OnMessagePublish(self, request: Any, context: Any) -> Any:
             msg = request.message
@@ -154,27 +146,11 @@ async def serve(host: str, port: int, lifetime: float) -> None:
         pb2, pb2_grpc = generate_stubs(Path(tmp))
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # as hookrules' server.py (one process)
     pb2_grpc.add_HookProviderServicer_to_server(make_servicer(pb2, pb2_grpc), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    await server.start()
-    print(f"peer: EMQX ExHook (emqx.exhook.v3, hand-written servicer) on {host}:{bound}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await asyncio.wait_for(stop.wait(), lifetime)
-    except TimeoutError:
-        pass
-    finally:
-        await server.stop(1.0)
+    await serving.serve_grpc(server, host, port, lifetime, "peer: EMQX ExHook (emqx.exhook.v3, hand-written servicer)")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
-    parser.add_argument("--lifetime", type=float, default=900.0, help="exit after this many seconds (default 900)")
-    args = parser.parse_args()
+    args = serving.server_args(__doc__).parse_args()
     asyncio.run(serve(args.host, args.port, args.lifetime))
 
 
