@@ -94,7 +94,6 @@ ROOT = BENCH.parent
 RULES = ROOT / "rules"
 HOST = "127.0.0.1"
 START_TIMEOUT = 60.0
-GRPC_LISTEN = re.compile(r"EMQX ExHook .* on (?P<host>[\d.]+):(?P<port>\d+)\s*$", re.MULTILINE)
 PATH = "/emqx.exhook.v3.HookProvider/"
 NOISY_OTHER_PCT = 25.0
 
@@ -303,15 +302,8 @@ class Server:
 
 
 def grpc_port(child: Child, timeout: float = START_TIMEOUT) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = GRPC_LISTEN.search(child.stdout())
-        if m:
-            return int(m["port"])
-        if child.proc.poll() is not None:
-            raise RuntimeError(f"{child.name} exited early (rc={child.proc.returncode}):\n{child.stderr_tail()}")
-        time.sleep(0.05)
-    raise RuntimeError(f"{child.name} did not report its port within {timeout:.0f}s:\n{child.stderr_tail()}")
+    """The port from the server's `... EMQX ExHook ... on 127.0.0.1:PORT` line."""
+    return child.wait_listening(timeout=timeout)
 
 
 def start(name: str, cmd: list[str], workdir: Path, children: list[Child]) -> Child:

@@ -108,15 +108,7 @@ SERVERS = ("bare", "parse", "hookrules")
 
 def wait_port(child: Child, timeout: float = START_TIMEOUT) -> int:
     """The port from the server's `... VerneMQ webhooks ... on http://127.0.0.1:PORT/` (or RabbitMQ) line."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = LISTEN.search(child.stdout())
-        if m:
-            return int(m["port"])
-        if child.proc.poll() is not None:
-            raise RuntimeError(f"{child.name} exited early (rc={child.proc.returncode}):\n{child.stderr_tail()}")
-        time.sleep(0.05)
-    raise RuntimeError(f"{child.name} did not report its port within {timeout:.0f}s:\n{child.stderr_tail()}")
+    return child.wait_listening(LISTEN, timeout)
 
 
 def start_servers(args: argparse.Namespace, pin: Pinning, workdir: Path,
