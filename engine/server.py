@@ -36,6 +36,7 @@ from .engine import Engine
 from . import eventloop, metrics
 from .health import health_handlers, metrics_app
 from .hooks import AUTHENTICATION_HOOKS, HOOKS, RULE_SUFFIX
+from .lifecycle import serve_until_stopped
 from .reload import Reloader
 from .ruleset import DATA_DEP, RuleSet
 from .watchdog import Watchdog
@@ -391,16 +392,8 @@ class Server:
         if self.config.worker:  # a worker whose supervisor is gone stops (drains) too
             from .workerlink import stop_with_parent
             stop_with_parent(loop, self.request_stop)
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()  # whatever did start must not outlive a failed start
-            raise
-        try:
-            await self._stop.wait()
-            log.info("stopping: draining calls in flight for up to %.0fs", self.config.grace_period)
-        finally:
-            await self.stop()
+        await serve_until_stopped(self.start, self.stop, self._stop,
+                                  lambda: log.info("stopping: draining calls in flight for up to %.0fs", self.config.grace_period))
 
 
 def run(config: Config) -> int:

@@ -37,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import metricsmerge
 from .config import Config, ConfigError, bind_problem, parse_address
+from .lifecycle import serve_until_stopped
 from .metricsmerge import Family, Totals
 from .workerlink import FINAL_METRICS, LineRelay, hostport, reserve
 
@@ -385,16 +386,8 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.forward, signal.SIGHUP)
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        try:
-            await self._stop.wait()
-            log.info("stopping: every worker drains its calls in flight for up to %.0fs", self.config.grace_period)
-        finally:
-            await self.stop()
+        await serve_until_stopped(self.start, self.stop, self._stop,
+                                  lambda: log.info("stopping: every worker drains its calls in flight for up to %.0fs", self.config.grace_period))
 
 
 class _WorkerFailed(Exception):
