@@ -14,7 +14,7 @@ from typing import TextIO
 
 from .datafiles import DATA_DIR, SUFFIXES
 from .errors import Location, RuleError, RuleLoadError
-from .hooks import RULE_SUFFIX, answered_hooks
+from .hooks import RULE_SUFFIX
 from .files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, read_file
 from .lang.loader import Libraries, loaded_modules, module_path_problem
 from .ruleset import DATA_HOOK, RuleSet, rule_files, scan
@@ -70,12 +70,11 @@ def check_directory(directory: Path, out: TextIO, err: TextIO) -> int:
 def answering(ruleset: RuleSet) -> list[str]:
     """For each rule file that answers more than its own hook (a VerneMQ _m5 twin, a portable file),
     the hooks it answers: a broker's own file wins, so this shows who answers what."""
-    lines = []
-    for source in sorted(set(ruleset.rules) | set(ruleset.broken)):
-        hooks = [h for h in answered_hooks(source) if ruleset.source(h) == source]
-        if hooks and hooks != [source]:
-            lines.append(f"{source}{RULE_SUFFIX} answers {', '.join(hooks)}")
-    return lines
+    by_file: dict[str, list[str]] = {}
+    for hook, source in ruleset.answered().items():
+        by_file.setdefault(source, []).append(hook)
+    return [f"{source}{RULE_SUFFIX} answers {', '.join(hooks)}" for source, hooks in sorted(by_file.items())
+            if hooks != [source]]
 
 
 def _library_modules(directory: Path) -> list[str]:

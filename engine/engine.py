@@ -59,11 +59,6 @@ class Outcome(NamedTuple):
 NO_RULE = Outcome(IGNORE, "no_rule")
 
 
-def source_hook(ruleset: RuleSet, hook: str) -> str | None:
-    """The hook whose rule file answers `hook` (RuleSet.source)."""
-    return ruleset.source(hook)
-
-
 class Engine:
     def __init__(self, ruleset: RuleSet | None = None, policies: Mapping[str, Policy] | None = None,
                  limits: Limits | None = None, decision_log: DecisionLog | None = None):
@@ -103,14 +98,14 @@ class Engine:
         file never loaded, so every call to `hook` is answered by `hook`'s failure policy; else None.
         The same lookup decide() makes: readiness asks it of every authentication hook."""
         ruleset = self.ruleset
-        source = source_hook(ruleset, hook)
+        source = ruleset.source(hook)
         return source if source is not None and ruleset.get(source) is None else None
 
     def needs_event(self, hook: str) -> bool:
         """False when the hook has no rule file and no default of its own: the answer is ignore()
         whatever the event says, so an adapter may skip building it (most EMQX calls are notifications
         nobody wrote a rule for) and call skip()."""
-        return source_hook(self.ruleset, hook) is not None or hook in NO_RULE_DEFAULTS
+        return self.ruleset.source(hook) is not None or hook in NO_RULE_DEFAULTS
 
     def skip(self, broker: str, hook: str) -> Outcome:
         """The outcome of a call to a hook needs_event() said needs none: ignore(), counted like any
@@ -141,7 +136,7 @@ class Engine:
         The decision is checked against what the broker's reply can carry (modifiers.decision_problem,
         and the adapter's own `check`): one it cannot is a rule error, answered by the failure policy."""
         ruleset = self.ruleset  # one read: a swap during this call does not affect it
-        source = source_hook(ruleset, event.hook)
+        source = ruleset.source(event.hook)
         rule = ruleset.get(source) if source is not None else None
         answered = source or ""
         if rule is None and source is not None:  # its file exists but never loaded
@@ -211,7 +206,7 @@ class Engine:
         left = count - ran
         policy = self.policy(event.hook)
         metrics.RULE_ERRORS.labels(event.hook, "deadline").inc()
-        source = source_hook(self.ruleset, event.hook)
+        source = self.ruleset.source(event.hook)
         rule = self.ruleset.get(source) if source is not None else None
         error = RuleError("deadline_error", Location(rule.path if rule is not None else event.hook),
                           f"the call's budget ({self.limits.timeout:g} s, --rule-timeout) was spent after {ran} of "
@@ -257,7 +252,7 @@ class Engine:
         self._error_log_ruleset = ruleset
 
         def served(hook: str, version: str) -> bool:
-            source = source_hook(ruleset, hook)
+            source = ruleset.source(hook)
             rule = ruleset.get(source) if source is not None else None
             return source is not None and (rule.version if rule is not None else "") == version
 

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from .engine import Engine, Outcome, source_hook
+from .engine import Engine, Outcome
 from .events import Event
 from .eventspec import SpecError, build_event
 from .hooks import HOOKS
@@ -94,7 +94,7 @@ def _explain_one(engine: Engine, rules: Path, hook: str, event: Event, out: Text
                  budget: float | None) -> None:
     ruleset = engine.ruleset
     outcome = engine.decide(event, budget)
-    source = source_hook(ruleset, hook)  # a VerneMQ _m5 hook may be answered by its twin's file
+    source = ruleset.source(hook)  # a VerneMQ _m5 hook may be answered by its twin's file
     rule = ruleset.get(source) if source is not None else None
     said = describe(outcome)
     if outcome.decision.kind == "ignore" and HOOKS[hook].broker == "rabbitmq":

@@ -285,6 +285,15 @@ class RuleSet:
                 return name
         return None
 
+    def answered(self) -> dict[str, str]:
+        """{broker hook: the hook whose rule file answers it}, in HOOKS' order, for every broker hook a
+        file answers (portable hooks are no broker's and never asked)."""
+        answered = {}
+        for hook, info in HOOKS.items():
+            if info.broker != "portable" and (source := self.source(hook)) is not None:
+                answered[hook] = source
+        return answered
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.rules)
 

@@ -35,7 +35,7 @@ from .decisionlog import DecisionLog
 from .engine import Engine
 from . import eventloop, metrics
 from .health import health_handlers, metrics_app
-from .hooks import AUTHENTICATION_HOOKS, HOOKS, RULE_SUFFIX
+from .hooks import AUTHENTICATION_HOOKS, RULE_SUFFIX
 from .lifecycle import serve_until_stopped
 from .reload import Reloader
 from .ruleset import DATA_DEP, RuleSet
@@ -138,13 +138,7 @@ class Server:
     def answered_hooks(self) -> list[tuple[str, str]]:
         """(broker hook, rule file name) for every broker hook a rule file answers, from the rule set
         serving now."""
-        ruleset = self.engine.ruleset
-        pairs = []
-        for hook, info in HOOKS.items():
-            source = ruleset.source(hook) if info.broker != "portable" else None
-            if source is not None:
-                pairs.append((hook, source + RULE_SUFFIX))
-        return pairs
+        return [(hook, source + RULE_SUFFIX) for hook, source in self.engine.ruleset.answered().items()]
 
     def broken_rules(self) -> list[tuple[str, str]]:
         """(hook, state) for every hook whose rule is broken, from the rule set serving now: never_loaded
