@@ -213,16 +213,24 @@ def library_at_limit(rules: Path, outside: Path) -> tuple[str, ...]:
 def library_diamond(rules: Path, outside: Path) -> tuple[str, ...]:
     """18 levels, two libraries each, each loading both of the level below: 2^18 runs of the bottom
     one when each load() ran its library again."""
-    levels = 18
-    _write(rules, f"diamond/l{levels}a.star", "def f(x):\n    return x + 1\n")
-    _write(rules, f"diamond/l{levels}b.star", "def f(x):\n    return x + 1\n")
+    for rel, text in diamond_files("diamond", 18, "auth_on_subscribe_m5.star").items():
+        _write(rules, rel, text)
+    return ()
+
+
+def diamond_files(folder: str, levels: int, rule: str, bottom: str = "") -> dict[str, str]:
+    """A diamond of libraries `levels` deep under `folder`, two a level, each loading both of the level
+    below (2^levels runs of the bottom one if each load() ran its library again), and `rule` loading the
+    top: {path in the rules directory: text}, bottom first. `bottom` is prepended to the bottom library."""
+    files = {f"{folder}/l{levels}a.star": bottom + "def f(x):\n    return x + 1\n",
+             f"{folder}/l{levels}b.star": "def f(x):\n    return x + 1\n"}
     for level in range(levels - 1, -1, -1):
         for side in "ab":
-            _write(rules, f"diamond/l{level}{side}.star",
-                   f'load("diamond/l{level + 1}a.star", fa="f")\nload("diamond/l{level + 1}b.star", fb="f")\n'
-                   "def f(x):\n    return fa(x) + fb(x)\n")
-    _write(rules, "auth_on_subscribe_m5.star", 'load("diamond/l0a.star", "f")\nallow()\n')
-    return ()
+            files[f"{folder}/l{level}{side}.star"] = (
+                f'load("{folder}/l{level + 1}a.star", fa="f")\nload("{folder}/l{level + 1}b.star", fb="f")\n'
+                "def f(x):\n    return fa(x) + fb(x)\n")
+    files[rule] = f'load("{folder}/l0a.star", "f")\nallow()\n'
+    return files
 
 
 def library_slow_top_level(rules: Path, outside: Path) -> tuple[str, ...]:

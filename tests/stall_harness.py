@@ -152,21 +152,22 @@ def save_each(server: ServerProcess, rules: Path, outside: Path, kinds: list[str
     return results
 
 
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident memory (VmHWM), in MB."""
+def _status_mb(pid: int, field: str) -> float:
+    """A memory field of /proc/<pid>/status (kB there), in MB; 0 when the kernel gives none."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), in MB."""
+    return _status_mb(pid, "VmHWM")
 
 
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return _status_mb(pid, "VmRSS")
 
 
 def calls_in(callers: list[Caller], window: tuple[float, float]) -> list[Call]:

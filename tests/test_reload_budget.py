@@ -26,7 +26,7 @@ from hookrules.reload import Reloader
 from hookrules.ruleset import RuleSet, scan
 
 from .test_files import authn
-from .test_reload_deps import AUTHN, SpyClock, answer, write
+from .test_reload_deps import AUTHN, SpyClock, answer, poll, write
 
 SLOW_LIB = "N = 0\nfor i in range(3000):\n    N = N + i\ndef who():\n    return 'alice'\n"
 RULE = 'load("lib/slow.star", "who")\nif client.username == who():\n    allow()\nelse:\n    deny("no")\n'
@@ -104,16 +104,10 @@ def test_the_reloader_retries_a_time_dependent_failure_by_itself(tmp_path: Path,
             write(tmp_path, AUTHN, RULE)
             done: list[Any] = []
             reloader.request(done=done.append)
-            for _ in range(500):
-                if done:
-                    break
-                await asyncio.sleep(0.01)
+            await poll(lambda: done)
             seen.append(answer(reloader))
             monkeypatch.setattr(loader, "LIBRARY_TIMEOUT", 1.0)
-            for _ in range(500):
-                if answer(reloader) == "allow":
-                    break
-                await asyncio.sleep(0.01)
+            await poll(lambda: answer(reloader) == "allow")
             seen.append(answer(reloader))
             return seen
         finally:

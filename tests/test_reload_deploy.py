@@ -21,7 +21,7 @@ import pytest
 from hookrules.engine import Engine
 from hookrules.reload import Reloader
 
-from .test_reload_deps import answer, write
+from .test_reload_deps import answer, poll, write
 
 AUTHN = "client.authenticate.star"
 LIB_RULE = 'load("lib/who.star", "who")\nif client.username == who():\n    allow()\nelse:\n    deny("no")\n'
@@ -97,10 +97,7 @@ def _deploy(root: Path, kind: str, deploy: Callable[[Reloader], None]) -> list[s
         try:
             await asyncio.sleep(0.2)  # the watch is in place
             deploy(reloader)
-            for _ in range(1000):
-                if answer(reloader) == "allow":
-                    break
-                await asyncio.sleep(0.01)
+            await poll(lambda: answer(reloader) == "allow", tries=1000)
             seen.append(answer(reloader))
             return seen
         finally:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from hookrules.lang.interp import RuleInterpreter
 from hookrules.reload import Reloader
 from hookrules.ruleset import RuleSet, scan
 
+from .bad_files import diamond_files
 from .test_files import authn
 
 AUTHN = "client.authenticate.star"
@@ -41,6 +43,14 @@ def write(root: Path, rel: str, text: str) -> None:
 def answer(reloader: Reloader) -> str:
     out = reloader.engine.decide(authn("alice"))
     return "allow" if out.source == "rule" and type(out.decision).__name__ == "Allow" else out.source
+
+
+async def poll(predicate: Callable[[], object], tries: int = 500) -> None:
+    """Await until predicate() is true, every 10 ms, at most `tries` times (the test asserts after)."""
+    for _ in range(tries):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
 
 
 # (library state before, library state after): each a change the rule must follow
@@ -105,14 +115,9 @@ def test_a_rule_follows_a_library_that_is_removed_or_broken(tmp_path: Path, dept
 
 
 def diamond(root: Path, levels: int) -> None:
-    write(root, f"lib/l{levels}a.star", 'log("bottom ran")\ndef f(x):\n    return x + 1\n')
-    write(root, f"lib/l{levels}b.star", "def f(x):\n    return x + 1\n")
-    for level in range(levels - 1, -1, -1):
-        for side in "ab":
-            write(root, f"lib/l{level}{side}.star",
-                  f'load("lib/l{level + 1}a.star", fa="f")\nload("lib/l{level + 1}b.star", fb="f")\n'
-                  "def f(x):\n    return fa(x) + fb(x)\n")
-    write(root, AUTHN, 'load("lib/l0a.star", "f")\nallow()\n')  # calling f would take 2^18 calls
+    """The rule loads the top and never calls f (that would take 2^levels calls)."""
+    for rel, text in diamond_files("lib", levels, AUTHN, bottom='log("bottom ran")\n').items():
+        write(root, rel, text)
 
 
 class SpyClock:
@@ -230,10 +235,7 @@ def test_the_reloader_scans_off_the_loop_and_survives_a_failed_scan(tmp_path: Pa
             reloader.request(done=done.append)  # fails: logged, and a retry is scheduled
             for _ in range(3):
                 reloader.request(done=done.append)  # asked meanwhile: one more scan after it
-            for _ in range(500):
-                if done and answer(reloader) == "allow":
-                    break
-                await asyncio.sleep(0.01)
+            await poll(lambda: done and answer(reloader) == "allow")
             return [answer(reloader), str(len(done))]
         finally:
             reloader.stop()
