@@ -71,10 +71,14 @@ def test_the_engine_knows_no_broker(module: str) -> None:
 
 #: each broker's front-end and the module it may lean on
 ADAPTER_FAMILIES = {"adapters.exhook": {"adapters.exhook_proto", "adapters.admission"}, "adapters.exhook_proto": set(),
-                    "adapters.webhooks": {"adapters.vernemq", "adapters.admission", "adapters.jsonwire"},
-                    "adapters.vernemq": set(), "adapters.jsonwire": set(),
+                    "adapters.webhooks": {"adapters.vernemq", "adapters.admission", "adapters.jsonwire",
+                                          "adapters.httpbody"},
+                    "adapters.vernemq": {"adapters.refusal"}, "adapters.jsonwire": set(),
+                    # the two front-ends of the --http port share how they read a body and refuse a call
+                    "adapters.httpbody": {"adapters.refusal"}, "adapters.refusal": set(),
                     "adapters.admission": set(),
-                    "adapters.rabbitmq_http": {"adapters.rabbitmq", "adapters.admission"}, "adapters.rabbitmq": set(),
+                    "adapters.rabbitmq_http": {"adapters.rabbitmq", "adapters.admission", "adapters.httpbody"},
+                    "adapters.rabbitmq": {"adapters.refusal"},
                     "adapters.raw": {"adapters.exhook", "adapters.exhook_proto", "adapters.vernemq", "adapters.rabbitmq"}}
 
 

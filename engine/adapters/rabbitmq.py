@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 from ..decisions import Decision
 from ..events import Client, Event, frozen_map
 from ..nodefaults import RABBITMQ_MQTT_EXCHANGE
+from .refusal import BadRequest as BadRequest  # its refusals, re-exported
 
 BROKER = "rabbitmq"
 
@@ -49,15 +50,6 @@ MAX_FIELDS = 64
 
 ANSWER_ALLOW = "allow"
 ANSWER_DENY = "deny"
-
-
-class BadRequest(Exception):
-    """A call that cannot be read: answered `deny`, counted under `reason`."""
-
-    def __init__(self, status: int, reason: str, message: str):
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
 
 
 def parse_fields(raw: str) -> dict[str, str]:

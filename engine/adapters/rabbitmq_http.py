@@ -19,11 +19,11 @@ from .. import metrics
 from ..engine import Engine
 from ..ratelimit import Every
 from .admission import Admission
+from .httpbody import read_body
 from .rabbitmq import ANSWER_DENY, BROKER, PATHS, BadRequest, answer_text, event_for, parse_fields
 
 log = logging.getLogger(__name__)
 
-BODY_TIMEOUT = 10.0  # seconds for a form body to arrive once its headers have
 BAD_REQUEST_LOG_INTERVAL = 10.0
 FORM = "application/x-www-form-urlencoded"
 _TEXT = "text/plain"
@@ -81,17 +81,7 @@ class RabbitMQAdapter:
         content_type = request.content_type
         if content_type != FORM:
             raise BadRequest(415, "bad_content_type", f"a POST carries a form ({FORM}), not {content_type[:60]!r}")
-        if request.headers.get("Content-Encoding", "identity").lower() != "identity":
-            raise BadRequest(415, "bad_encoding", "a compressed body is not accepted")
-        try:
-            async with asyncio.timeout(BODY_TIMEOUT):
-                raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise BadRequest(413, "too_large", "the body is too large") from None
-        except TimeoutError:
-            raise BadRequest(408, "slow_body", f"the body did not arrive within {BODY_TIMEOUT:.0f} s") from None
-        except Exception as exc:
-            raise BadRequest(400, "bad_body", f"the body could not be read ({type(exc).__name__})") from None
+        raw = await read_body(request, "send a plain form")
         try:
             return raw.decode("ascii")  # a form body is percent-encoded: anything else is not one
         except UnicodeDecodeError:

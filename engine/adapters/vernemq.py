@@ -18,21 +18,13 @@ from ..decisions import ALLOW, IGNORE, Decision
 from ..events import Client, Event, Message, TopicFilter, freeze, frozen_map, json_view
 from ..hooks import HOOKS
 from ..modifiers import decision_problem
+from .refusal import BadRequest as BadRequest  # its refusals, re-exported
 
 BROKER = "vernemq"
 #: SUBACK codes for a refused topic: "not authorized" in MQTT 3 (0x80) and 5 (0x87)
 REFUSED_QOS = {False: 128, True: 135}
 SUBSCRIBE_HOOKS = ("auth_on_subscribe", "auth_on_subscribe_m5")
 _RETAIN_HANDLING = ("send_retain", "send_if_new_sub", "dont_send")
-
-
-class BadRequest(Exception):
-    """A body hookrules cannot read; `reason` is the metric label, the message says what is wrong."""
-
-    def __init__(self, status: int, reason: str, message: str):
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
 
 
 class Unrepresentable(Exception):

@@ -22,6 +22,7 @@ from ..health import Handler
 from ..hooks import HOOKS
 from ..ratelimit import Every
 from .admission import Admission
+from .httpbody import read_body
 from .jsonwire import decode, encode, reference_encode
 from .vernemq import (
     BROKER,
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 
 HOOK_HEADER = "vernemq-hook"
 DEFAULT_MAX_BODY = 1024 * 1024
-BODY_TIMEOUT = 10.0  # seconds for a body to arrive once its headers have
 #: bad requests are logged at most this often (all are counted)
 BAD_REQUEST_LOG_INTERVAL = 10.0
 _CONSTANT = {id(r): encode(r.body) for r in (OK, NEXT, NOTIFIED)}
@@ -217,21 +217,7 @@ class WebhookAdapter:
         return _FLAGS[flag.lower()]
 
     async def _body(self, request: web.BaseRequest) -> dict[str, Any]:
-        encoding = request.headers.get("Content-Encoding", "identity").lower()
-        if encoding != "identity":  # VerneMQ never compresses; a decompressor is one more way to stall
-            raise BadRequest(415, "bad_encoding", f"Content-Encoding {encoding[:20]!r} is not accepted: send plain JSON")
-        try:
-            if request.content.is_eof():  # all of it has arrived (a small POST comes in one segment)
-                raw = await request.read()
-            else:  # a body that never finishes must not hold a place among max_concurrent_calls for ever
-                async with asyncio.timeout(BODY_TIMEOUT):
-                    raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise BadRequest(413, "too_large", f"the body is over {self.max_body} bytes") from None
-        except TimeoutError:
-            raise BadRequest(408, "slow_body", f"the body did not arrive within {BODY_TIMEOUT:.0f} s") from None
-        except Exception as exc:  # the client went away, a broken chunked encoding, ...
-            raise BadRequest(400, "bad_body", f"the body could not be read ({type(exc).__name__})") from None
+        raw = await read_body(request, "send plain JSON")  # VerneMQ never compresses
         try:
             body = decode(raw)  # json.loads(raw.decode("utf-8")), faster (jsonwire.py): UTF-8 only, no detection
         except (ValueError, RecursionError):  # bad JSON, bad UTF-8, absurd nesting
