@@ -12,7 +12,7 @@ Why this shape:
   the CLI's VM). `stop()` ends, by PID, anything that still carries it: one sweep covers every kind of leftover,
   whatever started it.
 
-The install helper (`require_rabbitmq`) is what the session fixture calls: in CI (CI=true) as root it installs
+The install helper (`require_rabbitmq`, on tests/system_packages.py) is what the session fixture calls: in CI (CI=true) as root it installs
 the Debian package without starting a system-wide service; in CI otherwise it fails; outside CI it skips with a
 reason that says how to install it.
 """
@@ -33,6 +33,8 @@ from types import TracebackType
 from typing import Literal
 
 import pytest
+
+from .system_packages import require_tool
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 RABBITMQ_SERVER = RABBIT_BIN / "rabbitmq-server"
@@ -311,92 +313,11 @@ def _pids_with_env(entry: str) -> Iterable[int]:
 
 # -- installing the Debian package -------------------------------------------------------------------------
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
 INSTALL_HINT = ("RabbitMQ is not installed, so the RabbitMQ end-to-end tests cannot run. Install it with "
                 "`apt-get install rabbitmq-server` (Debian/Ubuntu), or run the tests with CI=true as root, "
                 "which installs it.")
 
 
 def require_rabbitmq() -> float | None:
-    """Make sure /usr/lib/rabbitmq/bin/rabbitmq-server exists; returns the install time in seconds, or None.
-
-    In CI (CI=true) as root a missing package is installed; in CI otherwise, or when the install fails, the test
-    FAILS (CI never skips). Outside CI a missing package skips the test with a reason that says how to install it.
-    """
-    if RABBITMQ_SERVER.exists():
-        return None
-    if not in_ci():
-        print(INSTALL_HINT)
-        pytest.skip(INSTALL_HINT)
-    if os.geteuid() != 0:
-        pytest.fail(f"CI is set but we are not root, so rabbitmq-server cannot be installed. {INSTALL_HINT}")
-    started = time.monotonic()
-    try:
-        install_rabbitmq()
-    except (OSError, subprocess.SubprocessError, RabbitNodeError) as exc:
-        pytest.fail(f"installing rabbitmq-server failed: {exc}")
-    took = time.monotonic() - started
-    if not RABBITMQ_SERVER.exists():
-        pytest.fail(f"apt-get installed rabbitmq-server but {RABBITMQ_SERVER} is missing")
-    print(f"installed rabbitmq-server in {took:.1f} s")
-    return took
-
-
-POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
-_APT_ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-
-
-def install_rabbitmq(apt_timeout: float = 600.0) -> None:
-    """apt-get install rabbitmq-server without letting its postinst start a system-wide service.
-
-    A policy-rc.d that exits 101 forbids invoke-rc.d to start services; an existing policy-rc.d is put back
-    byte for byte afterwards. A beam or epmd process that appears during the install is ended by PID.
-    """
-    before = set(_pids_named(("beam.smp", "epmd")))
-    saved = POLICY_RC_D.read_bytes() if POLICY_RC_D.exists() else None
-    saved_mode = POLICY_RC_D.stat().st_mode if saved is not None else 0
-    POLICY_RC_D.write_text("#!/bin/sh\n# hookrules tests: no service starts while rabbitmq-server installs\nexit 101\n")
-    POLICY_RC_D.chmod(0o755)
-    try:
-        if not _apt_knows("rabbitmq-server"):
-            _apt(["apt-get", "update"], apt_timeout)
-        _apt(["apt-get", "install", "-y", "--no-install-recommends", "rabbitmq-server"], apt_timeout)
-    finally:
-        if saved is None:
-            POLICY_RC_D.unlink(missing_ok=True)
-        else:
-            POLICY_RC_D.write_bytes(saved)
-            POLICY_RC_D.chmod(saved_mode)
-        leaked = set(_pids_named(("beam.smp", "epmd"))) - before
-        for pid in leaked:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if leaked:
-            print(f"rabbitmq-server's install left processes {sorted(leaked)} running; killed them")
-
-
-def _apt_knows(package: str) -> bool:
-    out = subprocess.run(["apt-cache", "policy", package], capture_output=True, text=True, timeout=60,
-                         env=_APT_ENV).stdout
-    return "Candidate:" in out and "Candidate: (none)" not in out
-
-
-def _apt(cmd: list[str], timeout: float) -> None:
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_APT_ENV)
-    if res.returncode != 0:
-        raise RabbitNodeError(f"{' '.join(cmd)} exited {res.returncode}:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
-
-
-def _pids_named(names: tuple[str, ...]) -> Iterable[int]:
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if (d / "comm").read_text().strip() in names:
-                    yield int(d.name)
-            except OSError:
-                continue
+    """Make sure rabbitmq-server is installed (tests/system_packages.py says when it installs, skips or fails)."""
+    return require_tool(RABBITMQ_SERVER, ["rabbitmq-server"], INSTALL_HINT, kill_new=("beam.smp", "epmd"))

@@ -1,0 +1,113 @@
+"""Debian packages the tests need (rabbitmq-server, podman, promtool's package...), installed the same way.
+
+Why one module: CI runs `bash .ci/run` as root on a fresh machine where none of these exist, and no test may
+skip there; outside CI a developer should get a skip that says how to install the thing, never a surprise apt
+run. Every test that needs a system tool asks `require_tool` and gets exactly that policy:
+- the tool exists: nothing happens;
+- CI=true and root: `apt-get install` the packages, with a policy-rc.d that forbids their postinst to start a
+  system-wide service (put back byte for byte afterwards); a process named in `kill_new` that appears during
+  the install is ended by PID;
+- CI=true and not root, or the install fails: the test FAILS (CI never skips);
+- outside CI: the test skips with the hint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pytest
+
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+_APT_ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+
+
+class InstallError(RuntimeError):
+    """apt-get could not install what a test needs."""
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_tool(tool: Path | str, packages: Sequence[str], hint: str, *,
+                 kill_new: tuple[str, ...] = (), apt_timeout: float = 600.0) -> float | None:
+    """Make sure `tool` (a path, or a name looked up on PATH) exists; returns the install time in s, or None."""
+    if _present(tool):
+        return None
+    if not in_ci():
+        print(hint)
+        pytest.skip(hint)
+    if os.geteuid() != 0:
+        pytest.fail(f"CI is set but we are not root, so {' '.join(packages)} cannot be installed. {hint}")
+    started = time.monotonic()
+    try:
+        apt_install(packages, kill_new=kill_new, apt_timeout=apt_timeout)
+    except (OSError, subprocess.SubprocessError, InstallError) as exc:
+        pytest.fail(f"installing {' '.join(packages)} failed: {exc}")
+    took = time.monotonic() - started
+    if not _present(tool):
+        pytest.fail(f"apt-get installed {' '.join(packages)} but {tool} is still missing")
+    print(f"installed {' '.join(packages)} in {took:.1f} s")
+    return took
+
+
+def _present(tool: Path | str) -> bool:
+    if isinstance(tool, Path) or "/" in str(tool):
+        return Path(tool).exists()
+    return shutil.which(str(tool)) is not None
+
+
+def apt_install(packages: Sequence[str], *, kill_new: tuple[str, ...] = (), apt_timeout: float = 600.0) -> None:
+    """apt-get install `packages` without letting any postinst start a system-wide service."""
+    before = set(pids_named(kill_new)) if kill_new else set()
+    saved = POLICY_RC_D.read_bytes() if POLICY_RC_D.exists() else None
+    saved_mode = POLICY_RC_D.stat().st_mode if saved is not None else 0
+    POLICY_RC_D.write_text("#!/bin/sh\n# hookrules tests: no service starts while test packages install\nexit 101\n")
+    POLICY_RC_D.chmod(0o755)
+    try:
+        if not all(apt_knows(p) for p in packages):
+            apt(["apt-get", "update"], apt_timeout)
+        apt(["apt-get", "install", "-y", "--no-install-recommends", *packages], apt_timeout)
+    finally:
+        if saved is None:
+            POLICY_RC_D.unlink(missing_ok=True)
+        else:
+            POLICY_RC_D.write_bytes(saved)
+            POLICY_RC_D.chmod(saved_mode)
+        if kill_new:
+            leaked = set(pids_named(kill_new)) - before
+            for pid in leaked:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if leaked:
+                print(f"installing {' '.join(packages)} left processes {sorted(leaked)} running; killed them")
+
+
+def apt_knows(package: str) -> bool:
+    out = subprocess.run(["apt-cache", "policy", package], capture_output=True, text=True, timeout=60,
+                         env=_APT_ENV).stdout
+    return "Candidate:" in out and "Candidate: (none)" not in out
+
+
+def apt(cmd: list[str], timeout: float) -> None:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_APT_ENV)
+    if res.returncode != 0:
+        raise InstallError(f"{' '.join(cmd)} exited {res.returncode}:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+
+
+def pids_named(names: tuple[str, ...]) -> Iterable[int]:
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if (d / "comm").read_text().strip() in names:
+                    yield int(d.name)
+            except OSError:
+                continue
