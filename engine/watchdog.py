@@ -17,10 +17,10 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 from .hooks import HOOKS
+from .scratch import memory_file
 
 _HOOKS = list(HOOKS)
 _INDEX = {name: i for i, name in enumerate(_HOOKS)}
@@ -74,7 +74,7 @@ class Watchdog:
     def __init__(self, limit: float, what: str = "the server"):
         """`what` the watchdog kills, for its log line: the server, or a `hookrules test` run."""
         self.limit = limit = float(limit)
-        fd = _shared_fd()
+        fd = memory_file("hookrules-watchdog")  # memory, so a read-only root is no obstacle
         try:
             os.ftruncate(fd, _PAGE)
             page = mmap.mmap(fd, _PAGE)
@@ -94,17 +94,6 @@ class Watchdog:
                 self.process.kill()
                 self.process.wait(5)
         self.clock.close()
-
-
-def _shared_fd() -> int:
-    """A file only the two processes hold: memfd on Linux (no file system needed), else a temporary
-    file removed at once."""
-    try:
-        return os.memfd_create("hookrules-watchdog")
-    except (AttributeError, OSError):
-        fd, path = tempfile.mkstemp(prefix="hookrules-watchdog-")
-        os.unlink(path)
-        return fd
 
 
 def watch(server: int, fd: int, limit: float, what: str = "the server") -> int:

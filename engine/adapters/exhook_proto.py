@@ -6,7 +6,6 @@ it in a private pool, so v2 and v3 live side by side and always match the instal
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from ..scratch import scratch_path
 
 SERVICE = "HookProvider"
 #: proto version -> (file in protos/, gRPC package)
@@ -43,8 +44,8 @@ class ExhookProto:
 def _descriptor_set(proto_dir: Path, filename: str) -> descriptor_pb2.FileDescriptorSet:
     from grpc_tools import protoc  # imported here: only start-up needs the compiler
 
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "set.pb"
+    # protoc only writes to a path: a memory one, so start-up works on a read-only root with no writable /tmp
+    with scratch_path("hookrules-exhook-descriptors") as out:
         rc = protoc.main(["protoc", f"-I{proto_dir}", f"--descriptor_set_out={out}", filename])
         if rc != 0:
             raise RuntimeError(f"protoc could not compile {proto_dir / filename} (exit {rc})")
