@@ -15,6 +15,7 @@ processes' uid, capabilities and root mount, read in the host's /proc.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -105,6 +106,43 @@ def test_dockerfile_defaults() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^ARG BASE=python:3\.11-slim-bookworm$", text, re.M)
     assert re.search(rf"^ARG VERSION={re.escape(VERSION)}$", text, re.M)
+
+
+# ---- what lets the server run on a read-only root: its scratch files are memory -------------------------------
+
+def test_scratch_path_is_memory_and_protoc_writes_there() -> None:
+    from hookrules.adapters.exhook_proto import _descriptor_set
+    from hookrules.scratch import scratch_path
+
+    with scratch_path("probe") as path:
+        assert str(path).startswith("/proc/self/fd/")
+        path.write_bytes(b"abc")
+        assert path.read_bytes() == b"abc"
+    assert not path.exists()
+    fds = _descriptor_set(ROOT / "protos", "exhook_v3.proto")
+    assert [f.name for f in fds.file] == ["exhook_v3.proto"]
+
+
+def test_scratch_falls_back_to_a_temporary_file_without_memfd(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    from hookrules.scratch import memory_file, scratch_path
+
+    def no_memfd(name: str) -> int:
+        raise OSError("no memfd here")
+
+    monkeypatch.setattr(os, "memfd_create", no_memfd)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with scratch_path("probe") as path:
+        assert path.parent.parent == tmp_path
+        path.write_bytes(b"abc")
+        assert path.read_bytes() == b"abc"
+    fd = memory_file("probe")
+    try:
+        os.write(fd, b"abc")
+        assert os.pread(fd, 3, 0) == b"abc"
+    finally:
+        os.close(fd)
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---- the image, built offline ----------------------------------------------------------------------------------
