@@ -25,7 +25,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .system_packages import pids_named, require_tool
 
@@ -72,6 +72,10 @@ class Podman:
             raise PodmanError(f"podman {' '.join(args)} exited {res.returncode}:\n{res.stdout[-3000:]}"
                               f"{res.stderr[-3000:]}")
         return res
+
+    def popen(self, *args: str, stdin: IO[bytes], log: IO[bytes]) -> subprocess.Popen[bytes]:
+        """`podman ARGS` in the background, reading `stdin`, its output into `log`: the caller waits for it."""
+        return subprocess.Popen(["podman", *self.flags, *args], stdin=stdin, stdout=log, stderr=log, env=self.env)
 
     def run_detached(self, name: str, *args: str) -> None:
         """`podman run -d --name NAME ARGS`; the container is removed by close() whatever happens."""
