@@ -1,12 +1,12 @@
 # hookrules container image.
 #
 #   docker build -t hookrules .                      # with network: dependencies come from PyPI
-#   podman build -t localhost/hookrules:0.1.0 .      # the same with podman (add --format docker: see HEALTHCHECK)
+#   podman build --format docker -t localhost/hookrules:0.1.0 .   # podman: --format docker keeps the HEALTHCHECK
 #
 # Offline builds (CI has no registry and no PyPI inside the build): put the wheels of every runtime dependency,
-# and setuptools to build hookrules itself, in ./wheels/ of the build context (`pip download -d wheels . setuptools`)
-# and pass a locally made base image with --build-arg BASE=...; the build then installs with --no-index from them
-# (tests/test_deploy_image.py does exactly that).
+# and setuptools to build hookrules itself, in ./wheels/ of the build context
+# (`pip download --only-binary=:all: -d wheels . 'setuptools>=69'`); the build then installs from them with
+# --no-index. Pass a base image you have with --build-arg BASE=... (tests/test_deploy_image.py does both).
 
 # The base image: an official Python slim image by default. Any Debian-like image whose `python3` is 3.11 or newer
 # and has the venv module will do (both stages must use the same one: the venv links to its interpreter).
