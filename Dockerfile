@@ -71,7 +71,8 @@ EXPOSE 9000 8080 9464
 # The image has no curl: the venv's Python asks /healthz (alive, not ready: a container is not restarted for a
 # broken rule). Set HOOKRULES_HEALTHZ when --metrics moves or is off (/healthz is also on the --http port).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["/opt/hookrules/bin/python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['HOOKRULES_HEALTHZ'], timeout=4).close()"]
+    CMD ["/opt/hookrules/bin/python", "-c", \
+         "import os, urllib.request; urllib.request.urlopen(os.environ['HOOKRULES_HEALTHZ'], timeout=4).close()"]
 
 ENTRYPOINT ["hookrules"]
 CMD ["serve", "--rules", "/etc/hookrules/rules"]
