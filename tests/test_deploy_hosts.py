@@ -44,8 +44,6 @@ INSTALLED = "/opt/hookrules/bin/hookrules"
 ETC = "/etc/hookrules"
 #: `systemd-analyze security` counts exposure in tenths: the unit scores 1.1 ("OK") on systemd 252
 SECURITY_THRESHOLD = 11
-#: the exit status hookrules gives a start it refuses (bad config, port in use): not worth a restart
-REFUSED_AT_START = 2
 #: files of other deploy helpers that compose.yaml mounts (docs/layout: helper "observe" writes them)
 OTHER_HELPERS_FILES = {DEPLOY / "grafana" / "hookrules.json", DEPLOY / "prometheus" / "hookrules-alerts.yaml"}
 YAMLLINT_CONFIG = "{extends: default, rules: {line-length: {max: 120}}}"
@@ -163,19 +161,13 @@ def test_the_unit_restarts_reloads_and_stops_as_hookrules_needs() -> None:
     assert setting("ExecReload") == "kill -HUP $MAINPID"
     assert setting("KillMode") == "mixed"  # SIGTERM to the main process only: it drains its workers itself
     assert setting("DynamicUser") == "yes" and setting("ProtectSystem") == "strict"
-    assert setting("RestartPreventExitStatus") == str(REFUSED_AT_START)
+    # a start refused with exit 2 is retried too: "port in use" can pass (TIME_WAIT connections of the process
+    # before a switch to workers), and systemd must not give up either
+    settings = unit_settings(UNIT.read_text())
+    assert "RestartPreventExitStatus" not in settings and settings["StartLimitIntervalSec"] == ["0"]
     grace = tomllib.loads(UNIT_TOML.read_text())["grace_period"]
     # a worker drains for the grace period; the supervisor waits that plus STOP_MARGIN, kills, waits STOP_MARGIN
     assert seconds(setting("TimeoutStopSec")) > grace + 2 * STOP_MARGIN
-
-
-def test_a_bad_config_exits_with_the_status_the_unit_does_not_restart(tmp_path: Path) -> None:
-    bad = tmp_path / "hookrules.toml"
-    bad.write_text('grace_period = "soon"\n')
-    res = subprocess.run([sys.executable, "-m", "hookrules", "serve", "--config", str(bad)], capture_output=True,
-                         text=True, timeout=60)
-    assert res.returncode == REFUSED_AT_START, res.stderr
-    assert "grace_period" in res.stderr
 
 
 def installed_layout(tmp_path: Path) -> tuple[Path, list[str]]:
@@ -229,7 +221,7 @@ def alive(pid: int) -> bool:
 def ready(server: ServerProcess) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/readyz", timeout=5) as resp:
-            return resp.status == 200
+            return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
 
@@ -305,7 +297,7 @@ def hookrules_config() -> Config:
 
 def port(address: str | None) -> int:
     assert address is not None
-    return parse_address(address, "address")[1]
+    return int(parse_address(address, "address")[1])
 
 
 def yaml_files() -> list[Path]:
