@@ -12,6 +12,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -539,3 +540,20 @@ def test_grafana_is_provisioned_with_prometheus_and_the_dashboard() -> None:
     for target, source in grafana.items():
         if target.startswith("/etc/grafana/provisioning/"):
             assert source.parent == DEPLOY / "compose" / "grafana"
+
+
+def test_the_hookrules_healthcheck_passes_when_ready_and_fails_when_not(compose_server: Any) -> None:
+    """The probe compose runs in the container (the image's venv Python), run here with the test venv's."""
+    server, config = compose_server
+    kind, interpreter, *args = service("hookrules")["healthcheck"]["test"]
+    assert (kind, interpreter) == ("CMD", "/opt/hookrules/bin/python")
+    published = f"127.0.0.1:{port(config.metrics)}"
+
+    def probe(address: str) -> int:
+        command = [arg.replace(published, address) for arg in args]
+        return subprocess.run([sys.executable, *command], capture_output=True, timeout=30).returncode
+
+    assert probe(f"127.0.0.1:{server.metrics_port}") == 0
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        assert probe(f"127.0.0.1:{closed.getsockname()[1]}") != 0
