@@ -5,6 +5,7 @@ a moved port or a rule file for a new hook breaks a test here rather than a depl
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import os
@@ -557,3 +558,18 @@ def test_the_hookrules_healthcheck_passes_when_ready_and_fails_when_not(compose_
     with socket.socket() as closed:  # a port nothing listens on
         closed.bind(("127.0.0.1", 0))
         assert probe(f"127.0.0.1:{closed.getsockname()[1]}") != 0
+
+
+def serve_flags() -> set[str]:
+    serve = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["serve"]
+    return set(serve._option_string_actions)
+
+
+def test_every_flag_the_deploy_files_name_is_one_hookrules_serve_takes() -> None:
+    """Comments included (the TLS lines the unit suggests); lines about other tools' commands are not ours."""
+    lines = [(path.name, line) for path in (UNIT, UNIT_TOML, COMPOSE) for line in path.read_text().splitlines()
+             if not re.search(r"\b(docker|podman|systemctl) ", line)]
+    named = {(name, flag) for name, line in lines for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", line)}
+    assert {flag for _, flag in named} >= {"--config", "--rules", "--tls-cert", "--tls-key", "--polling"}
+    known = serve_flags()
+    assert not [(name, flag) for name, flag in named if flag not in known]
