@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.metrics import MetricWrapperBase
 
 from hookrules import cli, metrics
 from hookrules.supervisor import Supervisor
@@ -126,6 +127,53 @@ def test_every_metric_the_readme_names_is_exported() -> None:
     assert not unknown, f"README.md names metrics hookrules does not export: {unknown} (see engine/metrics.py)"
 
 
+
+def _labels() -> dict[str, tuple[str, set[str]]]:
+    """Exported sample name -> (type, label names), from the metric objects engine/metrics.py declares (every one
+    hookrules exports is declared there) and the supervisor's families; with --workers every gauge also has a
+    `worker` label."""
+    declared: list[tuple[str, str, set[str]]] = []
+    for obj in vars(metrics).values():
+        if isinstance(obj, MetricWrapperBase):
+            declared.append((obj._name, obj._type, set(obj._labelnames)))
+        elif isinstance(obj, (metrics._LoopFamily, metrics.PairsWhenScraped)):
+            declared += [(f.name, f.type, set(f._labelnames)) for f in obj.collect()]  # type: ignore[attr-defined]
+    for family in metrics.REGISTRY.collect():  # process_* and python_*: their samples show their labels
+        if not family.name.startswith("hookrules_"):
+            declared.append((family.name, family.type, {k for s in family.samples for k in s.labels}))
+    out: dict[str, tuple[str, set[str]]] = {}
+    for name, kind, labels in declared:
+        if kind == "counter":
+            out[name + "_total"] = (kind, labels)
+        elif kind == "histogram":
+            out.update({name + suffix: (kind, labels) for suffix in ("", "_bucket", "_sum", "_count")})
+        else:
+            out[name] = (kind, labels | {"worker"})
+    config = cli.serve_config(cli._parser().parse_args(["serve", "--workers", "2"]))
+    out.update({family.name: (family.type, {"worker"}) for family in Supervisor(config, []).merged()})
+    return out
+
+
+def test_every_label_the_readme_names_is_the_metrics_own() -> None:
+    """`name{label="v",other}` in the text, and the metrics table's type and labels columns, match the code."""
+    text = README.read_text()
+    labels = _labels()
+    assert set(labels) == _exported_names()
+    wrong: list[str] = []
+    for name, inside in re.findall(r"((?:hookrules|process)_[a-z0-9_]+)\{([^}]*)\}", text):
+        keys = {item.split("=")[0].strip() for item in inside.split(",") if item.strip()}
+        if name not in labels or not keys <= labels[name][1]:
+            wrong.append(f"{name}{{{inside}}}: its labels are {sorted(labels.get(name, ('', set()))[1])}")
+    rows = [line.split("|")[1:4] for line in _prose(text) if re.match(r"\| `hookrules_", line)]
+    assert len(rows) >= 10
+    for cell, kind, cols in rows:
+        name = cell.strip().strip("`")
+        row_labels = set(re.findall(r"`(\w+)`", cols))
+        if name not in labels or (kind.strip(), row_labels) != (labels[name][0], labels[name][1] - {"worker"}):
+            wrong.append(f"metrics table row {name} | {kind.strip()} | {sorted(row_labels)}: the code has "
+                         f"{labels.get(name)}")
+    assert not wrong, "\n".join(wrong)
+
 # -- flags ---------------------------------------------------------------------------------------------------
 
 
@@ -142,7 +190,8 @@ def _options(parser: argparse.ArgumentParser) -> set[str]:
 def _flags(words: str) -> list[str]:
     """The flags in a command's words: `--x`, `--x=v`, `-q`, and `--[no-]x` as both its forms."""
     found: list[str] = []
-    for word in re.split(r"[\s\[\]|]+", words):
+    for word in re.split(r"[\s|]+", words):
+        word = word.strip("[]")
         match = re.fullmatch(r"(--?)(\[no-\])?([a-z][a-z0-9-]*)(=.*)?", word)
         if match:
             dashes, negation, name, _value = match.groups()
@@ -204,6 +253,20 @@ def test_flag_table_lists_every_serve_flag() -> None:
                for option in action.option_strings if option.startswith("--") and not option.startswith("--no-")}
     assert documented == visible - {"--help"}
 
+
+
+def test_usage_block_shows_every_flag_of_every_subcommand() -> None:
+    """The usage block under Running shows each subcommand with all the flags it takes (--help aside)."""
+    usage = next(body for _info, body in _fences(README.read_text()) if body.startswith("hookrules serve"))
+    shown: dict[str, set[str]] = {}
+    for name, rest in _commands("```\n" + usage + "\n```"):
+        shown.setdefault(name, set()).update(_flags(rest))
+    missing = {name: [action.option_strings[-1] for action in parser._actions
+                      if action.option_strings and action.help != argparse.SUPPRESS
+                      and not isinstance(action, argparse._HelpAction)
+                      and not set(action.option_strings) & shown.get(name, set())]
+               for name, parser in _subparsers().items()}
+    assert not any(missing.values()), f"flags missing from the usage block: {missing}"
 
 # -- links ---------------------------------------------------------------------------------------------------
 
