@@ -395,3 +395,76 @@ def test_config_file_example_is_read_and_complete(tmp_path: Path) -> None:
     fields = {name for table in FILE_KEYS.values() for name, _kind in table.values()}
     assert fields - set(settings) == set(), "settings missing from the README's config file example"
     assert settings["failure_policy"]
+
+
+# -- hooks and helpers ---------------------------------------------------------------------------------------
+
+
+def _table(text: str, header: str) -> list[list[str]]:
+    """The body rows of the table whose header line starts with `header`, as lists of stripped cells."""
+    lines = list(_prose(text))
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows: list[list[str]] = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows
+
+
+def _words(cell: str) -> set[str]:
+    """`allow (with `tags=[...]`), deny, ignore` -> {allow, deny, ignore}: the cell's plain words."""
+    return set(re.findall(r"\b[a-z_]+\b", re.sub(r"`[^`]*`|\([^)]*\)", "", cell)))
+
+
+@pytest.mark.parametrize("broker, header", [
+    ("emqx", "| hook | also reads | may decide | failure policy |"),
+    ("vernemq", "| hook | also reads | may decide | rewrite() takes |"),
+    ("rabbitmq", "| hook (file) | path |"),
+], ids=["emqx", "vernemq", "rabbitmq"])
+def test_hook_tables_match_the_hooks(broker: str, header: str) -> None:
+    """Each broker's hook table lists exactly that broker's hooks, with the decisions each may make and (EMQX,
+    VerneMQ) its failure policy, as engine/hooks.py declares them."""
+    from hookrules.hooks import HOOKS
+
+    rows = _table(README.read_text(), header)
+    listed: set[str] = set()
+    wrong: list[str] = []
+    for row in rows:
+        for name in re.findall(r"`([^`]+)`", row[0]):
+            listed.add(name)
+            info = HOOKS.get(name)
+            if info is None:
+                wrong.append(f"{name}: no such hook")
+                continue
+            decides = _words(row[3] if broker == "rabbitmq" else row[2])
+            if decides != set(info.decisions):
+                wrong.append(f"{name} may decide {sorted(info.decisions)}, not {sorted(decides)}")
+            if broker != "rabbitmq" and row[-1] != info.failure_policy:
+                wrong.append(f"{name}'s failure policy is {info.failure_policy}, not {row[-1]}")
+    expected = {name for name, info in HOOKS.items() if info.broker == broker}
+    assert listed == expected, f"hooks missing from or extra in the {broker} table"
+    assert not wrong, "\n".join(wrong)
+
+
+def test_helpers_table_and_builtins_are_the_rules_own() -> None:
+    """The helpers table names every helper (and only those) with parameter names a rule can pass, and the
+    Builtins line every builtin."""
+    import inspect
+
+    from hookrules.lang.builtins import HELPERS, SAFE_BUILTINS
+
+    text = README.read_text()
+    rows = _table(text, "| helper |")
+    wrong: list[str] = []
+    named: set[str] = set()
+    for call, params in (m for row in rows for m in re.findall(r"`(\w+)\(([^)]*)\)`", row[0])):
+        named.add(call)
+        if call in HELPERS:
+            takes = set(inspect.signature(HELPERS[call]).parameters)
+            wrong += [f"{call}({key}=)" for key in re.findall(r"(\w+)=", params) if key not in takes]
+    assert named == set(HELPERS) | {"log"}, "helpers missing from or extra in the helpers table"
+    line = next(line for line in _prose(text) if line.startswith("Builtins: `"))
+    builtins = text[text.index(line) + len("Builtins: `"):]
+    assert set(builtins[: builtins.index("`")].split()) == set(SAFE_BUILTINS)
+    assert not wrong, f"parameters the helpers do not take: {wrong}"
