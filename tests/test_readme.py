@@ -207,7 +207,9 @@ def _commands(text: str) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     code = [re.split(r"(?:^|\s)#", line)[0] for line in _code_lines(text)]  # comments are prose
     for piece in code + _spans(text):
-        for match in re.finditer(r"(?<![\w.<-])hookrules ([a-z][\w-]*)(.*)", piece):
+        # the word after `hookrules` is a subcommand only if it stands alone (not an image name such as
+        # `hookrules localhost/hookrules:1`)
+        for match in re.finditer(r"(?<![\w.<-])hookrules ([a-z][a-z-]*)(?=\s|$)(.*)", piece):
             found.append((match.group(1), re.split(r"&&|\|\||;|\s\|\s", match.group(2))[0]))
     return found
 
