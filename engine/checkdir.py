@@ -99,7 +99,8 @@ def _library_modules(directory: Path) -> list[str]:
             return
         entered.add(real)
         try:
-            entries = sorted(os.scandir(path), key=lambda e: e.name)
+            # real directories before links: a file reached both ways is named by its real place
+            entries = sorted(os.scandir(path), key=lambda e: (e.is_symlink(), e.name))
         except OSError:
             return
         for entry in entries:

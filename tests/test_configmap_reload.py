@@ -272,3 +272,23 @@ def test_a_link_out_of_the_volume_is_refused(kind: str, link: str, volume: tuple
         assert "users" not in ruleset.data.files
     else:  # the rule, or what it loads, is refused: the hook has no rule
         assert "authenticate" not in ruleset.rules
+
+
+def test_check_follows_links_once_and_only_inside(tmp_path: Path) -> None:
+    """Following links to find libraries must not loop (a link back up), list a directory twice, or wander out
+    of the rules directory (a link to /usr would list the whole system as libraries)."""
+    rules, outside = tmp_path / "rules", tmp_path / "outside"
+    (rules / "lib" / "deep").mkdir(parents=True)
+    outside.mkdir()
+    (rules / "authenticate.star").write_text("allow()\n")
+    (rules / "lib" / "deep" / "a.star").write_text("def a(:\n")
+    (outside / "b.star").write_text("def b(:\n")
+    os.symlink("..", rules / "lib" / "deep" / "up")  # a loop: lib/deep/up/deep/up/...
+    os.symlink(rules / "lib", rules / "again")  # the same directory under a second name
+    os.symlink(outside, rules / "elsewhere")  # out of the rules directory
+    result = subprocess.run([sys.executable, "-m", "hookrules", "check", str(rules)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 library file(s) no rule loads" in result.stderr, result.stderr
+    assert f"{rules}/lib/deep/a.star:1:7: parse_error" in result.stderr, result.stderr  # by its real name, once
+    assert result.stderr.count("parse_error") == 1 and "b.star" not in result.stdout + result.stderr
