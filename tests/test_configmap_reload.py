@@ -104,11 +104,14 @@ def test_atomic_writer_lays_out_what_kubelet_does(volume: tuple[Path, AtomicWrit
             writer.write({bad: "x"})
 
 
+@pytest.mark.parametrize("watch", ["inotify", "polling"])
 def test_configmap_updates_of_rules_libraries_and_data_are_served(
-        volume: tuple[Path, AtomicWriter], start_server: Callable[..., ServerProcess], stubs: dict[str, Stubs]) -> None:
+        watch: str, volume: tuple[Path, AtomicWriter], start_server: Callable[..., ServerProcess],
+        stubs: dict[str, Stubs]) -> None:
+    """Whichever way the directory is watched (--polling: for mounts inotify does not see)."""
     target, writer = volume
     writer.write(payload(lib_user="alice", data_users=("bob",)))
-    brokers = Brokers(start_server(target), stubs["v3"])
+    brokers = Brokers(start_server(target, *(["--polling"] if watch == "polling" else [])), stubs["v3"])
     assert brokers.admits("alice") and brokers.admits("bob") and not brokers.admits("carol")
 
     writer.write(payload(lib_user="carol", data_users=("bob",)))  # the library, through `lib -> ..data/lib`
