@@ -210,6 +210,8 @@ def test_service_pdb_and_servicemonitor_select_the_pods_and_ports() -> None:
     monitor = load("servicemonitor.yaml")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    # the scrape job is then the Service's name, which the alerts select: up{job="hookrules"}
+    assert service["metadata"]["name"] == "hookrules" and "jobLabel" not in monitor["spec"]
 
 
 def test_termination_grace_covers_prestop_and_the_drain() -> None:
