@@ -59,15 +59,21 @@ class Brokers:
         self.server = server
         self.stubs = stubs
 
-    def admits(self, user: str) -> bool:
+    def answers(self, user: str) -> tuple[bool, bool]:
         emqx = emqx_authenticate(self.server, self.stubs, f"c-{user}", user, "pw")
         vernemq = vernemq_register(self.server, f"c-{user}", user, "pw").get("result") == "ok"
+        return emqx, vernemq
+
+    def admits(self, user: str) -> bool:
+        emqx, vernemq = self.answers(user)
         assert emqx == vernemq, f"EMQX and VerneMQ disagree about {user}"
         return emqx
 
     def until(self, user: str, admitted: bool) -> bool:
-        """Whether `user`'s answer became `admitted` within the reload deadline (a bounded poll)."""
-        return bool(wait_for(lambda: self.admits(user) == admitted, timeout=RELOAD_DEADLINE, interval=0.1))
+        """Whether `user`'s answer became `admitted` on both brokers within the reload deadline (a bounded
+        poll; a reload that lands between the two calls of one poll is only a poll that is not settled yet)."""
+        return bool(wait_for(lambda: self.answers(user) == (admitted, admitted), timeout=RELOAD_DEADLINE,
+                             interval=0.1))
 
 
 @pytest.fixture
