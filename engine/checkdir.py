@@ -9,13 +9,17 @@ a file in data/ the server does not read, and the test tables.
 from __future__ import annotations
 
 import ast
+import json
+import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from .datafiles import DATA_DIR, SUFFIXES
 from .errors import Location, RuleError, RuleLoadError
 from .hooks import RULE_SUFFIX
-from .files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, read_file
+from .files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, inside, read_file
 from .lang.loader import Libraries, loaded_modules, module_path_problem
 from .ruleset import DATA_HOOK, RuleSet, rule_files, scan
 from .tester import TESTS_DIR, check_test_files, test_files
@@ -23,8 +27,24 @@ from .tester import TESTS_DIR, check_test_files, test_files
 LIBRARY_SUFFIX = ".star"
 
 
-def check_directory(directory: Path, out: TextIO, err: TextIO) -> int:
-    """Print every problem as file:line:col, and a summary; the exit status (0: none, 1: some)."""
+@dataclass
+class CheckReport:
+    """What `check` found, as data: the text and the JSON output are two renderings of it."""
+
+    errors: list[RuleError] = field(default_factory=list)
+    warnings: list[RuleError] = field(default_factory=list)
+    table_problems: list[str] = field(default_factory=list)
+    answering: list[str] = field(default_factory=list)
+    summary: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors or self.table_problems)
+
+
+def inspect_directory(directory: Path) -> CheckReport:
+    """Load every rule file as the server would, then look at what it would pass over in silence."""
+    report = CheckReport()
     ruleset, outcomes = scan(directory, RuleSet())
     errors = [e for o in outcomes for e in o.errors]
     reached = _loaded_modules(directory)
@@ -40,11 +60,11 @@ def check_directory(directory: Path, out: TextIO, err: TextIO) -> int:
         text = error.format()
         if text not in shown:  # a broken library is reported by every rule that loads it: once is enough
             shown.add(text)
-            print(text, file=err)
+            report.errors.append(error)
     for path in _ignored_data_files(directory):
-        print(RuleError("load_error", Location(str(path)), "not read: data files are .json, .yaml, .yml or .csv",
-                        "rename it, or keep it outside data/").format().replace(": load_error:", ": warning:"),
-              file=err)
+        report.warnings.append(RuleError("load_error", Location(str(path)),
+                                         "not read: data files are .json, .yaml, .yml or .csv",
+                                         "rename it, or keep it outside data/"))
     rules = [o for o in outcomes if o.hook != DATA_HOOK]
     data = [o for o in outcomes if o.hook == DATA_HOOK]
     bad_rules = sum(1 for o in rules if o.errors)
@@ -54,17 +74,63 @@ def check_directory(directory: Path, out: TextIO, err: TextIO) -> int:
     if data:
         bad_data = sum(1 for o in data if o.errors)
         summary += f"; {len(data) - bad_data} data file(s) OK, {bad_data} with errors"
-    table_problems = check_test_files(directory)
-    for problem in table_problems:
-        print(problem, file=err)
+    report.table_problems = check_test_files(directory)
     tables = len(test_files(directory))
     if tables:
-        summary += f"; {tables} test file(s), {len(table_problems)} problem(s)"
-    failed = bool(errors or table_problems)
-    for line in answering(ruleset):
+        summary += f"; {tables} test file(s), {len(report.table_problems)} problem(s)"
+    report.answering = answering(ruleset)
+    report.summary = summary
+    return report
+
+
+def check_directory(directory: Path, out: TextIO, err: TextIO, fmt: str = "text") -> int:
+    """Print every problem as file:line:col (or all of it as one JSON object), and a summary; the exit
+    status (0: none, 1: some)."""
+    report = inspect_directory(directory)
+    if fmt == "json":
+        json.dump(report_json(report), out, indent=2)
+        out.write("\n")
+        return 1 if report.failed else 0
+    for error in report.errors:
+        print(error.format(), file=err)
+    for warning in report.warnings:
+        print(warning.format().replace(": load_error:", ": warning:"), file=err)
+    for problem in report.table_problems:
+        print(problem, file=err)
+    for line in report.answering:
         print(line, file=out)
-    print(summary, file=err if failed else out)
-    return 1 if failed else 0
+    print(report.summary, file=err if report.failed else out)
+    return 1 if report.failed else 0
+
+
+_WHERE = re.compile(r"^(?P<file>.*?):(?P<line>\d+):(?P<col>\d+): (?P<message>.*)$", re.DOTALL)
+
+
+def _problem(error: RuleError, severity: str) -> dict[str, Any]:
+    loc = error.location
+    return {"severity": severity, "file": loc.file, "line": loc.line or 1, "col": loc.col or 1,
+            "code": error.code, "message": error.message, "hint": error.hint}
+
+
+def _table_problem(text: str) -> dict[str, Any]:
+    m = _WHERE.match(text)
+    if m is None:
+        return {"severity": "error", "file": "", "line": 1, "col": 1, "code": "test_table", "message": text, "hint": ""}
+    return {"severity": "error", "file": m["file"], "line": int(m["line"]), "col": int(m["col"]),
+            "code": "test_table", "message": m["message"], "hint": ""}
+
+
+def report_json(report: CheckReport) -> dict[str, Any]:
+    """`check --format json`: every problem with file, line and col (1-based, as in the text), for editors
+    and CI annotations; `ok` is what the exit status says."""
+    return {
+        "ok": not report.failed,
+        "problems": ([_problem(e, "error") for e in report.errors]
+                     + [_table_problem(p) for p in report.table_problems]
+                     + [_problem(w, "warning") for w in report.warnings]),
+        "answering": report.answering,
+        "summary": report.summary,
+    }
 
 
 def answering(ruleset: RuleSet) -> list[str]:
@@ -78,16 +144,45 @@ def answering(ruleset: RuleSet) -> list[str]:
 
 
 def _library_modules(directory: Path) -> list[str]:
-    """Every .star file below a subdirectory (where libraries live), as load() would name it."""
-    found = []
-    for path in sorted(directory.rglob(f"*{LIBRARY_SUFFIX}")):
-        if not path.is_file():  # a directory named like one
-            continue
-        rel = path.relative_to(directory)
-        if len(rel.parts) > 1 and rel.parts[0] not in (TESTS_DIR, DATA_DIR) \
-                and not any(p.startswith(".") for p in rel.parts):
-            found.append(rel.as_posix())
-    return found
+    """Every .star file below a subdirectory (where libraries live), as load() would name it.
+
+    Found by the names an author uses, following links: in a Kubernetes ConfigMap volume `lib` is kubelet's
+    link to `..data/lib`, and the real files sit under a hidden `..2026_...` directory, so a walk of the
+    real directories (pathlib's rglob) saw none of them. Hidden entries are never entered (`..data` holds
+    the same files again, editors keep their temp files there); each real directory is entered once (a
+    link back up cannot loop), and only inside the rules directory: what resolves outside is refused by
+    load() anyway, and is no part of this directory to list."""
+    found: list[str] = []
+    entered: set[str] = set()
+
+    def visit(path: Path, rel: tuple[str, ...]) -> None:
+        try:
+            real = inside(directory, path) if rel else os.path.realpath(directory)
+        except (FileRefused, OSError):
+            return
+        if real in entered:
+            return
+        entered.add(real)
+        try:
+            # real directories before links: a file reached both ways is named by its real place
+            entries = sorted(os.scandir(path), key=lambda e: (e.is_symlink(), e.name))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows links: kubelet's `lib -> ..data/lib`
+            except OSError:
+                continue
+            if is_dir:
+                if rel or entry.name not in (TESTS_DIR, DATA_DIR):
+                    visit(Path(entry.path), (*rel, entry.name))
+            elif rel and entry.name.endswith(LIBRARY_SUFFIX):
+                found.append("/".join((*rel, entry.name)))
+
+    visit(directory, ())  # its own files are rules, not libraries; tests/ and data/ hold none
+    return sorted(found)
 
 
 def _loaded_modules(directory: Path) -> set[str]:

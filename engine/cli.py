@@ -1,4 +1,4 @@
-"""The hookrules command: `serve` and `check`. It parses arguments, builds a Config, calls one function."""
+"""The hookrules command: serve, check, test, eval and hooks. It parses arguments, builds a Config, calls one function."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import (
@@ -90,26 +90,38 @@ def _parser() -> argparse.ArgumentParser:
                        help="require client certificates signed by this CA (mTLS)")
 
     check = sub.add_parser("check", help="load every rule file as the server would and report problems")
-    check.add_argument("rules", type=Path, nargs="?", default=Path("rules"))
+    _rules_args(check)
+    check.add_argument("--format", choices=("text", "json"), default="text",
+                       help="json: one object with every problem's file, line and col, for editors and CI")
 
     test = sub.add_parser("test", help="run the table tests in RULES/tests/*.yaml")
-    test.add_argument("rules", type=Path, nargs="?", default=Path("rules"))
+    _rules_args(test)
+    test.add_argument("--config", type=Path, metavar="FILE",
+                      help="serve's TOML config file: test with the failure policies and limits you deploy "
+                           "(and its rules directory, unless one is given); flags given here win")
+    test.add_argument("--format", choices=("text", "json", "junit"), default="text",
+                      help="json, or junit (JUnit XML) for a CI system's test report; --coverage then goes to stderr")
     test.add_argument("--coverage", action="store_true", help="report which statement lines the tests ran")
     test.add_argument("-q", "--quiet", action="store_true", help="list only failing cases")
     test.add_argument("--failure-policy", action="append", default=[], metavar="HOOK=POLICY",
                       help="as for serve: test the policy you deploy with")
-    test.add_argument("--rule-timeout", type=float, default=Limits().timeout, help="as for serve")
-    test.add_argument("--max-steps", type=int, default=Limits().max_steps, help="as for serve")
+    test.add_argument("--rule-timeout", type=float, help=f"as for serve (default: {Limits().timeout:g})")
+    test.add_argument("--max-steps", type=int, help=f"as for serve (default: {Limits().max_steps})")
     test.add_argument("--hard-timeout", type=float, default=None, metavar="SECONDS",
                       help="as for serve: a rule step stuck this long ends the run (default: 5, or twice "
                            "--rule-timeout; 0: never)")
+
+    hooks = sub.add_parser("hooks", help="list the hooks, or say what one hook's rule reads and may decide")
+    hooks.add_argument("hook", nargs="?", help="e.g. client.authenticate, auth_on_publish, rabbitmq.topic, authorize")
+    hooks.add_argument("--broker", help="only this broker's hooks: emqx, vernemq, rabbitmq or portable")
+    hooks.add_argument("--format", choices=("text", "json"), default="text")
 
     ev = sub.add_parser("eval", help="run one event through the rules and print the decision")
     ev.add_argument("hook", help="the broker hook, e.g. client.authenticate, auth_on_register or rabbitmq.user "
                                  "(its own file answers, else a portable authenticate.star/authorize.star)")
     ev.add_argument("--event", required=True, metavar="FILE_OR_JSON",
                     help='the event: JSON, e.g. \'{"client": {"username": "u"}}\', or a JSON/YAML file')
-    ev.add_argument("--rules", type=Path, default=Path("rules"))
+    ev.add_argument("--rules", type=Path, default=Path("rules"), help="rules directory (default: rules)")
     ev.add_argument("--broker", choices=("emqx", "vernemq", "rabbitmq"), help="check the hook belongs to this broker")
     ev.add_argument("--explain", action="store_true", help="show the lines that ran and what the conditions saw")
     ev.add_argument("--raw", action="store_true",
@@ -118,6 +130,27 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--vernemq-base64", choices=("on", "off"), default="on",
                     help="with --raw: whether the body's payloads are base64 (VerneMQ's base64encode; default on)")
     return parser
+
+
+def _rules_args(command: argparse.ArgumentParser) -> None:
+    """`--rules DIR`, as serve and eval take it; the older positional RULES still works."""
+    command.add_argument("--rules", dest="rules_flag", type=Path, metavar="RULES",
+                         help="rules directory (default: rules)")
+    command.add_argument("rules", type=Path, nargs="?", help=argparse.SUPPRESS)
+
+
+def _rules_dir(args: argparse.Namespace, configured: Path | None = None) -> Path | None:
+    """The directory --rules or the positional names (both: they must agree), else the config's, else rules/."""
+    flag, positional = args.rules_flag, args.rules
+    if flag is not None and positional is not None and flag != positional:
+        print(f"hookrules: error: two rules directories given ({positional} and --rules {flag}): give one",
+              file=sys.stderr)
+        return None
+    chosen = flag or positional or configured or Path("rules")
+    if not chosen.is_dir():
+        print(f"hookrules: error: {chosen} is not a directory", file=sys.stderr)
+        return None
+    return chosen
 
 
 def serve_config(args: argparse.Namespace) -> Config:
@@ -162,34 +195,46 @@ def _serve(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from .checkdir import check_directory
 
-    if not args.rules.is_dir():
-        print(f"hookrules: error: {args.rules} is not a directory", file=sys.stderr)
+    rules = _rules_dir(args)
+    if rules is None:
         return 2
-    return check_directory(args.rules, sys.stdout, sys.stderr)
+    return check_directory(rules, sys.stdout, sys.stderr, args.format)
 
 
 def _test(args: argparse.Namespace) -> int:
     from .tester import run_tests
 
-    if not args.rules.is_dir():
-        print(f"hookrules: error: {args.rules} is not a directory", file=sys.stderr)
-        return 2
     # rule errors are reported in each failing case's diff; a case may expect one, so no log lines
     logging.basicConfig(level="CRITICAL", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        policies = dict(parse_policy(p) for p in args.failure_policy)
-    except ConfigError as exc:
+        deployed = read_config_file(args.config) if args.config is not None else {}
+        policies = dict(deployed.get("failure_policy", {}))
+        policies.update(parse_policy(p) for p in args.failure_policy)
+        defaults = Limits()
+        rule_timeout = float(_given(args.rule_timeout, deployed.get("rule_timeout"), defaults.timeout))
+        max_steps = int(_given(args.max_steps, deployed.get("max_steps"), defaults.max_steps))
+        hard_timeout = _given(args.hard_timeout, deployed.get("hard_timeout"), None)
+        check_timeouts(rule_timeout, hard_timeout)
+        limits = Limits(max_steps, rule_timeout)
+    except (ConfigError, ValueError) as exc:
         print(f"hookrules: error: {exc}", file=sys.stderr)
         return 2
-    try:
-        check_timeouts(args.rule_timeout, args.hard_timeout)
-    except ConfigError as exc:
-        print(f"hookrules: error: {exc}", file=sys.stderr)
+    rules = _rules_dir(args, deployed.get("rules"))
+    if rules is None:
         return 2
-    limits = Limits(args.max_steps, args.rule_timeout)
-    with _watchdog(args.hard_timeout, limits, "this test run") as clock:
-        return run_tests(args.rules, sys.stdout, coverage=args.coverage, verbose=not args.quiet, policies=policies,
-                         limits=limits, run_clock=clock)
+    with _watchdog(hard_timeout, limits, "this test run") as clock:
+        return run_tests(rules, sys.stdout, coverage=args.coverage, verbose=not args.quiet, policies=policies,
+                         limits=limits, run_clock=clock, fmt=args.format, err=sys.stderr)
+
+
+def _given(flag: Any, configured: Any, default: Any) -> Any:
+    return flag if flag is not None else configured if configured is not None else default
+
+
+def _hooks(args: argparse.Namespace) -> int:
+    from .hooklist import print_hooks
+
+    return print_hooks(sys.stdout, args.hook, args.broker, args.format)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -247,7 +292,7 @@ def _watchdog(hard_timeout: float | None, limits: Limits, what: str) -> Iterator
         dog.stop()
 
 
-COMMANDS = {"serve": _serve, "check": _check, "test": _test, "eval": _eval}
+COMMANDS = {"serve": _serve, "check": _check, "test": _test, "eval": _eval, "hooks": _hooks}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,6 +77,7 @@ def evaluate(rules: Path, hook: str, event_spec: Any, out: TextIO, *, broker: st
     # A subscription's topics share one budget, as in a live call (Engine.decide_each): once it is
     # spent, the remaining topics are answered by the failure policy without running the rule.
     deadline = time.monotonic() + engine.limits.timeout
+    failed = False
     for event in events:
         budget = None if len(events) == 1 else deadline - time.monotonic()
         if len(events) > 1:
@@ -85,13 +86,16 @@ def evaluate(rules: Path, hook: str, event_spec: Any, out: TextIO, *, broker: st
             policy = engine.policy(hook)
             out.write(f"decision: {policy} (the call's budget, --rule-timeout {engine.limits.timeout:g} s, was "
                       "spent: answered by the failure policy without running the rule, as a live call is)\n")
+            failed = True
             continue
-        _explain_one(engine, rules, hook, event, out, explain, budget)
-    return 0
+        failed = _explain_one(engine, rules, hook, event, out, explain, budget) or failed
+    return 1 if failed else 0
 
 
 def _explain_one(engine: Engine, rules: Path, hook: str, event: Event, out: TextIO, explain: bool,
-                 budget: float | None) -> None:
+                 budget: float | None) -> bool:
+    """Prints one event's answer; True when the failure policy gave it (the rule raised an error, ran out
+    of time or steps, or did not load): `eval` then exits 1, so a script or CI sees it."""
     ruleset = engine.ruleset
     outcome = engine.decide(event, budget)
     source = ruleset.source(hook)  # a VerneMQ _m5 hook may be answered by its twin's file
@@ -119,6 +123,7 @@ def _explain_one(engine: Engine, rules: Path, hook: str, event: Event, out: Text
                 out.write(f"  {step.file}:{step.line}  {text}\n")
             else:
                 out.write(f"      | {step.kind}: {step.text}\n")
+    return outcome.error is not None or (source is not None and rule is None)
 
 
 def _lines(rule: CompiledRule, path: str) -> list[str]:

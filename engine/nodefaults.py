@@ -65,6 +65,15 @@ NO_RULE_DEFAULTS: Mapping[str, Callable[[Event], Decision]] = {
     "rabbitmq.topic": lambda event: ALLOW,
 }
 
+#: the same defaults in words, for `hookrules hooks` (a test keeps the two tables' keys equal)
+NO_RULE_SUMMARY: Mapping[str, str] = {
+    "rabbitmq.user": "deny",
+    "rabbitmq.vhost": f"allow for the vhost {RABBITMQ_DEFAULT_VHOST!r} only, else deny",
+    "rabbitmq.resource": (f"allow the asking MQTT client's own {RABBITMQ_MQTT_QUEUE_PREFIX}* queues and "
+                          f"{RABBITMQ_MQTT_EXCHANGE} read/write, else deny (and deny without a client id)"),
+    "rabbitmq.topic": "allow",
+}
+
 
 def no_rule_decision(event: Event) -> Decision:
     """The answer to a call no rule file answers: the hook's default, else ignore()."""

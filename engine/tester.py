@@ -28,6 +28,7 @@ from .events import Event
 from .eventspec import SpecError, build_event
 from .hooks import HOOKS, RULE_SUFFIX, Policy
 from .ruleset import FileOutcome, Limits, RuleSet, scan
+from .testreport import junit_xml, write_text
 from .watchdog import RunClock
 from .lang.builtins import RULE_LOGGER, unlimited_log
 from .lang.interp import RuleInterpreter
@@ -271,14 +272,14 @@ def test_files(directory: Path) -> list[Path]:
 
 def run_tests(directory: Path, out: TextIO, *, coverage: bool = False, verbose: bool = True,
               policies: Mapping[str, Policy] | None = None, limits: Limits | None = None,
-              run_clock: RunClock | None = None) -> int:
-    """Run every case of the directory's tests; the exit status (0 all passed, 1 any failed)."""
+              run_clock: RunClock | None = None, fmt: str = "text", err: TextIO | None = None) -> int:
+    """Run every case of the directory's tests; the exit status (0 all passed, 1 any failed).
+
+    `fmt` text is for people; json and junit (JUnit XML, what CI systems show as test results) are
+    for machines: then the coverage report, if asked for, goes to `err`."""
     interpreter: type[RuleInterpreter] = TracingInterpreter if coverage else RuleInterpreter
     ruleset, outcomes = scan(directory, RuleSet(), interpreter=interpreter)
     load_errors = [o for o in outcomes if o.errors]
-    for bad in load_errors:
-        for err in bad.errors:
-            out.write(err.format() + "\n")
     engine = Engine(ruleset, policies, limits)
     engine.run_clock = run_clock  # a watchdog's: a step stuck in C must not hang a CI job
     results: list[CaseResult] = []
@@ -293,27 +294,30 @@ def run_tests(directory: Path, out: TextIO, *, coverage: bool = False, verbose: 
         with unlimited_log():
             for index, (line, raw) in enumerate(cases):
                 results.append(run_case(engine, parse_case(shown, line, index, raw)))
-    for r in results:
-        if verbose or not r.passed:
-            out.write(f"{r.file}::{r.name} {'PASSED' if r.passed else 'FAILED'}\n")
     failed = [r for r in results if not r.passed]
-    if failed:
-        out.write("\n" + "=" * 30 + " failures " + "=" * 30 + "\n")
-        for r in failed:
-            out.write(f"FAILED {r.file}::{r.name}" + (f" (line {r.line})" if r.line else "") + "\n")
-            for problem in r.problems:
-                out.write(f"    {problem}\n")
-            for said in r.logs:
-                out.write(f"    log: {said}\n")
+    status = 1 if failed or load_errors or not results else 0
+    load_texts = [e.format() for o in load_errors for e in o.errors]
+    if fmt == "json":
+        json.dump({"ok": status == 0, "passed": len(results) - len(failed), "failed": len(failed),
+                   "load_errors": load_texts,
+                   "cases": [{"file": r.file, "name": r.name, "line": r.line or 1, "passed": r.passed,
+                              "problems": r.problems, "logs": r.logs} for r in results]}, out, indent=2)
+        out.write("\n")
+    elif fmt == "junit":
+        out.write(junit_xml(directory, results, load_texts))
+    else:
+        for text in load_texts:
+            out.write(text + "\n")
+        write_text(out, results, failed, verbose)
     if coverage:
-        _coverage_report(ruleset, outcomes, out)
-    passed = len(results) - len(failed)
-    if not files:
-        out.write(f"no test files in {directory / TESTS_DIR}\n")
-    if load_errors:
-        out.write(f"{len(load_errors)} file(s) failed to load\n")
-    out.write(f"{passed} passed, {len(failed)} failed\n")
-    return 1 if failed or load_errors or not results else 0
+        _coverage_report(ruleset, outcomes, out if fmt == "text" else (err or out))
+    if fmt == "text":
+        if not files:
+            out.write(f"no test files in {directory / TESTS_DIR}\n")
+        if load_errors:
+            out.write(f"{len(load_errors)} file(s) failed to load\n")
+        out.write(f"{len(results) - len(failed)} passed, {len(failed)} failed\n")
+    return status
 
 
 def _coverage_report(ruleset: RuleSet, outcomes: list[FileOutcome], out: TextIO) -> None:

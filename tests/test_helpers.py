@@ -38,7 +38,8 @@ AUTHZ = "client.authorize"
 PUBLISH = "message.publish"
 
 NEW_HELPERS = ("bcrypt_check", "pbkdf2_check", "hash_check", "topic_words", "topic_fill", "regex_match",
-               "regex_search", "b64encode", "b64decode", "json_encode", "sha256", "hmac_sha256", "hmac_equal")
+               "regex_search", "b64encode", "b64decode", "json_encode", "sha256", "hmac_sha256", "hmac_equal",
+               "jwt_decode")
 
 
 def compile_src(src: str, hook: str) -> CompiledRule:

@@ -11,18 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from hookrules.adapters import exhook_proto
-from hookrules.adapters.exhook import EVENT_BUILDERS, RPC_HOOKS
-from hookrules.adapters.rabbitmq import REQUIRED, event_for
-from hookrules.adapters.vernemq import iter_events
+from hookrules.adapters.rabbitmq import event_for
 from hookrules.decisions import Allow
 from hookrules.eventspec import SpecError, build_event
 from hookrules.hooks import CHAINS, COMMON_NAMES, HOOKS, PORTABLE_HOOKS
 from hookrules.modifiers import decision_problem
 
 from . import broker_calls as call
+from .adapter_events import broker_events
 from .support import ROOT, ServerProcess, Stubs, wait_for
-from .vernemq_examples import EXAMPLES
 
 AUTHENTICATE = """\
 # one policy for every broker: who may connect
@@ -47,19 +44,7 @@ else:
 
 def _broker_event_names() -> dict[str, set[str]]:
     """Every broker hook's event, built by its adapter from a call it accepts: the names it carries."""
-    found: dict[str, set[str]] = {}
-    proto = exhook_proto.load("v3")
-    for rpc, hook in RPC_HOOKS.items():
-        request = proto.messages[proto.methods[rpc][0]]()
-        found[hook] = set(EVENT_BUILDERS[hook](hook, request).names())
-    for hook, body in EXAMPLES.items():
-        found[hook] = set(next(iter_events(hook, body, False)).names())
-        m5 = hook + "_m5"
-        if m5 in HOOKS and m5 not in EXAMPLES:
-            found[m5] = set(next(iter_events(m5, body, False)).names())
-    for hook, required in REQUIRED.items():
-        found[hook] = set(event_for(hook, {name: "read" if name == "permission" else "x" for name in required}).names())
-    return found
+    return {hook: set(event.names()) for hook, event in broker_events().items()}
 
 
 def test_every_broker_hook_event_carries_what_every_file_that_may_answer_it_reads() -> None:

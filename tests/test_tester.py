@@ -197,13 +197,30 @@ def test_eval_raw_answers_topics_past_the_spent_budget_by_policy_as_live(tmp_pat
     body = json.dumps({"client_id": "c", "mountpoint": "", "username": "u",
                        "topics": [{"topic": f"t/{i}", "qos": 0} for i in range(50)]})
     result = hookrules("eval", "auth_on_subscribe", "--raw", "--event", body, "--rules", str(rules))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # the failure policy answered: eval says so in its status
     blocks = result.stdout.split("-- topic ")[1:]
     assert len(blocks) == 50
     assert "runtime_error" in blocks[0] or "deadline_error" in blocks[0]  # it ran, out of steps or time
     spent = [b for b in blocks if "answered by the failure policy without running the rule" in b]
     assert spent and all("decision: deny" in b for b in spent)
     assert blocks[-1] in spent  # once spent, every later topic too
+
+
+@pytest.mark.parametrize(("source", "status", "said"), [
+    ('allow()\n', 0, "decision: allow"),
+    ('deny("no")\n', 0, "decision: deny (reason='no')"),
+    ('x = 1 // 0\nallow()\n', 1, "answered by the failure policy"),  # the rule raised an error
+    ('while True:\n    pass\n', 1, "answered by the failure policy"),  # out of steps or time
+    ('allow(\n', 1, "did not load, so the failure policy answers"),  # a file that does not load
+])
+def test_eval_exits_1_when_the_failure_policy_answered(tmp_path: Path, source: str, status: int, said: str) -> None:
+    """Issue 13: a script or CI running eval must see a rule error in the exit status, not only in the text:
+    0 = the rule (or the hook's default) decided, 1 = the failure policy did, 2 = eval could not run."""
+    (tmp_path / "client.authenticate.star").write_text(source)
+    result = hookrules("eval", "client.authenticate", "--event", "{}", "--rules", str(tmp_path))
+    assert result.returncode == status, result.stdout + result.stderr
+    assert said in result.stdout
+    assert hookrules("eval", "client.authenticate", "--event", "{}", "--rules", str(tmp_path / "nope")).returncode == 2
 
 
 TEST_FILE_KINDS = ["fifo", "dev_zero", "directory", "socket", "outside_link", "outside_dir_link", "too_big",

@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 import bcrypt
+import jwt
 import pytest
 from hookrules.datafiles import DataNamespace
 from hookrules.decisions import Deny
@@ -140,6 +141,9 @@ def _valid_calls() -> dict[str, list[tuple[Any, ...]]]:
         "helper-topic_fill": [("u/%u/#", "alice")],
         "helper-json_decode": [('{"a": [1, {"b": null}]}',)],
         "helper-regex_search": [("b+", "abbc")],
+        "helper-jwt_decode": [(jwt.encode({"sub": "a", "l": [1, {"m": None}]}, "k" * 32, algorithm="HS256"),
+                               "k" * 32, ["HS256"]),
+                              ("not-a-token", "k" * 32, ["HS256"])],
     }
 
 

@@ -394,7 +394,7 @@ SAFE_BUILTINS: dict[str, Any] = {
 HELPERS: dict[str, Any] = {
     "topic_match": topic_match,
     "json_decode": json_decode,
-    **helpers.HELPERS,  # password checks, topic templates, regex, base64, JSON text, HMAC
+    **helpers.HELPERS,  # password checks, JWT, topic templates, regex, base64, JSON text, HMAC
 }
 
 #: Names bound per rule file rather than globally (`data` holds the data files).

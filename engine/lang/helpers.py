@@ -1,5 +1,5 @@
-"""The helpers rules need for authentication and ACLs: password checks (lang/passwords), MQTT topic
-templates, bounded regular expressions, base64, JSON text and HMAC.
+"""The helpers rules need for authentication and ACLs: password checks (lang/passwords), JSON Web
+Tokens (lang/jwtdecode), MQTT topic templates, bounded regular expressions, base64, JSON text and HMAC.
 
 Like the helpers in builtins, each is a plain function over plain values: it checks its arguments
 (TypeError naming the helper and the argument), keeps what it returns within the sandbox's size
@@ -29,6 +29,7 @@ from ..events import JSONArray
 from .guards import MAX_ITEMS, MAX_TEXT, TooBig
 
 from .helperargs import check_fits, str_arg, text_arg
+from .jwtdecode import jwt_decode
 from .passwords import bcrypt_check, hash_check, pbkdf2_check
 
 # -- MQTT topics --------------------------------------------------------------------------------
@@ -352,4 +353,5 @@ HELPERS: dict[str, Callable[..., Any]] = {
     "sha256": sha256,
     "hmac_sha256": hmac_sha256,
     "hmac_equal": hmac_equal,
+    "jwt_decode": jwt_decode,
 }
