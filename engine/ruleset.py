@@ -451,6 +451,11 @@ def _dangling_for_a_while(path: Path, settle: float) -> bool:
         return False
 
 
+#: how long a rule file must stay empty before it loads as empty (it decides nothing: every call is
+#: ignored): an in-place save truncates first, and on a loaded machine its writer may stall past `settle`
+EMPTY_SETTLE = 3.0
+
+
 def _read_settled(directory: Path, path: Path, settle: float) -> bytes | None:
     """The file's bytes, or None when it may still be being written (see scan). Read the one safe
     way (files.read_file): a regular file inside the directory, of at most MAX_RULE_BYTES."""
@@ -462,6 +467,8 @@ def _read_settled(directory: Path, path: Path, settle: float) -> bytes | None:
     after = path.stat()
     if (before.st_size, before.st_mtime_ns, before.st_ino) != (after.st_size, after.st_mtime_ns, after.st_ino):
         return None
+    if settle and not raw.strip() and time.time() - before.st_mtime < EMPTY_SETTLE:
+        return None  # truncated by an in-place save whose writer has not written yet (a loaded machine)
     return raw
 
 

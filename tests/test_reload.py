@@ -475,3 +475,26 @@ def test_polling_mode_picks_up_an_in_place_save(rules: Path, serve: Callable[...
     save_in_place(rules / AUTHN, V2)
     assert client.until("deny") == "deny"
     assert f"loaded {rules / AUTHN} (version {version_of(V2)}, was {version_of(V1)})" in client.server.log()
+
+
+def test_an_empty_rule_file_loads_only_once_it_has_stayed_empty(tmp_path: Path) -> None:
+    """An in-place save truncates first: on a loaded machine its writer can stall past the settle time,
+    and the empty file would load (deciding nothing: every call ignored). An empty or blank file loads
+    only once it is EMPTY_SETTLE old; a file with contents, at the settle time as before."""
+    import time
+
+    from hookrules.ruleset import EMPTY_SETTLE, _read_settled
+
+    for text in ("", "  \n\n"):
+        path = tmp_path / "client.authenticate.star"
+        path.write_text(text)
+        old = time.time() - 1.0  # past the settle time, not past EMPTY_SETTLE
+        os.utime(path, (old, old))
+        assert _read_settled(tmp_path, path, 0.5) is None
+        older = time.time() - EMPTY_SETTLE - 1.0
+        os.utime(path, (older, older))
+        assert _read_settled(tmp_path, path, 0.5) == text.encode()
+        assert _read_settled(tmp_path, path, 0.0) == text.encode()  # no settle (start-up, `check`): read as it is
+    path.write_text("allow()\n")
+    os.utime(path, (time.time() - 1.0,) * 2)
+    assert _read_settled(tmp_path, path, 0.5) == b"allow()\n"
