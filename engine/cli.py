@@ -39,15 +39,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hookrules {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="answer EMQX ExHook calls, VerneMQ webhooks and RabbitMQ's HTTP auth "
-                                         "checks from the rules directory")
+    serve = sub.add_parser("serve", help="answer EMQX ExHook and HTTP auth calls, VerneMQ webhooks and RabbitMQ's "
+                                         "HTTP auth checks from the rules directory")
     # Every serve flag defaults to None, "not given", so a config file's value stands unless a flag says otherwise.
     serve.add_argument("--config", type=Path, metavar="FILE", help="a TOML file with any of the settings below")
     serve.add_argument("--rules", type=Path, help="rules directory (default: rules)")
     serve.add_argument("--grpc", metavar="HOST:PORT",
                        help=f"EMQX ExHook gRPC address (default: {DEFAULT_GRPC}; port 0 picks a free port; 'off')")
     serve.add_argument("--http", metavar="HOST:PORT",
-                       help=f"HTTP address of VerneMQ webhooks and RabbitMQ's /rabbitmq/ checks (default: "
+                       help=f"HTTP address of VerneMQ webhooks, RabbitMQ's /rabbitmq/ and EMQX's /emqx/ checks (default: "
                             f"{DEFAULT_HTTP}; port 0 picks a free port; 'off')")
     serve.add_argument("--vernemq-base64", choices=("on", "off"),
                        help="whether VerneMQ sends payloads base64-encoded, as its base64encode setting "
