@@ -127,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--raw", action="store_true",
                     help="the event as the broker sends it: a VerneMQ webhook body, an EMQX request in "
                          "protobuf JSON (the v3 proto's field names), or a RabbitMQ check's fields as a JSON object")
+    ev.add_argument("--channel", choices=("exhook", "http"),
+                    help="with --raw and an EMQX hook: exhook (protobuf JSON, the default) or http (the JSON "
+                         "object EMQX's HTTP authenticator or authorizer posts, its fields named as in the README)")
     ev.add_argument("--vernemq-base64", choices=("on", "off"), default="on",
                     help="with --raw: whether the body's payloads are base64 (VerneMQ's base64encode; default on)")
     return parser
@@ -259,7 +262,8 @@ def _eval(args: argparse.Namespace) -> int:
         try:
             if not isinstance(spec, dict):
                 raise RawEventError("the event is a JSON object, as the broker sends it")
-            events = raw_events(args.hook, json.dumps(spec), vernemq_base64=args.vernemq_base64 == "on")
+            events = raw_events(args.hook, json.dumps(spec), vernemq_base64=args.vernemq_base64 == "on",
+                                channel=args.channel)
         except (RawEventError, TypeError, ValueError) as exc:  # TypeError: a YAML date is no JSON
             print(f"hookrules: error: --raw: {exc}", file=sys.stderr)
             return 2

@@ -90,7 +90,7 @@ def build_event(hook: str, spec: Mapping[str, Any]) -> Event:
             raise SpecError(str(exc)) from None
     for key, value in spec.items():
         if key not in allowed:
-            raise SpecError(f"{hook} does not provide '{key}'; it provides: {', '.join(sorted(allowed))}")
+            raise SpecError(f"{hook} does not provide '{key}'; it provides: {', '.join(sorted(allowed | {'channel'}))}")
         if key == "client":
             client = _object(Client, value, "client")
         elif key == "conn":

@@ -10,6 +10,8 @@ emqx_authz_rule_raw.erl and emqx_authn_utils.erl check them.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -466,3 +468,50 @@ def _bad_count(server: ServerProcess, reason: str) -> float:
         if line.startswith(prefix):
             return float(line[len(prefix):])
     return 0.0
+
+
+# -- the command line: test tables and eval name the channel ------------------------------------------
+
+CLI_RULE = """\
+if channel == "http" and client.username == "admin":
+    allow(superuser=True, attrs={"zone": request.get("zone", "")}, acl=[{"permission": "allow", "action": "all",
+          "topic": "eq t/#", "qos": "0,1"}])
+if client.username == "admin":
+    allow()
+deny()
+"""
+
+
+def _hookrules(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hookrules", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_test_tables_and_eval_name_the_channel_and_compare_the_options(tmp_path: Path) -> None:
+    rules = rules_with(tmp_path, {"client.authenticate.star": CLI_RULE})
+    (rules / "tests").mkdir()
+    (rules / "tests" / "t.yaml").write_text(
+        "- {name: http, hook: client.authenticate,\n"
+        "   event: {channel: http, client: {username: admin}, request: {zone: z1}},\n"
+        "   expect: {decision: allow, superuser: true, attrs: {zone: z1},\n"
+        "            acl: [{permission: allow, action: all, topic: 'eq t/#', qos: '0,1'}]}}\n"
+        "- {name: exhook, hook: client.authenticate, event: {client: {username: admin}},\n"
+        "   expect: {decision: allow, superuser: null}}\n"
+        "- {name: wrong on purpose, hook: client.authenticate, event: {channel: http, client: {username: admin}},\n"
+        "   expect: {decision: allow, superuser: false}}\n")
+    result = _hookrules("test", "--rules", str(rules))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "t.yaml::http PASSED" in result.stdout and "t.yaml::exhook PASSED" in result.stdout
+    assert "t.yaml::wrong on purpose FAILED" in result.stdout
+    bad = _hookrules("eval", "client.authenticate", "--rules", str(rules), "--event",
+                     '{"channel": "webhook", "client": {"username": "admin"}}')
+    assert bad.returncode == 2 and "'channel' of a emqx event is one of exhook, http" in bad.stdout + bad.stderr
+    raw = _hookrules("eval", "client.authenticate", "--rules", str(rules), "--raw", "--channel", "http",
+                     "--event", json.dumps({**AUTHN_BODY, "username": "admin", "zone": "z9"}))
+    assert raw.returncode == 0, raw.stdout + raw.stderr
+    assert raw.stdout.startswith("decision: allow (superuser=True, attrs={'zone': 'z9'}, acl=[{'permission': 'allow'")
+    over_exhook = _hookrules("eval", "client.authenticate", "--rules", str(rules), "--raw", "--event",
+                             '{"clientinfo": {"username": "admin"}}')
+    assert over_exhook.returncode == 0 and over_exhook.stdout.startswith("decision: allow\n"), over_exhook.stdout
+    refused = _hookrules("eval", "client.authenticate", "--rules", str(rules), "--raw", "--channel", "http",
+                         "--event", '{"peerport": "x"}')
+    assert refused.returncode == 2 and "peerport must be a port number" in refused.stderr

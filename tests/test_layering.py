@@ -84,7 +84,8 @@ ADAPTER_FAMILIES = {"adapters.exhook": {"adapters.exhook_proto", "adapters.admis
                     "adapters.emqx_http_service": {"adapters.emqx_http", "adapters.admission", "adapters.jsonwire"},
                     "adapters.emqx_http_route": {"adapters.emqx_http_service", "adapters.httpbody",
                                                  "adapters.refusal"},
-                    "adapters.raw": {"adapters.exhook", "adapters.exhook_proto", "adapters.vernemq", "adapters.rabbitmq"}}
+                    "adapters.raw": {"adapters.exhook", "adapters.exhook_proto", "adapters.vernemq", "adapters.rabbitmq",
+                                     "adapters.emqx_http"}}
 
 
 def test_adapters_never_reach_into_the_language_or_each_other() -> None:
