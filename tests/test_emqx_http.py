@@ -10,6 +10,7 @@ emqx_authz_rule_raw.erl and emqx_authn_utils.erl check them.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -515,3 +516,21 @@ def test_test_tables_and_eval_name_the_channel_and_compare_the_options(tmp_path:
     refused = _hookrules("eval", "client.authenticate", "--rules", str(rules), "--raw", "--channel", "http",
                          "--event", '{"peerport": "x"}')
     assert refused.returncode == 2 and "peerport must be a port number" in refused.stderr
+
+
+def test_the_readme_body_templates_send_every_field_by_the_name_hookrules_reads() -> None:
+    """The emqx.conf blocks the README gives: each endpoint's body names every placeholder EMQX has for it
+    (authn: AUTHN_DEFAULT_ALLOWED_VARS; authz: emqx_authz_http.erl ALLOWED_VARS, ${access} as a comment)
+    under the field name the mapping reads, so pasting it gives the rule everything."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    for path, names in (("/emqx/authn", AUTHN_FIELDS), ("/emqx/authz", AUTHZ_FIELDS)):
+        start = text.index(f'url = "http://<hookrules host>:8080{path}"')
+        match = re.compile(r"body \{\n(.*?)\n\s*\}\n", re.S).search(text, start)
+        assert match is not None, path
+        body = match.group(1)
+        sent = dict(re.findall(r'^\s*(#?\s*\w+) = "\$\{([\w.]+)\}"', body, re.M))
+        plain = {k: v for k, v in sent.items() if not k.startswith("#")}
+        assert all(k == v for k, v in plain.items()), plain
+        commented = {k.lstrip("# ") for k in sent if k.startswith("#")}
+        assert set(plain) | (commented & {"access"}) == set(names), (path, set(names) ^ set(plain))
+        assert "role" in commented  # a client attribute, by a name of the operator's choice
