@@ -534,3 +534,14 @@ def test_the_readme_body_templates_send_every_field_by_the_name_hookrules_reads(
         commented = {k.lstrip("# ") for k in sent if k.startswith("#")}
         assert set(plain) | (commented & {"access"}) == set(names), (path, set(names) ^ set(plain))
         assert "role" in commented  # a client attribute, by a name of the operator's choice
+
+
+@pytest.mark.parametrize("opt", list(OPTIONS))
+def test_check_refuses_every_invalid_literal_option_and_takes_every_valid_one(opt: str) -> None:
+    """`hookrules check` sees a literal: each invalid form is a load error at its line and column, each
+    valid form loads (a computed value is checked when the rule runs, above)."""
+    for value in VALID[opt]:
+        compile_src(f"allow({opt}={value!r})\n", "client.authenticate")
+    for value in INVALID[opt]:
+        with pytest.raises(RuleLoadError, match=f"1:{len(opt) + 8}: check_error: allow\\({opt}="):
+            compile_src(f"allow({opt}={value!r})\n", "client.authenticate")

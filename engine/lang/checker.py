@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from ..errors import Location, RuleError, RuleLoadError, char_col, source_lines
 from ..events import Client, Conn, Message, SubOpts
 from ..hooks import HOOKS, PUBLISH, RULE_SUFFIX, HookInfo, answered_hooks
+from ..emqxoptions import CHECKS as EMQX_OPTION_CHECKS
 from ..emqxoptions import OPTIONS as EMQX_OPTIONS
 from ..emqxoptions import carriable
 from ..modifiers import SCHEMAS as MODIFIER_SCHEMAS
@@ -368,6 +369,20 @@ class _Checker:
                 if owner and name == "allow":
                     can += f"; {kw.arg}= is for {owner}"
                 self.error(kw.value, f"{name}() in {hook.name} has no '{kw.arg}'", can)
+            elif name == "allow" and kw.arg in EMQX_OPTION_CHECKS:
+                self._check_literal_option(kw.arg, kw.value)
+
+    def _check_literal_option(self, option: str, value: ast.expr) -> None:
+        """allow(superuser=..., attrs=..., expire_at=..., acl=...) with a literal value: checked now as
+        EMQX would check it, so a value it drops or denies the client for never reaches a broker."""
+        try:
+            literal = ast.literal_eval(value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return  # computed when the rule runs: checked then
+        try:
+            EMQX_OPTION_CHECKS[option](literal)
+        except ValueError as exc:
+            self.error(value, str(exc), "see the README's EMQX HTTP authentication section for what EMQX accepts")
 
     def visit_Constant(self, node: ast.Constant) -> None:
         if isinstance(node.value, complex):  # lang/values: not among the values a rule can hold
