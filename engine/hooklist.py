@@ -61,8 +61,7 @@ def _reads(info: HookInfo) -> dict[str, Any]:
 def describe(info: HookInfo) -> dict[str, Any]:
     chain = CHAINS[info.name]
     options = [opt for opt, on in (("cache", info.cacheable), ("tags", info.tagged), ("TOPICS", info.topic_filtered))
-               if on] + ([f"{name} (over EMQX's HTTP authenticator only)" for name in EMQX_OPTIONS]
-                         if carriable(info.name) else [])
+               if on] + (list(EMQX_OPTIONS) if carriable(info.name) else [])
     return {
         "hook": info.name,
         "broker": info.broker,
@@ -120,7 +119,9 @@ def print_hooks(out: TextIO, hook: str | None = None, broker: str | None = None,
     if d["rewrites"]:
         out.write(f"  rewrite() sets:   {', '.join(d['rewrites'])}\n")
     if d["options"]:
-        out.write(f"  also:             {', '.join(d['options'])}\n")
+        emqx_http = " (the last four over EMQX's HTTP authenticator only)" \
+            if set(EMQX_OPTIONS) <= set(d["options"]) else ""
+        out.write(f"  also:             {', '.join(d['options'])}{emqx_http}\n")
     out.write(f"  on a rule error:  {d['failure_policy']} (--failure-policy {d['hook']}=deny|ignore|allow)\n")
     out.write(f"  without a rule:   {d['without_rule']}\n")
     return 0
