@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any, TextIO
 from .datafiles import DATA_DIR, SUFFIXES
 from .errors import Location, RuleError, RuleLoadError
 from .hooks import RULE_SUFFIX
-from .files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, read_file
+from .files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, inside, read_file
 from .lang.loader import Libraries, loaded_modules, module_path_problem
 from .ruleset import DATA_HOOK, RuleSet, rule_files, scan
 from .tester import TESTS_DIR, check_test_files, test_files
@@ -143,16 +144,45 @@ def answering(ruleset: RuleSet) -> list[str]:
 
 
 def _library_modules(directory: Path) -> list[str]:
-    """Every .star file below a subdirectory (where libraries live), as load() would name it."""
-    found = []
-    for path in sorted(directory.rglob(f"*{LIBRARY_SUFFIX}")):
-        if not path.is_file():  # a directory named like one
-            continue
-        rel = path.relative_to(directory)
-        if len(rel.parts) > 1 and rel.parts[0] not in (TESTS_DIR, DATA_DIR) \
-                and not any(p.startswith(".") for p in rel.parts):
-            found.append(rel.as_posix())
-    return found
+    """Every .star file below a subdirectory (where libraries live), as load() would name it.
+
+    Found by the names an author uses, following links: in a Kubernetes ConfigMap volume `lib` is kubelet's
+    link to `..data/lib`, and the real files sit under a hidden `..2026_...` directory, so a walk of the
+    real directories (pathlib's rglob) saw none of them. Hidden entries are never entered (`..data` holds
+    the same files again, editors keep their temp files there); each real directory is entered once (a
+    link back up cannot loop), and only inside the rules directory: what resolves outside is refused by
+    load() anyway, and is no part of this directory to list."""
+    found: list[str] = []
+    entered: set[str] = set()
+
+    def visit(path: Path, rel: tuple[str, ...]) -> None:
+        try:
+            real = inside(directory, path) if rel else os.path.realpath(directory)
+        except (FileRefused, OSError):
+            return
+        if real in entered:
+            return
+        entered.add(real)
+        try:
+            # real directories before links: a file reached both ways is named by its real place
+            entries = sorted(os.scandir(path), key=lambda e: (e.is_symlink(), e.name))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows links: kubelet's `lib -> ..data/lib`
+            except OSError:
+                continue
+            if is_dir:
+                if rel or entry.name not in (TESTS_DIR, DATA_DIR):
+                    visit(Path(entry.path), (*rel, entry.name))
+            elif rel and entry.name.endswith(LIBRARY_SUFFIX):
+                found.append("/".join((*rel, entry.name)))
+
+    visit(directory, ())  # its own files are rules, not libraries; tests/ and data/ hold none
+    return sorted(found)
 
 
 def _loaded_modules(directory: Path) -> set[str]:

@@ -84,7 +84,10 @@ def reserve(address: str, flag: str) -> tuple[str, list[socket.socket]]:
                     probe.bind(sockaddr)
             sock = socket.socket(family, kind, proto)
             held.append(sock)
-            # no SO_REUSEADDR: only sockets with SO_REUSEPORT (the workers') may bind it while held
+            # SO_REUSEADDR as every listener has it: a single server's connections still in TIME_WAIT (a
+            # restart from --workers 1 to 2 within a minute of the last broker call) must not refuse the
+            # port. The probe above has already refused a port anything listens on.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((sockaddr[0], port, *sockaddr[2:]))
             port = sock.getsockname()[1]

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -24,6 +25,8 @@ from pathlib import Path
 import pytest
 
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+#: where require_extracted_tool unpacks packages: outside the repository, kept between runs
+EXTRACTED = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hookrules-tests" / "extracted"
 _APT_ENV = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
 
 
@@ -111,3 +114,52 @@ def pids_named(names: tuple[str, ...]) -> Iterable[int]:
                     yield int(d.name)
             except OSError:
                 continue
+
+
+def require_extracted_tool(tool: str, package: str, member: str, hint: str, *, apt_timeout: float = 600.0) -> Path:
+    """A tool that lives in a Debian package with a service (promtool in `prometheus`), taken from the
+    package's files instead of installing it: nothing runs a postinst, no user or unit is created.
+    `member` is the tool's path inside the package (usr/bin/promtool). Found on PATH, or in EXTRACTED from an
+    earlier run: used as is. Otherwise the same policy as require_tool: CI=true as root `apt-get download`s the
+    package and `dpkg -x`es it into EXTRACTED; CI not as root, or a failed download, fails; outside CI, skips."""
+    found = shutil.which(tool)
+    if found is not None:
+        return Path(found)
+    root = EXTRACTED / package
+    if (root / member).is_file():
+        return root / member
+    if not in_ci():
+        print(hint)
+        pytest.skip(hint)
+    if os.geteuid() != 0:
+        pytest.fail(f"CI is set but we are not root, so {package} cannot be downloaded. {hint}")
+    started = time.monotonic()
+    try:
+        extract_package(package, root, apt_timeout=apt_timeout)
+    except (OSError, subprocess.SubprocessError, InstallError) as exc:
+        pytest.fail(f"downloading and extracting {package} failed: {exc}")
+    if not (root / member).is_file():
+        pytest.fail(f"{package} was extracted to {root} but has no {member}")
+    print(f"extracted {package} in {time.monotonic() - started:.1f} s")
+    return root / member
+
+
+def extract_package(package: str, root: Path, *, apt_timeout: float = 600.0) -> None:
+    """`apt-get download` + `dpkg -x` of `package` into `root` (replaced whole, so a run cut short leaves
+    either no tree or a complete one)."""
+    if not apt_knows(package):
+        apt(["apt-get", "update"], apt_timeout)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
+        # as root, apt's download sandbox user (_apt) cannot write to a private temp dir: download as root
+        res = subprocess.run(["apt-get", "download", "-o", "APT::Sandbox::User=root", package], cwd=tmp,
+                             capture_output=True, text=True, timeout=apt_timeout, env=_APT_ENV)
+        debs = sorted(Path(tmp).glob(f"{package}_*.deb"))
+        if res.returncode != 0 or len(debs) != 1:
+            raise InstallError(f"apt-get download {package} exited {res.returncode}:\n{res.stdout[-2000:]}"
+                               f"{res.stderr[-2000:]}")
+        staging = Path(tmp) / "root"
+        subprocess.run(["dpkg", "-x", str(debs[0]), str(staging)], check=True, capture_output=True,
+                       timeout=apt_timeout)
+        shutil.rmtree(root, ignore_errors=True)
+        staging.rename(root)

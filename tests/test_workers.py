@@ -337,3 +337,30 @@ def test_a_worker_that_cannot_start_is_retried_until_it_can(start_server: Any, r
     pauses = [float(p) for p in re.findall(r"worker 1 failed to start .*; trying again in ([\d.]+) s", server.log())]
     assert len(pauses) >= 2 and pauses == sorted(pauses) and pauses[-1] > pauses[0], pauses  # growing
     assert server.stop() == 0
+
+
+def test_a_port_with_connections_in_time_wait_can_be_reserved_but_not_one_that_listens() -> None:
+    """A restart from one process to --workers 2 within a minute of the last broker call: the old
+    server's closed connections sit in TIME_WAIT on the port, which must not refuse the new start (found by
+    running the systemd unit); a port another server listens on still is refused."""
+    from hookrules.config import ConfigError
+    from hookrules.workerlink import reserve
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()  # the server side closes first: its end goes to TIME_WAIT
+    client.close()
+    with pytest.raises(ConfigError, match="Address already in use"):
+        reserve(f"127.0.0.1:{port}", "--http")  # still listening: refused
+    listener.close()
+    address, held = reserve(f"127.0.0.1:{port}", "--http")
+    try:
+        assert address == f"127.0.0.1:{port}"
+    finally:
+        for sock in held:
+            sock.close()
