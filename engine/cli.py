@@ -39,15 +39,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hookrules {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="answer EMQX ExHook calls, VerneMQ webhooks and RabbitMQ's HTTP auth "
-                                         "checks from the rules directory")
+    serve = sub.add_parser("serve", help="answer EMQX ExHook and HTTP auth calls, VerneMQ webhooks and RabbitMQ's "
+                                         "HTTP auth checks from the rules directory")
     # Every serve flag defaults to None, "not given", so a config file's value stands unless a flag says otherwise.
     serve.add_argument("--config", type=Path, metavar="FILE", help="a TOML file with any of the settings below")
     serve.add_argument("--rules", type=Path, help="rules directory (default: rules)")
     serve.add_argument("--grpc", metavar="HOST:PORT",
                        help=f"EMQX ExHook gRPC address (default: {DEFAULT_GRPC}; port 0 picks a free port; 'off')")
     serve.add_argument("--http", metavar="HOST:PORT",
-                       help=f"HTTP address of VerneMQ webhooks and RabbitMQ's /rabbitmq/ checks (default: "
+                       help=f"HTTP address of VerneMQ webhooks, RabbitMQ's /rabbitmq/ and EMQX's /emqx/ checks (default: "
                             f"{DEFAULT_HTTP}; port 0 picks a free port; 'off')")
     serve.add_argument("--vernemq-base64", choices=("on", "off"),
                        help="whether VerneMQ sends payloads base64-encoded, as its base64encode setting "
@@ -127,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--raw", action="store_true",
                     help="the event as the broker sends it: a VerneMQ webhook body, an EMQX request in "
                          "protobuf JSON (the v3 proto's field names), or a RabbitMQ check's fields as a JSON object")
+    ev.add_argument("--channel", choices=("exhook", "http"),
+                    help="with --raw and an EMQX hook: exhook (protobuf JSON, the default) or http (the JSON "
+                         "object EMQX's HTTP authenticator or authorizer posts, its fields named as in the README)")
     ev.add_argument("--vernemq-base64", choices=("on", "off"), default="on",
                     help="with --raw: whether the body's payloads are base64 (VerneMQ's base64encode; default on)")
     return parser
@@ -259,7 +262,8 @@ def _eval(args: argparse.Namespace) -> int:
         try:
             if not isinstance(spec, dict):
                 raise RawEventError("the event is a JSON object, as the broker sends it")
-            events = raw_events(args.hook, json.dumps(spec), vernemq_base64=args.vernemq_base64 == "on")
+            events = raw_events(args.hook, json.dumps(spec), vernemq_base64=args.vernemq_base64 == "on",
+                                channel=args.channel)
         except (RawEventError, TypeError, ValueError) as exc:  # TypeError: a YAML date is no JSON
             print(f"hookrules: error: --raw: {exc}", file=sys.stderr)
             return 2

@@ -143,6 +143,7 @@ class DecisionLog:
             "time": datetime.fromtimestamp(time.time(), timezone.utc).isoformat(timespec="milliseconds"),
             "broker": event.broker,
             "hook": event.hook,
+            "channel": event.channel,
             "client_id": client.id,
             "username": client.username,
             "decision": decision.kind,

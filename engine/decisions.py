@@ -12,11 +12,17 @@ Kind = Literal["allow", "deny", "ignore", "rewrite", "drop"]
 @dataclass(frozen=True, slots=True)
 class Allow:
     """Let it happen. VerneMQ only: `modifiers` (checked against what the hook accepts) and `cache`
-    (seconds VerneMQ may reuse the answer). RabbitMQ's user check only: `tags`, the user's tags."""
+    (seconds VerneMQ may reuse the answer). RabbitMQ's user check only: `tags`, the user's tags.
+    EMQX's HTTP authenticator only (emqxoptions.py): `superuser`, `attrs` (client attributes),
+    `expire_at` (Unix seconds) and `acl` (the client's own authorization rules)."""
 
     modifiers: Mapping[str, Any] | None = None
     cache: int | None = None
     tags: tuple[str, ...] | None = None
+    superuser: bool | None = None
+    attrs: Mapping[str, str] | None = None
+    expire_at: int | None = None
+    acl: tuple[Mapping[str, Any], ...] | None = None
     kind: ClassVar[Kind] = "allow"
 
 

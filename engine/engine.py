@@ -162,7 +162,7 @@ class Engine:
                 if decision is None or decision is ALLOW or decision is IGNORE:  # the usual: nothing to check
                     outcome = Outcome(decision or IGNORE, "rule", rule.version, None, answered)
                 else:
-                    problem = decision_problem(event.hook, decision) or (check(decision) if check else None)
+                    problem = decision_problem(event.hook, decision, event.channel) or (check(decision) if check else None)
                     if problem is None:
                         outcome = Outcome(decision, "rule", rule.version, None, answered)
                     else:

@@ -212,6 +212,9 @@ class Event:
     broker: str
     client: Client = Client()
     data: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    #: the front-end the call came through (hooks.CHANNELS): every adapter sets it; "" only in an event
+    #: built by hand in code, which no broker sent
+    channel: str = ""
 
     def names(self) -> dict[str, Any]:
         """Everything the rule reads, by name."""
@@ -219,6 +222,7 @@ class Event:
         out["hook"] = self.hook
         out["broker"] = self.broker
         out["client"] = self.client
+        out["channel"] = self.channel
         return out
 
     def secrets(self) -> tuple[str | bytes, ...]:

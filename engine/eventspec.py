@@ -2,7 +2,8 @@
 
 The keys are the names a rule reads: `client`, `message`, `conn`, `topic_filters`, `subopts`,
 `topics`, `action`, `topic`, `qos`, `result`, `reason`, `result_code`, `properties`,
-`user_properties`, `request`. Objects are mappings of their fields; a message payload is text
+`user_properties`, `request`, and `channel` (which of the broker's front-ends sent it, hooks.CHANNELS;
+its first by default). Objects are mappings of their fields; a message payload is text
 (`payload`) or base64 (`payload_base64`). A key the hook does not provide is an error, so a typo
 does not silently test nothing.
 """
@@ -16,7 +17,7 @@ from dataclasses import fields
 from typing import Any
 
 from .events import Client, Conn, Event, Message, SubOpts, TopicFilter, freeze, frozen_map
-from .hooks import HOOKS, answered_hooks
+from .hooks import CHANNELS, HOOKS, answered_hooks
 
 
 class SpecError(ValueError):
@@ -66,6 +67,13 @@ def build_event(hook: str, spec: Mapping[str, Any]) -> Event:
                         f"{', '.join(answered_hooks(hook))}")
     if not isinstance(spec, Mapping):
         raise SpecError(f"an event is a mapping of names to values, not {type(spec).__name__}")
+    channels = CHANNELS[info.broker]
+    channel = spec.get("channel", channels[0])
+    if channel not in channels:
+        raise SpecError(f"'channel' of a {info.broker} event is one of {', '.join(channels)}, not {channel!r}")
+    if info.broker == "emqx" and channel == "exhook" and spec.get("request"):
+        raise SpecError("EMQX sends 'request' fields only over HTTP: give channel: http")
+    spec = {k: v for k, v in spec.items() if k != "channel"}
     allowed = set(info.names) | {"client"}
     data: dict[str, Any] = {}
     client = Client()
@@ -82,7 +90,7 @@ def build_event(hook: str, spec: Mapping[str, Any]) -> Event:
             raise SpecError(str(exc)) from None
     for key, value in spec.items():
         if key not in allowed:
-            raise SpecError(f"{hook} does not provide '{key}'; it provides: {', '.join(sorted(allowed))}")
+            raise SpecError(f"{hook} does not provide '{key}'; it provides: {', '.join(sorted(allowed | {'channel'}))}")
         if key == "client":
             client = _object(Client, value, "client")
         elif key == "conn":
@@ -112,4 +120,4 @@ def build_event(hook: str, spec: Mapping[str, Any]) -> Event:
         data["qos"] = None
     if "request" in allowed and "request" not in data:
         data["request"] = frozen_map({})
-    return Event(hook, info.broker, client, frozen_map(data))
+    return Event(hook, info.broker, client, frozen_map(data), channel=channel)

@@ -39,7 +39,8 @@ def read_event(value: str) -> Any:
 def describe(outcome: Outcome) -> str:
     d = outcome.decision
     parts: list[str] = [d.kind]
-    details = {k: v for k in ("reason", "topic", "payload", "qos", "retain", "topics", "modifiers", "cache", "tags")
+    details = {k: v for k in ("reason", "topic", "payload", "qos", "retain", "topics", "modifiers", "cache", "tags",
+                              "superuser", "attrs", "expire_at", "acl")
                if (v := getattr(d, k, None)) not in (None, "")}
     if details:
         parts.append("(" + ", ".join(f"{k}={_plain(v)!r}" for k, v in details.items()) + ")")
@@ -47,7 +48,11 @@ def describe(outcome: Outcome) -> str:
 
 
 def _plain(value: Any) -> Any:
-    return dict(value) if isinstance(value, Mapping) else value
+    if isinstance(value, Mapping):
+        return {k: list(v) if isinstance(v, tuple) else _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple) and value and isinstance(value[0], Mapping):  # allow(acl=...)
+        return [_plain(v) for v in value]
+    return value
 
 
 def evaluate(rules: Path, hook: str, event_spec: Any, out: TextIO, *, broker: str | None = None,

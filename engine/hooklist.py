@@ -12,6 +12,8 @@ import dataclasses
 import json
 from typing import Any, TextIO
 
+from .emqxoptions import OPTIONS as EMQX_OPTIONS
+from .emqxoptions import carriable
 from .engine import Engine
 from .events import Client, Conn, Message, SubOpts, TopicFilter
 from .hooks import CHAINS, HOOKS, RULE_SUFFIX, HookInfo, answered_hooks
@@ -24,9 +26,10 @@ _DECISION_ORDER = ("allow", "deny", "ignore", "rewrite", "drop")
 #: What each name a rule reads holds: an event class (its fields are listed), [X] for a list of X, or a type
 #: in words. tests/test_cli_tools.py checks it against every adapter's real event for every hook.
 NAME_SHAPES: dict[str, Any] = {
-    "hook": "str", "broker": "str", "client": Client, "conn": Conn, "message": Message, "subopts": SubOpts,
+    "hook": "str", "broker": "str", "channel": "str (exhook or http on EMQX, webhook on VerneMQ, http on RabbitMQ)",
+    "client": Client, "conn": Conn, "message": Message, "subopts": SubOpts,
     "topic_filters": [TopicFilter], "topics": [TopicFilter], "properties": "map", "user_properties": "map",
-    "request": "map (the webhook's JSON body)", "topic": "str", "qos": "int, or None where the broker sends none",
+    "request": "map (VerneMQ: the webhook's JSON body; EMQX: the HTTP call's fields, empty over ExHook)", "topic": "str", "qos": "int, or None where the broker sends none",
     "action": "str (publish or subscribe)", "result": "bool", "reason": "str", "result_code": "str",
     "vhost": "str", "ip": "str", "tags": ["str"], "resource": "str (queue, exchange or topic)", "name": "str",
     "permission": "str (configure, write or read)", "routing_key": "str",
@@ -58,7 +61,7 @@ def _reads(info: HookInfo) -> dict[str, Any]:
 def describe(info: HookInfo) -> dict[str, Any]:
     chain = CHAINS[info.name]
     options = [opt for opt, on in (("cache", info.cacheable), ("tags", info.tagged), ("TOPICS", info.topic_filtered))
-               if on]
+               if on] + (list(EMQX_OPTIONS) if carriable(info.name) else [])
     return {
         "hook": info.name,
         "broker": info.broker,
@@ -116,7 +119,9 @@ def print_hooks(out: TextIO, hook: str | None = None, broker: str | None = None,
     if d["rewrites"]:
         out.write(f"  rewrite() sets:   {', '.join(d['rewrites'])}\n")
     if d["options"]:
-        out.write(f"  also:             {', '.join(d['options'])}\n")
+        emqx_http = " (the last four over EMQX's HTTP authenticator only)" \
+            if set(EMQX_OPTIONS) <= set(d["options"]) else ""
+        out.write(f"  also:             {', '.join(d['options'])}{emqx_http}\n")
     out.write(f"  on a rule error:  {d['failure_policy']} (--failure-policy {d['hook']}=deny|ignore|allow)\n")
     out.write(f"  without a rule:   {d['without_rule']}\n")
     return 0

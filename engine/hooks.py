@@ -16,8 +16,15 @@ Policy = Literal["deny", "ignore", "allow"]
 
 RULE_SUFFIX = ".star"
 
-#: What every rule reads, whatever the hook.
-COMMON_NAMES = ("hook", "broker", "client")
+#: What every rule reads, whatever the hook. `channel` says which of a broker's front-ends made the
+#: call (CHANNELS): EMQX calls client.authenticate and client.authorize over ExHook and over its HTTP
+#: authenticator and authorizer, and a rule may answer the two differently.
+COMMON_NAMES = ("hook", "broker", "client", "channel")
+
+#: broker -> the channels its calls arrive on, the first the one a hand-written event (eventspec) means
+#: when it names none. EMQX: "exhook" (gRPC) or "http" (/emqx/authn, /emqx/authz); VerneMQ: "webhook";
+#: RabbitMQ: "http" (rabbitmq_auth_backend_http).
+CHANNELS: dict[str, tuple[str, ...]] = {"emqx": ("exhook", "http"), "vernemq": ("webhook",), "rabbitmq": ("http",)}
 
 #: Decision helpers by what a hook can do with the answer.
 AUTH = frozenset({"allow", "deny", "ignore"})
@@ -103,8 +110,10 @@ EMQX_HOOKS: tuple[HookInfo, ...] = (
     _emqx("client.connected", NOTIFY),
     _emqx("client.disconnected", NOTIFY, "reason"),
     # EMQX's own failed_action defaults to deny for these two: a broken rule must not let clients in.
-    _emqx("client.authenticate", AUTH, "result", policy="deny"),
-    _emqx("client.authorize", AUTH, *AUTHORIZE_NAMES, "result", policy="deny"),
+    # `request`: the fields EMQX's HTTP authenticator/authorizer sent as they came (zone, listener,
+    # cert_pem, client_attrs.*, retain ...: what has no place in `client`); empty over ExHook
+    _emqx("client.authenticate", AUTH, "result", "request", policy="deny"),
+    _emqx("client.authorize", AUTH, *AUTHORIZE_NAMES, "result", "request", policy="deny"),
     _emqx("client.subscribe", NOTIFY, *_SUBSCRIBE),
     _emqx("client.unsubscribe", NOTIFY, *_SUBSCRIBE),
     _emqx("session.created", NOTIFY),

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .decisions import Decision
+from .emqxoptions import options_problem
 from .hooks import HOOKS
 
 Check = Callable[[str, Any], Any]
@@ -231,11 +232,13 @@ def _topic_problem(topic: Any, what: str) -> str | None:
     return None
 
 
-def decision_problem(hook: str, decision: Decision) -> str | None:
-    """Why a broker could not be sent this decision of `hook`'s rule, or None when every value it
-    carries is one the broker's reply accepts. The rule calls check most of this where they are made
-    (with file:line:col); this is the one check at the boundary, so no value that passed them, or
-    came another way, can fail in an encoder."""
+def decision_problem(hook: str, decision: Decision, channel: str = "") -> str | None:
+    """Why a broker could not be sent this decision of `hook`'s rule, on a call that came over
+    `channel` (hooks.CHANNELS), or None when every value it carries is one the broker's reply
+    accepts. The rule calls check most of this where they are made (with file:line:col); this is the
+    one check at the boundary, so no value that passed them, or came another way, can fail in an
+    encoder, and no option reaches a reply that has no place for it. Per call, not per hook: EMQX's
+    client.authenticate carries allow(superuser=...) over HTTP and not over ExHook."""
     kind = decision.kind
     if kind == "ignore":
         return None
@@ -246,6 +249,9 @@ def decision_problem(hook: str, decision: Decision) -> str | None:
     if kind == "allow":
         modifiers, cache, tags = decision.modifiers, decision.cache, decision.tags  # type: ignore[union-attr]
         info = HOOKS.get(hook)
+        problem = options_problem(hook, channel, decision)
+        if problem is not None:
+            return problem
         try:
             if modifiers is not None:
                 schema = SCHEMAS.get(hook)

@@ -103,6 +103,7 @@ class CompiledRule:
         symtable["hook"] = event.hook
         symtable["broker"] = event.broker
         symtable["client"] = event.client
+        symtable["channel"] = event.channel
         deadline = time.monotonic() + (limits.timeout if timeout is None else timeout)
         try:
             return self.interp.execute(self.tree, symtable, limits.max_steps, deadline)  # type: ignore[no-any-return]

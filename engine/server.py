@@ -26,6 +26,9 @@ from aiohttp import web
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from .adapters.emqx_http import PREFIX as EMQX_HTTP_PREFIX
+from .adapters.emqx_http_route import EmqxHttpRoute
+from .adapters.emqx_http_service import EmqxHttpService
 from .adapters.exhook import ExhookAdapter
 from .adapters.rabbitmq import PREFIX as RABBITMQ_PREFIX
 from .adapters.rabbitmq_http import RabbitMQAdapter
@@ -120,6 +123,8 @@ class Server:
                                        max_concurrent=config.max_concurrent_calls)
         # RabbitMQ's checks share the --http port, and its limit on calls in progress, with VerneMQ's
         self.rabbitmq = RabbitMQAdapter(self.engine, admission=self.webhooks.admission)
+        # so do EMQX's HTTP authenticator and authorizer (/emqx/authn, /emqx/authz)
+        self.emqx_http = EmqxHttpService(self.engine, admission=self.webhooks.admission)
         self.reloader.listeners.append(self.exhook.rules_changed)
         metrics.RULE_BROKEN.watch(self.broken_rules)
         metrics.HOOK_RULE.watch(self.answered_hooks)
@@ -212,7 +217,8 @@ class Server:
             await self._start_grpc(self.config.grpc, tls)
         if self.config.http is not None:
             webhooks = web.ServerRunner(self.webhooks.server(health_handlers(self.readiness),
-                                                             {RABBITMQ_PREFIX: self.rabbitmq.dispatch}),
+                                                             {RABBITMQ_PREFIX: self.rabbitmq.dispatch,
+                                                              EMQX_HTTP_PREFIX: EmqxHttpRoute(self.emqx_http).dispatch}),
                                         handle_signals=False)
             self.http_port = await self._start_http(self.config.http, "--http", webhooks, tls[2] if tls else None,
                                                     "VerneMQ webhooks and RabbitMQ's HTTP auth on {url}")

@@ -24,6 +24,8 @@ from .decisions import Decision, Kind
 from .files import MAX_RULE_BYTES, FileRefused, read_file
 from .engine import Engine, Outcome
 from .errors import Code
+from .emqxoptions import OPTIONS as EMQX_OPTIONS
+from .emqxoptions import reply_fields
 from .events import Event
 from .eventspec import SpecError, build_event
 from .hooks import HOOKS, RULE_SUFFIX, Policy
@@ -80,6 +82,16 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _emqx_option(name: str) -> Callable[[Outcome, Event], Any]:
+    """allow(superuser/attrs/expire_at/acl=...) as EMQX's HTTP authenticator receives it (plain JSON)."""
+    field = EMQX_OPTIONS[name]
+
+    def get(o: Outcome, event: Event) -> Any:
+        return reply_fields(o.decision).get(field)
+
+    return get
+
+
 #: expect key -> what of the outcome (and the event it answered) it is compared with
 EXPECTATIONS: dict[str, Callable[[Outcome, Event], Any]] = {
     "decision": lambda o, e: o.decision.kind,
@@ -93,6 +105,7 @@ EXPECTATIONS: dict[str, Callable[[Outcome, Event], Any]] = {
     "modifiers": lambda o, e: _modifiers(o.decision),
     "cache": lambda o, e: getattr(o.decision, "cache", None),
     "tags": lambda o, e: list(t) if (t := getattr(o.decision, "tags", None)) is not None else None,
+    **{name: _emqx_option(name) for name in EMQX_OPTIONS},
 }
 CASE_KEYS = ("name", "hook", "broker", "event", "expect")
 DECISIONS: tuple[str, ...] = get_args(Kind)

@@ -44,3 +44,24 @@ def broker_events() -> dict[str, Event]:
         fields = {name: "read" if name == "permission" else "x" for name in required}
         found[hook] = event_for(hook, {**fields, "tags": "management monitoring"})
     return found
+
+
+#: what EMQX's HTTP authenticator and authorizer post with the README's body templates: every placeholder
+EMQX_HTTP_BODIES: dict[str, dict[str, str]] = {
+    "client.authenticate": {"clientid": "c1", "username": "u1", "password": "p1", "peerhost": "10.0.0.7",
+                            "peerport": "50211", "cert_subject": "CN=c1,O=acme", "cert_common_name": "c1",
+                            "cert_pem": "-----BEGIN CERTIFICATE-----", "zone": "default", "listener": "tcp:default",
+                            "role": "admin"},
+    "client.authorize": {"clientid": "c1", "username": "u1", "peerhost": "10.0.0.7", "peerport": "50211",
+                         "proto_name": "MQTT", "mountpoint": "m/", "topic": "t/1", "action": "publish",
+                         "cert_subject": "CN=c1,O=acme", "cert_common_name": "c1", "cert_pem": "-----BEGIN",
+                         "access": "2", "zone": "default", "listener": "tcp:default", "qos": "1", "retain": "false",
+                         "role": "admin"},
+}
+
+
+def channel_events() -> list[Event]:
+    """Every event any adapter builds, one per hook and channel: broker_events() and EMQX's HTTP calls."""
+    from hookrules.adapters.emqx_http import event_for as emqx_http_event
+
+    return list(broker_events().values()) + [emqx_http_event(hook, body) for hook, body in EMQX_HTTP_BODIES.items()]

@@ -104,7 +104,7 @@ REFUSED = [
     ("unknown-function-call", "x = 1\nfoo(x)\n", AUTHZ, 2, 1, "unknown name 'foo'", "define it first"),
     ("print", "x = 1\nprint(x)\n", AUTHZ, 2, 1, "'print' is not available", "log("),
     ("name-from-another-hook", "x = message.topic\n", AUTHN, 1, 5, "'message' is not available in client.authenticate",
-     "this hook provides: broker, client, hook, result"),
+     "this hook provides: broker, channel, client, hook, request, result"),
     ("topic-in-authenticate", "if topic:\n    allow()\n", AUTHN, 1, 4, "'topic' is not available in client.authenticate",
      "this hook provides"),
     ("rewrite-in-authenticate", "rewrite(topic='a')\n", AUTHN, 1, 1, "rewrite() is not available in client.authenticate",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ENGINE = Path(__file__).resolve().parent.parent / "engine"
-LEAVES = {"errors", "events", "hooks", "decisions", "modifiers"}
+LEAVES = {"errors", "events", "hooks", "decisions", "modifiers", "emqxoptions"}
 BROKER_LIBS = {"grpc", "aiohttp", "google"}
 
 
@@ -79,7 +79,13 @@ ADAPTER_FAMILIES = {"adapters.exhook": {"adapters.exhook_proto", "adapters.admis
                     "adapters.admission": set(),
                     "adapters.rabbitmq_http": {"adapters.rabbitmq", "adapters.admission", "adapters.httpbody"},
                     "adapters.rabbitmq": {"adapters.refusal"},
-                    "adapters.raw": {"adapters.exhook", "adapters.exhook_proto", "adapters.vernemq", "adapters.rabbitmq"}}
+                    # EMQX's HTTP authn/authz: mapping, the plain-value service, and aiohttp's glue
+                    "adapters.emqx_http": {"adapters.refusal", "adapters.jsonwire"},
+                    "adapters.emqx_http_service": {"adapters.emqx_http", "adapters.admission", "adapters.jsonwire"},
+                    "adapters.emqx_http_route": {"adapters.emqx_http_service", "adapters.httpbody",
+                                                 "adapters.refusal"},
+                    "adapters.raw": {"adapters.exhook", "adapters.exhook_proto", "adapters.vernemq", "adapters.rabbitmq",
+                                     "adapters.emqx_http"}}
 
 
 def test_adapters_never_reach_into_the_language_or_each_other() -> None:

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from .. import metrics
 from ..decisions import Decision
 from ..engine import Engine
-from ..events import Client, Conn, Event, Message, SubOpts, TopicFilter, frozen_map
+from ..events import EMPTY, Client, Conn, Event, Message, SubOpts, TopicFilter, frozen_map
 from ..hooks import EMQX_HOOKS
 from ..modifiers import decision_problem
 from ..ratelimit import Every
@@ -32,6 +32,7 @@ from .exhook_proto import ExhookProto
 log = logging.getLogger(__name__)
 
 BROKER = "emqx"
+CHANNEL = "exhook"
 #: Leave this share of EMQX's request_timeout (the gRPC deadline) for the reply to travel back,
 #: within bounds: 0.5 s of the default 5 s, never less than 50 ms.
 DEADLINE_MARGIN = (0.1, 0.05, 0.5)
@@ -96,11 +97,11 @@ def _conn_event(hook: str, r: Any, **extra: Any) -> Event:
     client = Client(id=conn.id, username=conn.username, peerhost=conn.peerhost, peerport=conn.peerport,
                     sockport=conn.sockport, protocol=conn.proto_name, node=conn.node)
     data = {"conn": conn, "properties": _props(r.props), "user_properties": _props(getattr(r, "user_props", ())), **extra}
-    return Event(hook, BROKER, client, frozen_map(data))
+    return Event(hook, BROKER, client, frozen_map(data), channel=CHANNEL)
 
 
 def _client_event(hook: str, r: Any, **data: Any) -> Event:
-    return Event(hook, BROKER, _client(r.clientinfo), frozen_map(data))
+    return Event(hook, BROKER, _client(r.clientinfo), frozen_map(data), channel=CHANNEL)
 
 
 _AUTHZ_ACTIONS = {0: "publish", 1: "subscribe"}
@@ -110,10 +111,11 @@ EVENT_BUILDERS: dict[str, Callable[[str, Any], Event]] = {
     "client.connack": lambda h, r: _conn_event(h, r, result_code=r.result_code),
     "client.connected": lambda h, r: _client_event(h, r),
     "client.disconnected": lambda h, r: _client_event(h, r, reason=r.reason),
-    "client.authenticate": lambda h, r: _client_event(h, r, result=r.result),
+    # `request` is what EMQX's HTTP authenticator/authorizer sent (adapters/emqx_http.py): nothing here
+    "client.authenticate": lambda h, r: _client_event(h, r, result=r.result, request=EMPTY),
     # EMQX sends no qos with an authorization: None, as authorize.star reads it
     "client.authorize": lambda h, r: _client_event(h, r, action=_AUTHZ_ACTIONS.get(r.type, "publish"),
-                                                   topic=r.topic, qos=None, result=r.result),
+                                                   topic=r.topic, qos=None, result=r.result, request=EMPTY),
     "client.subscribe": lambda h, r: _client_event(h, r, topic_filters=_filters(r.topic_filters),
                                                    properties=_props(r.props),
                                                    user_properties=_props(getattr(r, "user_props", ()))),
@@ -130,11 +132,12 @@ EVENT_BUILDERS: dict[str, Callable[[str, Any], Event]] = {
     "session.terminated": lambda h, r: _client_event(h, r, reason=r.reason),
     # v3 carries the PUBLISH properties beside the message; v2 has none
     "message.publish": lambda h, r: Event(h, BROKER, _sender(r.message), frozen_map(
-        {"message": _message(r.message, getattr(r, "props", ()), getattr(r, "user_props", ()))})),
+        {"message": _message(r.message, getattr(r, "props", ()), getattr(r, "user_props", ()))}),
+        channel=CHANNEL),
     "message.delivered": lambda h, r: _client_event(h, r, message=_message(r.message)),
     "message.acked": lambda h, r: _client_event(h, r, message=_message(r.message)),
     "message.dropped": lambda h, r: Event(h, BROKER, _sender(r.message), frozen_map(
-        {"message": _message(r.message), "reason": r.reason})),
+        {"message": _message(r.message), "reason": r.reason}), channel=CHANNEL),
 }
 
 

@@ -24,6 +24,7 @@ from ..nodefaults import RABBITMQ_MQTT_EXCHANGE
 from .refusal import BadRequest as BadRequest  # its refusals, re-exported
 
 BROKER = "rabbitmq"
+CHANNEL = "http"
 
 #: request path -> hook
 PATHS: Mapping[str, str] = {
@@ -96,16 +97,18 @@ def event_for(hook: str, fields: Mapping[str, str]) -> Event:
     username = fields["username"]
     if hook == "rabbitmq.user":
         client = Client(id=get("client_id", ""), username=username, password=get("password", ""))
-        return Event(hook, BROKER, client, frozen_map({"vhost": get("vhost", "")}))
+        return Event(hook, BROKER, client, frozen_map({"vhost": get("vhost", "")}), channel=CHANNEL)
     tags = _tags(get("tags", ""))
     if hook == "rabbitmq.vhost":
         ip = get("ip", "")
         client = Client(id=get("client_id", ""), username=username, peerhost=ip)
-        return Event(hook, BROKER, client, frozen_map({"vhost": fields["vhost"], "ip": ip, "tags": tags}))
+        return Event(hook, BROKER, client, frozen_map({"vhost": fields["vhost"], "ip": ip, "tags": tags}),
+                     channel=CHANNEL)
     data: dict[str, object] = {"vhost": fields["vhost"], "resource": fields["resource"], "name": fields["name"],
                                "permission": fields["permission"], "tags": tags}
     if hook == "rabbitmq.resource":  # rabbitmq_mqtt sends the client id here too
-        return Event(hook, BROKER, Client(id=get("client_id", ""), username=username), frozen_map(data))
+        return Event(hook, BROKER, Client(id=get("client_id", ""), username=username), frozen_map(data),
+                     channel=CHANNEL)
     # topic: rabbitmq_mqtt puts the client id and username in the authorization context's variable_map
     action = TOPIC_ACTIONS.get(fields["permission"])
     if action is None:  # what authorize.star reads is one of two actions, never a third it did not foresee
@@ -114,7 +117,7 @@ def event_for(hook: str, fields: Mapping[str, str]) -> Event:
     routing_key = fields["routing_key"]
     client = Client(id=get("variable_map.client_id", ""), username=get("variable_map.username", username))
     data.update(routing_key=routing_key, action=action, topic=routing_key_to_topic(routing_key, action), qos=None)
-    return Event(hook, BROKER, client, frozen_map(data))
+    return Event(hook, BROKER, client, frozen_map(data), channel=CHANNEL)
 
 
 #: what a hand-written event (a test table, `hookrules eval`) leaves out, as RabbitMQ's MQTT plugin sends it

@@ -21,6 +21,7 @@ from ..modifiers import decision_problem
 from .refusal import BadRequest as BadRequest  # its refusals, re-exported
 
 BROKER = "vernemq"
+CHANNEL = "webhook"
 #: SUBACK codes for a refused topic: "not authorized" in MQTT 3 (0x80) and 5 (0x87)
 REFUSED_QOS = {False: 128, True: 135}
 SUBSCRIBE_HOOKS = ("auth_on_subscribe", "auth_on_subscribe_m5")
@@ -174,8 +175,9 @@ def iter_events(hook: str, body: Mapping[str, Any], b64: bool) -> Iterator[Event
             data["topics"] = tuple(TopicFilter(t["topic"], _qos(t)) for t in _subscriptions(body))
     if hook in SUBSCRIBE_HOOKS:
         topics = _subscriptions(body)  # all checked now: a bad entry refuses the call before any rule runs
-        return (Event(hook, BROKER, client, frozen_map({**data, "topic": t["topic"], "qos": _qos(t)})) for t in topics)
-    return iter((Event(hook, BROKER, client, frozen_map(data)),))
+        return (Event(hook, BROKER, client, frozen_map({**data, "topic": t["topic"], "qos": _qos(t)}),
+                      channel=CHANNEL) for t in topics)
+    return iter((Event(hook, BROKER, client, frozen_map(data), channel=CHANNEL),))
 
 
 # -- decisions -> reply ---------------------------------------------------------------------------

@@ -20,6 +20,8 @@ from types import MappingProxyType
 from typing import Any
 
 from ..decisions import ALLOW, IGNORE, Allow, Decision, Deny, Drop, Rewrite
+from ..emqxoptions import CHECKS as EMQX_OPTION_CHECKS
+from ..emqxoptions import carriable
 from ..hooks import HookInfo
 from ..modifiers import SCHEMAS, check_cache, rabbitmq_tags
 from ..modifiers import validate as validate_modifiers
@@ -141,13 +143,26 @@ def make_decisions(hook: HookInfo) -> dict[str, Callable[..., None]]:
     accepts (its rewrite fields, VerneMQ modifiers, cache) where the rule calls them, so a mistake is
     a rule error with file:line:col rather than a reply the broker chokes on."""
     schema = SCHEMAS.get(hook.name)
+    emqx_options = carriable(hook.name)
 
     def hook_allow(modifiers: Mapping[str, Any] | None = None, cache: int | None = None,
-                   tags: Sequence[str] | None = None) -> Decision:
+                   tags: Sequence[str] | None = None, superuser: bool | None = None,
+                   attrs: Mapping[str, str] | None = None, expire_at: int | None = None,
+                   acl: Sequence[Mapping[str, Any]] | None = None) -> Decision:
         """Let it happen and stop here (VerneMQ: with modifiers, and an answer cached for `cache` s;
-        RabbitMQ's user check: with the user's tags)."""
-        if modifiers is None and cache is None and tags is None:
+        RabbitMQ's user check: with the user's tags; EMQX's HTTP authenticator: superuser, client
+        attributes, an expiry and an ACL)."""
+        if modifiers is None and cache is None and tags is None and superuser is None and attrs is None \
+                and expire_at is None and acl is None:
             return ALLOW
+        options: dict[str, Any] = {}
+        for name, value in (("superuser", superuser), ("attrs", attrs), ("expire_at", expire_at), ("acl", acl)):
+            if value is not None:
+                if not emqx_options:
+                    raise ValueError(f"allow({name}=...) means nothing in {hook.name}: only EMQX's HTTP "
+                                     "authenticator reads it (client.authenticate.star or authenticate.star, "
+                                     "answering /emqx/authn)")
+                options[name] = EMQX_OPTION_CHECKS[name](value)
         checked_tags = None
         if tags is not None:
             if not hook.tagged:
@@ -166,7 +181,7 @@ def make_decisions(hook: HookInfo) -> dict[str, Callable[..., None]]:
                 raise ValueError(f"allow(cache=...) means nothing in {hook.name}: only VerneMQ auth_on_register, "
                                  "auth_on_publish and auth_on_subscribe answers are cached")
             check_cache(cache)  # a range too: f"max-age={10**5000}" failed in every reply
-        return Allow(checked, cache, checked_tags)
+        return Allow(checked, cache, checked_tags, **options)
 
     def hook_rewrite(topic: str | None = None, payload: str | bytes | None = None, qos: int | None = None,
                      retain: bool | None = None, topics: list[str] | None = None) -> Decision:

@@ -15,6 +15,9 @@ from dataclasses import dataclass, fields
 from ..errors import Location, RuleError, RuleLoadError, char_col, source_lines
 from ..events import Client, Conn, Message, SubOpts
 from ..hooks import HOOKS, PUBLISH, RULE_SUFFIX, HookInfo, answered_hooks
+from ..emqxoptions import CHECKS as EMQX_OPTION_CHECKS
+from ..emqxoptions import OPTIONS as EMQX_OPTIONS
+from ..emqxoptions import carriable
 from ..modifiers import SCHEMAS as MODIFIER_SCHEMAS
 from .builtins import DECISIONS, HELPERS, provided_names, validate_filter
 from .helpers import PATTERN_HELPERS, pattern_problem
@@ -355,7 +358,7 @@ class _Checker:
             example = ", ".join(f"{f}=..." for f in sorted(hook.rewrites))
         else:
             accepted = (({"modifiers"} if hook.name in MODIFIER_SCHEMAS else set()) | ({"cache"} if hook.cacheable else set())
-                        | ({"tags"} if hook.tagged else set()))
+                        | ({"tags"} if hook.tagged else set()) | (set(EMQX_OPTIONS) if carriable(hook.name) else set()))
             example = ", ".join(f"{f}=..." for f in sorted(accepted)) or ""
         if node.args:
             self.error(node, f"{name}() takes keyword arguments only", f"write {name}({example})")
@@ -366,6 +369,20 @@ class _Checker:
                 if owner and name == "allow":
                     can += f"; {kw.arg}= is for {owner}"
                 self.error(kw.value, f"{name}() in {hook.name} has no '{kw.arg}'", can)
+            elif name == "allow" and kw.arg in EMQX_OPTION_CHECKS:
+                self._check_literal_option(kw.arg, kw.value)
+
+    def _check_literal_option(self, option: str, value: ast.expr) -> None:
+        """allow(superuser=..., attrs=..., expire_at=..., acl=...) with a literal value: checked now as
+        EMQX would check it, so a value it drops or denies the client for never reaches a broker."""
+        try:
+            literal = ast.literal_eval(value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return  # computed when the rule runs: checked then
+        try:
+            EMQX_OPTION_CHECKS[option](literal)
+        except ValueError as exc:
+            self.error(value, str(exc), "see the README's EMQX HTTP authentication section for what EMQX accepts")
 
     def visit_Constant(self, node: ast.Constant) -> None:
         if isinstance(node.value, complex):  # lang/values: not among the values a rule can hold
@@ -514,7 +531,9 @@ def _is_constant(node: ast.AST) -> bool:
 #: allow()'s keywords only some hooks take, and where they belong, for the hint of a rule that used one
 KEYWORD_HOOKS = {"tags": "RabbitMQ's user check: rabbitmq.user.star",
                  "cache": "VerneMQ's auth_on_register, auth_on_publish and auth_on_subscribe files",
-                 "modifiers": "VerneMQ's files (see the README's VerneMQ hooks)"}
+                 "modifiers": "VerneMQ's files (see the README's VerneMQ hooks)",
+                 **{name: "EMQX's HTTP authenticator: client.authenticate.star or authenticate.star"
+                    for name in ("superuser", "attrs", "expire_at", "acl")}}
 
 #: Every name some hook provides; used to say "not in this hook" rather than "unknown".
 HOOK_NAMES = frozenset(n for h in HOOKS.values() for n in h.all_names)
