@@ -45,7 +45,13 @@ def test_server_writes_one_json_line_per_rule_decision(start_server: Any, rules_
     assert authn["time"].endswith("+00:00")
     assert entries[3]["decision"] == "rewrite" and entries[3]["topic"] == "t/demo"
     text = log_file.read_text()
-    assert "secret" not in text and "password" not in text and "payload" not in text
+    # no secret's value in any form (the password "secret", the payload, its base64); the event's fields
+    # are there, the secrets' values null and named as redacted (the words "password" and "payload"
+    # are now field names of the event: issue 13's replay needs to tell a redacted value from an empty one)
+    assert "secret" not in text and "c2VjcmV0" not in text and "payload_base64" not in text
+    assert all("password" not in e for e in entries)
+    assert authn["event"]["client"]["password"] is None and authn["event"]["redacted"] == ["client.password"]
+    assert entries[3]["event"]["data"]["message"]["Message"]["payload"] is None
 
 
 def event() -> Event:

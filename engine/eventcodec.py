@@ -1,0 +1,225 @@
+"""One JSON form of an Event, and back: what the decision log writes and `hookrules replay` reads.
+
+The log must carry everything a rule reads (Event.names(): the client, and every hook-specific name
+the adapters put in `data`, VerneMQ's whole `request` body included), so that replaying a line runs
+a rule on the event it saw then. One codec for both sides, so the two cannot drift apart.
+
+The form, chosen so that no value a client sends can be mistaken for another:
+- the event is {"hook", "broker", "client": {field: value}, "data": {name: value}} (and "redacted");
+- a value is a JSON scalar (str, int, float, bool, null), a JSON array (a tuple), or an object with
+  exactly one key that names its type: {"bytes": base64}, {"map": {key: value}} (a read-only
+  mapping), {"json": raw} (a webhook body's JSON, as parsed), {"frozenset": [...]}, or one of the
+  event classes, {"Message": {field: value}} (Client, Conn, Message, SubOpts, TopicFilter).
+
+Secrets: a value under a field or key named in SECRET_NAMES (the password, the payload, MQTT 5
+authentication data), anywhere in the event, is written as null unless secrets are asked for, and its
+path is listed in "redacted", so a reader tells a redacted value from an empty one (an empty value is
+no secret and is written as it is).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from collections.abc import Mapping
+from dataclasses import fields
+from types import MappingProxyType
+from typing import Any
+
+from .events import EMPTY, Client, Conn, Event, JSONArray, JSONObject, Message, SubOpts, TopicFilter
+
+#: field and key names whose values no log shows unless asked (--decision-log-secrets)
+SECRET_NAMES = frozenset({"password", "payload", "p_authentication_data"})
+
+#: the classes an event holds, by the tag they are written under
+CLASSES: Mapping[str, type] = {cls.__name__: cls for cls in (Client, Conn, Message, SubOpts, TopicFilter)}
+_FIELDS: Mapping[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in CLASSES.values()}
+#: nesting a decoded value may have (events.MAX_FROZEN_DEPTH, plus the wrappers)
+MAX_DEPTH = 210
+
+
+class EventCodecError(ValueError):
+    """A JSON form that is not an event this codec wrote; the message says where."""
+
+
+# -- Event -> JSON ------------------------------------------------------------------------------
+
+
+class _Encoder:
+    __slots__ = ("secrets", "redacted")
+
+    def __init__(self, secrets: bool):
+        self.secrets = secrets
+        self.redacted: list[str] = []
+
+    def secret(self, value: Any, path: str) -> Any:
+        """A secret's JSON: itself with secrets on or when empty (no secret), else null, and noted."""
+        if self.secrets or value is None or value == "" or value == b"":
+            return self.value(value, path)
+        self.redacted.append(path)
+        return None
+
+    def value(self, value: Any, path: str) -> Any:
+        cls = value.__class__
+        if value is None or cls is str or cls is bool or cls is int:
+            return value
+        if cls is float:
+            return value if math.isfinite(value) else {"float": repr(value)}
+        if cls is bytes:
+            return {"bytes": base64.b64encode(value).decode("ascii")}
+        if cls is tuple:
+            return [self.value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if cls is JSONObject or cls is JSONArray:
+            return {"json": self.raw(value._data, path)}
+        if cls is frozenset:
+            return {"frozenset": [self.value(v, path) for v in value]}
+        if cls in _FIELDS:
+            return {cls.__name__: self.fields(value, path)}
+        if isinstance(value, Mapping):
+            return {"map": self.mapping(value, path)}
+        # a subclass (an IntEnum, a str subclass): its plain value
+        if isinstance(value, bool):
+            return bool(value)
+        if isinstance(value, int):
+            return self.value(int(value), path)
+        if isinstance(value, float):
+            return self.value(float(value), path)
+        if isinstance(value, str):
+            return str(value)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return self.value(bytes(value), path)
+        raise TypeError(f"{path}: a {cls.__name__} cannot be written to the decision log")
+
+    def fields(self, obj: Any, path: str) -> dict[str, Any]:
+        out = {}
+        for name in _FIELDS[obj.__class__]:
+            value = getattr(obj, name)
+            where = f"{path}.{name}"
+            out[name] = self.secret(value, where) if name in SECRET_NAMES else self.value(value, where)
+        return out
+
+    def mapping(self, mapping: Mapping[Any, Any], path: str) -> dict[str, Any]:
+        out = {}
+        for key, value in mapping.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{path}: a key of type {key.__class__.__name__} cannot be written to the decision log")
+            where = f"{path}.{key}"
+            out[key] = self.secret(value, where) if key in SECRET_NAMES else self.value(value, where)
+        return out
+
+    def raw(self, data: Any, path: str) -> Any:
+        """A webhook body as parsed (dicts, lists, scalars), its secrets redacted."""
+        if isinstance(data, dict):
+            if self.secrets:
+                return data
+            return {k: self.secret(v, f"{path}.{k}") if k in SECRET_NAMES else self.raw(v, f"{path}.{k}")
+                    for k, v in data.items()}
+        if isinstance(data, list) and not self.secrets:
+            return [self.raw(v, f"{path}[{i}]") for i, v in enumerate(data)]
+        return data
+
+
+def encode_event(event: Event, secrets: bool = False) -> dict[str, Any]:
+    """The event's JSON form (a dict for json.dumps); TypeError for a value no broker sends."""
+    encoder = _Encoder(secrets)
+    out: dict[str, Any] = {
+        "hook": event.hook,
+        "broker": event.broker,
+        "client": encoder.fields(event.client, "client"),
+        "data": encoder.mapping(event.data, "data"),
+    }
+    if encoder.redacted:
+        out["redacted"] = encoder.redacted
+    return out
+
+
+# -- JSON -> Event ------------------------------------------------------------------------------
+
+
+def _tag(value: dict[str, Any], path: str) -> tuple[str, Any]:
+    if len(value) != 1:
+        raise EventCodecError(f"{path}: an object must have exactly one key naming its type, not {sorted(value)[:5]}")
+    return next(iter(value.items()))
+
+
+def _decode(value: Any, path: str, depth: int = 0) -> Any:
+    if depth > MAX_DEPTH:
+        raise EventCodecError(f"{path}: nested too deeply")
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, list):
+        return tuple(_decode(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value))
+    if not isinstance(value, dict):
+        raise EventCodecError(f"{path}: not a JSON value")
+    tag, inner = _tag(value, path)
+    if tag == "bytes":
+        if not isinstance(inner, str):
+            raise EventCodecError(f"{path}: bytes are written as a base64 string")
+        try:
+            return base64.b64decode(inner, validate=True)
+        except (binascii.Error, ValueError):
+            raise EventCodecError(f"{path}: not valid base64") from None
+    if tag == "float":
+        if inner not in ("nan", "inf", "-inf"):
+            raise EventCodecError(f"{path}: a float tag holds nan, inf or -inf")
+        return float(inner)
+    if tag == "map":
+        return _decode_map(inner, path, depth)
+    if tag == "json":
+        return JSONObject(inner) if isinstance(inner, dict) else JSONArray(inner) if isinstance(inner, list) else inner
+    if tag == "frozenset":
+        if not isinstance(inner, list):
+            raise EventCodecError(f"{path}: a frozenset is written as an array")
+        try:
+            return frozenset(_decode(v, path, depth + 1) for v in inner)
+        except TypeError:
+            raise EventCodecError(f"{path}: a frozenset of values that cannot be in one") from None
+    cls = CLASSES.get(tag)
+    if cls is None:
+        raise EventCodecError(f"{path}: unknown type {tag[:40]!r}; known: bytes, map, json, frozenset, "
+                              + ", ".join(CLASSES))
+    return _decode_fields(cls, inner, path, depth)
+
+
+def _decode_map(inner: Any, path: str, depth: int) -> Mapping[str, Any]:
+    if not isinstance(inner, dict):
+        raise EventCodecError(f"{path}: a map is written as an object")
+    if not inner:
+        return EMPTY
+    return MappingProxyType({k: _decode(v, f"{path}.{k}", depth + 1) for k, v in inner.items()})
+
+
+def _decode_fields(cls: type, inner: Any, path: str, depth: int) -> Any:
+    if not isinstance(inner, dict):
+        raise EventCodecError(f"{path}: a {cls.__name__} is written as an object of its fields")
+    known = _FIELDS[cls]
+    unknown = [k for k in inner if k not in known]
+    if unknown:
+        raise EventCodecError(f"{path}: {cls.__name__} has no field {unknown[0][:40]!r}")
+    values = {}
+    for name, value in inner.items():
+        if value is None and name in SECRET_NAMES:
+            continue  # redacted (or never set): the field's default, as a call that sent none has
+        values[name] = _decode(value, f"{path}.{name}", depth + 1)
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise EventCodecError(f"{path}: {exc}") from None
+
+
+def decode_event(form: Any) -> tuple[Event, tuple[str, ...]]:
+    """The event of a JSON form encode_event wrote, and the paths of the secrets it lacks (redacted:
+    they read as empty, so a rule that reads them may decide otherwise than it did).
+    EventCodecError says what is wrong with a form this codec did not write."""
+    if not isinstance(form, dict):
+        raise EventCodecError("event: not an object")
+    hook, broker = form.get("hook"), form.get("broker")
+    if not isinstance(hook, str) or not isinstance(broker, str):
+        raise EventCodecError("event: hook and broker must be strings")
+    client = _decode_fields(Client, form.get("client", {}), "client", 0)
+    data = _decode_map(form.get("data", {}), "data", 0)
+    redacted = form.get("redacted", [])
+    if not isinstance(redacted, list) or not all(isinstance(p, str) for p in redacted):
+        raise EventCodecError("event: redacted must be a list of paths")
+    return Event(hook, broker, client, data), tuple(redacted)
