@@ -49,8 +49,9 @@ from .ruleset import Limits
 
 log = logging.getLogger(__name__)
 
-#: sampled events waiting for their shadow run; past it they are dropped (counted)
-QUEUE_SIZE = 1000
+#: sampled events waiting for their shadow run; past it they are dropped (counted). An event holds its
+#: call's body (a webhook's up to --http-max-body), so this bounds the memory a shadow that fell behind holds
+QUEUE_SIZE = 256
 #: shadow runs in one turn of the event loop at most ...
 BATCH = 32
 #: ... and none started once this much of the turn has gone to them
