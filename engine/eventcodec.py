@@ -23,7 +23,7 @@ import base64
 import binascii
 import math
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import MISSING, Field, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -35,6 +35,13 @@ SECRET_NAMES = frozenset({"password", "payload", "p_authentication_data"})
 #: the classes an event holds, by the tag they are written under
 CLASSES: Mapping[str, type] = {cls.__name__: cls for cls in (Client, Conn, Message, SubOpts, TopicFilter)}
 _FIELDS: Mapping[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in CLASSES.values()}
+#: per class: (field, its default, whether it is a secret)
+def _default(f: Field[Any]) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+_SPECS: Mapping[type, tuple[tuple[str, Any, bool], ...]] = {
+    cls: tuple((f.name, _default(f), f.name in SECRET_NAMES) for f in fields(cls)) for cls in CLASSES.values()}
 #: nesting a decoded value may have (events.MAX_FROZEN_DEPTH, plus the wrappers)
 MAX_DEPTH = 210
 
@@ -46,21 +53,29 @@ class EventCodecError(ValueError):
 # -- Event -> JSON ------------------------------------------------------------------------------
 
 
+def _join(parent: str, name: str | int) -> str:
+    return f"{parent}[{name}]" if isinstance(name, int) else f"{parent}.{name}"
+
+
 class _Encoder:
+    """Paths are joined only where one is needed (a redaction, an error, a container's children): most
+    values are scalars, written as they are. Fields at their defaults are left out (the reader puts the
+    defaults back), which halves a typical line."""
+
     __slots__ = ("secrets", "redacted")
 
     def __init__(self, secrets: bool):
         self.secrets = secrets
         self.redacted: list[str] = []
 
-    def secret(self, value: Any, path: str) -> Any:
+    def secret(self, value: Any, parent: str, name: str) -> Any:
         """A secret's JSON: itself with secrets on or when empty (no secret), else null, and noted."""
         if self.secrets or value is None or value == "" or value == b"":
-            return self.value(value, path)
-        self.redacted.append(path)
+            return self.value(value, parent, name)
+        self.redacted.append(_join(parent, name))
         return None
 
-    def value(self, value: Any, path: str) -> Any:
+    def value(self, value: Any, parent: str, name: str | int) -> Any:
         cls = value.__class__
         if value is None or cls is str or cls is bool or cls is int:
             return value
@@ -68,13 +83,14 @@ class _Encoder:
             return value if math.isfinite(value) else {"float": repr(value)}
         if cls is bytes:
             return {"bytes": base64.b64encode(value).decode("ascii")}
+        path = _join(parent, name)
         if cls is tuple:
-            return [self.value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+            return [self.value(v, path, i) for i, v in enumerate(value)]
         if cls is JSONObject or cls is JSONArray:
             return {"json": self.raw(value._data, path)}
         if cls is frozenset:
-            return {"frozenset": [self.value(v, path) for v in value]}
-        if cls in _FIELDS:
+            return {"frozenset": [self.value(v, path, i) for i, v in enumerate(value)]}
+        if cls in _SPECS:
             return {cls.__name__: self.fields(value, path)}
         if isinstance(value, Mapping):
             return {"map": self.mapping(value, path)}
@@ -82,41 +98,54 @@ class _Encoder:
         if isinstance(value, bool):
             return bool(value)
         if isinstance(value, int):
-            return self.value(int(value), path)
+            return self.value(int(value), parent, name)
         if isinstance(value, float):
-            return self.value(float(value), path)
+            return self.value(float(value), parent, name)
         if isinstance(value, str):
             return str(value)
         if isinstance(value, (bytes, bytearray, memoryview)):
-            return self.value(bytes(value), path)
+            return self.value(bytes(value), parent, name)
         raise TypeError(f"{path}: a {cls.__name__} cannot be written to the decision log")
 
     def fields(self, obj: Any, path: str) -> dict[str, Any]:
         out = {}
-        for name in _FIELDS[obj.__class__]:
+        for name, default, secret in _SPECS[obj.__class__]:
             value = getattr(obj, name)
-            where = f"{path}.{name}"
-            out[name] = self.secret(value, where) if name in SECRET_NAMES else self.value(value, where)
+            cls = value.__class__
+            if cls is default.__class__ and value == default:
+                continue  # the reader's default
+            if secret:
+                out[name] = self.secret(value, path, name)
+            elif cls is str or cls is int or cls is bool:
+                out[name] = value
+            else:
+                out[name] = self.value(value, path, name)
         return out
 
     def mapping(self, mapping: Mapping[Any, Any], path: str) -> dict[str, Any]:
         out = {}
         for key, value in mapping.items():
-            if not isinstance(key, str):
+            if key.__class__ is not str and not isinstance(key, str):
                 raise TypeError(f"{path}: a key of type {key.__class__.__name__} cannot be written to the decision log")
-            where = f"{path}.{key}"
-            out[key] = self.secret(value, where) if key in SECRET_NAMES else self.value(value, where)
+            out[key] = self.secret(value, path, key) if key in SECRET_NAMES else self.value(value, path, key)
         return out
 
     def raw(self, data: Any, path: str) -> Any:
         """A webhook body as parsed (dicts, lists, scalars), its secrets redacted."""
+        if self.secrets:
+            return data
         if isinstance(data, dict):
-            if self.secrets:
-                return data
-            return {k: self.secret(v, f"{path}.{k}") if k in SECRET_NAMES else self.raw(v, f"{path}.{k}")
-                    for k, v in data.items()}
-        if isinstance(data, list) and not self.secrets:
-            return [self.raw(v, f"{path}[{i}]") for i, v in enumerate(data)]
+            out = {}
+            for k, v in data.items():
+                if k in SECRET_NAMES:
+                    out[k] = self.secret(v, path, k)
+                elif isinstance(v, (dict, list)):
+                    out[k] = self.raw(v, _join(path, k))
+                else:
+                    out[k] = v
+            return out
+        if isinstance(data, list):
+            return [self.raw(v, _join(path, i)) if isinstance(v, (dict, list)) else v for i, v in enumerate(data)]
         return data
 
 
