@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 FAILURE_LOG_INTERVAL = 10.0
 #: entries waiting for the writer; past it they are dropped (about 300 bytes each: a few MB at most)
 QUEUE_SIZE = 10_000
+#: ... and bytes: a line carries its event, and a VerneMQ body in it may be up to --http-max-body
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
 #: lines the writer joins into one write (at most about 1 MB): it gets the GIL only between the
 #: loop's own waits, so each turn must take all that waits
 BATCH = 4096
@@ -88,6 +90,9 @@ class DecisionLog:
         self.sample = sample
         self.secrets = secrets
         self._queue: queue.Queue[object] = queue.Queue(queue_size)
+        #: characters of the lines queued and not yet written (the writer takes them off)
+        self._queued_bytes = 0
+        self._bytes_lock = threading.Lock()
         #: for the writer thread: write failures
         self._report = Every(FAILURE_LOG_INTERVAL)
         self._recovered = Every(FAILURE_LOG_INTERVAL)
@@ -207,14 +212,18 @@ class DecisionLog:
         # and reads back as the same string; the line is valid JSON whatever the strings hold
         line = json.dumps(entry, ensure_ascii=True, default=str) + "\n"
         try:
-            self._queue.put_nowait(line)
+            with self._bytes_lock:
+                if self._queued_bytes + len(line) > MAX_QUEUED_BYTES and self._queued_bytes:
+                    raise queue.Full
+                self._queue.put_nowait(line)
+                self._queued_bytes += len(line)
         except queue.Full:
             self._dropped_metric.inc()
             self._dropped += 1
             if self._drop_report.due():
-                log.error("decision log: the writer is behind (queue of %d full: a reader that stopped reading, or "
-                          "a slow disk?); decisions go on, entries dropped since the last report: %d",
-                          self._queue.maxsize, self._dropped)
+                log.error("decision log: the writer is behind (queue of %d entries or %d MiB full: a reader that "
+                          "stopped reading, or a slow disk?); decisions go on, entries dropped since the last report: %d",
+                          self._queue.maxsize, MAX_QUEUED_BYTES >> 20, self._dropped)
                 self._dropped = 0
 
     # -- the writer thread ---------------------------------------------------------------------
@@ -230,6 +239,8 @@ class DecisionLog:
                     break
             stop = _STOP in lines
             text = "".join(line for line in lines if line is not _STOP)  # type: ignore[misc]
+            with self._bytes_lock:
+                self._queued_bytes -= len(text)
             try:
                 if text:
                     self._write(text, len(lines) - stop)

@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from hookrules.decisionlog import FAILURE_LOG_INTERVAL, DecisionLog
 from hookrules.decisions import Deny
 from hookrules.engine import Engine
-from hookrules.events import Client, Event, Message, frozen_map
+from hookrules.events import Client, Event, Message, frozen_map, json_view
 from hookrules.ruleset import RuleSet, scan
 
 from .emqx_session import run_session
@@ -272,3 +272,23 @@ def test_a_reader_that_stops_reading_stops_nothing(start_server: Any, tmp_path: 
         conn.close()
     assert server.stop() == 0, server.log()  # by SIGTERM, not the kill stop() falls back to
     assert "decision log: the writer is blocked" in server.log_path.read_text()
+
+
+def test_the_queue_is_bounded_in_bytes_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each line carries its event, and a VerneMQ body may be up to --http-max-body (1 MiB): 10,000
+    queued lines could hold gigabytes behind a blocked writer. Past MAX_QUEUED_BYTES they are dropped,
+    counted like a full queue; what was queued is written once the writer moves again."""
+    monkeypatch.setattr("hookrules.decisionlog.MAX_QUEUED_BYTES", 50_000)
+    dropped = REGISTRY.get_sample_value("hookrules_decision_log_dropped_total", {"reason": "queue_full"}) or 0.0
+    sink = BlockedSink()
+    log = DecisionLog(sink)
+    big = Event("auth_on_publish", "vernemq", Client(id="c"),
+                frozen_map({"request": json_view({"topic": "t", "blob": "x" * 10_000})}))
+    log.record(big, Deny("no"), "rule", "abc", "", 0.0)
+    assert sink.entered.wait(10)  # the writer holds the first, blocked
+    for _ in range(20):
+        log.record(big, Deny("no"), "rule", "abc", "", 0.0)
+    after = REGISTRY.get_sample_value("hookrules_decision_log_dropped_total", {"reason": "queue_full"})
+    assert after == dropped + 16  # four lines of about 10 KB fit in 50 KB
+    sink.release.set()
+    assert log.close()

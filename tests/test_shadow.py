@@ -257,6 +257,8 @@ def test_the_real_server_runs_the_shadow_counts_logs_and_reloads_it(start_server
     text = server.metrics_text()
     assert counter_value(text, "hookrules_shadow_reloads_total", hook="client.authenticate", result="loaded") >= 2
     assert counter_value(text, "hookrules_reloads_total", hook="client.authenticate", result="loaded") == 1
+    server.proc.send_signal(signal.SIGHUP)  # rebuilds the shadow rules with the live ones
+    assert wait_for(lambda: "SIGHUP: reloaded 3 shadow file(s), 0 with errors" in server.log(), timeout=15)
 
 
 _WAITING_HELPER = """
