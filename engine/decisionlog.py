@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple, Protocol
 
 from . import metrics
-from .eventcodec import encode_event
+from .eventcodec import BodyCache, encode_event
 from .events import Event
 from .hooks import RULE_SUFFIX
 from .ratelimit import Every
@@ -90,6 +90,8 @@ class DecisionLog:
         self.sample = sample
         self.secrets = secrets
         self._queue: queue.Queue[object] = queue.Queue(queue_size)
+        #: the last webhook body encoded: a subscription's per-topic entries share it (eventcodec.py)
+        self._bodies = BodyCache()
         #: characters of the lines queued and not yet written (the writer takes them off)
         self._queued_bytes = 0
         self._bytes_lock = threading.Lock()
@@ -202,7 +204,7 @@ class DecisionLog:
             if message is not None:
                 entry["payload_base64"] = base64.b64encode(message.payload).decode("ascii")
         try:  # what the rule read, for `hookrules replay` (eventcodec.py), secrets as above
-            entry["event"] = encode_event(event, self.secrets)
+            entry["event"] = encode_event(event, self.secrets, self._bodies)
         except TypeError as exc:  # a value no adapter makes (a hand-built event): the decision is still logged
             entry["event_error"] = str(exc)
         return entry

@@ -15,12 +15,18 @@ Secrets: a value under a field or key named in SECRET_NAMES (the password, the p
 authentication data), anywhere in the event, is written as null unless secrets are asked for, and its
 path is listed in "redacted", so a reader tells a redacted value from an empty one (an empty value is
 no secret and is written as it is).
+
+Size: a webhook body (VerneMQ's `request`) whose JSON is over MAX_BODY_CHARS is written as {"json": null}
+and its path listed in "omitted". A subscription's topics are one event each, all holding the same body:
+N topics would write the body N times (N^2 bytes, and as much encoding on the event loop, inside the
+call's budget). With a BodyCache the body is encoded once per call, and a big one not at all.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, fields
@@ -57,16 +63,34 @@ def _join(parent: str, name: str | int) -> str:
     return f"{parent}[{name}]" if isinstance(name, int) else f"{parent}.{name}"
 
 
+#: longest webhook body (its JSON text) written into an event; past it, omitted
+MAX_BODY_CHARS = 16 * 1024
+class BodyCache:
+    """The last webhook body encoded, for the next event of the same call (one per subscribed topic)."""
+
+    __slots__ = ("data", "secrets", "path", "result", "redacted", "omitted")
+
+    def __init__(self) -> None:
+        self.data: Any = None
+        self.secrets = False
+        self.path = ""
+        self.result: Any = None
+        self.redacted: list[str] = []
+        self.omitted = False
+
+
 class _Encoder:
     """Paths are joined only where one is needed (a redaction, an error, a container's children): most
     values are scalars, written as they are. Fields at their defaults are left out (the reader puts the
     defaults back), which halves a typical line."""
 
-    __slots__ = ("secrets", "redacted")
+    __slots__ = ("secrets", "redacted", "omitted", "cache")
 
-    def __init__(self, secrets: bool):
+    def __init__(self, secrets: bool, cache: BodyCache | None = None):
         self.secrets = secrets
         self.redacted: list[str] = []
+        self.omitted: list[str] = []
+        self.cache = cache
 
     def secret(self, value: Any, parent: str, name: str) -> Any:
         """A secret's JSON: itself with secrets on or when empty (no secret), else null, and noted."""
@@ -87,7 +111,7 @@ class _Encoder:
         if cls is tuple:
             return [self.value(v, path, i) for i, v in enumerate(value)]
         if cls is JSONObject or cls is JSONArray:
-            return {"json": self.raw(value._data, path)}
+            return {"json": self.body(value._data, path)}
         if cls is frozenset:
             return {"frozenset": [self.value(v, path, i) for i, v in enumerate(value)]}
         if cls in _SPECS:
@@ -130,6 +154,26 @@ class _Encoder:
             out[key] = self.secret(value, path, key) if key in SECRET_NAMES else self.value(value, path, key)
         return out
 
+    def body(self, data: Any, path: str) -> Any:
+        """A webhook body: from the cache when it is the last one, omitted when too big."""
+        cache = self.cache
+        if cache is not None and cache.data is data and cache.secrets == self.secrets and cache.path == path:
+            self.redacted.extend(cache.redacted)
+            if cache.omitted:
+                self.omitted.append(path)
+            return cache.result
+        start = len(self.redacted)
+        result = self.raw(data, path)
+        omitted = len(json.dumps(result, ensure_ascii=True)) > MAX_BODY_CHARS  # once per call (the cache)
+        if omitted:
+            result = None
+            del self.redacted[start:]
+            self.omitted.append(path)
+        if cache is not None:
+            cache.data, cache.secrets, cache.path, cache.result = data, self.secrets, path, result
+            cache.redacted, cache.omitted = self.redacted[start:], omitted
+        return result
+
     def raw(self, data: Any, path: str) -> Any:
         """A webhook body as parsed (dicts, lists, scalars), its secrets redacted."""
         if self.secrets:
@@ -149,9 +193,10 @@ class _Encoder:
         return data
 
 
-def encode_event(event: Event, secrets: bool = False) -> dict[str, Any]:
-    """The event's JSON form (a dict for json.dumps); TypeError for a value no broker sends."""
-    encoder = _Encoder(secrets)
+def encode_event(event: Event, secrets: bool = False, cache: BodyCache | None = None) -> dict[str, Any]:
+    """The event's JSON form (a dict for json.dumps); TypeError for a value no broker sends. `cache`:
+    the writer's BodyCache, for the events of one call that share a body."""
+    encoder = _Encoder(secrets, cache)
     out: dict[str, Any] = {
         "hook": event.hook,
         "broker": event.broker,
@@ -160,6 +205,8 @@ def encode_event(event: Event, secrets: bool = False) -> dict[str, Any]:
     }
     if encoder.redacted:
         out["redacted"] = encoder.redacted
+    if encoder.omitted:
+        out["omitted"] = encoder.omitted
     return out
 
 
@@ -237,9 +284,10 @@ def _decode_fields(cls: type, inner: Any, path: str, depth: int) -> Any:
         raise EventCodecError(f"{path}: {exc}") from None
 
 
-def decode_event(form: Any) -> tuple[Event, tuple[str, ...]]:
-    """The event of a JSON form encode_event wrote, and the paths of the secrets it lacks (redacted:
-    they read as empty, so a rule that reads them may decide otherwise than it did).
+def decode_event(form: Any) -> tuple[Event, tuple[str, ...], tuple[str, ...]]:
+    """The event of a JSON form encode_event wrote, the paths of the secrets it lacks (redacted: they
+    read as empty, so a rule that reads them may decide otherwise than it did), and of the bodies it
+    lacks (omitted for their size: they read as None).
     EventCodecError says what is wrong with a form this codec did not write."""
     if not isinstance(form, dict):
         raise EventCodecError("event: not an object")
@@ -248,7 +296,10 @@ def decode_event(form: Any) -> tuple[Event, tuple[str, ...]]:
         raise EventCodecError("event: hook and broker must be strings")
     client = _decode_fields(Client, form.get("client", {}), "client", 0)
     data = _decode_map(form.get("data", {}), "data", 0)
-    redacted = form.get("redacted", [])
-    if not isinstance(redacted, list) or not all(isinstance(p, str) for p in redacted):
-        raise EventCodecError("event: redacted must be a list of paths")
-    return Event(hook, broker, client, data), tuple(redacted)
+    missing = []
+    for key in ("redacted", "omitted"):
+        paths = form.get(key, [])
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise EventCodecError(f"event: {key} must be a list of paths")
+        missing.append(tuple(paths))
+    return Event(hook, broker, client, data), missing[0], missing[1]

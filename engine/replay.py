@@ -71,6 +71,9 @@ class Report:
     #: replayed events that lacked a secret (redacted in the log), and how many of them differ
     redacted: int = 0
     redacted_differ: int = 0
+    #: replayed events whose webhook body was too big to be logged, and how many of them differ
+    omitted: int = 0
+    omitted_differ: int = 0
     rule_errors: int = 0
     per_hook: Counter[str] = field(default_factory=Counter)
     differ_per_hook: Counter[str] = field(default_factory=Counter)
@@ -82,7 +85,8 @@ class Report:
     def as_json(self) -> dict[str, Any]:
         return {
             "log": self.log, "rules": self.rules, "replayed": self.replayed, "differ": self.differ,
-            "redacted": self.redacted, "redacted_differ": self.redacted_differ, "rule_errors": self.rule_errors,
+            "redacted": self.redacted, "redacted_differ": self.redacted_differ, "omitted": self.omitted,
+            "omitted_differ": self.omitted_differ, "rule_errors": self.rule_errors,
             "hooks": {hook: {"replayed": n, "differ": self.differ_per_hook[hook]}
                       for hook, n in sorted(self.per_hook.items())},
             "changes": [{"hook": h, "live": live, "new": new, "count": n}
@@ -141,7 +145,7 @@ def replay(log_path: Path, rules: Path, *, policies: Mapping[str, Policy] | None
             report.skipped["no_event"] += 1  # written before the log carried events
             continue
         try:
-            event, redacted = decode_event(form)
+            event, redacted, omitted = decode_event(form)
         except EventCodecError as exc:
             raise ReplayError(f"{log_path}:{number}: {exc}") from None
         if event.hook not in HOOKS:
@@ -155,6 +159,8 @@ def replay(log_path: Path, rules: Path, *, policies: Mapping[str, Policy] | None
             report.rule_errors += 1
         if redacted:
             report.redacted += 1
+        if omitted:
+            report.omitted += 1
         if live == new:
             continue
         report.differ += 1
@@ -162,6 +168,8 @@ def replay(log_path: Path, rules: Path, *, policies: Mapping[str, Policy] | None
         report.changes[(event.hook, live, new)] += 1
         if redacted:
             report.redacted_differ += 1
+        if omitted:
+            report.omitted_differ += 1
         if len(report.first) < show:
             report.first.append(Difference(number, entry, new, getattr(outcome.decision, "reason", ""),
                                            outcome.source, outcome.error.one_line() if outcome.error else "",
@@ -213,6 +221,11 @@ def write_text(report: Report, out: TextIO, show: int) -> None:
         w(f"\n{report.redacted} of {report.replayed} event(s) could not be replayed faithfully: the log was written "
           "without --decision-log-secrets, so their password or payload reads as empty here; "
           f"{report.redacted_differ} of them differ\n")
+
+    if report.omitted:
+        w(f"\n{report.omitted} of {report.replayed} event(s) could not be replayed faithfully: their webhook body was "
+          "too big to be logged (`request` reads as None here); "
+          f"{report.omitted_differ} of them differ\n")
 
 
 def write_json(report: Report, out: TextIO) -> None:

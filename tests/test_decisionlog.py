@@ -292,3 +292,50 @@ def test_the_queue_is_bounded_in_bytes_too(monkeypatch: pytest.MonkeyPatch) -> N
     assert after == dropped + 16  # four lines of about 10 KB fit in 50 KB
     sink.release.set()
     assert log.close()
+
+
+def test_a_subscriptions_topics_do_not_each_write_its_whole_body() -> None:
+    """VerneMQ's subscription of N topics is N events holding the same body: each line used to carry the
+    whole body, N^2 bytes for one call, encoded on the event loop inside the call's budget. The body is
+    now encoded once per call, and one past MAX_BODY_CHARS is omitted (named in "omitted"), so every
+    line stays small and every topic is still decided by its rule."""
+    from hookrules.adapters.vernemq import count_events, iter_events
+    from hookrules.eventcodec import MAX_BODY_CHARS, decode_event
+    from hookrules.ruleset import Limits
+
+    tmp = Path(__import__("tempfile").mkdtemp())
+    (tmp / "auth_on_subscribe.star").write_text('if topic.startswith("bad"):\n    deny("no")\nallow()\n')
+    ruleset, _ = scan(tmp, RuleSet())
+    for topics, omitted in ((3, False), (2000, True)):
+        out = io.StringIO()
+        dlog = DecisionLog(out)
+        engine = Engine(ruleset, limits=Limits(timeout=30.0), decision_log=dlog)
+        body = {"client_id": "c", "mountpoint": "", "username": "u",
+                "topics": [{"topic": f"t/{i:05d}/x", "qos": 1} for i in range(topics)]}
+        decisions = engine.decide_each(iter_events("auth_on_subscribe", body, True), count_events("auth_on_subscribe", body))
+        assert dlog.close()
+        lines = out.getvalue().splitlines()
+        assert len(lines) == topics and all(d.kind == "allow" for d in decisions)
+        assert max(len(line) for line in lines) < (4096 if omitted else MAX_BODY_CHARS)
+        for line in lines:
+            event, redacted, missing = decode_event(json.loads(line)["event"])
+            assert missing == (("data.request",) if omitted else ())
+            assert (event.data["request"] is None) is omitted
+        if not omitted:
+            assert len(event.data["request"]["topics"]) == topics
+
+
+def test_the_events_of_one_call_share_the_encoded_body_and_its_redactions() -> None:
+    shared = json_view({"client_id": "c", "password": "hunter2", "topics": [{"topic": "a", "qos": 0}]})
+    out = io.StringIO()
+    dlog = DecisionLog(out)
+    for topic in ("a", "b"):
+        dlog.record(Event("auth_on_subscribe", "vernemq", Client(id="c"),
+                          frozen_map({"request": shared, "topic": topic})), Deny("no"), "rule", "v", "", 0.0)
+    dlog.record(Event("auth_on_subscribe", "vernemq", Client(id="c"),
+                      frozen_map({"request": shared, "topic": "c"})), Deny("no"), "rule", "v", "", 0.0)
+    assert dlog.close()
+    events = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
+    assert all(e["redacted"] == ["data.request.password"] for e in events)
+    assert all(e["data"]["request"]["json"]["password"] is None for e in events)
+    assert "hunter2" not in out.getvalue()

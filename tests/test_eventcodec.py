@@ -118,7 +118,8 @@ def _strings(value: Any, out: list[str]) -> None:
 
 def through_text(event: Event, secrets: bool) -> tuple[Event, tuple[str, ...], str]:
     text = json.dumps(encode_event(event, secrets), ensure_ascii=True)
-    decoded, redacted = decode_event(json.loads(text))
+    decoded, redacted, omitted = decode_event(json.loads(text))
+    assert omitted == ()
     return decoded, redacted, text
 
 

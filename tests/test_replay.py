@@ -192,3 +192,23 @@ def test_a_last_line_cut_short_is_skipped_and_old_lines_without_an_event_are_cou
     code, report = replay_json(str(cut), "--rules", str(logs["live"]))
     assert code == 0 and report["replayed"] == CALLS
     assert report["skipped"] == {"incomplete_last_line": 1, "no_event": 1}
+
+
+def test_events_whose_body_was_too_big_to_log_are_counted(tmp_path: Path) -> None:
+    """A webhook body past the log's limit is omitted from the event (eventcodec.MAX_BODY_CHARS): replay
+    runs the rest of the event and says how many lacked their body."""
+    from hookrules.adapters.vernemq import iter_events
+    from hookrules.decisionlog import DecisionLog
+    from hookrules.decisions import ALLOW
+    from hookrules.replay import replay as run_replay
+
+    log = tmp_path / "big.jsonl"
+    with open(log, "w") as out:
+        dlog = DecisionLog(out)
+        body = {"client_id": "c", "mountpoint": "", "username": "u", "topic": "t/1", "qos": 0, "retain": False,
+                "payload": "aGk=", "properties": {"p_content_type": "x" * 40_000}}
+        dlog.record(next(iter_events("auth_on_publish_m5", body, True)), ALLOW, "rule", "v", "", 0.0)
+        assert dlog.close()
+    rules = write(tmp_path / "rules", {"auth_on_publish_m5.star": 'if request == None:\n    deny("no body")\nallow()\n'})
+    report = run_replay(log, rules)
+    assert (report.replayed, report.omitted, report.omitted_differ, report.differ) == (1, 1, 1, 1)
