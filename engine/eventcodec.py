@@ -35,8 +35,10 @@ from typing import Any
 
 from .events import EMPTY, Client, Conn, Event, JSONArray, JSONObject, Message, SubOpts, TopicFilter
 
-#: field and key names whose values no log shows unless asked (--decision-log-secrets)
-SECRET_NAMES = frozenset({"password", "payload", "p_authentication_data"})
+#: field and key names whose values no log shows unless asked (--decision-log-secrets): the password,
+#: the payload, and MQTT 5 authentication data as VerneMQ (p_authentication_data) and EMQX (its property
+#: name) send it
+SECRET_NAMES = frozenset({"password", "payload", "p_authentication_data", "Authentication-Data"})
 
 #: the classes an event holds, by the tag they are written under
 CLASSES: Mapping[str, type] = {cls.__name__: cls for cls in (Client, Conn, Message, SubOpts, TopicFilter)}

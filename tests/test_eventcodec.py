@@ -137,6 +137,13 @@ def test_the_filled_events_carry_every_kind_of_secret() -> None:
                         "auth_on_register": "data.request.password", "auth_on_publish_m5": "data.request.payload",
                         "on_auth_m5": "data.properties.p_authentication_data", "rabbitmq.user": "client.password"}.items():
         assert kinds in encode_event(EVENTS[f"filled-{hook}"])["redacted"], hook
+    proto = exhook_proto.load("v3")
+    request = proto.messages[proto.methods["OnClientConnect"][0]]()
+    _fill(request)
+    request.props.add(name="Authentication-Data", value="scram-first-message")
+    form = encode_event(EVENT_BUILDERS["client.connect"]("client.connect", request))
+    assert "data.properties.Authentication-Data" in form["redacted"]
+    assert "scram-first-message" not in json.dumps(form)
 
 
 @pytest.mark.parametrize("name", sorted(EVENTS))
