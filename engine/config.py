@@ -181,7 +181,6 @@ class Config:
             if path is not None and not path.is_file():
                 raise ConfigError(f"TLS file {path} does not exist")
 
-
     def _check_shadow(self) -> None:
         sample, timeout, steps = self.shadow_sample, self.shadow_rule_timeout, self.shadow_max_steps
         if sample is not None and not (math.isfinite(sample) and 0.0 < sample <= 1.0):
