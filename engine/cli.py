@@ -1,4 +1,4 @@
-"""The hookrules command: serve, check, test, eval and hooks. It parses arguments, builds a Config, calls one function."""
+"""The hookrules command: serve, check, test, eval, hooks and replay. It parses arguments, builds a Config, calls one function."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from .config import (
     watchdog_limit,
 )
 from .lang.builtins import RULE_LOGGER, unlimited_log
+from .hooks import Policy
 from .ruleset import Limits
 
 if TYPE_CHECKING:
@@ -77,6 +78,15 @@ def _parser() -> argparse.ArgumentParser:
                        help="share of decisions logged, above 0 and at most 1 (default: 1)")
     serve.add_argument("--decision-log-secrets", action=argparse.BooleanOptionalAction,
                        help="include passwords and payloads (base64) in the decision log: only where that log is safe")
+    serve.add_argument("--shadow", metavar="DIR",
+                       help="a second rules directory, run beside the live one after each answer is sent, to see what "
+                            "it would decide (hookrules_shadow_decisions_total, and its disagreements in the decision "
+                            "log); 'off' undoes a config file's")
+    serve.add_argument("--shadow-sample", type=float, metavar="RATE",
+                       help="share of calls the shadow rules run on, above 0 and at most 1 (default: 0.1)")
+    serve.add_argument("--shadow-rule-timeout", type=float, metavar="SECONDS",
+                       help="seconds one shadow rule run may take (default: --rule-timeout's)")
+    serve.add_argument("--shadow-max-steps", type=int, help="evaluation steps per shadow rule run (default: --max-steps')")
     serve.add_argument("--polling", action=argparse.BooleanOptionalAction,
                        help="poll the rules directory instead of inotify (NFS, some container mounts)")
     serve.add_argument("--workers", metavar="N|auto",
@@ -103,13 +113,19 @@ def _parser() -> argparse.ArgumentParser:
                       help="json, or junit (JUnit XML) for a CI system's test report; --coverage then goes to stderr")
     test.add_argument("--coverage", action="store_true", help="report which statement lines the tests ran")
     test.add_argument("-q", "--quiet", action="store_true", help="list only failing cases")
-    test.add_argument("--failure-policy", action="append", default=[], metavar="HOOK=POLICY",
-                      help="as for serve: test the policy you deploy with")
-    test.add_argument("--rule-timeout", type=float, help=f"as for serve (default: {Limits().timeout:g})")
-    test.add_argument("--max-steps", type=int, help=f"as for serve (default: {Limits().max_steps})")
-    test.add_argument("--hard-timeout", type=float, default=None, metavar="SECONDS",
-                      help="as for serve: a rule step stuck this long ends the run (default: 5, or twice "
-                           "--rule-timeout; 0: never)")
+    _limit_args(test, "test")
+
+    rep = sub.add_parser("replay", help="decide the events of a decision log again with other rules, and say "
+                                        "what would change (exit 1 if anything would)")
+    rep.add_argument("log", type=Path, metavar="LOG", help="a decision log file (serve --decision-log FILE)")
+    rep.add_argument("--rules", dest="rules_flag", type=Path, metavar="RULES",
+                     help="the rules directory to replay against (default: rules)")
+    rep.add_argument("--config", type=Path, metavar="FILE",
+                     help="serve's TOML config file: replay with the failure policies and limits you deploy (and its "
+                          "rules directory, unless --rules is given); flags given here win")
+    rep.add_argument("--show", type=int, default=10, metavar="N", help="list the first N events that differ (default: 10)")
+    rep.add_argument("--format", choices=("text", "json"), default="text")
+    _limit_args(rep, "replay")
 
     hooks = sub.add_parser("hooks", help="list the hooks, or say what one hook's rule reads and may decide")
     hooks.add_argument("hook", nargs="?", help="e.g. client.authenticate, auth_on_publish, rabbitmq.topic, authorize")
@@ -133,6 +149,17 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--vernemq-base64", choices=("on", "off"), default="on",
                     help="with --raw: whether the body's payloads are base64 (VerneMQ's base64encode; default on)")
     return parser
+
+
+def _limit_args(command: argparse.ArgumentParser, what: str) -> None:
+    """The failure policies and limits rules run under, as serve takes them (test, replay)."""
+    command.add_argument("--failure-policy", action="append", default=[], metavar="HOOK=POLICY",
+                         help=f"as for serve: {what} with the policy you deploy")
+    command.add_argument("--rule-timeout", type=float, help=f"as for serve (default: {Limits().timeout:g})")
+    command.add_argument("--max-steps", type=int, help=f"as for serve (default: {Limits().max_steps})")
+    command.add_argument("--hard-timeout", type=float, default=None, metavar="SECONDS",
+                         help="as for serve: a rule step stuck this long ends the run (default: 5, or twice "
+                              "--rule-timeout; 0: never)")
 
 
 def _rules_args(command: argparse.ArgumentParser) -> None:
@@ -167,7 +194,8 @@ def serve_config(args: argparse.Namespace) -> Config:
         "hard_timeout": args.hard_timeout, "grace_period": args.grace_period,
         "decision_log_sample": args.decision_log_sample, "decision_log_secrets": args.decision_log_secrets,
         "tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_client_ca": args.tls_client_ca,
-        "workers": args.workers, "worker": args.worker,
+        "workers": args.workers, "worker": args.worker, "shadow": args.shadow, "shadow_sample": args.shadow_sample,
+        "shadow_rule_timeout": args.shadow_rule_timeout, "shadow_max_steps": args.shadow_max_steps,
         "failure_policy": dict(parse_policy(p) for p in args.failure_policy),
     }
     file_settings = read_config_file(args.config) if args.config is not None else {}
@@ -204,11 +232,9 @@ def _check(args: argparse.Namespace) -> int:
     return check_directory(rules, sys.stdout, sys.stderr, args.format)
 
 
-def _test(args: argparse.Namespace) -> int:
-    from .tester import run_tests
-
-    # rule errors are reported in each failing case's diff; a case may expect one, so no log lines
-    logging.basicConfig(level="CRITICAL", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def _deployed(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Policy], Limits, float | None] | None:
+    """--config's settings, failure policies, limits and hard timeout, with the flags given winning;
+    None (and a message) when they are wrong."""
     try:
         deployed = read_config_file(args.config) if args.config is not None else {}
         policies = dict(deployed.get("failure_policy", {}))
@@ -218,16 +244,58 @@ def _test(args: argparse.Namespace) -> int:
         max_steps = int(_given(args.max_steps, deployed.get("max_steps"), defaults.max_steps))
         hard_timeout = _given(args.hard_timeout, deployed.get("hard_timeout"), None)
         check_timeouts(rule_timeout, hard_timeout)
-        limits = Limits(max_steps, rule_timeout)
+        if max_steps < 1:
+            raise ConfigError("rule limits must be positive (--max-steps, --rule-timeout)")
+        return deployed, policies, Limits(max_steps, rule_timeout), hard_timeout
     except (ConfigError, ValueError) as exc:
         print(f"hookrules: error: {exc}", file=sys.stderr)
+        return None
+
+
+def _test(args: argparse.Namespace) -> int:
+    from .tester import run_tests
+
+    # rule errors are reported in each failing case's diff; a case may expect one, so no log lines
+    logging.basicConfig(level="CRITICAL", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    settings = _deployed(args)
+    if settings is None:
         return 2
+    deployed, policies, limits, hard_timeout = settings
     rules = _rules_dir(args, deployed.get("rules"))
     if rules is None:
         return 2
     with _watchdog(hard_timeout, limits, "this test run") as clock:
         return run_tests(rules, sys.stdout, coverage=args.coverage, verbose=not args.quiet, policies=policies,
                          limits=limits, run_clock=clock, fmt=args.format, err=sys.stderr)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from .replay import ReplayError, replay, write_json, write_text
+
+    # each run that fails is counted and shown with its difference; the engine's own lines would repeat it
+    logging.basicConfig(level="CRITICAL", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    settings = _deployed(args)
+    if settings is None:
+        return 2
+    deployed, policies, limits, hard_timeout = settings
+    if args.show < 0:
+        print(f"hookrules: error: --show {args.show} must be 0 or more", file=sys.stderr)
+        return 2
+    args.rules = None  # replay takes the rules directory as --rules only: its positional is the log
+    rules = _rules_dir(args, deployed.get("rules"))
+    if rules is None:
+        return 2
+    with _watchdog(hard_timeout, limits, "this replay") as clock:
+        try:
+            report = replay(args.log, rules, policies=policies, limits=limits, run_clock=clock, show=args.show)
+        except ReplayError as exc:
+            print(f"hookrules: error: {exc}", file=sys.stderr)
+            return 2
+    if args.format == "json":
+        write_json(report, sys.stdout)
+    else:
+        write_text(report, sys.stdout, args.show)
+    return 1 if report.differ else 0
 
 
 def _given(flag: Any, configured: Any, default: Any) -> Any:
@@ -296,7 +364,7 @@ def _watchdog(hard_timeout: float | None, limits: Limits, what: str) -> Iterator
         dog.stop()
 
 
-COMMANDS = {"serve": _serve, "check": _check, "test": _test, "eval": _eval, "hooks": _hooks}
+COMMANDS = {"serve": _serve, "check": _check, "test": _test, "eval": _eval, "hooks": _hooks, "replay": _replay}
 
 
 def main(argv: list[str] | None = None) -> int:

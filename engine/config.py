@@ -121,6 +121,13 @@ class Config:
     #: which worker of a supervisor's group this process is (1..workers); 0: not a worker. Set only by
     #: the supervisor (the hidden --supervised-worker flag): it shares the ports with SO_REUSEPORT
     worker: int = 0
+    #: a second rules directory run beside the live one after each answer, to compare (shadow.py); None: none
+    shadow: Path | None = None
+    #: share of calls the shadow rules run on (None: shadow.DEFAULT_SAMPLE)
+    shadow_sample: float | None = None
+    #: the shadow rules' own budget per run (None: the live one's)
+    shadow_rule_timeout: float | None = None
+    shadow_max_steps: int | None = None
     #: the TOML file these settings came from, re-read on SIGHUP
     config_file: Path | None = None
     #: the settings the command line gave, which override the file again after a SIGHUP
@@ -128,8 +135,14 @@ class Config:
 
     @property
     def watchdog_limit(self) -> float:
-        """--hard-timeout, or its default; 0: no watchdog."""
-        return watchdog_limit(self.hard_timeout, self.limits.timeout)
+        """--hard-timeout, or its default (above the shadow rules' timeout too); 0: no watchdog."""
+        return watchdog_limit(self.hard_timeout, max(self.limits.timeout, self.shadow_limits.timeout))
+
+    @property
+    def shadow_limits(self) -> Limits:
+        """The shadow rules' budget per run: their own where given, else the live rules'."""
+        return Limits(self.shadow_max_steps if self.shadow_max_steps is not None else self.limits.max_steps,
+                      self.shadow_rule_timeout if self.shadow_rule_timeout is not None else self.limits.timeout)
 
     def __post_init__(self) -> None:
         for value, flag in ((self.grpc, "--grpc"), (self.http, "--http"), (self.metrics, "--metrics")):
@@ -154,6 +167,7 @@ class Config:
             raise ConfigError("rule limits must be positive (--max-steps, --rule-timeout)")
         if self.grace_period < 0:
             raise ConfigError(f"--grace-period {self.grace_period} must be 0 or more seconds")
+        self._check_shadow()
         parse_workers(self.workers)
         if self.worker < 0:
             raise ConfigError(f"internal: worker {self.worker}")
@@ -167,21 +181,39 @@ class Config:
             if path is not None and not path.is_file():
                 raise ConfigError(f"TLS file {path} does not exist")
 
+    def _check_shadow(self) -> None:
+        sample, timeout, steps = self.shadow_sample, self.shadow_rule_timeout, self.shadow_max_steps
+        if sample is not None and not (math.isfinite(sample) and 0.0 < sample <= 1.0):
+            raise ConfigError(f"--shadow-sample {sample} must be above 0 and at most 1")
+        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+            raise ConfigError(f"--shadow-rule-timeout {timeout} must be a positive number of seconds")
+        if steps is not None and steps < 1:
+            raise ConfigError(f"--shadow-max-steps {steps} must be at least 1")
+        if self.hard_timeout and timeout is not None and self.hard_timeout <= timeout:
+            raise ConfigError(f"--shadow-rule-timeout {timeout} must be below --hard-timeout {self.hard_timeout} (the "
+                              "watchdog would kill the server for a shadow run still within its budget)")
+        if self.shadow is not None and not self.shadow.is_dir():
+            raise ConfigError(f"the shadow rules directory {self.shadow} does not exist or is not a directory (--shadow)")
+        if self.shadow is not None and self.shadow.resolve() == self.rules.resolve():
+            raise ConfigError(f"--shadow {self.shadow} is the live rules directory: give the directory with the changed rules")
+
 
 #: TOML layout: [section] -> {key: (Config field, type)}; "" is the top level
 FILE_KEYS: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
     "": {"rules": ("rules", str), "grpc": ("grpc", str), "http": ("http", str), "metrics": ("metrics", str),
          "log_level": ("log_level", str), "polling": ("polling", bool), "grace_period": ("grace_period", (int, float)),
-         "max_concurrent_calls": ("max_concurrent_calls", int), "workers": ("workers", (int, str))},
+         "max_concurrent_calls": ("max_concurrent_calls", int), "workers": ("workers", (int, str)),
+         "shadow": ("shadow", str), "shadow_sample": ("shadow_sample", (int, float))},
     "limits": {"max_steps": ("max_steps", int), "rule_timeout": ("rule_timeout", (int, float)),
-               "hard_timeout": ("hard_timeout", (int, float))},
+               "hard_timeout": ("hard_timeout", (int, float)), "shadow_max_steps": ("shadow_max_steps", int),
+               "shadow_rule_timeout": ("shadow_rule_timeout", (int, float))},
     "vernemq": {"base64": ("vernemq_base64", bool), "max_body": ("http_max_body", int)},
     "decision_log": {"target": ("decision_log", str), "sample": ("decision_log_sample", (int, float)),
                      "secrets": ("decision_log_secrets", bool)},
     "tls": {"cert": ("tls_cert", str), "key": ("tls_key", str), "client_ca": ("tls_client_ca", str)},
 }
-_PATHS = {"rules", "tls_cert", "tls_key", "tls_client_ca"}
-_OFF = {"grpc", "http", "metrics", "decision_log"}
+_PATHS = {"rules", "tls_cert", "tls_key", "tls_client_ca", "shadow"}
+_OFF = {"grpc", "http", "metrics", "decision_log", "shadow"}
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """The decision log: one JSON line per decision a rule made, for audits and for debugging rules.
 
 Like OPA's decision logs, adapted: time, broker, hook, client id, username, decision, reason, rule
-version, duration. Passwords and payloads are left out unless asked for, and a sampling rate keeps
-busy brokers' logs affordable. Calls to hooks with no rule are not logged (there is no decision).
+version, duration, and the event the rule read (eventcodec.py), so that `hookrules replay` can run
+it again on other rules. Passwords and payloads are left out unless asked for (and marked as left
+out), and a sampling rate keeps busy brokers' logs affordable. Calls to hooks with no rule are not logged (there is no decision).
 
 The log never blocks a decision. A pipe nobody reads (`--decision-log stdout` into a stopped
 reader) or a file on a stalled NFS mount blocks a write for as long as it likes, and the write used
@@ -25,9 +26,10 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from . import metrics
+from .eventcodec import BodyCache, encode_event
 from .events import Event
 from .hooks import RULE_SUFFIX
 from .ratelimit import Every
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 FAILURE_LOG_INTERVAL = 10.0
 #: entries waiting for the writer; past it they are dropped (about 300 bytes each: a few MB at most)
 QUEUE_SIZE = 10_000
+#: ... and bytes: a line carries its event, and a VerneMQ body in it may be up to --http-max-body
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
 #: lines the writer joins into one write (at most about 1 MB): it gets the GIL only between the
 #: loop's own waits, so each turn must take all that waits
 BATCH = 4096
@@ -45,6 +49,16 @@ BATCH = 4096
 CLOSE_TIMEOUT = 2.0
 
 _STOP = object()
+
+
+class Verdict(NamedTuple):
+    """One side of a shadow comparison, as the log writes it (engine.Outcome, with the error as text)."""
+
+    decision: Any
+    source: str
+    version: str
+    error: str = ""
+    rule: str = ""
 
 
 class Sink(Protocol):
@@ -76,6 +90,11 @@ class DecisionLog:
         self.sample = sample
         self.secrets = secrets
         self._queue: queue.Queue[object] = queue.Queue(queue_size)
+        #: the last webhook body encoded: a subscription's per-topic entries share it (eventcodec.py)
+        self._bodies = BodyCache()
+        #: characters of the lines queued and not yet written (the writer takes them off)
+        self._queued_bytes = 0
+        self._bytes_lock = threading.Lock()
         #: for the writer thread: write failures
         self._report = Every(FAILURE_LOG_INTERVAL)
         self._recovered = Every(FAILURE_LOG_INTERVAL)
@@ -138,6 +157,26 @@ class DecisionLog:
         without its own), written as the file name."""
         if self.sample < 1.0 and random.random() >= self.sample:
             return
+        self._put(self._entry(event, decision, source, version, error, seconds, rule))
+
+    def record_shadow(self, event: Event, live: Verdict, shadow: Verdict) -> None:
+        """A disagreement of the shadow rules with the live ones (shadow.py): the live decision's
+        entry, marked `"shadow": true`, with the shadow's decision beside it. Not sampled: the shadow's
+        own sampling bounds how many there are, and each one is what the shadow is run for."""
+        entry = self._entry(event, live.decision, live.source, live.version, live.error, 0.0, live.rule)
+        del entry["duration_us"]  # the live run's time is in its own entry; this one records no run
+        entry["shadow"] = True
+        entry["shadow_decision"] = shadow.decision.kind
+        entry["shadow_reason"] = getattr(shadow.decision, "reason", "")
+        entry["shadow_source"] = shadow.source
+        entry["shadow_rule_version"] = shadow.version
+        entry["shadow_rule"] = shadow.rule + RULE_SUFFIX if shadow.rule else ""
+        if shadow.error:
+            entry["shadow_error"] = shadow.error
+        self._put(entry)
+
+    def _entry(self, event: Event, decision: Any, source: str, version: str, error: str, seconds: float,
+               rule: str) -> dict[str, Any]:
         client = event.client
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(time.time(), timezone.utc).isoformat(timespec="milliseconds"),
@@ -165,18 +204,29 @@ class DecisionLog:
             entry["password"] = client.password
             if message is not None:
                 entry["payload_base64"] = base64.b64encode(message.payload).decode("ascii")
+        try:  # what the rule read, for `hookrules replay` (eventcodec.py), secrets as above
+            entry["event"] = encode_event(event, self.secrets, self._bodies)
+        except TypeError as exc:  # a value no adapter makes (a hand-built event): the decision is still logged
+            entry["event_error"] = str(exc)
+        return entry
+
+    def _put(self, entry: dict[str, Any]) -> None:
         # ensure_ascii: any str can be written, a lone surrogate a client sent ("e\ud800") included,
         # and reads back as the same string; the line is valid JSON whatever the strings hold
         line = json.dumps(entry, ensure_ascii=True, default=str) + "\n"
         try:
-            self._queue.put_nowait(line)
+            with self._bytes_lock:
+                if self._queued_bytes + len(line) > MAX_QUEUED_BYTES and self._queued_bytes:
+                    raise queue.Full
+                self._queue.put_nowait(line)
+                self._queued_bytes += len(line)
         except queue.Full:
             self._dropped_metric.inc()
             self._dropped += 1
             if self._drop_report.due():
-                log.error("decision log: the writer is behind (queue of %d full: a reader that stopped reading, or "
-                          "a slow disk?); decisions go on, entries dropped since the last report: %d",
-                          self._queue.maxsize, self._dropped)
+                log.error("decision log: the writer is behind (queue of %d entries or %d MiB full: a reader that "
+                          "stopped reading, or a slow disk?); decisions go on, entries dropped since the last report: %d",
+                          self._queue.maxsize, MAX_QUEUED_BYTES >> 20, self._dropped)
                 self._dropped = 0
 
     # -- the writer thread ---------------------------------------------------------------------
@@ -192,6 +242,8 @@ class DecisionLog:
                     break
             stop = _STOP in lines
             text = "".join(line for line in lines if line is not _STOP)  # type: ignore[misc]
+            with self._bytes_lock:
+                self._queued_bytes -= len(text)
             try:
                 if text:
                     self._write(text, len(lines) - stop)

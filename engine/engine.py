@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from . import metrics
 from .decisionlog import DecisionLog
@@ -23,6 +23,7 @@ from .ratelimit import Every
 from .ruleset import Limits, RuleRuntimeError, RuleSet
 
 if TYPE_CHECKING:
+    from .shadow import Shadow
     from .watchdog import RunClock
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class Engine:
         self._rule_timers: dict[str, metrics.HistogramChild] = {}
         #: where a watchdog process sees how long the current run has taken (watchdog.py), if any
         self.run_clock: RunClock | None = None
+        #: the shadow rules (shadow.py), offered every decision once it is made; None: no shadow
+        self.shadow: Shadow | None = None
 
     def policy(self, hook: str) -> Policy:
         """The failure policy of a hook: the config's, else the hook's default."""
@@ -105,7 +108,9 @@ class Engine:
         """False when the hook has no rule file and no default of its own: the answer is ignore()
         whatever the event says, so an adapter may skip building it (most EMQX calls are notifications
         nobody wrote a rule for) and call skip()."""
-        return self.ruleset.source(hook) is not None or hook in NO_RULE_DEFAULTS
+        shadow = self.shadow
+        return (self.ruleset.source(hook) is not None or hook in NO_RULE_DEFAULTS
+                or (shadow is not None and shadow.needs_event(hook)))
 
     def skip(self, broker: str, hook: str) -> Outcome:
         """The outcome of a call to a hook needs_event() said needs none: ignore(), counted like any
@@ -180,6 +185,9 @@ class Engine:
             if self.decision_log is not None:
                 self._log_decision(event, outcome, elapsed)
         self._count(event.broker, event.hook, outcome.decision, outcome.source)
+        shadow = self.shadow
+        if shadow is not None:  # queued: the shadow runs after this call's answer is sent (shadow.py)
+            shadow.offer(event, outcome, check)
         return outcome
 
     def decide_each(self, events: Iterator[Event], count: int, check: WireCheck | None = None) -> list[Decision]:
@@ -205,7 +213,7 @@ class Engine:
         out, `event` the first of them: counted per event, logged (and decision-logged) once."""
         left = count - ran
         policy = self.policy(event.hook)
-        metrics.RULE_ERRORS.labels(event.hook, "deadline").inc()
+        self._error_counter(event.hook, "deadline").inc()
         source = self.ruleset.source(event.hook)
         rule = self.ruleset.get(source) if source is not None else None
         error = RuleError("deadline_error", Location(rule.path if rule is not None else event.hook),
@@ -227,7 +235,7 @@ class Engine:
         policy = self.policy(event.hook)
         kind = "deadline" if error.code == "deadline_error" else "runtime"
         if error.code != "load_error":  # load errors were counted when the file was read
-            metrics.RULE_ERRORS.labels(event.hook, kind).inc()
+            self._error_counter(event.hook, kind).inc()
         self._log_error(event.hook, version, error, policy)
         return Outcome(POLICY_DECISIONS[policy], "policy", version, error, rule)
 
@@ -243,7 +251,8 @@ class Engine:
             return
         self._error_log[key] = (now, 0)
         more = f"; {suppressed} more like it since the last report" if suppressed else ""
-        log.error("%s (hook %s, answered %s by failure policy)%s", error.one_line(), hook, policy, more)
+        log.error("%s%s (hook %s, answered %s by failure policy)%s", self.LOG_PREFIX, error.one_line(), hook, policy,
+                  more)
 
     def _prune_error_log(self) -> None:
         """Forget the errors of rule versions no longer served (every save of a failing rule added its
@@ -260,6 +269,12 @@ class Engine:
         if len(kept) >= MAX_ERROR_KEYS:
             kept = dict(sorted(kept.items(), key=lambda kv: kv[1][0])[len(kept) - MAX_ERROR_KEYS // 2:])
         self._error_log = kept
+
+    #: before every rule error's log line (the shadow rules' engine says so)
+    LOG_PREFIX = ""
+
+    def _error_counter(self, hook: str, kind: str) -> Any:
+        return metrics.RULE_ERRORS.labels(hook, kind)
 
     def _count(self, broker: str, hook: str, decision: Decision, source: str, amount: int = 1) -> None:
         key = (broker, hook, decision.kind, source)

@@ -233,6 +233,33 @@ LOG_LINES_DROPPED = Counter(
     "hookrules_log_lines_dropped", "The server's own log lines (stderr) dropped because stderr was not being read",
 )
 
+# -- the shadow rules (shadow.py): their own families, so nothing of theirs shows in the live ones --
+SHADOW_DECISIONS = LoopCounter(
+    "hookrules_shadow_decisions", "Shadow rule runs, by the live decision and the shadow rules' decision on the same "
+    "event (allow, deny, ignore, rewrite, drop): a disagreement is any series where live and shadow differ",
+    ["broker", "hook", "live", "shadow"],
+)
+SHADOW_RULE_SECONDS = LoopHistogram(
+    "hookrules_shadow_rule_duration_seconds", "Time of one shadow rule run", ["hook"], buckets=LATENCY_BUCKETS,
+)
+SHADOW_RULE_ERRORS = Counter(
+    "hookrules_shadow_rule_errors", "Shadow rule errors by hook and kind (load, runtime, deadline); they never "
+    "reach a broker", ["hook", "kind"],
+)
+SHADOW_RELOADS = Counter(
+    "hookrules_shadow_reloads", "Shadow rule file (re)loads by hook and result (loaded, error, removed)",
+    ["hook", "result"],
+)
+SHADOW_RULE_INFO = Gauge(
+    "hookrules_shadow_rule_info", "1 for the version each shadow rule file serves", ["hook", "version"],
+)
+SHADOW_RULES_LOADED = Gauge("hookrules_shadow_rules_loaded", "Hooks that have a shadow rule loaded")
+SHADOW_SKIPPED = Counter(
+    "hookrules_shadow_skipped", "Sampled events the shadow rules did not run on, by reason (queue_full: the "
+    "shadow was behind; internal_error: a bug of hookrules' own, logged)", ["reason"],
+)
+
 __all__ = ["Counter", "Histogram", "CounterChild", "HistogramChild", "LATENCY_BUCKETS", "REQUEST_BUCKETS", "REQUEST_SECONDS", "RULE_SECONDS", "DECISIONS", "RULE_ERRORS",
            "RELOADS", "RULE_INFO", "RULES_LOADED", "LAST_RELOAD", "BAD_REQUESTS", "RULE_BROKEN", "BROKEN_STATES", "HOOK_RULE",
-           "DECISION_LOG_DROPPED", "LOG_LINES_DROPPED"]
+           "DECISION_LOG_DROPPED", "LOG_LINES_DROPPED", "SHADOW_DECISIONS", "SHADOW_RULE_SECONDS", "SHADOW_RULE_ERRORS",
+           "SHADOW_RELOADS", "SHADOW_RULE_INFO", "SHADOW_RULES_LOADED", "SHADOW_SKIPPED"]

@@ -44,6 +44,28 @@ log = logging.getLogger(__name__)
 
 Listener = Callable[[RuleSet], None]
 
+
+@dataclass(frozen=True)
+class ReloadMetrics:
+    """Where a reloader reports: the live rules' families, or the shadow rules' own (shadow.py), so that
+    a shadow directory's loads never show as the live rules'."""
+
+    reloads: Any = metrics.RELOADS
+    rule_errors: Any = metrics.RULE_ERRORS
+    rule_info: Any = metrics.RULE_INFO
+    rules_loaded: Any = metrics.RULES_LOADED
+    last_reload: Any = metrics.LAST_RELOAD  # None: not kept
+
+
+LIVE_METRICS = ReloadMetrics()
+
+
+class _Prefixed(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The reloader's log lines, each with a prefix that says which rules they are about."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"{self.extra['prefix'] if self.extra else ''}{msg}", kwargs
+
 #: A file seen being written but never closed is read anyway after this long (a hard link, a writer
 #: that died): better a late read than a hook stuck on its old version.
 WRITE_TIMEOUT = 2.0
@@ -154,8 +176,11 @@ class Reloader:
 
     def __init__(self, directory: Path, engine: Engine, *, debounce: float = 0.05, grace: float = 0.3,
                  polling: bool = False, poll_interval: float = 1.0, rescan_interval: float = 30.0,
-                 settle: float = 0.5):
+                 settle: float = 0.5, report: ReloadMetrics = LIVE_METRICS, log_prefix: str = ""):
         self.directory = directory
+        self.metrics = report
+        self.log: logging.Logger | logging.LoggerAdapter[logging.Logger] = (
+            _Prefixed(log, {"prefix": log_prefix}) if log_prefix else log)
         self.engine = engine
         self.debounce = debounce
         self.grace = grace
@@ -185,7 +210,7 @@ class Reloader:
     def load(self) -> list[FileOutcome]:
         """The first load, before serving: whatever is there now (no settling: nothing serves yet)."""
         if not self.directory.is_dir():
-            log.warning("rules directory %s does not exist: serving no rules until it is created", self.directory)
+            self.log.warning("rules directory %s does not exist: serving no rules until it is created", self.directory)
         return self.rescan(settle=0.0)
 
     def _youngest_dependency_age(self) -> float | None:
@@ -219,7 +244,7 @@ class Reloader:
         # must keep being answered meanwhile. One thread: one scan at a time.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hookrules-scan",
                                             initializer=_lower_priority)
-        log.info("watching %s for rule changes (%s)", self.directory, "polling" if self.polling else "inotify")
+        self.log.info("watching %s for rule changes (%s)", self.directory, "polling" if self.polling else "inotify")
 
     def stop(self) -> None:
         if self._pending is not None:
@@ -323,9 +348,9 @@ class Reloader:
         except asyncio.CancelledError:
             return  # stopping
         except Exception:
-            log.exception("internal error rescanning %s: the rules serving are kept; rescanning again in %g s",
+            self.log.exception("internal error rescanning %s: the rules serving are kept; rescanning again in %g s",
                           self.directory, max(self.debounce, 1.0))
-            metrics.RELOADS.labels("scan", "error").inc()
+            self.metrics.reloads.labels("scan", "error").inc()
             self.poke(max(self.debounce, 1.0))
         if self._again is not None:
             force, self._again = self._again, None
@@ -339,7 +364,7 @@ class Reloader:
             try:
                 done(outcomes)
             except Exception:
-                log.exception("rescan listener failed")
+                self.log.exception("rescan listener failed")
 
     def rescan(self, force: bool = False, settle: float | None = None) -> list[FileOutcome]:
         """Bring the rule set up to date with the directory, in this thread; `force` recompiles even
@@ -414,12 +439,13 @@ class Reloader:
         self.engine.ruleset = ruleset  # the swap: one assignment, between two calls on the loop
         self._report(outcomes, previous, ruleset, forced=job.force)
         if changed:
-            metrics.LAST_RELOAD.set(time.time())
+            if self.metrics.last_reload is not None:
+                self.metrics.last_reload.set(time.time())
             for listener in self.listeners:
                 try:
                     listener(ruleset)
                 except Exception:
-                    log.exception("rule set listener failed")
+                    self.log.exception("rule set listener failed")
         return outcomes
 
     def _report(self, outcomes: list[FileOutcome], previous: RuleSet, ruleset: RuleSet, forced: bool = False) -> None:
@@ -436,8 +462,8 @@ class Reloader:
                     continue  # the same broken contents: said already
                 self._reported[out.path] = out.version
                 hook_label = out.hook if out.result == "error" else "invalid"
-                metrics.RULE_ERRORS.labels(hook_label, "load").inc()
-                metrics.RELOADS.labels(hook_label, "error").inc()
+                self.metrics.rule_errors.labels(hook_label, "load").inc()
+                self.metrics.reloads.labels(hook_label, "error").inc()
                 if out.kept_version:
                     outcome = f"kept previous version {out.kept_version}"
                 elif out.hook == DATA_HOOK:
@@ -447,45 +473,45 @@ class Reloader:
                 else:
                     outcome = "file ignored"
                 for err in out.errors:  # one line each: log pipelines split on newlines
-                    log.error("%s => %s", err.one_line(), outcome)
+                    self.log.error("%s => %s", err.one_line(), outcome)
                 continue
-            metrics.RELOADS.labels(out.hook, out.result).inc()
+            self.metrics.reloads.labels(out.hook, out.result).inc()
             if out.hook == DATA_HOOK:
                 if out.result == "removed":
-                    log.warning("data file %s was removed: data.%s is gone", out.path, Path(out.path).stem)
+                    self.log.warning("data file %s was removed: data.%s is gone", out.path, Path(out.path).stem)
                 else:
-                    log.info("loaded data file %s (version %s)", out.path, out.version)
+                    self.log.info("loaded data file %s (version %s)", out.path, out.version)
                 continue
             old = previous.get(out.hook)
             if out.result == "loaded":
-                _forget_version(out.hook, old.version if old is not None else "")
-                metrics.RULE_INFO.labels(out.hook, out.version).set(1)
+                _forget_version(self.metrics.rule_info, out.hook, old.version if old is not None else "")
+                self.metrics.rule_info.labels(out.hook, out.version).set(1)
                 new = ruleset.get(out.hook)
                 if old is not None and new is not None and old.file_version == new.file_version:
                     why = "rebuilt on SIGHUP" if forced else "a library or data file it uses changed"
-                    log.info("reloaded %s (version %s, was %s): %s", out.path, out.version, old.version, why)
+                    self.log.info("reloaded %s (version %s, was %s): %s", out.path, out.version, old.version, why)
                 else:
-                    log.info("loaded %s (version %s%s)", out.path, out.version,
+                    self.log.info("loaded %s (version %s%s)", out.path, out.version,
                              f", was {old.version}" if old is not None else "")
             elif out.result == "removed":
-                _forget_version(out.hook, old.version if old is not None else "")
+                _forget_version(self.metrics.rule_info, out.hook, old.version if old is not None else "")
                 source = ruleset.source(out.hook)
                 if source is not None:
-                    log.warning("%s was removed: hook %s is now answered by %s%s", out.path, out.hook, source,
+                    self.log.warning("%s was removed: hook %s is now answered by %s%s", out.path, out.hook, source,
                                 RULE_SUFFIX)
                 elif HOOKS[out.hook].broker == "portable":
-                    log.warning("%s was removed: the hooks it answered without a file of their own now answer as "
+                    self.log.warning("%s was removed: the hooks it answered without a file of their own now answer as "
                                 "with no rule (ignore(); RabbitMQ: see the README)", out.path)
                 elif out.hook in NO_RULE_DEFAULTS:
-                    log.warning("%s was removed: hook %s now answers its default (see the README)", out.path, out.hook)
+                    self.log.warning("%s was removed: hook %s now answers its default (see the README)", out.path, out.hook)
                 else:
-                    log.warning("%s was removed: hook %s now answers ignore()", out.path, out.hook)
-        metrics.RULES_LOADED.set(len(ruleset))
+                    self.log.warning("%s was removed: hook %s now answers ignore()", out.path, out.hook)
+        self.metrics.rules_loaded.set(len(ruleset))
 
 
-def _forget_version(hook: str, version: str) -> None:
+def _forget_version(rule_info: Any, hook: str, version: str) -> None:
     if version:
         try:
-            metrics.RULE_INFO.remove(hook, version)
+            rule_info.remove(hook, version)
         except KeyError:
             pass

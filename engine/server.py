@@ -42,6 +42,7 @@ from .hooks import AUTHENTICATION_HOOKS, RULE_SUFFIX
 from .lifecycle import serve_until_stopped
 from .reload import Reloader
 from .ruleset import DATA_DEP, RuleSet
+from .shadow import DEFAULT_SAMPLE, Shadow
 from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,12 @@ class Server:
         # so do EMQX's HTTP authenticator and authorizer (/emqx/authn, /emqx/authz)
         self.emqx_http = EmqxHttpService(self.engine, admission=self.webhooks.admission)
         self.reloader.listeners.append(self.exhook.rules_changed)
+        self.shadow: Shadow | None = None
+        if config.shadow is not None:  # run beside the live rules, after each answer (shadow.py)
+            self.shadow = Shadow(config.shadow, limits=config.shadow_limits, policies=config.failure_policy,
+                                 sample=config.shadow_sample if config.shadow_sample is not None else DEFAULT_SAMPLE,
+                                 decision_log=self.decision_log, polling=config.polling)
+            self.engine.shadow = self.shadow
         metrics.RULE_BROKEN.watch(self.broken_rules)
         metrics.HOOK_RULE.watch(self.answered_hooks)
         self.grpc_server: grpc.aio.Server | None = None
@@ -208,6 +215,11 @@ class Server:
         self.reloader.load()
         self.reloader.start(loop)
         self._announce(f"serving {len(self.engine.ruleset)} rule file(s) from {self.config.rules}")
+        if self.shadow is not None:
+            self.shadow.load()
+            self.shadow.start(loop)
+            self._announce(f"shadow rules: {len(self.shadow.engine.ruleset)} rule file(s) from {self.shadow.directory}, "
+                           f"run on {self.shadow.sample:.0%} of calls after their answers")
         if self.config.metrics is not None:
             # access_log=None: one line per request is noise
             metrics = web.AppRunner(metrics_app(self.readiness), access_log=None, handle_signals=False)
@@ -239,6 +251,8 @@ class Server:
         (a read-only file system) the server serves on without one, and says so."""
         if self.watchdog is not None:
             self.engine.run_clock = None
+            if self.shadow is not None:
+                self.shadow.engine.run_clock = None
             self.watchdog.stop()
             self.watchdog = None
         if not limit:
@@ -250,6 +264,8 @@ class Server:
                       "server", exc)
             return
         self.engine.run_clock = self.watchdog.clock
+        if self.shadow is not None:  # its runs hold the server as the live ones do: watched the same
+            self.shadow.engine.run_clock = self.watchdog.clock.shadow()
 
     def _tls(self) -> tuple[bytes, bytes, ssl.SSLContext] | None:
         """Certificate, key and an HTTPS context, or None without TLS."""
@@ -331,6 +347,8 @@ class Server:
 
     def _close(self) -> None:
         self.reloader.stop()
+        if self.shadow is not None:
+            self.shadow.stop()
         self._start_watchdog(0)
         if self.decision_log is not None:
             self.decision_log.close()
@@ -368,12 +386,19 @@ class Server:
             try:  # the whole new setting is built and checked before any of it is applied
                 fresh = build_config(read_config_file(Path(config.config_file)), dict(config.overrides))
                 updated = replace(config, failure_policy=fresh.failure_policy, limits=fresh.limits,
-                                  log_level=fresh.log_level, hard_timeout=fresh.hard_timeout)
+                                  log_level=fresh.log_level, hard_timeout=fresh.hard_timeout,
+                                  shadow_rule_timeout=fresh.shadow_rule_timeout, shadow_max_steps=fresh.shadow_max_steps,
+                                  shadow_sample=fresh.shadow_sample)
             except ConfigError as exc:
                 log.error("SIGHUP: %s; kept the running settings", exc)
             else:
                 self.engine.policies = dict(updated.failure_policy)
                 self.engine.limits = updated.limits
+                if self.shadow is not None:
+                    self.shadow.engine.policies = dict(updated.failure_policy)
+                    self.shadow.engine.limits = updated.shadow_limits
+                    if updated.shadow_sample is not None:
+                        self.shadow.sample = updated.shadow_sample
                 logging.getLogger().setLevel(updated.log_level.upper())
                 running = self.watchdog.limit if self.watchdog is not None else 0.0
                 if updated.watchdog_limit != running and self.state != "draining":
@@ -382,6 +407,10 @@ class Server:
                 self.config = updated
         self.reloader.request(force=True, done=lambda outcomes: log.info(  # off the loop: calls keep being answered
             "SIGHUP: reloaded %d file(s), %d with errors", len(outcomes), sum(1 for o in outcomes if o.errors)))
+        if self.shadow is not None:
+            self.shadow.reloader.request(force=True, done=lambda outcomes: log.info(
+                "SIGHUP: reloaded %d shadow file(s), %d with errors", len(outcomes),
+                sum(1 for o in outcomes if o.errors)))
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()

@@ -35,14 +35,26 @@ _POLL_SHARE = 0.1
 class RunClock:
     """The server's side: two stores per rule run into the shared page (about 100 ns)."""
 
-    def __init__(self, page: mmap.mmap):
+    def __init__(self, page: mmap.mmap, *, _twin: RunClock | None = None):
         self._page = page
-        self._view = memoryview(page).cast("d")
+        self._view: "memoryview[float]" = memoryview(page).cast("d") if _twin is None else _twin._view
+        #: a shadow rule's run (shadow.py) writes its hook's index i as -2 - i, so the watchdog names it
+        self._shadow = _twin is not None
+        self._owner = _twin is None
+
+    def shadow(self) -> RunClock:
+        """The same clock for the shadow rules' runs and compiles: they hold the server as a live run
+        does, and the watchdog's line says it was a shadow rule. Closed with this one."""
+        return RunClock(self._page, _twin=self)
 
     def started(self, hook: str) -> None:
         view = self._view
-        view[1] = _INDEX.get(hook, -1)
+        view[1] = self._index(hook)
         view[0] = time.monotonic()  # CLOCK_MONOTONIC: the same clock in both processes
+
+    def _index(self, hook: str) -> int:
+        index = _INDEX.get(hook, -1)
+        return -2 - index if self._shadow and index >= 0 else index
 
     def finished(self) -> None:
         self._view[0] = 0.0
@@ -54,7 +66,7 @@ class RunClock:
         From the scan's worker thread, which a SIGHUP can outlive the clock in: a closed clock is no error."""
         try:
             view = self._view
-            view[3] = _INDEX.get(hook, -1)
+            view[3] = self._index(hook)
             view[2] = time.monotonic() - spent
         except ValueError:  # released by close(): the watchdog was restarted meanwhile
             pass
@@ -66,8 +78,9 @@ class RunClock:
             pass
 
     def close(self) -> None:
-        self._view.release()
-        self._page.close()
+        if self._owner:
+            self._view.release()
+            self._page.close()
 
 
 class Watchdog:
@@ -111,13 +124,19 @@ def watch(server: int, fd: int, limit: float, what: str = "the server") -> int:
             if not started or now - started <= limit:
                 continue
             index = int(view[slot + 1])
+            shadow = index <= -2
+            if shadow:  # a shadow rule's (RunClock.shadow)
+                index = -2 - index
             hook = _HOOKS[index] if 0 <= index < len(_HOOKS) else ""
+            which = "shadow " if shadow else ""
             if slot == 0:
-                running = f"a run of the {hook} rule" if hook else "a rule run"
-                fix = f"Fix the rule: 'hookrules eval {hook}' runs it alone." if hook else "Fix the rule."
+                running = f"a run of the {hook} {which}rule" if hook else f"a {which}rule run"
+                fix = (f"Fix the {which}rule: 'hookrules eval {hook}{' --rules SHADOW_DIR' if shadow else ''}' runs it "
+                       "alone." if hook else f"Fix the {which}rule.")
             else:
-                running = f"loading the libraries of the {hook} rule" if hook else "loading libraries"
-                fix = "Fix the library: 'hookrules check' loads it alone."
+                running = (f"loading the libraries of the {hook} {which}rule" if hook
+                           else f"loading {which}libraries")
+                fix = f"Fix the library: 'hookrules check{' SHADOW_DIR' if shadow else ''}' loads it alone."
             print(f"hookrules: watchdog: {running} has held {what} for over {limit:g} s "
                   f"(--hard-timeout) in one step the sandbox could not interrupt; killing {what} (SIGKILL)"
                   + (" so that its supervisor restarts it" if what == "the server" else "")

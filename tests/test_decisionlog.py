@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from hookrules.decisionlog import FAILURE_LOG_INTERVAL, DecisionLog
 from hookrules.decisions import Deny
 from hookrules.engine import Engine
-from hookrules.events import Client, Event, Message, frozen_map
+from hookrules.events import Client, Event, Message, frozen_map, json_view
 from hookrules.ruleset import RuleSet, scan
 
 from .emqx_session import run_session
@@ -45,7 +45,13 @@ def test_server_writes_one_json_line_per_rule_decision(start_server: Any, rules_
     assert authn["time"].endswith("+00:00")
     assert entries[3]["decision"] == "rewrite" and entries[3]["topic"] == "t/demo"
     text = log_file.read_text()
-    assert "secret" not in text and "password" not in text and "payload" not in text
+    # no secret's value in any form (the password "secret", the payload, its base64); the event's fields
+    # are there, the secrets' values null and named as redacted (the words "password" and "payload"
+    # are now field names of the event: issue 13's replay needs to tell a redacted value from an empty one)
+    assert "secret" not in text and "c2VjcmV0" not in text and "payload_base64" not in text
+    assert all("password" not in e for e in entries)
+    assert authn["event"]["client"]["password"] is None and authn["event"]["redacted"] == ["client.password"]
+    assert entries[3]["event"]["data"]["message"]["Message"]["payload"] is None
 
 
 def event() -> Event:
@@ -266,3 +272,70 @@ def test_a_reader_that_stops_reading_stops_nothing(start_server: Any, tmp_path: 
         conn.close()
     assert server.stop() == 0, server.log()  # by SIGTERM, not the kill stop() falls back to
     assert "decision log: the writer is blocked" in server.log_path.read_text()
+
+
+def test_the_queue_is_bounded_in_bytes_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each line carries its event, and a VerneMQ body may be up to --http-max-body (1 MiB): 10,000
+    queued lines could hold gigabytes behind a blocked writer. Past MAX_QUEUED_BYTES they are dropped,
+    counted like a full queue; what was queued is written once the writer moves again."""
+    monkeypatch.setattr("hookrules.decisionlog.MAX_QUEUED_BYTES", 50_000)
+    dropped = REGISTRY.get_sample_value("hookrules_decision_log_dropped_total", {"reason": "queue_full"}) or 0.0
+    sink = BlockedSink()
+    log = DecisionLog(sink)
+    big = Event("auth_on_publish", "vernemq", Client(id="c"),
+                frozen_map({"request": json_view({"topic": "t", "blob": "x" * 10_000})}))
+    log.record(big, Deny("no"), "rule", "abc", "", 0.0)
+    assert sink.entered.wait(10)  # the writer holds the first, blocked
+    for _ in range(20):
+        log.record(big, Deny("no"), "rule", "abc", "", 0.0)
+    after = REGISTRY.get_sample_value("hookrules_decision_log_dropped_total", {"reason": "queue_full"})
+    assert after == dropped + 16  # four lines of about 10 KB fit in 50 KB
+    sink.release.set()
+    assert log.close()
+
+
+def test_a_subscriptions_topics_do_not_each_write_its_whole_body() -> None:
+    """VerneMQ's subscription of N topics is N events holding the same body: each line used to carry the
+    whole body, N^2 bytes for one call, encoded on the event loop inside the call's budget. The body is
+    now encoded once per call, and one past MAX_BODY_CHARS is omitted (named in "omitted"), so every
+    line stays small and every topic is still decided by its rule."""
+    from hookrules.adapters.vernemq import count_events, iter_events
+    from hookrules.eventcodec import MAX_BODY_CHARS, decode_event
+    from hookrules.ruleset import Limits
+
+    tmp = Path(__import__("tempfile").mkdtemp())
+    (tmp / "auth_on_subscribe.star").write_text('if topic.startswith("bad"):\n    deny("no")\nallow()\n')
+    ruleset, _ = scan(tmp, RuleSet())
+    for topics, omitted in ((3, False), (2000, True)):
+        out = io.StringIO()
+        dlog = DecisionLog(out)
+        engine = Engine(ruleset, limits=Limits(timeout=30.0), decision_log=dlog)
+        body = {"client_id": "c", "mountpoint": "", "username": "u",
+                "topics": [{"topic": f"t/{i:05d}/x", "qos": 1} for i in range(topics)]}
+        decisions = engine.decide_each(iter_events("auth_on_subscribe", body, True), count_events("auth_on_subscribe", body))
+        assert dlog.close()
+        lines = out.getvalue().splitlines()
+        assert len(lines) == topics and all(d.kind == "allow" for d in decisions)
+        assert max(len(line) for line in lines) < (4096 if omitted else MAX_BODY_CHARS)
+        for line in lines:
+            event, redacted, missing = decode_event(json.loads(line)["event"])
+            assert missing == (("data.request",) if omitted else ())
+            assert (event.data["request"] is None) is omitted
+        if not omitted:
+            assert len(event.data["request"]["topics"]) == topics
+
+
+def test_the_events_of_one_call_share_the_encoded_body_and_its_redactions() -> None:
+    shared = json_view({"client_id": "c", "password": "hunter2", "topics": [{"topic": "a", "qos": 0}]})
+    out = io.StringIO()
+    dlog = DecisionLog(out)
+    for topic in ("a", "b"):
+        dlog.record(Event("auth_on_subscribe", "vernemq", Client(id="c"),
+                          frozen_map({"request": shared, "topic": topic})), Deny("no"), "rule", "v", "", 0.0)
+    dlog.record(Event("auth_on_subscribe", "vernemq", Client(id="c"),
+                      frozen_map({"request": shared, "topic": "c"})), Deny("no"), "rule", "v", "", 0.0)
+    assert dlog.close()
+    events = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
+    assert all(e["redacted"] == ["data.request.password"] for e in events)
+    assert all(e["data"]["request"]["json"]["password"] is None for e in events)
+    assert "hunter2" not in out.getvalue()

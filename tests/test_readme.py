@@ -161,7 +161,7 @@ def test_every_label_the_readme_names_is_the_metrics_own() -> None:
     assert set(labels) == _exported_names()
     wrong: list[str] = []
     for name, inside in re.findall(r"((?:hookrules|process)_[a-z0-9_]+)\{([^}]*)\}", text):
-        keys = {item.split("=")[0].strip() for item in inside.split(",") if item.strip()}
+        keys = {re.split(r"[!=~]", item)[0].strip() for item in inside.split(",") if item.strip()}  # =, !=, =~, !~
         if name not in labels or not keys <= labels[name][1]:
             wrong.append(f"{name}{{{inside}}}: its labels are {sorted(labels.get(name, ('', set()))[1])}")
     rows = [line.split("|")[1:4] for line in _prose(text) if re.match(r"\| `hookrules_", line)]
