@@ -33,8 +33,11 @@ import asyncio
 import json
 from urllib.parse import parse_qsl
 
+from collections.abc import Callable
+from typing import Any
+
 from aiohttp import web
-from hookrules.adapters.webhooks import DEFAULT_MAX_BODY, body_limited_requests
+from hookrules.adapters.webhooks import DEFAULT_MAX_BODY
 
 import serving
 
@@ -42,6 +45,16 @@ import serving
 REPLY = {"result": "ok"}
 #: the one RabbitMQ answer: what an allow-all rabbitmq_auth_backend_http endpoint answers
 RABBITMQ_ALLOW = b"allow"
+
+
+def body_limited_requests(max_body: int) -> Callable[..., web.BaseRequest]:
+    """The request factory web.Server documents: where a low-level request learns its body limit."""
+
+    def make(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+        return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
+                               client_max_size=max_body)
+
+    return make
 
 
 def _text(body: bytes, status: int = 200) -> web.Response:

@@ -1,13 +1,15 @@
 """Health and metrics over HTTP: /healthz (alive), /readyz (rules loaded, not draining), /metrics.
 
-Served by aiohttp on the server's own loop (on the metrics address, and /healthz and /readyz also on
-the webhooks address), so a probe answers only when the loop that serves brokers does.
+Served on the server's own loop (by aiohttp on the metrics address; /healthz and /readyz also on the
+webhooks address, by its own protocol, adapters/httpwire.py), so a probe answers only when the loop that
+serves brokers does.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -22,22 +24,49 @@ Readiness = Callable[[], tuple[bool, str, dict[str, Any]]]
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
-def health_handlers(readiness: Readiness) -> dict[str, Handler]:
-    """GET handlers by path, for an Application's router or the webhooks' own dispatch."""
+def probes(readiness: Readiness) -> dict[str, Callable[[], tuple[int, dict[str, Any]]]]:
+    """What each probe answers, by path: (status, JSON body), whatever serves it."""
 
-    async def healthz(request: web.BaseRequest) -> web.Response:
-        return web.json_response({"status": "ok"})
+    def healthz() -> tuple[int, dict[str, Any]]:
+        return 200, {"status": "ok"}
 
-    async def readyz(request: web.BaseRequest) -> web.Response:
+    def readyz() -> tuple[int, dict[str, Any]]:
         try:
             ready, detail, extra = readiness()
-        except Exception:  # a probe must get an answer, not aiohttp's 500 page
+        except Exception:  # a probe must get an answer, not a 500 page
             log.exception("readiness check failed")
             ready, detail, extra = False, "internal error (see the log)", {}
-        return web.json_response({**extra, "status": "ready" if ready else "not ready", "detail": detail},
-                                 status=200 if ready else 503)
+        return (200 if ready else 503), {**extra, "status": "ready" if ready else "not ready", "detail": detail}
 
     return {"/healthz": healthz, "/readyz": readyz}
+
+
+#: a synchronous handler of the webhook port: (status, Content-Type, body, more headers)
+SyncHandler = Callable[[Any], tuple[int, str, bytes, Mapping[str, str] | None]]
+
+
+def sync_health_handlers(readiness: Readiness) -> dict[str, SyncHandler]:
+    """GET handlers by path for the webhook port's router (adapters/webhooks.py)."""
+
+    def handler(probe: Callable[[], tuple[int, dict[str, Any]]]) -> SyncHandler:
+        def answer(request: Any) -> tuple[int, str, bytes, Mapping[str, str] | None]:
+            status, body = probe()
+            return status, "application/json; charset=utf-8", json.dumps(body).encode(), None
+        return answer
+
+    return {path: handler(probe) for path, probe in probes(readiness).items()}
+
+
+def health_handlers(readiness: Readiness) -> dict[str, Handler]:
+    """GET handlers by path, for an aiohttp Application's router (the metrics port)."""
+
+    def handler(probe: Callable[[], tuple[int, dict[str, Any]]]) -> Handler:
+        async def answer(request: web.BaseRequest) -> web.StreamResponse:
+            status, body = probe()
+            return web.json_response(body, status=status)
+        return answer
+
+    return {path: handler(probe) for path, probe in probes(readiness).items()}
 
 
 def add_health_routes(app: web.Application, readiness: Readiness) -> None:
