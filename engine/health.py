@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from .errors import printable
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,50 @@ def health_handlers(readiness: Readiness) -> dict[str, Handler]:
 def add_health_routes(app: web.Application, readiness: Readiness) -> None:
     for path, handler in health_handlers(readiness).items():
         app.router.add_get(path, handler)
+
+
+#: malformed requests to the metrics port are logged at most this often
+FAULT_LOG_INTERVAL = 10.0
+
+
+def fault_description(exc: BaseException) -> str:
+    """What aiohttp says is wrong with a request, without the request's own bytes: its parser quotes
+    the offending line after its description (`Got more than 8190 bytes when reading: b'...'`), so
+    only the description before the first colon or quote is kept."""
+    message = getattr(exc, "message", None)
+    text = message if isinstance(message, str) and message else str(exc)
+    cut = min((i for i in (text.find(c) for c in ":'\"?\n") if i >= 0), default=len(text))
+    description = " ".join(text[:cut].split())
+    return printable(description[:120]) or "(no description)"
+
+
+class QuietProtocolErrors(logging.Filter):
+    """aiohttp logs every malformed HTTP request to the metrics port (a port scanner, a client that
+    hangs up) with a traceback: keep one line, without it, at most every FAULT_LOG_INTERVAL seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = float("-inf")
+        self._skipped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._last < FAULT_LOG_INTERVAL:
+            self._skipped += 1
+            return False
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"malformed HTTP request to the metrics port refused: {type(exc).__name__}: " \
+                         f"{fault_description(exc)}"
+            record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        if self._skipped:
+            record.msg = f"{record.getMessage()} ({self._skipped} more since the last report)"
+            record.args = ()
+        self._last = now
+        self._skipped = 0
+        return True
 
 
 def metrics_app(readiness: Readiness) -> web.Application:

@@ -35,7 +35,7 @@ from .config import Config, ConfigError, bind_problem, build_config, parse_addre
 from .decisionlog import DecisionLog
 from .engine import Engine
 from . import eventloop, metrics
-from .health import metrics_app, sync_health_handlers
+from .health import QuietProtocolErrors, metrics_app, sync_health_handlers
 from .hooks import AUTHENTICATION_HOOKS, RULE_SUFFIX
 from .lifecycle import serve_until_stopped
 from .reload import Reloader
@@ -205,6 +205,7 @@ class Server:
         self.reloader.start(loop)
         self._announce(f"serving {len(self.engine.ruleset)} rule file(s) from {self.config.rules}")
         if self.config.metrics is not None:
+            logging.getLogger("aiohttp.server").addFilter(QuietProtocolErrors())
             # access_log=None: one line per request is noise
             metrics = web.AppRunner(metrics_app(self.readiness), access_log=None, handle_signals=False)
             self.metrics_port = await self._start_http(self.config.metrics, "--metrics", metrics, None,

@@ -22,7 +22,7 @@ from hookrules.adapters.rabbitmq_http import RabbitMQAdapter
 from hookrules.adapters.webhooks import WebhookAdapter
 from hookrules.engine import Engine
 from hookrules.health import sync_health_handlers
-from hookrules.ruleset import RuleSet, scan
+from hookrules.ruleset import Limits, RuleSet, scan
 
 from . import vernemq_examples as spec
 
@@ -69,7 +69,7 @@ class Transport(asyncio.Transport):
 def wire_server(max_concurrent: int = 1000, faults: list[str] | None = None, **timeouts: float) -> WireServer:
     """The port as server.py builds it, on the bundled rules."""
     ruleset, _ = scan(BUNDLED, RuleSet())
-    engine = Engine(ruleset)
+    engine = Engine(ruleset, limits=Limits(timeout=30.0))  # a busy machine must not change an answer
     webhooks = WebhookAdapter(engine, max_body=MAX_BODY, max_concurrent=max_concurrent)
     rabbitmq = RabbitMQAdapter(engine, admission=webhooks.admission)
     router = webhooks.router(sync_health_handlers(lambda: (True, "ready", {})), {PREFIX: rabbitmq.route})
@@ -156,7 +156,6 @@ def corpus() -> dict[str, bytes]:
     out["vernemq unknown hook"] = http("POST", "/", {"vernemq-hook": "nope"}, register)
     out["vernemq missing hook"] = http("POST", "/", {}, register)
     out["vernemq gzip"] = http("POST", "/", {"vernemq-hook": "auth_on_register", "Content-Encoding": "gzip"}, register)
-    out["vernemq too large"] = http("POST", "/", {"vernemq-hook": "auth_on_register"}, b"x" * (MAX_BODY + 1))
     out["put"] = http("PUT", "/", {"vernemq-hook": "auth_on_register"}, register)
     for check, fields in RABBITMQ_FIELDS.items():
         query = urllib.parse.urlencode(fields)
@@ -171,6 +170,21 @@ def corpus() -> dict[str, bytes]:
         out[f"GET {probe}"] = http("GET", probe)
         out[f"HEAD {probe}"] = http("HEAD", probe)
     return out
+
+
+def closing_corpus() -> dict[str, bytes]:
+    """Requests answered and then closed: they end a pipeline."""
+    register = json.dumps(spec.EXAMPLES["auth_on_register"]).encode()
+    hook = {"vernemq-hook": "auth_on_register"}
+    return {
+        "too large": http("POST", "/", hook, b"x" * (MAX_BODY + 1)),
+        "too large chunked": http("POST", "/", hook, b"x" * (MAX_BODY + 1), chunked=True),
+        "unknown expectation": http("POST", "/", {**hook, "Expect": "teapot"}, register),
+        "http/1.0": http("POST", "/", hook, register, version="1.0"),
+        "connection close": http("POST", "/", {**hook, "Connection": "close"}, register),
+        "rabbitmq connection close": http("GET", "/rabbitmq/user?username=a&password=b", {"Connection": "close"}),
+        "malformed": b"POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n",
+    }
 
 
 def status_of(answer: bytes) -> int:

@@ -32,8 +32,6 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from email.utils import formatdate
-from http import HTTPStatus
 from typing import cast
 from urllib.parse import unquote
 
@@ -41,6 +39,7 @@ import httptools
 
 from .admission import Admission
 from .httpbody import BODY_TIMEOUT
+from .httpreply import CONTINUE, Reply, encode_reply, fault_reply
 from .refusal import BadRequest
 
 log = logging.getLogger(__name__)
@@ -52,11 +51,7 @@ HEAD_TIMEOUT = 10.0  # seconds for a request's head to arrive once it has begun
 KEEPALIVE_TIMEOUT = 75.0  # seconds an idle keep-alive connection is kept (aiohttp's default)
 BACKLOG = 1024  # connections waiting to be accepted (VerneMQ keeps up to 100 per endpoint)
 
-#: what a handler answers: status, Content-Type, body, more headers (or None)
-Reply = tuple[int, str, bytes, Mapping[str, str] | None]
-
 _IDLE, _HEAD, _BODY = 0, 1, 2
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Request:
@@ -106,43 +101,8 @@ class _WireFault(Exception):
         self.status = status
 
 
-_PHRASES = {s.value: s.phrase for s in HTTPStatus}
-_date_second = 0
-_date_line = b""
-
-
-def _date() -> bytes:
-    """The Date header (an origin server with a clock sends one), formatted once a second."""
-    global _date_second, _date_line
-    now = int(time.time())
-    if now != _date_second:
-        _date_second = now
-        _date_line = b"Date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n"
-    return _date_line
-
-
-def encode_reply(version: str, reply: Reply, keep_alive: bool, head_only: bool = False) -> bytes:
-    """The bytes of a response. Extra header values must be printable ASCII (the front-ends check)."""
-    status, content_type, body, headers = reply
-    out = [b"HTTP/%s %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (
-        version.encode("ascii"), status, _PHRASES.get(status, "Unknown").encode("ascii"),
-        content_type.encode("ascii"), len(body)), _date()]
-    if headers:
-        out += [f"{name}: {value}\r\n".encode("ascii") for name, value in headers.items()]
-    if not keep_alive:
-        out.append(b"Connection: close\r\n")
-    elif version == "1.0":
-        out.append(b"Connection: keep-alive\r\n")
-    out.append(b"\r\n")
-    if not head_only:
-        out.append(body)
-    return b"".join(out)
-
-
-def _fault_reply(status: int, description: str) -> bytes:
-    body = ('{"error": "malformed HTTP request: %s"}' % description.replace('"', "'")).encode("ascii", "replace")
-    # HTTP/1.0: the request's own version is not known to be valid; the connection closes after it
-    return encode_reply("1.0", (status, "application/json", body, None), False)
+_NAMES: dict[bytes, str] = {}  # header names as sent -> lower-cased
+_METHODS = {m: m.decode("ascii") for m in (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"PATCH")}
 
 
 class WireServer:
@@ -161,7 +121,7 @@ class WireServer:
         self.draining = False
         #: (connection, request, route, reply): reply None = run route.answer; bytes = write as is
         self.queue: deque[tuple[HttpConnection, Request | None, Route | None, Reply | bytes | None]] = deque()
-        self._scheduled = False
+        self.scheduled = False  # a drain is due in this loop turn
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -174,13 +134,13 @@ class WireServer:
         self._server = await self._loop.create_server(self.protocol, sock=sock, ssl=ssl_context, backlog=BACKLOG)
 
     def schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self._scheduled:
-            self._scheduled = True
+        if not self.scheduled:
+            self.scheduled = True
             loop.call_soon(self.drain)
 
     def drain(self) -> None:
         """Answer every queued request, in order, synchronously (rules never await)."""
-        self._scheduled = False
+        self.scheduled = False
         queue = self.queue
         admission = self.admission
         while queue:
@@ -223,7 +183,9 @@ class HttpConnection(asyncio.Protocol):
         self.pending = 0  # entries of this connection in the server's queue
         self.closing = False  # no more input is read: the queued answers go, then the connection closes
         self.state = _IDLE
-        self.since = 0.0
+        self.since = 0.0  # when the head or body in progress began (loop.time)
+        self.active = False  # data came since the timer last looked
+        self.begun = 0  # requests begun on this connection
         self._timer: asyncio.TimerHandle | None = None
         self._reset()
 
@@ -272,12 +234,9 @@ class HttpConnection(asyncio.Protocol):
         if self.closing:
             return
         first = self.state
+        begun = self.begun
         try:
             self.parser.feed_data(data)
-            if self.state == _HEAD and first == _HEAD:  # a head across reads: bound what it may hold
-                self._head_size += len(data)
-                if self._head_size > MAX_HEAD:
-                    raise _WireFault(431, "the request head is over the size limit")
         except httptools.HttpParserUpgrade:  # Upgrade or CONNECT: answered, then closed (no protocol switch)
             self._stop_reading()
         except _WireFault as fault:
@@ -292,13 +251,27 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if not self.closing:  # (bytes after a request that closes the connection are not read)
                 self._fault(400, _describe(exc))
+        self.active = True
+        if first or self.state:  # a request spans reads: its head or body has a deadline
+            self._spanning(first, begun, len(data))
+        if self.pending:
+            server = self.server
+            if not server.scheduled:
+                server.scheduled = True
+                self.loop.call_soon(server.drain)
+
+    def _spanning(self, first: int, begun: int, size: int) -> None:
         state = self.state
-        if state != first or state == _IDLE:
+        if state == _HEAD and first == _HEAD and begun == self.begun and not self.closing:
+            # the same head, begun before this read and not done after it: bound what it holds
+            self._head_size += size
+            if self._head_size > MAX_HEAD:
+                self._fault(431, "the request head is over the size limit")
+                return
+        if state != first:
             self.since = self.loop.time()
             if state != _IDLE:
                 self._rearm()
-        if self.pending:
-            self.server.schedule(self.loop)
 
     # -- httptools' callbacks ------------------------------------------------------------------------
 
@@ -306,6 +279,7 @@ class HttpConnection(asyncio.Protocol):
         if self.closing:  # what follows a request that closes the connection is not read
             raise _Stop()
         self.state = _HEAD
+        self.begun += 1
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -313,32 +287,38 @@ class HttpConnection(asyncio.Protocol):
             raise _WireFault(400, f"LineTooLong: Got more than {MAX_LINE} bytes when reading the request line")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) > MAX_LINE or len(value) > MAX_LINE:
-            raise _WireFault(431, f"a header field is over {MAX_LINE} bytes")
-        self._fields_size += len(name) + len(value) + 4
-        if self._fields_size > MAX_HEAD:
-            raise _WireFault(431, "the request head is over the size limit")
-        headers = self._headers
-        if len(headers) >= MAX_HEADERS:
-            raise _WireFault(431, f"more than {MAX_HEADERS} header fields")
-        key = name.decode("latin-1").lower()
-        if key not in headers:
-            headers[key] = value.decode("latin-1")
+        size = self._fields_size + len(name) + len(value) + 4
+        self._fields_size = size
+        if size > MAX_LINE:  # (a head within one line's size passes at once)
+            if len(name) + len(value) > MAX_LINE:
+                raise _WireFault(431, f"a header field is over {MAX_LINE} bytes")
+            if size > MAX_HEAD:
+                raise _WireFault(431, "the request head is over the size limit")
+        key = _NAMES.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(_NAMES) < 512:  # the names clients send are few: each is decoded once
+                _NAMES[name] = key
+        self._headers.setdefault(key, value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
             raise _WireFault(505, f"HTTP/{version[:8]} is not served, only HTTP/1.1 and 1.0")
+        if len(self._headers) > MAX_HEADERS:
+            raise _WireFault(431, f"more than {MAX_HEADERS} header fields")
         url = self._url
+        if b"#" in url:  # (a client should not send one)
+            url = url.partition(b"#")[0]
         raw_path, _, query = url.partition(b"?")
         path = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path, "latin-1")
         headers = self._headers
-        request = self._request = Request(parser.get_method().decode("ascii"), path,
-                                          query.partition(b"#")[0].decode("latin-1"), headers, version,
-                                          parser.should_keep_alive())
+        method = parser.get_method()
+        request = self._request = Request(_METHODS.get(method) or method.decode("ascii"), path,
+                                          query.decode("latin-1"), headers, version, parser.should_keep_alive())
         self.state = _BODY
         route = self._route = self.server.router(request)
         expect = headers.get("expect") if version == "1.1" else None
@@ -357,7 +337,7 @@ class HttpConnection(asyncio.Protocol):
                                           close=expect is not None)
             self._admitted = True
         if expect is not None:
-            self._queue(None, None, _CONTINUE)
+            self._queue(None, None, CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         if self._discard:
@@ -413,7 +393,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _fault(self, status: int, description: str) -> None:
         self.server.on_fault(description)
-        self._queue(None, None, _fault_reply(status, description))
+        self._queue(None, None, fault_reply(status, description))
         self._stop_reading()
         self.server.schedule(self.loop)
 
@@ -462,24 +442,26 @@ class HttpConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         state = self.state
-        due = self.since + self.server.timeouts[state]
-        if self.loop.time() < due:
-            self._timer = self.loop.call_at(due, self._tick)
-            return
+        now = self.loop.time()
         if state == _IDLE:
-            if self.pending:  # answers still to write: look again later
-                self._timer = self.loop.call_at(self.loop.time() + 1.0, self._tick)
+            if self.active or self.pending:  # not idle for a whole period yet: look again after one
+                self.active = False
+                self._timer = self.loop.call_at(now + self.server.timeouts[_IDLE], self._tick)
             elif transport.get_write_buffer_size():  # idle, and not reading what it was sent: gone
                 transport.abort()
             else:
                 transport.close()
+            return
+        due = self.since + self.server.timeouts[state]
+        if now < due:
+            self._timer = self.loop.call_at(due, self._tick)
         elif state == _HEAD:
-            self._fault(408, f"the request head did not arrive within {self.server.timeouts[_HEAD]:.0f} s")
+            self._fault(408, f"the request head did not arrive within {self.server.timeouts[_HEAD]:g} s")
         elif self._discard:  # already answered: the rest of its body never came
             self._stop_reading()
         else:
             self._refuse_early(BadRequest(408, "slow_body", f"the body did not arrive within "
-                                                            f"{self.server.timeouts[_BODY]:.0f} s"), close=True)
+                                                            f"{self.server.timeouts[_BODY]:g} s"), close=True)
             self.server.schedule(self.loop)
 
 

@@ -17,7 +17,8 @@ from ..engine import Engine
 from ..ratelimit import Every
 from .admission import Admission
 from .httpbody import plain_body
-from .httpwire import Reply, Request, Route
+from .httpreply import Reply
+from .httpwire import Request, Route
 from .rabbitmq import ANSWER_DENY, BROKER, PATHS, BadRequest, answer_text, event_for, parse_fields
 
 log = logging.getLogger(__name__)

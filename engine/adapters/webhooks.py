@@ -21,7 +21,7 @@ from ..hooks import HOOKS
 from ..ratelimit import Every
 from .admission import Admission
 from .httpbody import plain_body
-from .httpwire import Reply as HttpReply
+from .httpreply import Reply as HttpReply
 from .httpwire import Request, Route, Router
 from .jsonwire import decode, encode, reference_encode
 from .vernemq import (
