@@ -153,8 +153,9 @@ class WireServer:
                     reply = (500, "application/json", b'{"error": "internal error"}', None)
                 finally:
                     if route.counted:
-                        admission.leave()
+                        admission.in_flight -= 1  # (leave(), its clock read once for the whole queue below)
             conn.send(request, reply)
+        admission.leave(0)
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; every request already received is answered (a head or body still arriving
@@ -354,7 +355,6 @@ class HttpConnection(asyncio.Protocol):
         if request is not None and route is not None and not discard:
             body = self._body
             request.body = body[0] if len(body) == 1 else b"".join(body)
-            request.keep_alive = self.parser.should_keep_alive()
             self._admitted = False  # the queue's entry holds the place now (drain leaves it)
             self._queue(request, route, None)
             if not request.keep_alive or self.server.draining:
