@@ -14,11 +14,15 @@ import json
 import random
 import re
 import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from hookrules.adapters.httpwire import MAX_HEAD, MAX_HEADERS, MAX_LINE, WireServer, listen_socket
+from hookrules.adapters.admission import Admission
+from hookrules.adapters.httpreply import Reply
+from hookrules.adapters.httpwire import MAX_HEAD, MAX_HEADERS, MAX_LINE, Request, Route, WireServer, listen_socket
 
 from .wire_harness import (
     MAX_BODY,
@@ -399,3 +403,36 @@ def test_stop_answers_what_was_received_then_closes(loop: str) -> None:
             await asyncio.open_connection("127.0.0.1", port)
 
     _on_loop(loop, main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_burst_of_new_connections_past_the_limit_is_refused_at_once(loop: str) -> None:
+    """30 clients connect at once to a port with room for 2 calls whose answers take 0.1 s each: the
+    port accepts every waiting connection together (uvloop's own server took one per loop turn, so each
+    late call was admitted alone and answered late), so most are refused 503 at once."""
+    def slow(request: Request) -> Reply:
+        time.sleep(0.1)
+        return 200, "application/json", b"{}", None
+
+    route = Route(slow, lambda request, bad: (bad.status, "application/json", b"{}", None), True)
+
+    async def main() -> list[int]:
+        server = WireServer(lambda request: route, Admission(2), max_body=MAX_BODY)
+        sock = listen_socket("127.0.0.1", 0, reuse_port=False)
+        await server.start(sock)
+        port = int(sock.getsockname()[1])
+
+        def call(_: int) -> int:
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as client:
+                client.sendall(GOOD)
+                return status_of(client.recv(4096))
+
+        try:
+            with ThreadPoolExecutor(max_workers=30) as pool:
+                return list(await asyncio.gather(*(asyncio.get_running_loop().run_in_executor(pool, call, i)
+                                                  for i in range(30))))
+        finally:
+            await server.stop(1.0)
+
+    statuses = _on_loop(loop, main)
+    assert set(statuses) == {200, 503} and statuses.count(503) >= 10, statuses

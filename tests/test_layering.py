@@ -79,7 +79,8 @@ ADAPTER_FAMILIES = {"adapters.exhook": {"adapters.exhook_proto", "adapters.admis
                     "adapters.admission": set(),
                     # the --http port's protocol, under both of its front-ends
                     "adapters.httpwire": {"adapters.admission", "adapters.httpbody", "adapters.refusal",
-                                          "adapters.httpreply"},
+                                          "adapters.httpreply", "adapters.httpaccept"},
+                    "adapters.httpaccept": set(),
                     "adapters.httpreply": set(),
                     "adapters.rabbitmq_http": {"adapters.rabbitmq", "adapters.admission", "adapters.httpbody",
                                                "adapters.httpwire", "adapters.httpreply"},

@@ -38,6 +38,7 @@ from urllib.parse import unquote
 import httptools
 
 from .admission import Admission
+from .httpaccept import Acceptor
 from .httpbody import BODY_TIMEOUT
 from .httpreply import CONTINUE, Reply, encode_reply, fault_reply
 from .refusal import BadRequest
@@ -122,16 +123,15 @@ class WireServer:
         #: (connection, request, route, reply): reply None = run route.answer; bytes = write as is
         self.queue: deque[tuple[HttpConnection, Request | None, Route | None, Reply | bytes | None]] = deque()
         self.scheduled = False  # a drain is due in this loop turn
-        self._server: asyncio.AbstractServer | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._acceptor: Acceptor | None = None
 
     def protocol(self) -> HttpConnection:
         return HttpConnection(self)
 
     async def start(self, sock: socket.socket, ssl_context: ssl.SSLContext | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
-        # backlog: asyncio listens again with it (its default is 100)
-        self._server = await self._loop.create_server(self.protocol, sock=sock, ssl=ssl_context, backlog=BACKLOG)
+        """Serve on `sock`, a listening socket (listen_socket()); TLS when `ssl_context` is given."""
+        self._acceptor = Acceptor(sock, self.protocol, ssl_context)  # every waiting connection at once
+        self._acceptor.start()
 
     def schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self.scheduled:
@@ -161,8 +161,8 @@ class WireServer:
         """Stop accepting; every request already received is answered (a head or body still arriving
         may finish within its timeouts); then connections close. Past `grace`, what is left is cut."""
         self.draining = True
-        if self._server is not None:
-            self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.close()
         for conn in list(self.connections):
             conn.close_if_idle()
         deadline = time.monotonic() + grace
@@ -170,7 +170,7 @@ class WireServer:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
             conn.abort()
-        self._server = None
+        self._acceptor = None
 
 
 class HttpConnection(asyncio.Protocol):
