@@ -1,11 +1,12 @@
 """A bare VerneMQ webhook (or RabbitMQ HTTP auth) endpoint with a constant reply: the floor hookrules is
 measured against.
 
-It is built on hookrules' own HTTP stack (adapters/webhooks.py and server.py: aiohttp's low-level
-`web.Server` with the same request factory (client_max_size) and auto_decompress=False, a
-`ServerRunner`, a `SockSite` on a socket of its own with the same backlog), so the difference
-between it and `hookrules serve --http` is the price of the header -> JSON -> Event -> rule -> reply
-path and nothing else:
+It is built on the HTTP stack hookrules used until 2026-12-05 (aiohttp's low-level `web.Server` with a
+request factory setting client_max_size, auto_decompress=False, a `ServerRunner`, a `SockSite` on a
+socket of its own with the same backlog). hookrules' --http port now runs on its own protocol over
+httptools (engine/adapters/httpwire.py), cheaper than this floor's HTTP, so hookrules/bare no longer
+isolates the price of the header -> JSON -> Event -> rule -> reply path: it is the aiohttp floor the
+peers (bench/peer_aiohttp.py) stand on:
 
 * every POST: the body is read (aiohttp reads or drains it on a keep-alive connection anyway), then
   the same reply for all, `{"result": "ok"}`, built by `web.json_response` as hookrules builds its own;
@@ -33,8 +34,11 @@ import asyncio
 import json
 from urllib.parse import parse_qsl
 
+from collections.abc import Callable
+from typing import Any
+
 from aiohttp import web
-from hookrules.adapters.webhooks import DEFAULT_MAX_BODY, body_limited_requests
+from hookrules.adapters.webhooks import DEFAULT_MAX_BODY
 
 import serving
 
@@ -42,6 +46,16 @@ import serving
 REPLY = {"result": "ok"}
 #: the one RabbitMQ answer: what an allow-all rabbitmq_auth_backend_http endpoint answers
 RABBITMQ_ALLOW = b"allow"
+
+
+def body_limited_requests(max_body: int) -> Callable[..., web.BaseRequest]:
+    """The request factory web.Server documents: where a low-level request learns its body limit."""
+
+    def make(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+        return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
+                               client_max_size=max_body)
+
+    return make
 
 
 def _text(body: bytes, status: int = 200) -> web.Response:

@@ -72,12 +72,18 @@ def test_the_engine_knows_no_broker(module: str) -> None:
 #: each broker's front-end and the module it may lean on
 ADAPTER_FAMILIES = {"adapters.exhook": {"adapters.exhook_proto", "adapters.admission"}, "adapters.exhook_proto": set(),
                     "adapters.webhooks": {"adapters.vernemq", "adapters.admission", "adapters.jsonwire",
-                                          "adapters.httpbody"},
+                                          "adapters.httpbody", "adapters.httpwire", "adapters.httpreply"},
                     "adapters.vernemq": {"adapters.refusal"}, "adapters.jsonwire": set(),
                     # the two front-ends of the --http port share how they read a body and refuse a call
                     "adapters.httpbody": {"adapters.refusal"}, "adapters.refusal": set(),
                     "adapters.admission": set(),
-                    "adapters.rabbitmq_http": {"adapters.rabbitmq", "adapters.admission", "adapters.httpbody"},
+                    # the --http port's protocol, under both of its front-ends
+                    "adapters.httpwire": {"adapters.admission", "adapters.httpbody", "adapters.refusal",
+                                          "adapters.httpreply", "adapters.httpaccept"},
+                    "adapters.httpaccept": set(),
+                    "adapters.httpreply": set(),
+                    "adapters.rabbitmq_http": {"adapters.rabbitmq", "adapters.admission", "adapters.httpbody",
+                                               "adapters.httpwire", "adapters.httpreply"},
                     "adapters.rabbitmq": {"adapters.refusal"},
                     # EMQX's HTTP authn/authz: mapping, the plain-value service, and aiohttp's glue
                     "adapters.emqx_http": {"adapters.refusal", "adapters.jsonwire"},

@@ -1,4 +1,4 @@
-"""The webhook adapter on its real aiohttp server and a real HTTP client, with an engine made to fail (the
+"""The webhook adapter on its real server (adapters/httpwire.py) and a real HTTP client, with an engine made to fail (the
 one fault no request can provoke) or one noting the budget of each run."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 from hookrules.adapters.webhooks import WebhookAdapter
 from hookrules.engine import Engine, Outcome
 from hookrules.events import Event
@@ -17,6 +16,7 @@ from hookrules.ruleset import Limits, RuleSet, scan
 from prometheus_client import REGISTRY
 
 from . import vernemq_examples as spec
+from .wire_harness import start_wire
 
 
 def _internal_errors() -> float:
@@ -29,17 +29,13 @@ class FailingEngine(Engine):
 
 
 async def _post(adapter: WebhookAdapter, hook: str, body: dict[str, Any]) -> tuple[int, Any]:
-    runner = web.ServerRunner(adapter.server(), handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    server, port = await start_wire(adapter)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
             async with session.post(f"http://127.0.0.1:{port}/", json=body, headers={"vernemq-hook": hook}) as resp:
                 return resp.status, json.loads(await resp.read())
     finally:
-        await runner.cleanup()
+        await server.stop(1.0)
 
 
 def test_an_internal_error_is_answered_200_by_the_failure_policy_and_counted(tmp_path: Path) -> None:

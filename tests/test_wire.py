@@ -342,13 +342,10 @@ def _internal(broker: str) -> float:
 
 async def _post_all(adapter: WebhookAdapter, calls: list[tuple[str, str]]) -> list[tuple[int, Any, Any]]:
     import aiohttp
-    from aiohttp import web
 
-    runner = web.ServerRunner(adapter.server(), handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    from .wire_harness import start_wire
+
+    server, port = await start_wire(adapter)
     out = []
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
@@ -357,7 +354,7 @@ async def _post_all(adapter: WebhookAdapter, calls: list[tuple[str, str]]) -> li
                                         headers={"vernemq-hook": hook}) as resp:
                     out.append((resp.status, json.loads(await resp.read()), dict(resp.headers)))
     finally:
-        await runner.cleanup()
+        await server.stop(1.0)
     return out
 
 

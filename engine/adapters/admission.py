@@ -32,8 +32,10 @@ class Admission:
         self.in_flight += 1
         return True
 
-    def leave(self) -> None:
-        self.in_flight -= 1
+    def leave(self, count: int = 1) -> None:
+        """`count` calls answered (0: only the time of the last answer, for one who lowered in_flight
+        itself while answering many at once)."""
+        self.in_flight -= count
         self.last_activity = time.perf_counter()
 
     def quiet_for(self, seconds: float) -> bool:

@@ -1,7 +1,7 @@
 """EMQX's HTTP authenticator and authorizer, served: one call's plain values in, (status, JSON body) out.
 
 Everything but reading the request and writing the response lives here, with no HTTP library, so
-any front-end of the `--http` port can serve it (emqx_http_route.py is aiohttp's). Every call at
+any front-end of the `--http` port can serve it (emqx_http_route.py is httpwire's). Every call at
 /emqx/authn or /emqx/authz gets a 200 with a `result` EMQX reads (emqx_http.py says why): a rule's
 decision, the failure policy's when the rule failed, and for a call hookrules could not read (bad
 body, overload) deny or ignore by the failure policy, never allow; it is counted in
@@ -19,7 +19,6 @@ from typing import Any
 from .. import metrics
 from ..engine import Engine
 from ..ratelimit import Every
-from .admission import Admission
 from .emqx_http import BROKER, PATHS, BadRequest, event_for, parse_request, refusal_body, reply_body
 from .jsonwire import encode
 
@@ -33,33 +32,23 @@ Answer = tuple[int, bytes]
 class EmqxHttpService:
     """Answers every call of EMQX's HTTP authenticator and authorizer from the engine's rules."""
 
-    def __init__(self, engine: Engine, *, admission: Admission | None = None, max_concurrent: int = 1000):
+    def __init__(self, engine: Engine):
         self.engine = engine
-        #: shared with the port's other front-ends, so max_concurrent_calls bounds the port
-        self.admission = admission if admission is not None else Admission(max_concurrent)
         self._bad_log = Every(BAD_REQUEST_LOG_INTERVAL)
         self._timers: dict[str, Any] = {}
 
     def check(self, path: str, method: str) -> Answer | None:
         """A request that is no EMQX call (unknown path or method) is refused before its body is read."""
         if path not in PATHS:
-            return self._error(BadRequest(404, "unknown_path", f"unknown path {path[:60]!r}; EMQX's paths: "
+            return self.error(BadRequest(404, "unknown_path", f"unknown path {path[:60]!r}; EMQX's paths: "
                                           + ", ".join(PATHS)))
         if method not in ("GET", "POST"):
-            return self._error(BadRequest(405, "bad_method", f"EMQX's HTTP auth sends GET or POST, not "
+            return self.error(BadRequest(405, "bad_method", f"EMQX's HTTP auth sends GET or POST, not "
                                           f"{method[:20]}"))
         return None
 
-    def admit(self, path: str) -> Answer | None:
-        """Take a place among the port's calls in progress, or the refusal when there is none
-        (then release() must not be called)."""
-        if self.admission.enter():
-            return None
-        return self.refuse(path, BadRequest(503, "overloaded", f"overloaded: {self.admission.in_flight} calls in "
-                                                                "progress"))
-
-    def release(self, path: str, started: float) -> None:
-        self.admission.leave()
+    def observe(self, path: str, started: float) -> None:
+        """The call's time, in hookrules_request_duration_seconds (admission is the port's own)."""
         self._timer(PATHS[path]).observe(time.perf_counter() - started)
 
     def answer(self, path: str, method: str, query: str, content_type: str, body: bytes) -> Answer:
@@ -91,7 +80,7 @@ class EmqxHttpService:
                         refusal_body(self.engine.policy(hook)).decode(), BAD_REQUEST_LOG_INTERVAL)
         return 200, refusal_body(self.engine.policy(hook))
 
-    def _error(self, bad: BadRequest) -> Answer:
+    def error(self, bad: BadRequest) -> Answer:
         self._count(bad)
         if self._bad_log.due():
             log.warning("refused a request under /emqx/: %s (HTTP %d); more within %.0f s are only counted in "

@@ -8,30 +8,28 @@ answered `deny`, counted in hookrules_bad_requests_total and logged on one rate-
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
-
-from aiohttp import web
 
 from .. import metrics
 from ..engine import Engine
 from ..ratelimit import Every
 from .admission import Admission
-from .httpbody import read_body
+from .httpbody import plain_body
+from .httpreply import Reply
+from .httpwire import Request, Route
 from .rabbitmq import ANSWER_DENY, BROKER, PATHS, BadRequest, answer_text, event_for, parse_fields
 
 log = logging.getLogger(__name__)
 
 BAD_REQUEST_LOG_INTERVAL = 10.0
 FORM = "application/x-www-form-urlencoded"
-_TEXT = "text/plain"
+_TEXT = "text/plain; charset=utf-8"  # RabbitMQ reads only the status and the body
 
 
-def _text(body: str, status: int = 200) -> web.Response:
-    # charset given: aiohttp would add one anyway; RabbitMQ reads only the status and the body
-    return web.Response(body=body.encode("ascii"), status=status, content_type=_TEXT, charset="utf-8")
+def _text(body: str, status: int = 200) -> Reply:
+    return status, _TEXT, body.encode("ascii"), None
 
 
 class RabbitMQAdapter:
@@ -43,8 +41,16 @@ class RabbitMQAdapter:
         self.admission = admission if admission is not None else Admission(max_concurrent)
         self._bad_log = Every(BAD_REQUEST_LOG_INTERVAL)
         self._timers: dict[str, Any] = {}
+        self._check = Route(self.answer, self.refuse, True)  # a check: counted among the calls in progress
+        self._not_a_check = Route(self.answer, self.refuse, False)  # refused at once, whatever the load
 
-    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+    def route(self, request: Request) -> Route:
+        """The port's router for requests under /rabbitmq/ (adapters/webhooks.py hands them here)."""
+        if request.path in PATHS and request.method in ("GET", "POST"):
+            return self._check
+        return self._not_a_check
+
+    def answer(self, request: Request) -> Reply:
         """One call, whatever it is: a reply RabbitMQ reads, and never an exception out of here."""
         hook = PATHS.get(request.path)
         try:
@@ -54,40 +60,36 @@ class RabbitMQAdapter:
             if request.method not in ("GET", "POST"):
                 raise BadRequest(405, "bad_method", f"rabbitmq_auth_backend_http sends GET or POST, not "
                                  f"{request.method[:20]}")
-            admission = self.admission
-            if not admission.enter():
-                raise BadRequest(503, "overloaded", f"overloaded: {admission.in_flight} calls in progress")
             started = time.perf_counter()
             try:
-                await asyncio.sleep(0)  # every call already received is counted first (admission.py)
-                return await self._answer(hook, request)
+                fields = parse_fields(self._raw_fields(request))
+                # no rule file: decide() answers the check's default (nodefaults.NO_RULE_DEFAULTS), as eval and test do
+                return _text(answer_text(self.engine.decide(event_for(hook, fields)).decision))
             finally:
-                admission.leave()
                 self._timer(hook).observe(time.perf_counter() - started)
         except BadRequest as bad:
             return self._bad(bad)
         except Exception:  # a bug of ours: still an answer RabbitMQ reads, by the failure policy
             return _text(answer_text(self.engine.internal_error(BROKER, hook or "unknown")))
 
-    async def _answer(self, hook: str, request: web.BaseRequest) -> web.Response:
-        fields = parse_fields(await self._raw_fields(request))
-        # no rule file: decide() answers the check's default (nodefaults.NO_RULE_DEFAULTS), as eval and test do
-        return _text(answer_text(self.engine.decide(event_for(hook, fields)).decision))
+    def refuse(self, request: Request, bad: BadRequest) -> Reply:
+        """A call the port refuses before its answer runs (overloaded, too large, too slow)."""
+        return self._bad(bad)
 
-    async def _raw_fields(self, request: web.BaseRequest) -> str:
+    def _raw_fields(self, request: Request) -> str:
         """The query string of a GET, the form body of a POST (undecoded: parse_fields decodes once)."""
         if request.method == "GET":
-            return request.rel_url.raw_query_string
-        content_type = request.content_type
+            return request.query
+        content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         if content_type != FORM:
             raise BadRequest(415, "bad_content_type", f"a POST carries a form ({FORM}), not {content_type[:60]!r}")
-        raw = await read_body(request, "send a plain form")
+        raw = plain_body(request, "send a plain form")
         try:
             return raw.decode("ascii")  # a form body is percent-encoded: anything else is not one
         except UnicodeDecodeError:
             raise BadRequest(400, "bad_encoding", "the form body is not percent-encoded ASCII") from None
 
-    def _bad(self, bad: BadRequest) -> web.Response:
+    def _bad(self, bad: BadRequest) -> Reply:
         metrics.BAD_REQUESTS.labels(BROKER, bad.reason).inc()
         if self._bad_log.due():
             log.warning("refused a RabbitMQ request: %s (HTTP %d, answered deny); more within %.0f s are only "
