@@ -50,6 +50,7 @@ def redact(message: str, secrets: tuple[str | bytes, ...]) -> str:
             if form in message:
                 message = message.replace(form, REDACTED)
     message = _QUOTED.sub(lambda m: REDACTED if _part_of_a_secret(m.group(0), secrets) else m.group(0), message)
+    message = _CUT_QUOTED.sub(lambda m: _redact_cut(m.group(0), secrets), message)
     if len(message) > MAX_MESSAGE:
         message = message[:MAX_MESSAGE] + "..."
     return message
@@ -57,6 +58,35 @@ def redact(message: str, secrets: tuple[str | bytes, ...]) -> str:
 
 #: a quoted literal in an error message, as Python's repr writes one: 'x', "x", b'x', b"x"
 _QUOTED = re.compile(r"b?'(?:[^'\\]|\\.)*'" + r'|b?"(?:[^"\\]|\\.)*"')
+
+
+#: a quoted literal cut short: the repr of a value our messages shorten to 60 characters, ending in
+#: "..." with no closing quote (`allow(superuser='eyJhbGciOi...): ...`); the pass above never sees it
+_CUT_QUOTED = re.compile(r"b?'(?:[^'\\]|\\.)*\.\.\." + r'|b?"(?:[^"\\]|\\.)*\.\.\.')
+
+
+def _redact_cut(cut: str, secrets: tuple[object, ...]) -> str:
+    """REDACTED for a cut literal whose text up to the cut ends in a piece of a secret, any case (its
+    last four characters are in one; three for a shorter literal), else the literal as it was. The
+    end, not the whole: a cut value may be a secret behind a prefix ("devices/" + client.password).
+    Compared as repr text too: a cut may end inside an escape."""
+    body = cut[2:] if cut.startswith("b") else cut[1:]
+    hays: list[str] = []
+    for secret in secrets:
+        text = secret.decode("utf-8", "replace") if isinstance(secret, bytes) else str(secret)
+        hays += [text.casefold(), repr(text)[1:-1].casefold()]
+        if isinstance(secret, bytes):
+            hays.append(repr(secret)[2:-1].casefold())
+    # the cut is at the last "...", or at an earlier one when the secret itself holds "..."
+    end = len(body)
+    while end >= 3:
+        end = body.rfind("...", 0, end)
+        if end < 0:
+            break
+        piece = body[:end].casefold()[-4:]
+        if len(piece) >= 3 and any(piece in hay for hay in hays):
+            return REDACTED
+    return cut
 
 
 def _part_of_a_secret(quoted: str, secrets: tuple[object, ...]) -> bool:
