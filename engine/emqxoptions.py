@@ -42,6 +42,11 @@ MAX_ATTR_VALUE = 65_535
 MAX_ACL_RULES = 1000
 MAX_TOPICS = 1000
 MAX_TEXT = 65_535
+#: characters one option may fill in EMQX's reply, all its strings together (each counted where it
+#: appears, plus 4 for its quotes and comma). The per-field bounds above do not compose: 1000 rules
+#: of 1000 topics of 64 KiB, all one string aliased by `[t] * 1000`, made a 4-line rule answer each
+#: call with 600 MB of JSON, encoded on the event loop. As much as the longest text a rule may make.
+MAX_OPTION_TEXT = 256 * 1024
 
 PERMISSIONS = ("allow", "deny")
 #: emqx_authz_rule_raw:validate_rule_action_type/1
@@ -65,6 +70,29 @@ def carriable(file_hook: str) -> bool:
 def _text(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Budget:
+    """What is left of MAX_OPTION_TEXT while one option is checked: spent before a string is looked at,
+    so a check stops as soon as the option is too big, however many references it holds."""
+
+    __slots__ = ("left", "option")
+
+    def __init__(self, option: str):
+        self.left = MAX_OPTION_TEXT
+        self.option = option
+
+    def spend(self, value: Any) -> None:
+        if isinstance(value, str):
+            self.left -= len(value) + 4
+        elif isinstance(value, (list, tuple)):  # a qos list: its items, up to the first past the budget
+            for item in value:
+                self.spend(item if isinstance(item, str) else "")
+        elif value is not None:
+            self.left -= 8
+        if self.left < 0:
+            raise ValueError(f"allow({self.option}=...) would fill over {MAX_OPTION_TEXT} characters of EMQX's "
+                             "reply (its strings together, each counted where it appears)")
 
 
 def _string_problem(value: Any, limit: int = MAX_TEXT) -> str | None:
@@ -94,7 +122,10 @@ def check_attrs(value: Any) -> Mapping[str, str]:
     if len(value) > MAX_ATTRS:
         raise ValueError(f"allow(attrs=...) takes at most {MAX_ATTRS} attributes, not {len(value)}")
     out: dict[str, str] = {}
+    budget = _Budget("attrs")
     for name, text in value.items():
+        budget.spend(name)
+        budget.spend(text)
         if not isinstance(name, str) or len(name) > MAX_ATTR_NAME or not ATTR_NAME.fullmatch(name):
             raise ValueError(f"allow(attrs=...): {_text(name)} is not a name EMQX keeps (it drops any but a letter "
                              "or digit followed by letters, digits, '-' or '_'; at most "
@@ -167,7 +198,7 @@ def _retain(value: Any) -> Any:
     raise ValueError(f"retain {_text(value)} is not True, False, 0, 1, or one of " + ", ".join(RETAIN_TEXT))
 
 
-def _acl_rule(index: int, rule: Any) -> Mapping[str, Any]:
+def _acl_rule(index: int, rule: Any, budget: _Budget) -> Mapping[str, Any]:
     where = f"allow(acl=...): rule {index}"
     if not isinstance(rule, Mapping):
         raise ValueError(f"{where} is a dict (permission, action, topic ...), not {type(rule).__name__}")
@@ -192,6 +223,7 @@ def _acl_rule(index: int, rule: Any) -> Mapping[str, Any]:
         if isinstance(topics, str) or not isinstance(topics, (list, tuple)) or not 0 < len(topics) <= MAX_TOPICS:
             raise ValueError(f"{where}: topics is a list of 1 to {MAX_TOPICS} topic filters")
     for topic in topics:
+        budget.spend(topic)
         problem = _topic_problem(topic)
         if problem is not None:
             raise ValueError(f"{where}: the topic {_text(topic)} {problem}")
@@ -199,6 +231,8 @@ def _acl_rule(index: int, rule: Any) -> Mapping[str, Any]:
         out["topic"] = rule["topic"]
     else:
         out["topics"] = tuple(topics)
+    for key in ("qos", "retain", *WHO_REGEXES, *WHO_NAMES, "ipaddr"):
+        budget.spend(rule.get(key))
     try:
         if "qos" in rule:
             _qos(rule["qos"])
@@ -247,7 +281,8 @@ def check_acl(value: Any) -> tuple[Mapping[str, Any], ...]:
         raise ValueError(f"allow(acl=...) takes a list of rules (dicts), not {type(value).__name__}")
     if len(value) > MAX_ACL_RULES:
         raise ValueError(f"allow(acl=...) takes at most {MAX_ACL_RULES} rules, not {len(value)}")
-    return tuple(_acl_rule(i, rule) for i, rule in enumerate(value, 1))
+    budget = _Budget("acl")
+    return tuple(_acl_rule(i, rule, budget) for i, rule in enumerate(value, 1))
 
 
 CHECKS = {"superuser": check_superuser, "attrs": check_attrs, "expire_at": check_expire_at, "acl": check_acl}

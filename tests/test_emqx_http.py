@@ -325,6 +325,55 @@ def test_expire_at_is_checked_again_when_sent() -> None:
     assert "not in the future" in (decision_problem("client.authenticate", later, "http") or "")
 
 
+def _amplified(field: str) -> list[dict[str, Any]]:
+    """1000 ACL rules, each with `field` a few hundred characters long: one string, aliased."""
+    long = {"topic": "t/" + "a" * 300, "topics": ["t/" + "a" * 300] * 1000, "qos": ["1"] * 1000,
+            "ipaddr": "10.0.0.0/8", "retain": "false"}.get(field, "a" * 300)
+    rule = {"permission": "allow", "action": "all", "topic": "t", field: long}
+    if field == "topics":
+        del rule["topic"]
+    return [rule] * 1000
+
+
+#: each option, every field of it that holds text, made too big for a reply by aliasing
+TOO_BIG: dict[str, Any] = {
+    "attrs": {f"k{i}": "v" * 5000 for i in range(60)},
+    **{f"acl {field}": _amplified(field) for field in ("topic", "topics", "qos", "username_re", "clientid_re",
+                                                       "zone_re", "listener_re", "zone", "listener")},
+}
+
+
+@pytest.mark.parametrize("case", sorted(TOO_BIG))
+def test_no_option_fills_more_than_its_share_of_the_reply(case: str) -> None:
+    """The per-field bounds do not compose (1000 rules x 1000 topics x 64 KiB): each option's strings
+    together, counted where they appear, are held to MAX_OPTION_TEXT when the rule makes it and at the
+    boundary. Enumerated: every field of an ACL rule that holds text."""
+    opt = case.split()[0]
+    with pytest.raises(ValueError, match="would fill over"):
+        CHECKS[opt](TOO_BIG[case])
+    assert "would fill over" in (decision_problem("client.authenticate", Allow(**{opt: TOO_BIG[case]}), "http")
+                                 or "")
+
+
+def test_every_text_field_of_an_acl_rule_is_counted() -> None:
+    from hookrules.emqxoptions import ACL_FIELDS
+    short_only = {"permission", "action", "ipaddr", "retain"}  # a few characters whatever the rule says
+    assert {c.split()[1] for c in TOO_BIG if c.startswith("acl ")} == set(ACL_FIELDS) - short_only
+
+
+def test_an_aliased_acl_is_refused_not_sent_as_600_mb(tmp_path: Path) -> None:
+    """The 4-line rule that made each reply 600 MB of JSON: now a rule error, answered deny."""
+    rules = rules_with(tmp_path, {"client.authenticate.star": (
+        't = "a" * 60000\nrule = {"permission": "allow", "action": "all", "topics": [t] * 100}\n'
+        'allow(acl=[rule] * 100)\n')})
+    server = ServerProcess(rules, log_path=tmp_path / "server.log")
+    try:
+        assert emqx(server, "authn", AUTHN_BODY) == (200, "application/json", {"result": "deny"})
+        assert wait_for(lambda: "would fill over" in server.log()), server.log()[-2000:]
+    finally:
+        server.stop()
+
+
 # -- where each option can be carried --------------------------------------------------------------
 
 
