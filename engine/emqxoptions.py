@@ -198,6 +198,56 @@ def _retain(value: Any) -> Any:
     raise ValueError(f"retain {_text(value)} is not True, False, 0, 1, or one of " + ", ".join(RETAIN_TEXT))
 
 
+_QUANTIFIER = re.compile(r"\{(\d*)(,(\d*))?\}")
+#: inline flags Python takes and PCRE (EMQX's `re`) refuses: ASCII, Unicode, locale
+_PYTHON_FLAGS = frozenset("auL")
+
+
+def pcre_problem(pattern: str) -> str | None:
+    """Why EMQX could not compile `pattern` (PCRE, Erlang's `re`) or would read it otherwise than
+    Python, or None. Python's `re` is the only engine here, so it checks the syntax, and this refuses
+    what its grammar has beyond PCRE's: \\u, \\U and \\N escapes, the (?a) (?u) (?L) flags (PCRE
+    cannot compile them: EMQX then denies the client), a repeat past 65535, and `{,n}`, which Python
+    reads as a repeat and PCRE as the literal text "{,n}"."""
+    try:
+        re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as exc:  # nesting too deep, a repeat too large
+        return f"is not a regular expression ({str(exc)[:80] or type(exc).__name__})"
+    i, in_class = 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            if pattern[i + 1:i + 2] in ("u", "U", "N"):
+                return (f"uses \\{pattern[i + 1]}, which EMQX's regular expressions (PCRE) do not have: write "
+                        "the character itself or \\x{...}")
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":  # a set: "{" and "(" are plain characters in it; a "]" first (after "^") too
+            in_class = True
+            i += 1
+            i += pattern.startswith("^", i)
+            i += pattern.startswith("]", i)
+            continue
+        elif c == "(" and pattern[i + 1:i + 2] == "?":
+            j = i + 2
+            while j < len(pattern) and (pattern[j].isalpha() or pattern[j] == "-"):
+                j += 1
+            if pattern[j:j + 1] in (")", ":") and _PYTHON_FLAGS & set(pattern[i + 2:j]):
+                return "uses the flag (?a), (?u) or (?L), which EMQX's regular expressions (PCRE) do not have"
+        elif c == "{":
+            m = _QUANTIFIER.match(pattern, i)
+            if m is not None:
+                low, comma, high = m.group(1), m.group(2), m.group(3)
+                if not low and comma:
+                    return "uses {,n}, which EMQX reads as the text itself: write {0,n}"
+                if any(n and int(n) > 65535 for n in (low, high)):
+                    return "repeats more than 65535 times, which EMQX's regular expressions (PCRE) cannot"
+        i += 1
+    return None
+
+
 def _acl_rule(index: int, rule: Any, budget: _Budget) -> Mapping[str, Any]:
     where = f"allow(acl=...): rule {index}"
     if not isinstance(rule, Mapping):
@@ -250,10 +300,7 @@ def _acl_rule(index: int, rule: Any, budget: _Budget) -> Mapping[str, Any]:
             if problem is None and not value:
                 problem = "is empty"
             if problem is None:
-                try:
-                    re.compile(value)
-                except re.error as exc:
-                    problem = f"is not a regular expression ({exc})"
+                problem = pcre_problem(value)
             if problem is not None:
                 raise ValueError(f"{where}: {key} {problem}")
             out[key] = value

@@ -58,6 +58,9 @@ VALID: dict[str, list[Any]] = {
           "zone_re": "z", "listener_re": "tcp:.*", "zone": "default", "listener": "tcp:default",
           "ipaddr": "10.0.0.0/8"},
          {"permission": "allow", "action": "all", "topic": "x", "ipaddr": "127.0.0.1"}],
+        # regular expressions that PCRE (OTP 25's re:compile) and Python both read alike
+        [{"permission": "allow", "action": "all", "topic": "x", "username_re": r}
+         for r in ("(?i)^u\\d{0,3}$", "[{,3}]", "[]{,3}]", "\\\\u", "a{65535}", "(?P<n>a)(?P=n)", "(?-i:x)")],
         [],
     ],
 }
@@ -94,6 +97,10 @@ INVALID: dict[str, list[Any]] = {
         [{"permission": "allow", "action": "all", "topic": "#", "username_re": ""}],
         [{"permission": "allow", "action": "all", "topic": "#", "username_re": "("}],
         [{"permission": "allow", "action": "all", "topic": "#", "clientid_re": 1}],
+        # Python's re takes these and EMQX's (PCRE, OTP 25) refuses them, or reads {,n} as text
+        *[[{"permission": "allow", "action": "all", "topic": "#", "username_re": r}]
+          for r in ("\\u0041", "\\U00000041", "\\N{DIGIT ONE}", "(?a)x", "(?u)x", "x{,3}", "x{65536}", "x{1,70000}",
+                    "(" * 600 + ")" * 600, "x{99999999999999999999}")],
         [{"permission": "allow", "action": "all", "topic": "#", "zone": ""}],
         [{"permission": "allow", "action": "all", "topic": "#", "listener": 5}],
         [{"permission": "allow", "action": "all", "topic": "#", "ipaddr": "not-an-ip"}],
