@@ -312,8 +312,13 @@ def _acl_rule(index: int, rule: Any, budget: _Budget) -> Mapping[str, Any]:
             out[key] = rule[key]
     if "ipaddr" in rule:
         try:
+            # esockd_cidr:parse/2 reads a prefix length only (list_to_integer): Python's netmask and
+            # hostmask forms (10.0.0.0/255.0.0.0) fail there, and EMQX denies the client
+            length = rule["ipaddr"].partition("/")[2]
+            if "/" in rule["ipaddr"] and not (length.isascii() and length.isdigit()):
+                raise ValueError(length)
             ipaddress.ip_network(rule["ipaddr"], strict=False)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, AttributeError):
             raise ValueError(f"{where}: ipaddr {_text(rule['ipaddr'])} is not an address or a CIDR range "
                              "(192.168.1.0/24)") from None
         out["ipaddr"] = rule["ipaddr"]

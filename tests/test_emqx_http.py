@@ -57,7 +57,9 @@ VALID: dict[str, list[Any]] = {
         [{"permission": "allow", "action": "all", "topic": "x", "username_re": "^u[0-9]+$", "clientid_re": "c.*",
           "zone_re": "z", "listener_re": "tcp:.*", "zone": "default", "listener": "tcp:default",
           "ipaddr": "10.0.0.0/8"},
-         {"permission": "allow", "action": "all", "topic": "x", "ipaddr": "127.0.0.1"}],
+         {"permission": "allow", "action": "all", "topic": "x", "ipaddr": "127.0.0.1"},
+         {"permission": "allow", "action": "all", "topic": "x", "ipaddr": "fe80::/10"},
+         {"permission": "allow", "action": "all", "topic": "x", "ipaddr": "10.0.0.1/8"}],
         # regular expressions that PCRE (OTP 25's re:compile) and Python both read alike
         [{"permission": "allow", "action": "all", "topic": "x", "username_re": r}
          for r in ("(?i)^u\\d{0,3}$", "[{,3}]", "[]{,3}]", "\\\\u", "a{65535}", "(?P<n>a)(?P=n)", "(?-i:x)")],
@@ -105,6 +107,10 @@ INVALID: dict[str, list[Any]] = {
         [{"permission": "allow", "action": "all", "topic": "#", "listener": 5}],
         [{"permission": "allow", "action": "all", "topic": "#", "ipaddr": "not-an-ip"}],
         [{"permission": "allow", "action": "all", "topic": "#", "ipaddr": "10.0.0.0/33"}],
+        # Python's netmask and hostmask forms, which esockd_cidr:parse cannot read
+        [{"permission": "allow", "action": "all", "topic": "#", "ipaddr": "10.0.0.0/255.0.0.0"}],
+        [{"permission": "allow", "action": "all", "topic": "#", "ipaddr": "10.0.0.0/0.255.255.255"}],
+        [{"permission": "allow", "action": "all", "topic": "#", "ipaddr": 167772160}],
         [{"permission": "allow", "action": "all", "topic": "#", "topci": "x"}],
         [{"permission": "allow", "action": "all", "topic": "#", "username": "u1"}],
         [{"permission": "allow", "action": "all", "topic": "#", "clientid": "c1"}],
