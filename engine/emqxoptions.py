@@ -154,6 +154,12 @@ def check_expire_at(value: Any, now: float | None = None) -> int:
     return value
 
 
+#: emqx_template's placeholder, and what an ACL topic fills (emqx_authz_rule.erl, ALLOWED_VARS; any other
+#: is rendered as its own text, with a warning in EMQX's log only)
+_PLACEHOLDER = re.compile(r"\$\{\.?([a-zA-Z0-9._]*)\}")
+TOPIC_VARS = ("username", "clientid", "cert_common_name", "zone")
+
+
 def _topic_problem(topic: Any) -> str | None:
     """An ACL topic: `eq TOPIC` (taken literally) or an MQTT topic filter, which may hold EMQX's
     placeholders (${username}, ${clientid}, ...)."""
@@ -168,6 +174,10 @@ def _topic_problem(topic: Any) -> str | None:
         return "holds the character U+0000"
     if exact:
         return None
+    for var in _PLACEHOLDER.findall(name):
+        if var not in TOPIC_VARS and not var.startswith("client_attrs."):
+            return (f"holds ${{{var}}}, which EMQX does not fill in an ACL topic (it would match the text itself); "
+                    "it fills ${username}, ${clientid}, ${cert_common_name}, ${zone} and ${client_attrs.NAME}")
     levels = name.split("/")
     for i, level in enumerate(levels):
         if "#" in level and (level != "#" or i != len(levels) - 1):

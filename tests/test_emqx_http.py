@@ -60,6 +60,8 @@ VALID: dict[str, list[Any]] = {
          {"permission": "allow", "action": "all", "topic": "x", "ipaddr": "127.0.0.1"},
          {"permission": "allow", "action": "all", "topic": "x", "ipaddr": "fe80::/10"},
          {"permission": "allow", "action": "all", "topic": "x", "ipaddr": "10.0.0.1/8"}],
+        [{"permission": "allow", "action": "all", "topic": t}
+         for t in ("t/${cert_common_name}/#", "t/${client_attrs.role}/+", "${zone}/x", "${.username}/y", "eq t/${peer}")],
         # regular expressions that PCRE (OTP 25's re:compile) and Python both read alike
         [{"permission": "allow", "action": "all", "topic": "x", "username_re": r}
          for r in ("(?i)^u\\d{0,3}$", "[{,3}]", "[]{,3}]", "\\\\u", "a{65535}", "(?P<n>a)(?P=n)", "(?-i:x)")],
@@ -87,6 +89,9 @@ INVALID: dict[str, list[Any]] = {
         [{"permission": "allow", "action": "all", "topic": "a/#/b"}],
         [{"permission": "allow", "action": "all", "topic": "a/b#"}],
         [{"permission": "allow", "action": "all", "topic": "a+/b"}],
+        # placeholders EMQX leaves as text in an ACL topic
+        *[[{"permission": "allow", "action": "all", "topic": t}]
+          for t in ("t/${peerhost}", "t/${password}/#", "t/${clientID}", "${.proto_name}/x", "t/${}")],
         [{"permission": "allow", "action": "all", "topic": "eq "}],
         [{"permission": "allow", "action": "all", "topic": "a\u0000b"}],
         [{"permission": "allow", "action": "all", "topics": "a/b"}],
