@@ -50,6 +50,16 @@ class DataNamespace:
     def __init__(self, files: Mapping[str, Any]):
         object.__setattr__(self, "_files", MappingProxyType(dict(files)))
 
+    def __getattribute__(self, name: str) -> Any:
+        """A data file's name wins over the namespace's own attributes: `data/keys.json` (a JWT key set)
+        is `data.keys`, not the keys() method, which `hookrules check` passed and every run then failed
+        on ("'method' object is not subscriptable"). File names are the author's; methods are ours."""
+        if name[:1] != "_":
+            files = object.__getattribute__(self, "_files")
+            if name in files:
+                return files[name]
+        return object.__getattribute__(self, name)
+
     def __getattr__(self, name: str) -> Any:
         try:
             return self._files[name]

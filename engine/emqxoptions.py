@@ -42,6 +42,11 @@ MAX_ATTR_VALUE = 65_535
 MAX_ACL_RULES = 1000
 MAX_TOPICS = 1000
 MAX_TEXT = 65_535
+#: characters one option may fill in EMQX's reply, all its strings together (each counted where it
+#: appears, plus 4 for its quotes and comma). The per-field bounds above do not compose: 1000 rules
+#: of 1000 topics of 64 KiB, all one string aliased by `[t] * 1000`, made a 4-line rule answer each
+#: call with 600 MB of JSON, encoded on the event loop. As much as the longest text a rule may make.
+MAX_OPTION_TEXT = 256 * 1024
 
 PERMISSIONS = ("allow", "deny")
 #: emqx_authz_rule_raw:validate_rule_action_type/1
@@ -65,6 +70,29 @@ def carriable(file_hook: str) -> bool:
 def _text(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Budget:
+    """What is left of MAX_OPTION_TEXT while one option is checked: spent before a string is looked at,
+    so a check stops as soon as the option is too big, however many references it holds."""
+
+    __slots__ = ("left", "option")
+
+    def __init__(self, option: str):
+        self.left = MAX_OPTION_TEXT
+        self.option = option
+
+    def spend(self, value: Any) -> None:
+        if isinstance(value, str):
+            self.left -= len(value) + 4
+        elif isinstance(value, (list, tuple)):  # a qos list: its items, up to the first past the budget
+            for item in value:
+                self.spend(item if isinstance(item, str) else "")
+        elif value is not None:
+            self.left -= 8
+        if self.left < 0:
+            raise ValueError(f"allow({self.option}=...) would fill over {MAX_OPTION_TEXT} characters of EMQX's "
+                             "reply (its strings together, each counted where it appears)")
 
 
 def _string_problem(value: Any, limit: int = MAX_TEXT) -> str | None:
@@ -94,7 +122,10 @@ def check_attrs(value: Any) -> Mapping[str, str]:
     if len(value) > MAX_ATTRS:
         raise ValueError(f"allow(attrs=...) takes at most {MAX_ATTRS} attributes, not {len(value)}")
     out: dict[str, str] = {}
+    budget = _Budget("attrs")
     for name, text in value.items():
+        budget.spend(name)
+        budget.spend(text)
         if not isinstance(name, str) or len(name) > MAX_ATTR_NAME or not ATTR_NAME.fullmatch(name):
             raise ValueError(f"allow(attrs=...): {_text(name)} is not a name EMQX keeps (it drops any but a letter "
                              "or digit followed by letters, digits, '-' or '_'; at most "
@@ -123,6 +154,12 @@ def check_expire_at(value: Any, now: float | None = None) -> int:
     return value
 
 
+#: emqx_template's placeholder, and what an ACL topic fills (emqx_authz_rule.erl, ALLOWED_VARS; any other
+#: is rendered as its own text, with a warning in EMQX's log only)
+_PLACEHOLDER = re.compile(r"\$\{\.?([a-zA-Z0-9._]*)\}")
+TOPIC_VARS = ("username", "clientid", "cert_common_name", "zone")
+
+
 def _topic_problem(topic: Any) -> str | None:
     """An ACL topic: `eq TOPIC` (taken literally) or an MQTT topic filter, which may hold EMQX's
     placeholders (${username}, ${clientid}, ...)."""
@@ -137,6 +174,10 @@ def _topic_problem(topic: Any) -> str | None:
         return "holds the character U+0000"
     if exact:
         return None
+    for var in _PLACEHOLDER.findall(name):
+        if var not in TOPIC_VARS and not var.startswith("client_attrs."):
+            return (f"holds ${{{var}}}, which EMQX does not fill in an ACL topic (it would match the text itself); "
+                    "it fills ${username}, ${clientid}, ${cert_common_name}, ${zone} and ${client_attrs.NAME}")
     levels = name.split("/")
     for i, level in enumerate(levels):
         if "#" in level and (level != "#" or i != len(levels) - 1):
@@ -167,7 +208,57 @@ def _retain(value: Any) -> Any:
     raise ValueError(f"retain {_text(value)} is not True, False, 0, 1, or one of " + ", ".join(RETAIN_TEXT))
 
 
-def _acl_rule(index: int, rule: Any) -> Mapping[str, Any]:
+_QUANTIFIER = re.compile(r"\{(\d*)(,(\d*))?\}")
+#: inline flags Python takes and PCRE (EMQX's `re`) refuses: ASCII, Unicode, locale
+_PYTHON_FLAGS = frozenset("auL")
+
+
+def pcre_problem(pattern: str) -> str | None:
+    """Why EMQX could not compile `pattern` (PCRE, Erlang's `re`) or would read it otherwise than
+    Python, or None. Python's `re` is the only engine here, so it checks the syntax, and this refuses
+    what its grammar has beyond PCRE's: \\u, \\U and \\N escapes, the (?a) (?u) (?L) flags (PCRE
+    cannot compile them: EMQX then denies the client), a repeat past 65535, and `{,n}`, which Python
+    reads as a repeat and PCRE as the literal text "{,n}"."""
+    try:
+        re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as exc:  # nesting too deep, a repeat too large
+        return f"is not a regular expression ({str(exc)[:80] or type(exc).__name__})"
+    i, in_class = 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            if pattern[i + 1:i + 2] in ("u", "U", "N"):
+                return (f"uses \\{pattern[i + 1]}, which EMQX's regular expressions (PCRE) do not have: write "
+                        "the character itself or \\x{...}")
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":  # a set: "{" and "(" are plain characters in it; a "]" first (after "^") too
+            in_class = True
+            i += 1
+            i += pattern.startswith("^", i)
+            i += pattern.startswith("]", i)
+            continue
+        elif c == "(" and pattern[i + 1:i + 2] == "?":
+            j = i + 2
+            while j < len(pattern) and (pattern[j].isalpha() or pattern[j] == "-"):
+                j += 1
+            if pattern[j:j + 1] in (")", ":") and _PYTHON_FLAGS & set(pattern[i + 2:j]):
+                return "uses the flag (?a), (?u) or (?L), which EMQX's regular expressions (PCRE) do not have"
+        elif c == "{":
+            m = _QUANTIFIER.match(pattern, i)
+            if m is not None:
+                low, comma, high = m.group(1), m.group(2), m.group(3)
+                if not low and comma:
+                    return "uses {,n}, which EMQX reads as the text itself: write {0,n}"
+                if any(n and int(n) > 65535 for n in (low, high)):
+                    return "repeats more than 65535 times, which EMQX's regular expressions (PCRE) cannot"
+        i += 1
+    return None
+
+
+def _acl_rule(index: int, rule: Any, budget: _Budget) -> Mapping[str, Any]:
     where = f"allow(acl=...): rule {index}"
     if not isinstance(rule, Mapping):
         raise ValueError(f"{where} is a dict (permission, action, topic ...), not {type(rule).__name__}")
@@ -192,6 +283,7 @@ def _acl_rule(index: int, rule: Any) -> Mapping[str, Any]:
         if isinstance(topics, str) or not isinstance(topics, (list, tuple)) or not 0 < len(topics) <= MAX_TOPICS:
             raise ValueError(f"{where}: topics is a list of 1 to {MAX_TOPICS} topic filters")
     for topic in topics:
+        budget.spend(topic)
         problem = _topic_problem(topic)
         if problem is not None:
             raise ValueError(f"{where}: the topic {_text(topic)} {problem}")
@@ -199,6 +291,8 @@ def _acl_rule(index: int, rule: Any) -> Mapping[str, Any]:
         out["topic"] = rule["topic"]
     else:
         out["topics"] = tuple(topics)
+    for key in ("qos", "retain", *WHO_REGEXES, *WHO_NAMES, "ipaddr"):
+        budget.spend(rule.get(key))
     try:
         if "qos" in rule:
             _qos(rule["qos"])
@@ -216,10 +310,7 @@ def _acl_rule(index: int, rule: Any) -> Mapping[str, Any]:
             if problem is None and not value:
                 problem = "is empty"
             if problem is None:
-                try:
-                    re.compile(value)
-                except re.error as exc:
-                    problem = f"is not a regular expression ({exc})"
+                problem = pcre_problem(value)
             if problem is not None:
                 raise ValueError(f"{where}: {key} {problem}")
             out[key] = value
@@ -231,8 +322,13 @@ def _acl_rule(index: int, rule: Any) -> Mapping[str, Any]:
             out[key] = rule[key]
     if "ipaddr" in rule:
         try:
+            # esockd_cidr:parse/2 reads a prefix length only (list_to_integer): Python's netmask and
+            # hostmask forms (10.0.0.0/255.0.0.0) fail there, and EMQX denies the client
+            length = rule["ipaddr"].partition("/")[2]
+            if "/" in rule["ipaddr"] and not (length.isascii() and length.isdigit()):
+                raise ValueError(length)
             ipaddress.ip_network(rule["ipaddr"], strict=False)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, AttributeError):
             raise ValueError(f"{where}: ipaddr {_text(rule['ipaddr'])} is not an address or a CIDR range "
                              "(192.168.1.0/24)") from None
         out["ipaddr"] = rule["ipaddr"]
@@ -247,7 +343,8 @@ def check_acl(value: Any) -> tuple[Mapping[str, Any], ...]:
         raise ValueError(f"allow(acl=...) takes a list of rules (dicts), not {type(value).__name__}")
     if len(value) > MAX_ACL_RULES:
         raise ValueError(f"allow(acl=...) takes at most {MAX_ACL_RULES} rules, not {len(value)}")
-    return tuple(_acl_rule(i, rule) for i, rule in enumerate(value, 1))
+    budget = _Budget("acl")
+    return tuple(_acl_rule(i, rule, budget) for i, rule in enumerate(value, 1))
 
 
 CHECKS = {"superuser": check_superuser, "attrs": check_attrs, "expire_at": check_expire_at, "acl": check_acl}

@@ -52,11 +52,50 @@ def redact(message: str, secrets: tuple[str | bytes, ...]) -> str:
     message = _QUOTED.sub(lambda m: REDACTED if _part_of_a_secret(m.group(0), secrets) else m.group(0), message)
     if len(message) > MAX_MESSAGE:
         message = message[:MAX_MESSAGE] + "..."
+    # after the cut: only what is kept is looked at (a client's 256 KiB of quotes cost nothing), and a
+    # piece of a secret this cut left open is caught with the others
+    if _CUT_QUOTED.search(message):
+        hays = _haystacks(secrets)
+        message = _CUT_QUOTED.sub(lambda m: _redact_cut(m.group(0), hays), message)
     return message
 
 
 #: a quoted literal in an error message, as Python's repr writes one: 'x', "x", b'x', b"x"
 _QUOTED = re.compile(r"b?'(?:[^'\\]|\\.)*'" + r'|b?"(?:[^"\\]|\\.)*"')
+
+
+#: a quoted literal cut short: the repr of a value our messages shorten to 60 characters, ending in
+#: "..." with no closing quote (`allow(superuser='eyJhbGciOi...): ...`); the pass above never sees it
+_CUT_QUOTED = re.compile(r"b?'(?:[^'\\]|\\.)*\.\.\." + r'|b?"(?:[^"\\]|\\.)*\.\.\.')
+
+
+def _haystacks(secrets: tuple[object, ...]) -> list[str]:
+    """Each secret as text and as the inside of its repr, in one case: what a cut literal is compared to."""
+    hays: list[str] = []
+    for secret in secrets:
+        text = secret.decode("utf-8", "replace") if isinstance(secret, bytes) else str(secret)
+        hays += [text.casefold(), repr(text)[1:-1].casefold()]
+        if isinstance(secret, bytes):
+            hays.append(repr(secret)[2:-1].casefold())
+    return hays
+
+
+def _redact_cut(cut: str, hays: list[str]) -> str:
+    """REDACTED for a cut literal whose text up to the cut ends in a piece of a secret, any case (its
+    last four characters are in one; three for a shorter literal), else the literal as it was. The
+    end, not the whole: a cut value may be a secret behind a prefix ("devices/" + client.password).
+    Compared as repr text too: a cut may end inside an escape."""
+    body = cut[2:] if cut.startswith("b") else cut[1:]
+    # the cut is at the last "...", or at an earlier one when the secret itself holds "..."
+    end = len(body)
+    while end >= 3:
+        end = body.rfind("...", 0, end)
+        if end < 0:
+            break
+        piece = body[:end].casefold()[-4:]
+        if len(piece) >= 3 and any(piece in hay for hay in hays):
+            return REDACTED
+    return cut
 
 
 def _part_of_a_secret(quoted: str, secrets: tuple[object, ...]) -> bool:

@@ -119,8 +119,10 @@ def print_hooks(out: TextIO, hook: str | None = None, broker: str | None = None,
     if d["rewrites"]:
         out.write(f"  rewrite() sets:   {', '.join(d['rewrites'])}\n")
     if d["options"]:
-        emqx_http = " (the last four over EMQX's HTTP authenticator only)" \
-            if set(EMQX_OPTIONS) <= set(d["options"]) else ""
+        emqx_http = ""
+        if set(EMQX_OPTIONS) <= set(d["options"]):
+            emqx_http = (" (over EMQX's HTTP authenticator only)" if len(d["options"]) == len(EMQX_OPTIONS)
+                         else f" (the last {len(EMQX_OPTIONS)} over EMQX's HTTP authenticator only)")
         out.write(f"  also:             {', '.join(d['options'])}{emqx_http}\n")
     out.write(f"  on a rule error:  {d['failure_policy']} (--failure-policy {d['hook']}=deny|ignore|allow)\n")
     out.write(f"  without a rule:   {d['without_rule']}\n")

@@ -13,7 +13,8 @@ key is checked too, by the rule call that sets it, and an unknown one is a rule 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from itertools import chain
 from types import MappingProxyType
 from typing import Any
 
@@ -232,6 +233,43 @@ def _topic_problem(topic: Any, what: str) -> str | None:
     return None
 
 
+#: characters the containers of one decision may fill in its reply (VerneMQ modifiers, rewritten topic
+#: lists, RabbitMQ tags, allow()'s EMQX options), every string counted where it appears, plus 4 for
+#: its quotes and comma. Each field's own bound does not compose with aliasing: a user property dict
+#: of 1000 keys all holding one 60 KB string made an 80 MB webhook reply, built on the event loop.
+MAX_CARRIED_TEXT = 1024 * 1024
+#: the Decision fields that hold containers (each one's size is the sum of its parts)
+CONTAINER_FIELDS = ("modifiers", "tags", "topics", "attrs", "acl")
+_END = object()
+
+
+def carried_problem(decision: Decision) -> str | None:
+    """Why the decision's containers would fill more than MAX_CARRIED_TEXT of a reply, or None.
+    Walked without recursion and stopped at the budget, so it costs at most the budget, however many
+    references (or a cycle) a value holds."""
+    left = MAX_CARRIED_TEXT
+    stack: list[Iterator[Any]] = [iter([getattr(decision, name, None) for name in CONTAINER_FIELDS])]
+    while stack:
+        value = next(stack[-1], _END)
+        if value is _END:
+            stack.pop()
+            continue
+        if isinstance(value, (str, bytes)):
+            left -= len(value) + 4
+        elif isinstance(value, Mapping):
+            left -= 4
+            stack.append(chain.from_iterable(value.items()))
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            left -= 4
+            stack.append(iter(value))
+        else:
+            left -= 8
+        if left < 0:
+            return (f"the decision would fill over {MAX_CARRIED_TEXT} characters of the broker's reply (its "
+                    "modifiers, topics, tags or options together, each string counted where it appears)")
+    return None
+
+
 def decision_problem(hook: str, decision: Decision, channel: str = "") -> str | None:
     """Why a broker could not be sent this decision of `hook`'s rule, on a call that came over
     `channel` (hooks.CHANNELS), or None when every value it carries is one the broker's reply
@@ -242,6 +280,10 @@ def decision_problem(hook: str, decision: Decision, channel: str = "") -> str | 
     kind = decision.kind
     if kind == "ignore":
         return None
+    if kind == "allow" or kind == "rewrite":
+        problem = carried_problem(decision)
+        if problem is not None:
+            return problem
     if kind == "deny" or kind == "drop":
         reason = decision.reason  # type: ignore[union-attr]
         problem = mqtt_string_problem(reason)

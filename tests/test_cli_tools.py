@@ -90,6 +90,21 @@ def test_hooks_lists_every_hook_and_describes_each_as_its_table_says() -> None:
         assert refused.returncode == 2 and "error: unknown" in refused.stdout
 
 
+def test_hooks_says_which_options_only_emqx_http_carries() -> None:
+    """`also: superuser, attrs, expire_at, acl (the last four ...)` named four of four: every hook with
+    EMQX's HTTP options says which of its options they are, in words that fit its list."""
+    from hookrules.emqxoptions import OPTIONS
+    every = json.loads(hookrules("hooks", "--format", "json").stdout)
+    carrying = [d for d in every if set(OPTIONS) <= set(d["options"])]
+    assert carrying
+    for d in carrying:
+        also = next(line for line in hookrules("hooks", d["hook"]).stdout.splitlines() if "also:" in line)
+        assert also.split("also:", 1)[1].split("(")[0].strip() == ", ".join(d["options"])
+        others = len(d["options"]) - len(OPTIONS)
+        assert also.endswith(f"(the last {len(OPTIONS)} over EMQX's HTTP authenticator only)" if others
+                             else "(over EMQX's HTTP authenticator only)"), also
+
+
 # -- check --format json -------------------------------------------------------------------------------
 
 def test_check_json_carries_every_problem_the_text_shows(tmp_path: Path) -> None:

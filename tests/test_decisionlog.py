@@ -213,6 +213,55 @@ def test_error_messages_do_not_carry_secrets(expr: str, tmp_path: Path, caplog: 
     assert "hunter2" not in logged.lower() and "top-secret" not in logged.lower()
 
 
+#: every check that quotes the value it refuses, cut to 60 characters (`'eyJhbGciOi...`), fed a
+#: secret longer than the cut: (hook, broker, the rule's line)
+CUT_QUOTING_RULES = {
+    "superuser": ("client.authenticate", "emqx", "allow(superuser=S)"),
+    "expire_at": ("client.authenticate", "emqx", "allow(expire_at=S)"),
+    "acl action": ("client.authenticate", "emqx", 'allow(acl=[{"permission": "allow", "action": S, "topic": "t"}])'),
+    "acl topic": ("client.authenticate", "emqx",
+                  'allow(acl=[{"permission": "allow", "action": "all", "topic": "a/#/" + S}])'),
+    "acl ipaddr": ("client.authenticate", "emqx",
+                   'allow(acl=[{"permission": "allow", "action": "all", "topic": "t", "ipaddr": S}])'),
+    "acl qos": ("client.authenticate", "emqx",
+                'allow(acl=[{"permission": "allow", "action": "all", "topic": "t", "qos": S}])'),
+    "acl retain": ("client.authenticate", "emqx",
+                   'allow(acl=[{"permission": "allow", "action": "all", "topic": "t", "retain": S}])'),
+    "acl field": ("client.authenticate", "emqx", 'allow(acl=[{"permission": "allow", "action": "all", S: 1}])'),
+    "attrs name": ("client.authenticate", "emqx", 'allow(attrs={"x " + S: "v"})'),
+    "modifier bool": ("auth_on_register", "vernemq", 'allow(modifiers={"clean_session": S})'),
+    "modifier number": ("auth_on_register", "vernemq", 'allow(modifiers={"max_message_size": S})'),
+    "modifier choice": ("auth_on_register", "vernemq", 'allow(modifiers={"queue_type": S})'),
+    "cache": ("auth_on_register", "vernemq", "allow(cache=S)"),
+    "tags": ("rabbitmq.user", "rabbitmq", 'allow(tags=[S + " x"])'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CUT_QUOTING_RULES))
+@pytest.mark.parametrize("secret", ["client.password", "client.password.upper()", "message_key"])
+def test_a_secret_longer_than_a_quoted_cut_is_not_logged(case: str, secret: str, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """The checks quote a refused value as its repr cut at 60 characters, with no closing quote: a
+    password longer than that (a JWT) left its first 57 characters in the log, past the redaction of
+    whole quoted values. Each such check, with the secret as is, in capitals, and behind a prefix."""
+    hook, broker, line = CUT_QUOTING_RULES[case]
+    expr = {"message_key": '"devices/" + client.password'}.get(secret, secret)
+    (tmp_path / f"{hook}.star").write_text(f"S = {expr}\n{line}\nallow()\n")
+    out = io.StringIO()
+    ruleset, _ = scan(tmp_path, RuleSet())
+    dlog = DecisionLog(out)
+    password = "eyJhbGciOiJSUzI1NiJ9.Zk8Wv3-" + "q" * 80
+    event = Event(hook, broker, Client(id="c", username="u", password=password), frozen_map({"vhost": "/"}))
+    with caplog.at_level(logging.ERROR):
+        outcome = Engine(ruleset, decision_log=dlog).decide(event)
+    assert dlog.close()
+    assert outcome.error is not None, case
+    logged = out.getvalue() + caplog.text + outcome.error.message
+    assert "<redacted>" in logged, logged
+    for i in range(len(password) - 5):  # no six characters of it in a row, whatever the case
+        assert password[i:i + 6].lower() not in logged.lower(), (case, password[i:i + 6], logged)
+
+
 def test_a_rule_that_never_loaded_is_logged_with_the_policy_answer(tmp_path: Path) -> None:
     (tmp_path / "client.authenticate.star").write_text("while True:\n    pass\n")
     out = io.StringIO()

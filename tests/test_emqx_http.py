@@ -57,7 +57,15 @@ VALID: dict[str, list[Any]] = {
         [{"permission": "allow", "action": "all", "topic": "x", "username_re": "^u[0-9]+$", "clientid_re": "c.*",
           "zone_re": "z", "listener_re": "tcp:.*", "zone": "default", "listener": "tcp:default",
           "ipaddr": "10.0.0.0/8"},
-         {"permission": "allow", "action": "all", "topic": "x", "ipaddr": "127.0.0.1"}],
+         {"permission": "allow", "action": "all", "topic": "x", "ipaddr": "127.0.0.1"},
+         {"permission": "allow", "action": "all", "topic": "x", "ipaddr": "fe80::/10"},
+         {"permission": "allow", "action": "all", "topic": "x", "ipaddr": "10.0.0.1/8"}],
+        [{"permission": "allow", "action": "all", "topic": t}
+         for t in ("t/${cert_common_name}/#", "t/${client_attrs.role}/+", "${zone}/x", "${.username}/y",
+                   "eq t/${peer}")],
+        # regular expressions that PCRE (OTP 25's re:compile) and Python both read alike
+        [{"permission": "allow", "action": "all", "topic": "x", "username_re": r}
+         for r in ("(?i)^u\\d{0,3}$", "[{,3}]", "[]{,3}]", "\\\\u", "a{65535}", "(?P<n>a)(?P=n)", "(?-i:x)")],
         [],
     ],
 }
@@ -82,6 +90,9 @@ INVALID: dict[str, list[Any]] = {
         [{"permission": "allow", "action": "all", "topic": "a/#/b"}],
         [{"permission": "allow", "action": "all", "topic": "a/b#"}],
         [{"permission": "allow", "action": "all", "topic": "a+/b"}],
+        # placeholders EMQX leaves as text in an ACL topic
+        *[[{"permission": "allow", "action": "all", "topic": t}]
+          for t in ("t/${peerhost}", "t/${password}/#", "t/${clientID}", "${.proto_name}/x", "t/${}")],
         [{"permission": "allow", "action": "all", "topic": "eq "}],
         [{"permission": "allow", "action": "all", "topic": "a\u0000b"}],
         [{"permission": "allow", "action": "all", "topics": "a/b"}],
@@ -94,10 +105,18 @@ INVALID: dict[str, list[Any]] = {
         [{"permission": "allow", "action": "all", "topic": "#", "username_re": ""}],
         [{"permission": "allow", "action": "all", "topic": "#", "username_re": "("}],
         [{"permission": "allow", "action": "all", "topic": "#", "clientid_re": 1}],
+        # Python's re takes these and EMQX's (PCRE, OTP 25) refuses them, or reads {,n} as text
+        *[[{"permission": "allow", "action": "all", "topic": "#", "username_re": r}]
+          for r in ("\\u0041", "\\U00000041", "\\N{DIGIT ONE}", "(?a)x", "(?u)x", "x{,3}", "x{65536}", "x{1,70000}",
+                    "(" * 600 + ")" * 600, "x{99999999999999999999}")],
         [{"permission": "allow", "action": "all", "topic": "#", "zone": ""}],
         [{"permission": "allow", "action": "all", "topic": "#", "listener": 5}],
         [{"permission": "allow", "action": "all", "topic": "#", "ipaddr": "not-an-ip"}],
         [{"permission": "allow", "action": "all", "topic": "#", "ipaddr": "10.0.0.0/33"}],
+        # Python's netmask and hostmask forms, which esockd_cidr:parse cannot read
+        [{"permission": "allow", "action": "all", "topic": "#", "ipaddr": "10.0.0.0/255.0.0.0"}],
+        [{"permission": "allow", "action": "all", "topic": "#", "ipaddr": "10.0.0.0/0.255.255.255"}],
+        [{"permission": "allow", "action": "all", "topic": "#", "ipaddr": 167772160}],
         [{"permission": "allow", "action": "all", "topic": "#", "topci": "x"}],
         [{"permission": "allow", "action": "all", "topic": "#", "username": "u1"}],
         [{"permission": "allow", "action": "all", "topic": "#", "clientid": "c1"}],
@@ -250,27 +269,44 @@ def test_every_authz_placeholder_reaches_the_rule_by_every_method(server: Server
 
 
 def test_a_field_missing_reads_as_empty_and_access_names_the_action() -> None:
+    """A client's field missing reads as "" (an older EMQX lacks some placeholders). What the authorizer
+    is asked about cannot: this test used to expect action "" and topic "" for `{}`, and the bundled
+    authorize.star (`if action == "publish" and topic.startswith("$SYS/")`) then allowed every publish
+    to $SYS from a template that forgot ${action}; such a call is now refused (failure policy)."""
+    asked = {"action": "publish", "topic": "t"}
     for hook, names in (("client.authenticate", AUTHN_FIELDS), ("client.authorize", AUTHZ_FIELDS)):
-        event = event_for(hook, {})
+        event = event_for(hook, {} if hook == "client.authenticate" else asked)
         client = event.client
         assert (client.id, client.username, client.password, client.peerhost, client.peerport, client.cn,
                 client.dn) == ("", "", "", "", 0, "", "")
-        assert event.channel == "http" and dict(event.data["request"]) == {} and event.data["result"] is False
-    authz = event_for("client.authorize", {})
-    assert (authz.data["action"], authz.data["topic"], authz.data["qos"]) == ("", "", None)
+        request = {} if hook == "client.authenticate" else asked
+        assert event.channel == "http" and dict(event.data["request"]) == request and event.data["result"] is False
+    authz = event_for("client.authorize", asked)
+    assert (authz.data["action"], authz.data["topic"], authz.data["qos"]) == ("publish", "t", None)
     for access, action in (("1", "subscribe"), ("2", "publish")):
-        assert event_for("client.authorize", {"access": access}).data["action"] == action
+        assert event_for("client.authorize", {"access": access, "topic": "t"}).data["action"] == action
     # a template that names both: ${action} wins (they cannot disagree in what EMQX sends)
-    assert event_for("client.authorize", {"action": "subscribe", "access": "2"}).data["action"] == "subscribe"
+    assert event_for("client.authorize", {"action": "subscribe", "access": "2", "topic": "t"}).data["action"] == \
+        "subscribe"
     for qos in ("0", "1", "2"):
-        assert event_for("client.authorize", {"qos": qos}).data["qos"] == int(qos)
+        assert event_for("client.authorize", {**asked, "qos": qos}).data["qos"] == int(qos)
+
+
+@pytest.mark.parametrize("fields", [{}, {"topic": "t"}, {"action": "publish"}, {"access": "", "topic": "t"},
+                                    {"action": "", "topic": "t"}, {"action": "subscribe", "topic": ""}])
+def test_an_authz_call_that_does_not_say_what_is_asked_is_refused(fields: dict[str, str]) -> None:
+    with pytest.raises(BadRequest) as refused:
+        event_for("client.authorize", fields)
+    assert refused.value.reason == "missing_field"
 
 
 BAD_FIELDS = [("client.authenticate", {"peerport": "x"}), ("client.authenticate", {"peerport": "70000"}),
               ("client.authenticate", {"peerport": "-1"}), ("client.authenticate", {"username": 5}),
               ("client.authenticate", {"password": None}), ("client.authenticate", {"clientid": ["c"]}),
-              ("client.authorize", {"action": "read"}), ("client.authorize", {"access": "3"}),
-              ("client.authorize", {"qos": "3"}), ("client.authorize", {"qos": "01"}),
+              ("client.authorize", {"action": "read", "topic": "t"}),
+              ("client.authorize", {"access": "3", "topic": "t"}),
+              ("client.authorize", {"qos": "3", "action": "publish", "topic": "t"}),
+              ("client.authorize", {"qos": "01", "action": "publish", "topic": "t"}),
               ("client.authorize", {"topic": {"t": 1}}), ("client.authorize", {"qos": 1})]
 
 
@@ -323,6 +359,55 @@ def test_expire_at_is_checked_again_when_sent() -> None:
     assert decision_problem("client.authenticate", decision, "http") is None
     later = Allow(expire_at=int(time.time()) - 1)
     assert "not in the future" in (decision_problem("client.authenticate", later, "http") or "")
+
+
+def _amplified(field: str) -> list[dict[str, Any]]:
+    """1000 ACL rules, each with `field` a few hundred characters long: one string, aliased."""
+    long = {"topic": "t/" + "a" * 300, "topics": ["t/" + "a" * 300] * 1000, "qos": ["1"] * 1000,
+            "ipaddr": "10.0.0.0/8", "retain": "false"}.get(field, "a" * 300)
+    rule = {"permission": "allow", "action": "all", "topic": "t", field: long}
+    if field == "topics":
+        del rule["topic"]
+    return [rule] * 1000
+
+
+#: each option, every field of it that holds text, made too big for a reply by aliasing
+TOO_BIG: dict[str, Any] = {
+    "attrs": {f"k{i}": "v" * 5000 for i in range(60)},
+    **{f"acl {field}": _amplified(field) for field in ("topic", "topics", "qos", "username_re", "clientid_re",
+                                                       "zone_re", "listener_re", "zone", "listener")},
+}
+
+
+@pytest.mark.parametrize("case", sorted(TOO_BIG))
+def test_no_option_fills_more_than_its_share_of_the_reply(case: str) -> None:
+    """The per-field bounds do not compose (1000 rules x 1000 topics x 64 KiB): each option's strings
+    together, counted where they appear, are held to MAX_OPTION_TEXT when the rule makes it and at the
+    boundary. Enumerated: every field of an ACL rule that holds text."""
+    opt = case.split()[0]
+    with pytest.raises(ValueError, match="would fill over"):
+        CHECKS[opt](TOO_BIG[case])
+    assert "would fill over" in (decision_problem("client.authenticate", Allow(**{opt: TOO_BIG[case]}), "http")
+                                 or "")
+
+
+def test_every_text_field_of_an_acl_rule_is_counted() -> None:
+    from hookrules.emqxoptions import ACL_FIELDS
+    short_only = {"permission", "action", "ipaddr", "retain"}  # a few characters whatever the rule says
+    assert {c.split()[1] for c in TOO_BIG if c.startswith("acl ")} == set(ACL_FIELDS) - short_only
+
+
+def test_an_aliased_acl_is_refused_not_sent_as_600_mb(tmp_path: Path) -> None:
+    """The 4-line rule that made each reply 600 MB of JSON: now a rule error, answered deny."""
+    rules = rules_with(tmp_path, {"client.authenticate.star": (
+        't = "a" * 60000\nrule = {"permission": "allow", "action": "all", "topics": [t] * 100}\n'
+        'allow(acl=[rule] * 100)\n')})
+    server = ServerProcess(rules, log_path=tmp_path / "server.log")
+    try:
+        assert emqx(server, "authn", AUTHN_BODY) == (200, "application/json", {"result": "deny"})
+        assert wait_for(lambda: "would fill over" in server.log()), server.log()[-2000:]
+    finally:
+        server.stop()
 
 
 # -- where each option can be carried --------------------------------------------------------------

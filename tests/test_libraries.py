@@ -107,6 +107,23 @@ def test_data_files_of_each_kind(tmp_path: Path) -> None:
     assert engine.decide(authz("bob")).decision == Deny("10 True")
 
 
+def test_a_data_file_named_like_a_method_of_data_is_that_file(tmp_path: Path) -> None:
+    """Enumerated over every public attribute of `data` (keys): data/keys.json read as the keys()
+    method, and the rule failed on every run while `hookrules check` said OK."""
+    from hookrules.datafiles import DataNamespace
+    names = [n for n in dir(DataNamespace) if not n.startswith("_")]
+    assert names, "DataNamespace has public attributes to shadow"
+    for name in names:
+        case = tmp_path / name
+        case.mkdir()
+        write(case, {f"data/{name}.json": '{"hs": "x"}',
+                     "client.authorize.star": f'deny(data.{name}["hs"] + data["{name}"]["hs"])\n'})
+        rs, outcomes = scan(case, RuleSet())
+        assert [o.errors for o in outcomes if o.errors] == []
+        outcome = Engine(rs).decide(authz())
+        assert outcome.error is None and outcome.decision == Deny("xx"), (name, outcome.error)
+
+
 def test_data_is_read_only(tmp_path: Path) -> None:
     write(tmp_path, {"data/users.json": '{"banned": ["eve"]}',
                      "client.authorize.star": 'x = data.users["banned"]\nx.append("bob")\nallow()\n'})

@@ -146,7 +146,14 @@ def event_for(hook: str, fields: Mapping[str, Any]) -> Event:
         data: dict[str, Any] = {"result": False, "request": request}
         return Event(hook, BROKER, client, frozen_map(data), channel=CHANNEL)
     action = text["action"] or ACCESS_ACTIONS.get(text["access"], text["access"])
-    if action not in ACTIONS and action != "":
+    # What is asked about, unlike the client's fields, cannot read as "": EMQX always has ${action} and
+    # ${topic}, so a call without them comes from a template that lacks them, and a rule would decide
+    # every such call blind (`if action == "publish": deny(...)` then allowed every publish)
+    missing = [name for name, value in (("action (or access)", action), ("topic", text["topic"])) if not value]
+    if missing:
+        raise BadRequest(400, "missing_field", f"{hook}: the call has no {' and no '.join(missing)}: add "
+                         f"{' and '.join(missing)} to the authorizer's body template (README, EMQX HTTP)")
+    if action not in ACTIONS:
         raise BadRequest(400, "bad_field", f"{hook}: action must be publish or subscribe (access 2 or 1), not "
                          f"{action[:20]!r}")
     qos = text["qos"]
