@@ -93,7 +93,7 @@ ROOT = BENCH.parent
 RULES = ROOT / "rules"
 HOST = "127.0.0.1"
 START_TIMEOUT = 60.0  # a cold start imports aiohttp (and hookrules its rules, grpc and protos)
-#: `hookrules: VerneMQ webhooks and RabbitMQ's HTTP auth on http://...`, `bare: VerneMQ webhooks (constant
+#: `hookrules: VerneMQ webhooks and the HTTP auth of RabbitMQ and EMQX on http://...`, `bare: VerneMQ webhooks (constant
 #: replies) on ...` and `bare: RabbitMQ HTTP auth (constant replies) on ...`
 LISTEN = re.compile(r"(?:VerneMQ webhooks|RabbitMQ)\b.*\bon http://(?P<host>[\d.]+):(?P<port>\d+)/\s*$", re.MULTILINE)
 

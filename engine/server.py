@@ -348,7 +348,7 @@ class Server:
             raise
         self.wire = wire
         return self._announce_http(host, sock, context is not None,
-                                   "VerneMQ webhooks, RabbitMQ's and EMQX's HTTP auth on {url}")
+                                   "VerneMQ webhooks and the HTTP auth of RabbitMQ and EMQX on {url}")
 
     async def stop(self) -> None:
         self.state = "draining"
