@@ -85,11 +85,11 @@ ADAPTER_FAMILIES = {"adapters.exhook": {"adapters.exhook_proto", "adapters.admis
                     "adapters.rabbitmq_http": {"adapters.rabbitmq", "adapters.admission", "adapters.httpbody",
                                                "adapters.httpwire", "adapters.httpreply"},
                     "adapters.rabbitmq": {"adapters.refusal"},
-                    # EMQX's HTTP authn/authz: mapping, the plain-value service, and aiohttp's glue
+                    # EMQX's HTTP authn/authz: mapping, the plain-value service, and the --http port's glue
                     "adapters.emqx_http": {"adapters.refusal", "adapters.jsonwire"},
-                    "adapters.emqx_http_service": {"adapters.emqx_http", "adapters.admission", "adapters.jsonwire"},
-                    "adapters.emqx_http_route": {"adapters.emqx_http_service", "adapters.httpbody",
-                                                 "adapters.refusal"},
+                    "adapters.emqx_http_service": {"adapters.emqx_http", "adapters.jsonwire"},
+                    "adapters.emqx_http_route": {"adapters.emqx_http", "adapters.emqx_http_service", "adapters.httpbody",
+                                                 "adapters.refusal", "adapters.httpwire", "adapters.httpreply"},
                     "adapters.raw": {"adapters.exhook", "adapters.exhook_proto", "adapters.vernemq", "adapters.rabbitmq",
                                      "adapters.emqx_http"}}
 

@@ -47,6 +47,13 @@ class Transport(asyncio.Transport):
     def close(self) -> None:
         self.closed = True
 
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        """The server's end of the connection (it lingers to drop what the client still sends): as closed."""
+        self.closed = True
+
     def abort(self) -> None:
         self.closed = self.aborted = True
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl
 
 from ..decisions import Decision
 from ..emqxoptions import reply_fields
 from ..events import Client, Event, frozen_map, json_view
 from .jsonwire import decode, encode
 from .refusal import BadRequest as BadRequest  # its refusals, re-exported
+from .refusal import unique_fields
 
 BROKER = "emqx"
 CHANNEL = "http"
@@ -69,19 +69,7 @@ def parse_form(raw: bytes | str) -> dict[str, str]:
             raw = raw.decode("ascii")  # percent-encoded: anything else is not a form
         except UnicodeDecodeError:
             raise BadRequest(400, "bad_encoding", "the form is not percent-encoded ASCII") from None
-    try:
-        pairs = parse_qsl(raw, keep_blank_values=True, encoding="utf-8", errors="strict",
-                          max_num_fields=MAX_FIELDS)
-    except UnicodeDecodeError:
-        raise BadRequest(400, "bad_encoding", "the fields are not UTF-8") from None
-    except ValueError:
-        raise BadRequest(400, "too_many_fields", f"more than {MAX_FIELDS} fields") from None
-    fields: dict[str, str] = {}
-    for key, value in pairs:
-        if key in fields:
-            raise BadRequest(400, "repeated_field", f"field '{key[:40]}' is given twice")
-        fields[key] = value
-    return fields
+    return unique_fields(raw, MAX_FIELDS)
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:

@@ -50,6 +50,8 @@ MAX_HEADERS = 100  # header fields in one request (VerneMQ sends 5)
 MAX_HEAD = 32768  # bytes of one request's head in all
 HEAD_TIMEOUT = 10.0  # seconds for a request's head to arrive once it has begun
 KEEPALIVE_TIMEOUT = 75.0  # seconds an idle keep-alive connection is kept (aiohttp's default)
+#: how long a connection closed after a refusal still reads (and drops) what its client sends (see _linger)
+LINGER = 2.0
 BACKLOG = 1024  # connections waiting to be accepted (VerneMQ keeps up to 100 per endpoint)
 
 _IDLE, _HEAD, _BODY = 0, 1, 2
@@ -389,7 +391,25 @@ class HttpConnection(asyncio.Protocol):
             self._admitted = False
             self.server.admission.leave()
         if self.transport is not None and not self.pending:
-            self.transport.close()
+            self._linger()
+
+    def _linger(self) -> None:
+        """Close after the answers, without losing them: a client still sending a body we refused (413, a
+        fault) would get a reset on a plain close (the unread bytes), and a reset can destroy the answer
+        before the client reads it. So: half-close (FIN after the answers), read and drop whatever else
+        comes for at most LINGER seconds, then close. (TLS has no half-close: closed at once.)"""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError):
+            transport.close()
+            return
+        self.loop.call_later(LINGER, transport.close)
 
     def _fault(self, status: int, description: str) -> None:
         self.server.on_fault(description)
@@ -413,7 +433,7 @@ class HttpConnection(asyncio.Protocol):
             if not keep:
                 self.closing = True
         if self.closing and last:
-            transport.close()
+            self._linger()
 
     def close_if_idle(self) -> None:
         """Draining: a connection with nothing received and nothing to answer closes now."""

@@ -16,12 +16,12 @@ Without a rule file, a check answers what a RabbitMQ user would expect (nodefaul
 from __future__ import annotations
 
 from collections.abc import Mapping
-from urllib.parse import parse_qsl
 
 from ..decisions import Decision
 from ..events import Client, Event, frozen_map
 from ..nodefaults import RABBITMQ_MQTT_EXCHANGE
 from .refusal import BadRequest as BadRequest  # its refusals, re-exported
+from .refusal import unique_fields
 
 BROKER = "rabbitmq"
 CHANNEL = "http"
@@ -56,19 +56,7 @@ ANSWER_DENY = "deny"
 def parse_fields(raw: str) -> dict[str, str]:
     """The fields of a query string or form body. A repeated field is refused: which one RabbitMQ
     meant cannot be known, and a rule must never read one copy while a log shows the other."""
-    try:
-        pairs = parse_qsl(raw, keep_blank_values=True, strict_parsing=False, encoding="utf-8", errors="strict",
-                          max_num_fields=MAX_FIELDS)
-    except UnicodeDecodeError:
-        raise BadRequest(400, "bad_encoding", "the fields are not UTF-8") from None
-    except ValueError:
-        raise BadRequest(400, "too_many_fields", f"more than {MAX_FIELDS} fields") from None
-    fields: dict[str, str] = {}
-    for key, value in pairs:
-        if key in fields:
-            raise BadRequest(400, "repeated_field", f"field '{key[:40]}' is given twice")
-        fields[key] = value
-    return fields
+    return unique_fields(raw, MAX_FIELDS)
 
 
 def routing_key_to_topic(routing_key: str, action: str) -> str:
