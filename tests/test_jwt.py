@@ -186,3 +186,30 @@ def test_the_jwt_example_pack_answers_emqx_and_vernemq_from_a_real_server(
     assert call.emqx_authenticate(server, v3, "sensor-2", "sensor-2", good) is False  # another user's token
     assert call.vernemq_register(server, "sensor-1", "sensor-1", good) == {"result": "ok"}
     assert call.vernemq_register(server, "sensor-1", "sensor-1", expired) == {"result": {"error": "jwt: the token has expired"}}
+
+
+def test_a_key_set_from_a_data_file_is_serialized_once_and_a_rules_own_dict_every_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit: a JWK set (up to 64 KiB) was turned into JSON on every CONNECT before the cache lookup.
+    A read-only data-file value cannot change, so once is enough; a dict a rule built may, so it is not kept."""
+    from hookrules.lang import jwtdecode
+
+    public_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(RSA_KEY.public_key()))
+    frozen = json_view({"keys": [{**public_jwk, "kid": "r1"}]})
+    plain = {"keys": [{**public_jwk, "kid": "r1"}]}
+    calls: list[int] = []
+    real = jwtdecode._plain
+
+    def counting(value: Any, depth: int) -> Any:
+        if depth == 0:
+            calls.append(1)
+        return real(value, depth)
+
+    tok = token(alg="RS256", key=RSA_KEY, kid="r1")
+    monkeypatch.setattr(jwtdecode, "_plain", counting)
+    for _ in range(3):
+        assert jwt_decode(tok, frozen, ["RS256"])[1] is None
+    assert len(calls) == 1
+    for _ in range(2):
+        assert jwt_decode(tok, plain, ["RS256"])[1] is None
+    assert len(calls) == 3

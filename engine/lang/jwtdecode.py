@@ -40,6 +40,8 @@ MAX_KEYS_CACHED = 64
 MAX_CLAIMS_DEPTH = 32  # a token's claims are shallow; the event's own JSON has the same kind of bound
 MIN_RSA_BITS = 2048  # RFC 7518 3.3
 _HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+#: id -> (read-only JWK mapping, its JSON): a key set from a data file is serialized once, not per CONNECT
+_JWK_OBJECTS: dict[int, tuple[Any, str]] = {}
 _FAMILIES = {**{a: "HS" for a in HMAC_ALGORITHMS}, **{a: "RS" for a in RSA_ALGORITHMS},
              **{a: "ES" for a in EC_ALGORITHMS}}
 
@@ -149,12 +151,19 @@ def _names(arg: str, value: object) -> list[str]:
 def _keys(key: object, algs: tuple[str, ...]) -> dict[str, Any] | tuple[tuple[str | None, str, Any], ...]:
     """alg -> prepared key for a PEM ("HS" -> the secret); (kid, family, key) entries for a JWK or JWK set."""
     if isinstance(key, Mapping):
+        known = _JWK_OBJECTS.get(id(key))
+        if known is not None and known[0] is key:  # the same read-only data-file value: serialized once
+            return _jwks(known[1])
         try:
             text = json.dumps(_plain(key, 0), sort_keys=True)
         except (TypeError, ValueError):
             raise TypeError("jwt_decode: a JWK must be a JSON object (from a data file)") from None
         if len(text) > MAX_KEY:
             raise ValueError(f"jwt_decode: the key is over {MAX_KEY} characters")
+        if not isinstance(key, dict):  # a rule's own dict may change between calls; a data file's value cannot
+            if len(_JWK_OBJECTS) >= MAX_KEYS_CACHED:
+                _JWK_OBJECTS.pop(next(iter(_JWK_OBJECTS)))
+            _JWK_OBJECTS[id(key)] = (key, text)  # holding the object keeps its id from being reused
         return _jwks(text)
     if isinstance(key, bytes):
         try:
