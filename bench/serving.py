@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from aiohttp import web
 
-BACKLOG = 1024  # as hookrules' server.py
 
 
 def server_args(doc: str | None) -> argparse.ArgumentParser:
@@ -37,16 +36,11 @@ def server_args(doc: str | None) -> argparse.ArgumentParser:
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound and listening, as hookrules' server.py opens its HTTP one."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(BACKLOG)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    """A TCP socket bound and listening, opened by the very function hookrules' server.py opens its HTTP
+    one with (imported here, not at the top: the gRPC servers load nothing of hookrules' HTTP side)."""
+    from hookrules.adapters.httpwire import listen_socket
+
+    return listen_socket(host, port, reuse_port=False)
 
 
 async def announce_until_stopped(banner: str, lifetime: float) -> None:

@@ -95,13 +95,26 @@ class _Budget:
                              "reply (its strings together, each counted where it appears)")
 
 
+#: what a string that UTF-8 cannot encode is told (JSON and protobuf encoders refuse a lone surrogate)
+LONE_SURROGATE = "is not valid text (it holds a lone surrogate such as \\ud800)"
+
+
+def utf8_size(value: str) -> int | None:
+    """The UTF-8 length of `value` in bytes, or None when it holds a lone surrogate (no encoding)."""
+    if value.isascii():
+        return len(value)
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return None
+
+
 def _string_problem(value: Any, limit: int = MAX_TEXT) -> str | None:
     if not isinstance(value, str):
         return f"must be a string, not {type(value).__name__}"
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "is not valid text (it holds a lone surrogate such as \\ud800)"
+    size = utf8_size(value)
+    if size is None:
+        return LONE_SURROGATE
     if size > limit:
         return f"is {size} bytes long; at most {limit}"
     return None

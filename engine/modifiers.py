@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .decisions import Decision
-from .emqxoptions import options_problem
+from .emqxoptions import LONE_SURROGATE, options_problem, utf8_size
 from .hooks import HOOKS
 
 Check = Callable[[str, Any], Any]
@@ -40,13 +40,9 @@ def mqtt_string_problem(value: Any) -> str | None:
     bytes), or None. JSON and protobuf encoders refuse a lone surrogate; MQTT refuses the rest."""
     if not isinstance(value, str):
         return f"must be a string, not {type(value).__name__}"
-    if value.isascii():
-        size = len(value)
-    else:
-        try:
-            size = len(value.encode("utf-8"))
-        except UnicodeEncodeError:
-            return "is not valid text (it holds a lone surrogate such as \\ud800)"
+    size = utf8_size(value)
+    if size is None:
+        return LONE_SURROGATE
     if size > MAX_MQTT_STRING:
         return f"is {size} bytes long; MQTT strings hold at most {MAX_MQTT_STRING}"
     if "\x00" in value:
