@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Union
+
+from .records import frozen_record
 
 Kind = Literal["allow", "deny", "ignore", "rewrite", "drop"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Allow:
     """Let it happen. VerneMQ only: `modifiers` (checked against what the hook accepts) and `cache`
     (seconds VerneMQ may reuse the answer). RabbitMQ's user check only: `tags`, the user's tags.
@@ -26,18 +27,18 @@ class Allow:
     kind: ClassVar[Kind] = "allow"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Deny:
     reason: str = ""
     kind: ClassVar[Kind] = "deny"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Ignore:
     kind: ClassVar[Kind] = "ignore"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Rewrite:
     """Publish the message with these fields changed; None keeps the original value."""
 
@@ -50,7 +51,7 @@ class Rewrite:
     kind: ClassVar[Kind] = "rewrite"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Drop:
     """Do not publish the message (EMQX: header allow_publish=false)."""
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .watchdog import RunClock
 
 log = logging.getLogger(__name__)
+_perf_counter = time.perf_counter
 
 Source = Literal["rule", "no_rule", "filtered", "policy"]
 
@@ -109,7 +110,7 @@ class Engine:
         whatever the event says, so an adapter may skip building it (most EMQX calls are notifications
         nobody wrote a rule for) and call skip()."""
         shadow = self.shadow
-        return (self.ruleset.source(hook) is not None or hook in NO_RULE_DEFAULTS
+        return (self.ruleset.answer(hook)[0] is not None or hook in NO_RULE_DEFAULTS
                 or (shadow is not None and shadow.needs_event(hook)))
 
     def skip(self, broker: str, hook: str) -> Outcome:
@@ -141,8 +142,7 @@ class Engine:
         The decision is checked against what the broker's reply can carry (modifiers.decision_problem,
         and the adapter's own `check`): one it cannot is a rule error, answered by the failure policy."""
         ruleset = self.ruleset  # one read: a swap during this call does not affect it
-        source = ruleset.source(event.hook)
-        rule = ruleset.get(source) if source is not None else None
+        source, rule = ruleset.answer(event.hook)
         answered = source or ""
         if rule is None and source is not None:  # its file exists but never loaded
             outcome = self._failed(event, "", RuleError("load_error", Location(ruleset.broken[source]),
@@ -153,7 +153,7 @@ class Engine:
         elif rule is None:  # no file: ignore(), or the hook's own default (a RabbitMQ check's allow or deny)
             default = no_rule_decision(event)
             outcome = NO_RULE if default is IGNORE else Outcome(default, "no_rule")
-        elif not rule.wants(event):
+        elif rule.topic_test is not None and not rule.wants(event):
             outcome = Outcome(IGNORE, "filtered", rule.version, None, answered)
         else:
             limits = self.limits
@@ -161,11 +161,15 @@ class Engine:
             clock = self.run_clock
             if clock is not None:
                 clock.started(event.hook)
-            started = time.perf_counter()
+            started = _perf_counter()
             try:
                 decision = rule.run(event, limits, budget)
                 if decision is None or decision is ALLOW or decision is IGNORE:  # the usual: nothing to check
-                    outcome = Outcome(decision or IGNORE, "rule", rule.version, None, answered)
+                    usual = rule.usual  # (allow, ignore) outcomes, made on the rule's first run
+                    if usual is None:
+                        usual = rule.usual = (Outcome(ALLOW, "rule", rule.version, None, answered),
+                                              Outcome(IGNORE, "rule", rule.version, None, answered))
+                    outcome = usual[0] if decision is ALLOW else usual[1]
                 else:
                     problem = decision_problem(event.hook, decision, event.channel) or (check(decision) if check else None)
                     if problem is None:
@@ -178,7 +182,7 @@ class Engine:
             except RuleRuntimeError as exc:
                 outcome = self._failed(event, rule.version, exc.error, answered)
             finally:
-                elapsed = time.perf_counter() - started
+                elapsed = _perf_counter() - started
                 if clock is not None:
                     clock.finished()
                 self._rule_timer(event.hook).observe(elapsed)

@@ -7,9 +7,11 @@ so a rule cannot change what the broker sent nor what the next run will see.
 from __future__ import annotations
 
 from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, ValuesView
-from dataclasses import dataclass, field
+from dataclasses import field
 from types import MappingProxyType
 from typing import Any
+
+from .records import frozen_record
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -138,7 +140,7 @@ def json_view(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Client:
     id: str = ""
     username: str = ""
@@ -156,7 +158,7 @@ class Client:
     node: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Conn:
     """EMQX ConnInfo, seen in client.connect and client.connack."""
 
@@ -171,7 +173,7 @@ class Conn:
     node: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Message:
     id: str = ""
     # `from` is a Python keyword, so the publisher's client id is `from_`.
@@ -187,7 +189,7 @@ class Message:
     node: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class SubOpts:
     qos: int = 0
     rh: int = 0
@@ -195,7 +197,7 @@ class SubOpts:
     nl: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class TopicFilter:
     topic: str = ""
     qos: int = 0
@@ -204,7 +206,7 @@ class TopicFilter:
     nl: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Event:
     """One hook call. `data` holds the hook-specific names (see hooks.HookInfo.names)."""
 

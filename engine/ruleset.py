@@ -64,6 +64,7 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+_monotonic = time.monotonic
 
 
 @dataclass(eq=False)
@@ -83,14 +84,17 @@ class CompiledRule:
     #: the lines of the libraries it loads, by path, so a failure inside one is shown in its own file
     library_lines: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     file_version: str = ""  # sha256 of the rule file's bytes, first 12 hex digits
-    _topic_test: Callable[[str], bool] | None = field(init=False, repr=False, default=None)
+    #: TOPICS as one test of a topic, None without TOPICS (every event is wanted)
+    topic_test: Callable[[str], bool] | None = field(init=False, repr=False, default=None)
+    #: the engine's outcomes of this rule's allow() and ignore(), the same on every run: made once (engine.py)
+    usual: Any = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
-        self._topic_test = topic_filter_test(self.topics) if self.topics else None
+        self.topic_test = topic_filter_test(self.topics) if self.topics else None
 
     def wants(self, event: Event) -> bool:
         """False when TOPICS is declared and the message topic matches none of them."""
-        test = self._topic_test
+        test = self.topic_test
         if test is None:
             return True
         msg = event.message
@@ -104,7 +108,7 @@ class CompiledRule:
         symtable["broker"] = event.broker
         symtable["client"] = event.client
         symtable["channel"] = event.channel
-        deadline = time.monotonic() + (limits.timeout if timeout is None else timeout)
+        deadline = _monotonic() + (limits.timeout if timeout is None else timeout)
         try:
             return self.interp.execute(self.tree, symtable, limits.max_steps, deadline)  # type: ignore[no-any-return]
         except RuleAbort as exc:
@@ -273,9 +277,23 @@ class RuleSet:
     failed: Mapping[str, Failure] = field(default_factory=lambda: MappingProxyType({}))
     #: hooks whose file's current contents failed to load: they serve an older version (hook -> path)
     stale: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: answer()'s memo: the set never changes, so neither does what answers a hook
+    _answers: dict[str, tuple[str | None, CompiledRule | None]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def get(self, hook: str) -> CompiledRule | None:
         return self.rules.get(hook)
+
+    def answer(self, hook: str) -> tuple[str | None, CompiledRule | None]:
+        """(source(hook), the rule loaded for it or None): the engine's lookup on every call, memoized
+        for the hooks hookrules knows (a name from elsewhere is looked up, not remembered)."""
+        found = self._answers.get(hook)
+        if found is None:
+            source = self.source(hook)
+            found = (source, self.rules.get(source) if source is not None else None)
+            if hook in HOOKS:
+                self._answers[hook] = found
+        return found
 
     def source(self, hook: str) -> str | None:
         """The hook whose rule file answers `hook`: the first of hooks.CHAINS[hook] with a file

@@ -63,6 +63,8 @@ _SMALL = 16
 #: `_interrupt` after a decision made as a statement: every block stops as at a `return`
 _DECIDED = object()
 
+_FOREVER = float("inf")  # no deadline
+
 _NODE_CLASSES = [cls for cls in vars(ast).values() if isinstance(cls, type) and issubclass(cls, ast.AST)]
 
 
@@ -139,12 +141,11 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         self.error_node = None
         self.error_file = ""
         self.decision = None
-        self.nesting.reset()
-        self._steps = max_steps
+        self._steps = max_steps - 1  # the module's own step (run() is skipped for it)
         self._deadline = RunBudget.deadline = deadline  # slow helpers refuse what cannot fit (passwords._cached)
         allocation.start()  # what the run makes in all (lang/allocation)
         try:
-            self.run(tree)
+            self._block(tree.body)
             return self.decision  # made as a statement, or None: no decision
         except Decided as made:  # made inside an expression or a function
             return made.decision
@@ -153,9 +154,9 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             raise
         finally:
             self.symtable = {}  # nothing a run bound survives it
-            RunBudget.deadline = float("inf")
+            RunBudget.deadline = _FOREVER
             allocation.stop()
-            self.nesting.reset()  # nor what the depth meter remembered of it
+            self.nesting.reset()  # nor what the depth meter remembered of it (so a run starts with none)
 
     # -- the dispatch loop ----------------------------------------------------------------------
 
