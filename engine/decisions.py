@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Union
 
-from .records import frozen_record
+from .records import quick_init
 
 Kind = Literal["allow", "deny", "ignore", "rewrite", "drop"]
 
 
-@frozen_record
+@quick_init
+@dataclass(frozen=True, slots=True)
 class Allow:
     """Let it happen. VerneMQ only: `modifiers` (checked against what the hook accepts) and `cache`
     (seconds VerneMQ may reuse the answer). RabbitMQ's user check only: `tags`, the user's tags.
@@ -27,18 +29,21 @@ class Allow:
     kind: ClassVar[Kind] = "allow"
 
 
-@frozen_record
+@quick_init
+@dataclass(frozen=True, slots=True)
 class Deny:
     reason: str = ""
     kind: ClassVar[Kind] = "deny"
 
 
-@frozen_record
+@quick_init
+@dataclass(frozen=True, slots=True)
 class Ignore:
     kind: ClassVar[Kind] = "ignore"
 
 
-@frozen_record
+@quick_init
+@dataclass(frozen=True, slots=True)
 class Rewrite:
     """Publish the message with these fields changed; None keeps the original value."""
 
@@ -51,7 +56,8 @@ class Rewrite:
     kind: ClassVar[Kind] = "rewrite"
 
 
-@frozen_record
+@quick_init
+@dataclass(frozen=True, slots=True)
 class Drop:
     """Do not publish the message (EMQX: header allow_publish=false)."""
 

@@ -7,11 +7,11 @@ so a rule cannot change what the broker sent nor what the next run will see.
 from __future__ import annotations
 
 from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, ValuesView
-from dataclasses import field
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .records import frozen_record
+from .records import quick_init
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -140,7 +140,8 @@ def json_view(value: Any) -> Any:
     return value
 
 
-@frozen_record
+@quick_init
+@dataclass(frozen=True, slots=True)
 class Client:
     id: str = ""
     username: str = ""
@@ -158,7 +159,8 @@ class Client:
     node: str = ""
 
 
-@frozen_record
+@quick_init
+@dataclass(frozen=True, slots=True)
 class Conn:
     """EMQX ConnInfo, seen in client.connect and client.connack."""
 
@@ -173,7 +175,8 @@ class Conn:
     node: str = ""
 
 
-@frozen_record
+@quick_init
+@dataclass(frozen=True, slots=True)
 class Message:
     id: str = ""
     # `from` is a Python keyword, so the publisher's client id is `from_`.
@@ -189,7 +192,8 @@ class Message:
     node: str = ""
 
 
-@frozen_record
+@quick_init
+@dataclass(frozen=True, slots=True)
 class SubOpts:
     qos: int = 0
     rh: int = 0
@@ -197,7 +201,8 @@ class SubOpts:
     nl: int = 0
 
 
-@frozen_record
+@quick_init
+@dataclass(frozen=True, slots=True)
 class TopicFilter:
     topic: str = ""
     qos: int = 0
@@ -206,7 +211,8 @@ class TopicFilter:
     nl: int = 0
 
 
-@frozen_record
+@quick_init
+@dataclass(frozen=True, slots=True)
 class Event:
     """One hook call. `data` holds the hook-specific names (see hooks.HookInfo.names)."""
 

@@ -4,14 +4,14 @@ The event and decision classes are frozen dataclasses, so that nothing (a rule, 
 ours) can change what a broker sent or what a rule decided once it is made. But a frozen dataclass's
 generated __init__ stores every field through object.__setattr__, one Python-level call a field:
 measured, 850 ns for a 13-field Client against 110 ns for the same dataclass unfrozen, and one
-ExHook publish builds three such records (a fifth of hookrules' own CPU per call).
+ExHook publish builds three such records (a fifth of hookrules' own CPU per call then).
 
-`frozen_record` keeps the frozen class exactly as `@dataclass(frozen=True, slots=True)` makes it
-(its __setattr__ and __delattr__ still refuse every change, its fields, eq, hash and repr are the
-dataclass's) and only changes how an instance is born: `__new__` fills an unfrozen twin (the same
-fields, defaults and slots, in the same order) with ordinary slot stores, then makes the object an
-instance of the frozen class by assigning __class__, which CPython allows between two classes of the
-same slot layout and which checks nothing else. From then on it is an ordinary frozen instance.
+`quick_init`, put above `@dataclass(frozen=True, slots=True)`, keeps the class exactly as the
+dataclass made it (its __setattr__ and __delattr__ still refuse every change; fields, eq, hash and
+repr are the dataclass's) and only changes how an instance is born: `__new__` fills an unfrozen twin
+(the same fields, defaults and slots, in the same order) with ordinary slot stores, then makes the
+object an instance of the frozen class by assigning __class__, which CPython allows between two
+classes of the same slot layout. From then on it is an ordinary frozen instance.
 """
 
 from __future__ import annotations
@@ -22,24 +22,25 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def frozen_record(cls: type[T]) -> type[T]:
-    """`@dataclass(frozen=True, slots=True)`, built about four times faster (see the module's docstring)."""
-    frozen: Any = dataclasses.dataclass(frozen=True, slots=True)(cls)
+def quick_init(cls: type[T]) -> type[T]:
+    """A frozen slots dataclass, built about three times faster (see the module's docstring)."""
+    frozen: Any = cls
+    params = getattr(frozen, "__dataclass_params__", None)
+    if params is None or not params.frozen or "__slots__" not in vars(frozen):
+        raise TypeError(f"{frozen.__name__}: quick_init goes above @dataclass(frozen=True, slots=True)")
     specs = []
     for f in dataclasses.fields(frozen):
-        spec = dataclasses.field(default=f.default, default_factory=f.default_factory, repr=f.repr,
-                                 compare=f.compare, hash=f.hash, kw_only=f.kw_only)
+        spec = dataclasses.field(default=f.default, default_factory=f.default_factory, kw_only=f.kw_only)
         specs.append((f.name, f.type, spec))
     draft: Any = dataclasses.make_dataclass(f"{frozen.__name__}Draft", specs, slots=True, eq=False, repr=False)
     if draft.__slots__ != frozen.__slots__:  # the layouts must match for the __class__ assignment
         raise TypeError(f"{frozen.__name__}: its draft's slots differ ({draft.__slots__} != {frozen.__slots__})")
+    names = tuple(f.name for f in dataclasses.fields(frozen))
 
     def __new__(kind: type[T], *args: Any, **kwargs: Any) -> T:
         record = draft(*args, **kwargs)
         record.__class__ = kind
         return record  # type: ignore[no-any-return]
-
-    names = tuple(f.name for f in dataclasses.fields(frozen))
 
     def __reduce__(self: Any) -> tuple[Any, tuple[Any, ...]]:
         """copy and pickle rebuild it through the constructor (their default way calls __new__ bare)."""
@@ -50,4 +51,4 @@ def frozen_record(cls: type[T]) -> type[T]:
     # Every field is set by __new__: __init__ must be object's, which (with __new__ overridden) accepts
     # and ignores the constructor's arguments.
     frozen.__init__ = object.__init__
-    return frozen  # type: ignore[no-any-return]
+    return cls

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ENGINE = Path(__file__).resolve().parent.parent / "engine"
-LEAVES = {"errors", "events", "hooks", "decisions", "modifiers", "emqxoptions"}
+LEAVES = {"errors", "events", "hooks", "decisions", "modifiers", "emqxoptions", "records"}
 BROKER_LIBS = {"grpc", "aiohttp", "google"}
 
 

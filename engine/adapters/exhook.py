@@ -218,7 +218,7 @@ class _Replies:
                 msg.qos = decision.qos  # type: ignore[union-attr]
         elif kind in ("deny", "drop"):
             msg.headers["allow_publish"] = "false"
-        body = msg.SerializeToString()
+        body: bytes = msg.SerializeToString()
         return self.with_message + _varint(len(body)) + body
 
 
