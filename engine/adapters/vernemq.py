@@ -12,10 +12,11 @@ import base64
 import binascii
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from ..decisions import ALLOW, IGNORE, Decision
-from ..events import Client, Event, Message, TopicFilter, freeze, frozen_map, json_view
+from ..events import EMPTY, Client, Event, Message, TopicFilter, freeze, frozen_map, json_view
 from ..hooks import HOOKS
 from ..modifiers import decision_problem
 from .refusal import BadRequest as BadRequest  # its refusals, re-exported
@@ -102,16 +103,24 @@ def _properties(body: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str
     return frozen_map(rest), frozen_map(user)
 
 
+#: a text field's classes, and a number field's, as the usual body has them (null: absent)
+_TEXT = frozenset({str, type(None)})
+_NUMBER = frozenset({int, type(None)})
+
+
 def _client(body: Mapping[str, Any]) -> Client:
     get = body.get
     # auth_on_subscribe and on_subscribe keep VerneMQ's own names addr/port
-    texts = (get("client_id"), get("username"), get("password"), get("mountpoint"), get("peer_addr"), get("addr"))
-    numbers = (get("peer_port"), get("port"))
-    # The usual body: every field of its type or absent (null), read without a call per field.
-    if all(v is None or v.__class__ is str for v in texts) and all(v is None or v.__class__ is int for v in numbers):
-        cid, user, password, mount, peer_addr, addr = texts
-        return Client(id=cid or "", username=user or "", password=password or "", peerhost=peer_addr or addr or "",
-                      peerport=numbers[0] or numbers[1] or 0, protocol="mqtt", mountpoint=mount or "")
+    cid, user, password, mount, peer_addr, addr = (get("client_id"), get("username"), get("password"),
+                                                   get("mountpoint"), get("peer_addr"), get("addr"))
+    peer_port, port = get("peer_port"), get("port")
+    # The usual body: every field of its type or absent, checked by class (no call per field; a bool is
+    # no number here: its class is bool)
+    if (cid.__class__ in _TEXT and user.__class__ in _TEXT and password.__class__ in _TEXT
+            and mount.__class__ in _TEXT and peer_addr.__class__ in _TEXT and addr.__class__ in _TEXT
+            and peer_port.__class__ in _NUMBER and port.__class__ in _NUMBER):
+        return Client(cid or "", user or "", password or "", peer_addr or addr or "", peer_port or port or 0, 0,
+                      "mqtt", mount or "")
     # a field of another type: the same reading, field by field, to say which one is wrong
     host = _field(body, "peer_addr", str) or _field(body, "addr", str, "")
     port = _field(body, "peer_port", int) or _field(body, "port", int, 0)
@@ -121,9 +130,16 @@ def _client(body: Mapping[str, Any]) -> Client:
 
 
 def _message(body: Mapping[str, Any], b64: bool, props: Mapping[str, Any], user: Mapping[str, str]) -> Message:
+    get = body.get
+    cid, topic, retain = get("client_id"), get("topic"), get("retain")
+    if cid.__class__ in _TEXT and topic.__class__ is str and retain.__class__ in _FLAG:  # the usual body
+        return Message("", cid or "", topic, _payload(body, b64), _qos(body), retain or False, 0, EMPTY, props, user)
     return Message(from_=_field(body, "client_id", str, ""), topic=_field(body, "topic", str, required=True),
                    payload=_payload(body, b64), qos=_qos(body), retain=_field(body, "retain", bool, False),
                    properties=props, user_properties=user)
+
+
+_FLAG = frozenset({bool, type(None)})
 
 
 def _subscriptions(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -163,8 +179,9 @@ def iter_events(hook: str, body: Mapping[str, Any], b64: bool) -> Iterator[Event
     if "user_properties" in names:
         data["user_properties"] = user
     if "message" in names:
-        msg = _message(body, b64, props, user)
-        data.update(message=msg, topic=msg.topic, qos=msg.qos)
+        msg = data["message"] = _message(body, b64, props, user)
+        data["topic"] = msg.topic
+        data["qos"] = msg.qos
     if "topics" in names:
         raw = _field(body, "topics", list, required=True)
         if hook.startswith("on_unsubscribe"):
@@ -175,9 +192,9 @@ def iter_events(hook: str, body: Mapping[str, Any], b64: bool) -> Iterator[Event
             data["topics"] = tuple(TopicFilter(t["topic"], _qos(t)) for t in _subscriptions(body))
     if hook in SUBSCRIBE_HOOKS:
         topics = _subscriptions(body)  # all checked now: a bad entry refuses the call before any rule runs
-        return (Event(hook, BROKER, client, frozen_map({**data, "topic": t["topic"], "qos": _qos(t)}),
-                      channel=CHANNEL) for t in topics)
-    return iter((Event(hook, BROKER, client, frozen_map(data), channel=CHANNEL),))
+        return (Event(hook, BROKER, client, MappingProxyType({**data, "topic": t["topic"], "qos": _qos(t)}), CHANNEL)
+                for t in topics)
+    return iter((Event(hook, BROKER, client, MappingProxyType(data), CHANNEL),))
 
 
 # -- decisions -> reply ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ made before a call, comparison or insert reaches C code in lang/boundary.
 from __future__ import annotations
 
 import ast
+import operator
 import time
 from collections.abc import Callable
 from types import BuiltinMethodType, FunctionType, MethodDescriptorType, ModuleType
@@ -39,7 +40,7 @@ from .guards import (
     join_fields,
     keys_of,
 )
-from .boundary import BULK_HASHING, INSERTS, SCANS, check_bulk, compare, container_method
+from .boundary import BULK_HASHING, COMPARISONS, INSERTS, SCANS, check_bulk, compare, container_method
 from .functions import RuleAbort, RuleFunction, each
 from .passwords import RunBudget
 from .nesting import Nesting
@@ -66,6 +67,19 @@ _DECIDED = object()
 _FOREVER = float("inf")  # no deadline
 
 _NODE_CLASSES = [cls for cls in vars(ast).values() if isinstance(cls, type) and issubclass(cls, ast.AST)]
+
+
+_CONSTANT = operator.attrgetter("value")
+_FOLDED = operator.attrgetter("hr_value")
+#: the constants a folded tuple may hold: immutable scalars, so the tuple is immutable all the way down
+_SCALARS = frozenset({str, bytes, int, float, bool, type(None)})
+
+
+def _constant_items(node: ast.Tuple) -> bool:
+    """A tuple literal read (not assigned to) whose items are all scalar constants, few enough that
+    on_tuple would charge nothing for it."""
+    return (isinstance(node.ctx, ast.Load) and len(node.elts) <= _SMALL
+            and all(e.__class__ is ast.Constant and e.value.__class__ in _SCALARS for e in node.elts))
 
 
 def _innermost_node(tb: Any) -> tuple[ast.AST | None, str]:
@@ -114,6 +128,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
 
         Statements also learn their file (`hr_file`), for coverage and --explain across libraries.
         """
+        plain = type(self).on_tuple is RuleInterpreter.on_tuple  # a subclass that watches tuples sees each
         for node in ast.walk(tree):
             if isinstance(node, ast.stmt):
                 node.hr_file = path  # type: ignore[attr-defined]
@@ -123,6 +138,13 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
                 node.hr_run = self._dispatch.get(node.__class__, self.unimplemented)  # type: ignore[union-attr]
             if isinstance(node, ast.Call):  # a call that is a statement of its own may be a decision
                 node.hr_statement = False  # type: ignore[attr-defined]
+            if node.__class__ is ast.Constant:  # its value, read by C: no Python frame (asteval's on_constant)
+                node.hr_run = _CONSTANT  # type: ignore[attr-defined]
+            elif plain and node.__class__ is ast.Tuple and _constant_items(node):
+                # ("+", "#"): the same immutable, flat tuple on every run (as CPython's constant tuples),
+                # which on_tuple would rebuild, measure and find flat and small every time
+                node.hr_value = tuple(e.value for e in node.elts)  # type: ignore[attr-defined]
+                node.hr_run = _FOLDED  # type: ignore[attr-defined]
         for node in ast.walk(tree):
             if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
                 node.value.hr_statement = True  # type: ignore[attr-defined]
@@ -397,7 +419,10 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         ops = node.ops
         if len(ops) == 1:  # a == b: no chain to walk
             right_node = node.comparators[0]
-            return bool(compare(ops[0].__class__, left, right_node.hr_run(right_node)))
+            right = right_node.hr_run(right_node)
+            if right.__class__ not in CONTAINERS:  # nothing for compare()'s guards to walk: its operator
+                return bool(COMPARISONS[ops[0].__class__](left, right))
+            return bool(compare(ops[0].__class__, left, right))
         for op, right_node in zip(ops, node.comparators):
             right = right_node.hr_run(right_node)
             if not compare(op.__class__, left, right):
