@@ -1,23 +1,22 @@
-"""The event loop the server runs on: asyncio's own, or uvloop when HOOKRULES_LOOP=uvloop asks for it.
+"""The event loop the server runs on: uvloop, unless HOOKRULES_LOOP=asyncio asks for asyncio's own.
 
-Why a choice at all: a webhook's price over a bare endpoint is largely the event loop's Python
-machinery (task steps, handles, the selector, the transport's write: 22-35% of a webhook's server
-CPU under py-spy), which uvloop does in C (libuv). Measured with bench/ab_webhooks.py: 76.1 -> 71.5
-us of server CPU per VerneMQ webhook; ExHook quick runs 174-201 -> 147-158 us per call. grpc.aio
-runs on it unchanged (tests/test_eventloop.py runs every front-end on both loops).
+Why uvloop: a call's price over a bare endpoint is largely the event loop's Python machinery (task
+steps, handles, the selector, the transport's write), which uvloop does in C (libuv). grpc.aio feels it
+most: its calls reach Python through the loop, and on asyncio's loop an ExHook call cost 19-25 us more
+CPU (bench/peers_bench.py, 2026-12-05: 197 -> 178 us for an authenticate, 233 -> 208 for a publish
+rewrite), enough to decide issue 11's goal against a hand-written servicer. A webhook gains less
+(about 1 us of 37), the --http port making no task per request. Every front-end runs on both loops
+(tests/test_eventloop.py).
 
-Why it was not the default: uvloop's own server accepts about one new connection per loop turn
-(asyncio's accepts up to the backlog at once), so a burst of new connections waited in the kernel's
-accept queue, where the admission count (adapters/admission.py) cannot see it, and calls past
---max-concurrent-calls were answered late instead of refused at once. Since 2026-12-05 the --http
-port accepts with its own loop (adapters/httpaccept.py: every waiting connection at once, on either
-loop), and test_an_http_backlog_past_the_limit_is_refused_at_once passes on uvloop too (so does
-tests/test_httpwire.py's burst test, which fails with uvloop's own server). What is left: uvloop is
-not a dependency (pip install uvloop), and its gain is smaller now that the port creates no task per
-request (45.1 -> 43.1 us per webhook, bench/README.md); choosing it still logs a warning.
+What uvloop's own servers do differently: they accept about one new connection per loop turn
+(asyncio's accept up to the backlog at once), so a burst of new connections would wait in the kernel's
+accept queue, where the admission count (adapters/admission.py) cannot see it. The --http port does
+not use them: it accepts with its own loop (adapters/httpaccept.py: every waiting connection at once,
+on either loop), and test_an_http_backlog_past_the_limit_is_refused_at_once passes on both. The gRPC
+port is grpc-core's, and the metrics port sees a scrape at a time.
 
-HOOKRULES_LOOP: empty or `asyncio` for asyncio's loop, `uvloop` for uvloop; anything else (or uvloop
-when it is not installed) refuses to start, it is not guessed.
+HOOKRULES_LOOP: empty or `uvloop` for uvloop (a dependency; should it be missing, asyncio's loop with a
+warning), `asyncio` for asyncio's loop; anything else refuses to start, it is not guessed.
 """
 
 from __future__ import annotations
@@ -35,26 +34,27 @@ log = logging.getLogger(__name__)
 
 ENV = "HOOKRULES_LOOP"
 CHOICES = ("asyncio", "uvloop")
-UVLOOP_CAVEAT = ("uvloop is an opt-in, not a dependency: it saves about 4% of the CPU of a "
-                 "webhook (bench/README.md)")
-
 
 class LoopChoiceError(ConfigError):
     """HOOKRULES_LOOP names no loop this process can run: the server refuses to start (exit 2)."""
 
 
 def loop_factory(choice: str | None = None) -> tuple[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """(name, factory) of the loop to run: `choice`, else HOOKRULES_LOOP, else asyncio's."""
+    """(name, factory) of the loop to run: `choice`, else HOOKRULES_LOOP, else uvloop."""
     wanted = (choice if choice is not None else os.environ.get(ENV, "")).strip().lower()
     if wanted not in ("", *CHOICES):
         raise LoopChoiceError(f"{ENV}={wanted[:20]!r}: the event loop is one of {', '.join(CHOICES)}")
-    if wanted == "uvloop":
-        try:
-            import uvloop
-        except ImportError:
+    if wanted == "asyncio":
+        return "asyncio", asyncio.new_event_loop
+    try:
+        import uvloop
+    except ImportError:
+        if wanted == "uvloop":
             raise LoopChoiceError(f"{ENV}=uvloop but uvloop is not installed (pip install uvloop)") from None
-        return "uvloop", uvloop.new_event_loop
-    return "asyncio", asyncio.new_event_loop
+        log.warning("uvloop is not installed (it is a dependency of hookrules): running on asyncio's event loop, "
+                    "which costs more CPU per call; pip install uvloop")
+        return "asyncio", asyncio.new_event_loop
+    return "uvloop", uvloop.new_event_loop
 
 
 def run(main: Coroutine[Any, Any, T], choice: str | None = None) -> T:
@@ -64,9 +64,6 @@ def run(main: Coroutine[Any, Any, T], choice: str | None = None) -> T:
     except LoopChoiceError:
         main.close()  # never started: no "coroutine was never awaited" warning on the way out
         raise
-    if name == "uvloop":
-        log.warning("event loop: uvloop (%s); %s", ENV, UVLOOP_CAVEAT)
-    else:
-        log.info("event loop: %s", name)
+    log.info("event loop: %s", name)
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)

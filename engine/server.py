@@ -444,7 +444,7 @@ class Server:
 def run(config: Config) -> int:
     try:
         server = Server(config)
-        eventloop.run(server.serve())  # asyncio's loop, or uvloop on request (eventloop.py)
+        eventloop.run(server.serve())  # uvloop, or asyncio's loop on request (eventloop.py)
     except ConfigError as exc:
         print(f"hookrules: error: {exc}", file=sys.stderr)
         return 2

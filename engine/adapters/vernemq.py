@@ -114,18 +114,18 @@ def _client(body: Mapping[str, Any]) -> Client:
     cid, user, password, mount, peer_addr, addr = (get("client_id"), get("username"), get("password"),
                                                    get("mountpoint"), get("peer_addr"), get("addr"))
     peer_port, port = get("peer_port"), get("port")
+    number = peer_port or port or 0  # used only once both are checked below
     # The usual body: every field of its type or absent, checked by class (no call per field; a bool is
     # no number here: its class is bool)
     if (cid.__class__ in _TEXT and user.__class__ in _TEXT and password.__class__ in _TEXT
             and mount.__class__ in _TEXT and peer_addr.__class__ in _TEXT and addr.__class__ in _TEXT
             and peer_port.__class__ in _NUMBER and port.__class__ in _NUMBER):
-        return Client(cid or "", user or "", password or "", peer_addr or addr or "", peer_port or port or 0, 0,
-                      "mqtt", mount or "")
+        return Client(cid or "", user or "", password or "", peer_addr or addr or "", number, 0, "mqtt", mount or "")
     # a field of another type: the same reading, field by field, to say which one is wrong
     host = _field(body, "peer_addr", str) or _field(body, "addr", str, "")
-    port = _field(body, "peer_port", int) or _field(body, "port", int, 0)
+    checked = _field(body, "peer_port", int) or _field(body, "port", int, 0)
     return Client(id=_field(body, "client_id", str, ""), username=_field(body, "username", str, ""),
-                  password=_field(body, "password", str, ""), peerhost=host, peerport=port,
+                  password=_field(body, "password", str, ""), peerhost=host, peerport=checked,
                   protocol="mqtt", mountpoint=_field(body, "mountpoint", str, ""))
 
 
