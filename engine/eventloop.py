@@ -15,6 +15,8 @@ not use them: it accepts with its own loop (adapters/httpaccept.py: every waitin
 on either loop), and test_an_http_backlog_past_the_limit_is_refused_at_once passes on both. The gRPC
 port is grpc-core's, and the metrics port sees a scrape at a time.
 
+The supervisor of --workers (supervisor.py) answers no broker and stays on asyncio's loop.
+
 HOOKRULES_LOOP: empty or `uvloop` for uvloop (a dependency; should it be missing, asyncio's loop with a
 warning), `asyncio` for asyncio's loop; anything else refuses to start, it is not guessed.
 """

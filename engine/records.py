@@ -12,6 +12,10 @@ repr are the dataclass's) and only changes how an instance is born: `__new__` fi
 (the same fields, defaults and slots, in the same order) with ordinary slot stores, then makes the
 object an instance of the frozen class by assigning __class__, which CPython allows between two
 classes of the same slot layout. From then on it is an ordinary frozen instance.
+
+What a plain __init__ cannot stand in for is refused when the class is made: __post_init__, InitVar,
+init=False and kw_only fields, fields inherited from a slotted base. A subclass of a quick record
+(none exists) would be refused at its first construction: its layout differs from the twin's.
 """
 
 from __future__ import annotations
@@ -28,6 +32,16 @@ def quick_init(cls: type[T]) -> type[T]:
     params = getattr(frozen, "__dataclass_params__", None)
     if params is None or not params.frozen or "__slots__" not in vars(frozen):
         raise TypeError(f"{frozen.__name__}: quick_init goes above @dataclass(frozen=True, slots=True)")
+    # What the twin's plain __init__ would not do as the dataclass's does: refused, not dropped quietly.
+    declared = frozen.__dataclass_fields__.values()
+    unsupported = ([f"__post_init__"] if hasattr(frozen, "__post_init__") else []) + [
+        f"field {f.name} ({why})" for f in declared for why in (
+            "InitVar" if f._field_type is dataclasses._FIELD_INITVAR else "",  # type: ignore[attr-defined]
+            "init=False" if not f.init else "", "kw_only" if f.kw_only is True else "") if why]
+    if unsupported:
+        raise TypeError(f"{frozen.__name__}: quick_init cannot build a record with {', '.join(unsupported)}")
+    if any("__slots__" in vars(base) and base.__slots__ for base in frozen.__mro__[1:-1]):
+        raise TypeError(f"{frozen.__name__}: quick_init builds records whose fields are their own class's")
     specs = []
     for f in dataclasses.fields(frozen):
         spec = dataclasses.field(default=f.default, default_factory=f.default_factory, kw_only=f.kw_only)

@@ -550,7 +550,7 @@ def test_the_clock_is_read_on_every_statement(monkeypatch: pytest.MonkeyPatch) -
     rule = compile_src("n = 0\nfor i in range(1000):\n    n = n + 1\nallow()\n")
     with pytest.raises(RuleRuntimeError) as info:
         rule.run(authz_event(), Limits(max_steps=10**9, timeout=30))
-    # Readings 0-4 (module, n = 0, for, the body twice) are on time; the sixth stops the loop.
+    # Readings 0-4 (n = 0, for, the body three times) are on time; the sixth stops the loop in its body.
     assert info.value.error.code == "deadline_error"
     assert info.value.error.location.line == 3
 

@@ -106,3 +106,59 @@ def test_quick_init_refuses_a_class_it_cannot_speed_up() -> None:
     for cls in (NoSlots, NotFrozen):
         with pytest.raises(TypeError, match="quick_init goes above"):
             quick_init(cls)
+
+
+def _post_init() -> type:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Checked:
+        a: int = 0
+
+        def __post_init__(self) -> None:
+            if self.a < 0:
+                raise ValueError("a < 0")
+    return Checked
+
+
+def _init_var() -> type:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class WithInitVar:
+        a: int = 0
+        b: dataclasses.InitVar[int] = 0
+    return WithInitVar
+
+
+def _not_init() -> type:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class NotInit:
+        a: int = 0
+        b: int = dataclasses.field(default=1, init=False)
+    return NotInit
+
+
+def _kw_only() -> type:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class KwOnly:
+        a: int = dataclasses.field(default=0, kw_only=True)
+    return KwOnly
+
+
+def _inherited() -> type:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Base:
+        a: int = 0
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Derived(Base):
+        b: int = 0
+    return Derived
+
+
+@pytest.mark.parametrize(("make", "says"), [
+    (_post_init, "__post_init__"), (_init_var, "InitVar"), (_not_init, "init=False"), (_kw_only, "kw_only"),
+    (_inherited, "their own class's"),
+], ids=lambda v: getattr(v, "__name__", v))
+def test_quick_init_refuses_what_its_plain_init_would_drop(make: Any, says: str) -> None:
+    """A dataclass feature the twin's plain __init__ would skip quietly (a __post_init__ check, an InitVar)
+    is refused when the class is made."""
+    with pytest.raises(TypeError, match=says):
+        quick_init(make())

@@ -184,6 +184,11 @@ class _Replies:
         #: a STOP_AND_RETURN reply up to its message's length: the message (an empty one's length is the
         #: last byte, 0) is written after it, as protobuf writes a ValuedResponse with a message
         self.with_message: bytes = vr(type=vr.STOP_AND_RETURN, message=proto.Message()).SerializeToString()[:-1]
+        sample = proto.Message(topic="t", payload=b"p" * 200)  # a length of two varint bytes
+        written = sample.SerializeToString()
+        if self.with_message + _varint(len(written)) + written != vr(type=vr.STOP_AND_RETURN,
+                                                                      message=sample).SerializeToString():
+            raise RuntimeError(f"exhook {proto.version}: protobuf writes a ValuedResponse otherwise than publish() does")
 
     def notify(self, request: Any, decision: Decision) -> bytes:
         return self.empty
