@@ -237,13 +237,18 @@ MAX_CARRIED_TEXT = 1024 * 1024
 #: the Decision fields that hold containers (each one's size is the sum of its parts)
 CONTAINER_FIELDS = ("modifiers", "tags", "topics", "attrs", "acl")
 _END = object()
+#: decision class -> which of CONTAINER_FIELDS it has
+_CARRIED_BY: dict[type, tuple[str, ...]] = {}
 
 
 def carried_problem(decision: Decision) -> str | None:
     """Why the decision's containers would fill more than MAX_CARRIED_TEXT of a reply, or None.
     Walked without recursion and stopped at the budget, so it costs at most the budget, however many
     references (or a cycle) a value holds."""
-    carried = [value for value in [getattr(decision, name, None) for name in CONTAINER_FIELDS] if value is not None]
+    names = _CARRIED_BY.get(decision.__class__)
+    if names is None:  # a class it has not seen: the fields of CONTAINER_FIELDS it has (absent ones cost a raise)
+        names = _CARRIED_BY[decision.__class__] = tuple(n for n in CONTAINER_FIELDS if hasattr(decision, n))
+    carried = [value for value in [getattr(decision, name) for name in names] if value is not None]
     if not carried:  # the usual decision carries none: no walk (an ABC's isinstance costs 300 ns)
         return None
     left = MAX_CARRIED_TEXT
