@@ -3,9 +3,9 @@
 Why uvloop: a call's price over a bare endpoint is largely the event loop's Python machinery (task
 steps, handles, the selector, the transport's write), which uvloop does in C (libuv). grpc.aio feels it
 most: its calls reach Python through the loop, and on asyncio's loop an ExHook call cost 19-25 us more
-CPU (bench/peers_bench.py, 2026-12-05: 197 -> 178 us for an authenticate, 233 -> 208 for a publish
-rewrite), enough to decide issue 11's goal against a hand-written servicer. A webhook gains less
-(about 1 us of 37), the --http port making no task per request. Every front-end runs on both loops
+CPU (bench/peers_bench.py, 2026-12-05: an authenticate 197 us on asyncio's loop, 165-173 on uvloop; a publish
+rewrite 233 and 200-209): the largest single step toward issue 11's goal against a hand-written servicer.
+A webhook gains less (about 1 us of 37), the --http port making no task per request. Every front-end runs on both loops
 (tests/test_eventloop.py).
 
 What uvloop's own servers do differently: they accept about one new connection per loop turn
