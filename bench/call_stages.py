@@ -65,7 +65,7 @@ def _drive(coro: Any) -> Any:
 def exhook_rows(engine: Engine, number: int) -> list[str]:
     proto = exhook_proto.load("v3")
     adapter = ExhookAdapter(engine, versions=("v3",))
-    service = adapter._service(adapter.protos[0])
+    handlers = adapter.method_handlers(adapter.protos[0])
     replies = _Replies(proto)
     limits = Limits()
     context = _Context()
@@ -87,7 +87,7 @@ def exhook_rows(engine: Engine, number: int) -> list[str]:
             raise RuntimeError(f"no bundled rule answers {hook}")
         decision = engine.decide(event, TIMEOUT).decision
         reply = replies.publish if hook == "message.publish" else replies.boolean
-        method = service.service(_Details(f"/{proto.service_name}/{call.rpc}"))
+        method = handlers[call.rpc]
         data = request.SerializeToString()
         handler, deserialize = method.unary_unary, method.request_deserializer
         rows.append(f"| ExHook {hook} {topic} | {decision.kind} | build {per_call_us(lambda: build(hook, request), number):.2f}"
@@ -97,12 +97,6 @@ def exhook_rows(engine: Engine, number: int) -> list[str]:
                     f" (decode {per_call_us(lambda: deserialize(data), number):.2f})"
                     f" | handler {per_call_us(lambda: _drive(handler(deserialize(data), context)), number):.2f} |")
     return rows
-
-
-class _Details:
-    def __init__(self, method: str):
-        self.method = method
-        self.invocation_metadata = ()
 
 
 def vernemq_rows(engine: Engine, number: int) -> list[str]:
