@@ -165,7 +165,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         self.decision = None
         self._steps = max_steps - 1  # the module's own step (run() is skipped for it)
         self._deadline = RunBudget.deadline = deadline  # slow helpers refuse what cannot fit (passwords._cached)
-        allocation.start()  # what the run makes in all (lang/allocation)
+        allocation.ALLOCATION.left = allocation.MAX_ALLOCATION  # what the run makes in all (allocation.start())
         try:
             self._block(tree.body)
             return self.decision  # made as a statement, or None: no decision
@@ -177,7 +177,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         finally:
             self.symtable = {}  # nothing a run bound survives it
             RunBudget.deadline = _FOREVER
-            allocation.stop()
+            allocation.ALLOCATION.left = _FOREVER  # allocation.stop(), inline as start is
             self.nesting.reset()  # nor what the depth meter remembered of it (so a run starts with none)
 
     # -- the dispatch loop ----------------------------------------------------------------------
