@@ -316,6 +316,21 @@ def test_a_field_emqx_cannot_send_is_refused(hook: str, fields: dict[str, Any]) 
         event_for(hook, fields)
 
 
+@pytest.mark.parametrize("hook", ["client.authenticate", "client.authorize"])
+@pytest.mark.parametrize("name", ["pass", "PWD", "Passwd", "user_password"])
+def test_a_password_sent_under_another_name_is_refused_and_never_shown(hook: str, name: str) -> None:
+    """A body template that names the password otherwise would put it in `request`, which rules read and
+    the decision log records: the call is refused, and the refusal names the field, not its value."""
+    fields = {"username": "u", "clientid": "c", name: "hunter2-secret", "action": "publish", "topic": "t"}
+    with pytest.raises(BadRequest) as refused:
+        event_for(hook, fields)
+    assert name in str(refused.value) and "hunter2" not in str(refused.value)
+    assert "password" in str(refused.value)
+    ok = {"username": "u", "clientid": "c", "password": "hunter2-secret", "action": "publish", "topic": "t"}
+    event = event_for(hook, ok)  # the password under its own name: the client's, never in `request`
+    assert "password" not in event.data["request"] and "hunter2-secret" not in repr(event.data["request"])
+
+
 def test_a_post_reads_the_url_query_too_and_the_body_wins() -> None:
     fields = parse_request("POST", "username=q&zone=z", "application/json; charset=utf-8", b'{"username": "b"}')
     assert fields == {"username": "b", "zone": "z"}

@@ -59,6 +59,10 @@ QOS: Mapping[str, int] = {"0": 0, "1": 1, "2": 2}
 MAX_FIELDS = 256
 #: the fields a rule never reads from `request`: the password is client.password, and no more
 SECRET_FIELDS = ("password",)
+#: field names (any case) a body template may give the password by mistake: such a call is refused, since
+#: the value would land in `request`, which rules read and the decision log records, where no password goes
+PASSWORD_LOOKALIKES = frozenset({"pass", "passwd", "passphrase", "pwd", "pw", "passwort", "pass_word", "user_password",
+                                 "userpassword", "mqtt_password", "client_password"})
 
 
 def parse_form(raw: bytes | str) -> dict[str, str]:
@@ -124,6 +128,11 @@ def event_for(hook: str, fields: Mapping[str, Any]) -> Event:
     fields (cert_common_name is client.cn, cert_subject client.dn, proto_name client.protocol),
     `result` False (EMQX asks this authenticator or source only when those before it had no answer),
     and `request`, every field sent but the password. BadRequest when a field cannot be what EMQX sends."""
+    lookalike = next((name for name in fields if name.lower() in PASSWORD_LOOKALIKES), None)
+    if lookalike is not None:
+        raise BadRequest(400, "bad_field", f"{hook}: field {lookalike[:30]!r} looks like a password: EMQX's body "
+                         "template must send it as \"password\": \"${password}\" (README, EMQX HTTP), which keeps it "
+                         "out of `request` and of every log")
     text = {name: _text(hook, fields, name) for name in FIELDS[hook]}
     client = Client(id=text["clientid"], username=text["username"], password=text.get("password", ""),
                     peerhost=text["peerhost"], peerport=_port(hook, text["peerport"]),
