@@ -2,9 +2,10 @@
 
 Why uvloop: a call's price over a bare endpoint is largely the event loop's Python machinery (task
 steps, handles, the selector, the transport's write), which uvloop does in C (libuv). grpc.aio feels it
-most: its calls reach Python through the loop, and on asyncio's loop an ExHook call cost 19-25 us more
-CPU (bench/peers_bench.py, 2026-12-05: an authenticate 197 us on asyncio's loop, 165-173 on uvloop; a publish
-rewrite 233 and 200-209): the largest single step toward issue 11's goal against a hand-written servicer.
+most: its calls reach Python through the loop, and on asyncio's loop an ExHook call cost 22-33 us more
+CPU at saturation (bench/peers_bench.py, 2026-12-05, the same code on both loops: an authenticate 197 -> 165
+us and a publish rewrite 233 -> 200 after that day's per-call work, 202 -> 178 and 240 -> 218 before it):
+the largest single step toward issue 11's goal against a hand-written servicer.
 A webhook gains less (about 1 us of 37), the --http port making no task per request. Every front-end runs on both loops
 (tests/test_eventloop.py).
 

@@ -317,11 +317,17 @@ def test_a_field_emqx_cannot_send_is_refused(hook: str, fields: dict[str, Any]) 
 
 
 @pytest.mark.parametrize("hook", ["client.authenticate", "client.authorize"])
-@pytest.mark.parametrize("name", ["pass", "PWD", "Passwd", "user_password"])
+@pytest.mark.parametrize("name", ["pass", "PWD", "Passwd", "user_password", "Password", "PASSWORD", "user_pass",
+                                  "mqtt_pass", "passcode", "pw", "nested"])
 def test_a_password_sent_under_another_name_is_refused_and_never_shown(hook: str, name: str) -> None:
     """A body template that names the password otherwise would put it in `request`, which rules read and
     the decision log records: the call is refused, and the refusal names the field, not its value."""
-    fields = {"username": "u", "clientid": "c", name: "hunter2-secret", "action": "publish", "topic": "t"}
+    fields: dict[str, Any] = {"username": "u", "clientid": "c", "action": "publish", "topic": "t"}
+    if name == "nested":  # EMQX renders nested JSON templates too
+        fields["auth"] = [{"password": "hunter2-secret"}]
+        name = "password"
+    else:
+        fields[name] = "hunter2-secret"
     with pytest.raises(BadRequest) as refused:
         event_for(hook, fields)
     assert name in str(refused.value) and "hunter2" not in str(refused.value)

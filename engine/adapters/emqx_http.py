@@ -59,10 +59,11 @@ QOS: Mapping[str, int] = {"0": 0, "1": 1, "2": 2}
 MAX_FIELDS = 256
 #: the fields a rule never reads from `request`: the password is client.password, and no more
 SECRET_FIELDS = ("password",)
-#: field names (any case) a body template may give the password by mistake: such a call is refused, since
-#: the value would land in `request`, which rules read and the decision log records, where no password goes
-PASSWORD_LOOKALIKES = frozenset({"pass", "passwd", "passphrase", "pwd", "pw", "passwort", "pass_word", "user_password",
-                                 "userpassword", "mqtt_password", "client_password"})
+#: what a field's name (any case, at any depth of a JSON body) holds when a body template gives the
+#: password by mistake under a name other than `password`: such a call is refused, since the value would
+#: land in `request`, which rules read and the decision log records, where no password goes
+PASSWORD_MARKS = ("pass", "pwd")
+PASSWORD_NAMES = frozenset({"pw"})
 
 
 def parse_form(raw: bytes | str) -> dict[str, str]:
@@ -123,12 +124,32 @@ def _port(hook: str, text: str) -> int:
     return int(text)
 
 
+def _password_lookalike(fields: Mapping[str, Any]) -> str | None:
+    """The first field named like a password but not `password` itself (Password, pwd, user_pass, ...),
+    in the body or in an object nested in it (walked without recursion), or None."""
+    stack: list[Any] = [fields]
+    top = True
+    while stack:
+        value = stack.pop()
+        if isinstance(value, Mapping):
+            for name, inner in value.items():
+                lowered = name.lower() if isinstance(name, str) else ""
+                if (not top or name != "password") and (lowered in PASSWORD_NAMES or any(
+                        mark in lowered for mark in PASSWORD_MARKS)):
+                    return str(name)
+                stack.append(inner)
+        elif isinstance(value, list):
+            stack.extend(value)
+        top = False
+    return None
+
+
 def event_for(hook: str, fields: Mapping[str, Any]) -> Event:
     """The Event of one call, with the names a rule reads over ExHook: `client` from the client's
     fields (cert_common_name is client.cn, cert_subject client.dn, proto_name client.protocol),
     `result` False (EMQX asks this authenticator or source only when those before it had no answer),
     and `request`, every field sent but the password. BadRequest when a field cannot be what EMQX sends."""
-    lookalike = next((name for name in fields if name.lower() in PASSWORD_LOOKALIKES), None)
+    lookalike = _password_lookalike(fields)
     if lookalike is not None:
         raise BadRequest(400, "bad_field", f"{hook}: field {lookalike[:30]!r} looks like a password: EMQX's body "
                          "template must send it as \"password\": \"${password}\" (README, EMQX HTTP), which keeps it "
