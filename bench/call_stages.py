@@ -82,7 +82,7 @@ def exhook_rows(engine: Engine, number: int) -> list[str]:
         seen.add((hook, topic))
         build = EVENT_BUILDERS[hook]
         event = build(hook, request)
-        source, rule = engine.ruleset.answer(hook)
+        rule = engine.ruleset.answer(hook)[1]
         if rule is None:
             raise RuntimeError(f"no bundled rule answers {hook}")
         decision = engine.decide(event, TIMEOUT).decision

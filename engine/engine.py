@@ -101,9 +101,8 @@ class Engine:
         """The hook whose rule file answers `hook` (its own, or its twin's when it falls back) when that
         file never loaded, so every call to `hook` is answered by `hook`'s failure policy; else None.
         The same lookup decide() makes: readiness asks it of every authentication hook."""
-        ruleset = self.ruleset
-        source = ruleset.source(hook)
-        return source if source is not None and ruleset.get(source) is None else None
+        source, rule = self.ruleset.answer(hook)
+        return source if source is not None and rule is None else None
 
     def needs_event(self, hook: str) -> bool:
         """False when the hook has no rule file and no default of its own: the answer is ignore()
@@ -218,8 +217,7 @@ class Engine:
         left = count - ran
         policy = self.policy(event.hook)
         self._error_counter(event.hook, "deadline").inc()
-        source = self.ruleset.source(event.hook)
-        rule = self.ruleset.get(source) if source is not None else None
+        source, rule = self.ruleset.answer(event.hook)
         error = RuleError("deadline_error", Location(rule.path if rule is not None else event.hook),
                           f"the call's budget ({self.limits.timeout:g} s, --rule-timeout) was spent after {ran} of "
                           f"{count} runs; the other {left} were answered by the failure policy without running the "
@@ -265,8 +263,7 @@ class Engine:
         self._error_log_ruleset = ruleset
 
         def served(hook: str, version: str) -> bool:
-            source = ruleset.source(hook)
-            rule = ruleset.get(source) if source is not None else None
+            source, rule = ruleset.answer(hook)
             return source is not None and (rule.version if rule is not None else "") == version
 
         kept = {k: v for k, v in self._error_log.items() if served(k[0], k[1])}

@@ -34,7 +34,7 @@ def quick_init(cls: type[T]) -> type[T]:
         raise TypeError(f"{frozen.__name__}: quick_init goes above @dataclass(frozen=True, slots=True)")
     # What the twin's plain __init__ would not do as the dataclass's does: refused, not dropped quietly.
     declared = frozen.__dataclass_fields__.values()
-    unsupported = ([f"__post_init__"] if hasattr(frozen, "__post_init__") else []) + [
+    unsupported = (["__post_init__"] if hasattr(frozen, "__post_init__") else []) + [
         f"field {f.name} ({why})" for f in declared for why in (
             "InitVar" if f._field_type is dataclasses._FIELD_INITVAR else "",  # type: ignore[attr-defined]
             "init=False" if not f.init else "", "kw_only" if f.kw_only is True else "") if why]

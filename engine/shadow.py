@@ -134,7 +134,7 @@ class Shadow:
     def needs_event(self, hook: str) -> bool:
         """Whether a call to a hook the live rules do not answer must still be built and decided:
         the shadow rules answer it."""
-        return self.engine.ruleset.source(hook) is not None
+        return self.engine.ruleset.answer(hook)[0] is not None
 
     def offer(self, event: Event, live: Outcome, check: WireCheck | None) -> None:
         """Called by the live engine with every decision it made: queue a share of them (the sample)."""

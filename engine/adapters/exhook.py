@@ -421,8 +421,7 @@ class ExhookAdapter:
         """
         specs: dict[str, tuple[str, ...]] = {}
         for info in EMQX_HOOKS:
-            source = ruleset.source(info.name)  # its own file, or the portable one that answers it
-            rule = ruleset.get(source) if source is not None else None
+            source, rule = ruleset.answer(info.name)  # its own file, or the portable one that answers it
             if rule is not None:
                 specs[info.name] = _as_emqx_sees(rule.topics)
             elif source is not None:

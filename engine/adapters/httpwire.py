@@ -31,7 +31,7 @@ import ssl
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import cast
 from urllib.parse import unquote
 

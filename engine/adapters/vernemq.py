@@ -103,9 +103,10 @@ def _properties(body: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str
     return frozen_map(rest), frozen_map(user)
 
 
-#: a text field's classes, and a number field's, as the usual body has them (null: absent)
+#: a text field's classes, a number field's and a flag's, as the usual body has them (null: absent)
 _TEXT = frozenset({str, type(None)})
 _NUMBER = frozenset({int, type(None)})
+_FLAG = frozenset({bool, type(None)})
 
 
 def _client(body: Mapping[str, Any]) -> Client:
@@ -137,9 +138,6 @@ def _message(body: Mapping[str, Any], b64: bool, props: Mapping[str, Any], user:
     return Message(from_=_field(body, "client_id", str, ""), topic=_field(body, "topic", str, required=True),
                    payload=_payload(body, b64), qos=_qos(body), retain=_field(body, "retain", bool, False),
                    properties=props, user_properties=user)
-
-
-_FLAG = frozenset({bool, type(None)})
 
 
 def _subscriptions(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
