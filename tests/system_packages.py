@@ -19,7 +19,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import pytest
@@ -43,21 +43,29 @@ def require_tool(tool: Path | str, packages: Sequence[str], hint: str, *,
     """Make sure `tool` (a path, or a name looked up on PATH) exists; returns the install time in s, or None."""
     if _present(tool):
         return None
-    if not in_ci():
-        print(hint)
-        pytest.skip(hint)
-    if os.geteuid() != 0:
-        pytest.fail(f"CI is set but we are not root, so {' '.join(packages)} cannot be installed. {hint}")
-    started = time.monotonic()
-    try:
-        apt_install(packages, kill_new=kill_new, apt_timeout=apt_timeout)
-    except (OSError, subprocess.SubprocessError, InstallError) as exc:
-        pytest.fail(f"installing {' '.join(packages)} failed: {exc}")
-    took = time.monotonic() - started
+    names = " ".join(packages)
+    took = _obtain(f"{names} cannot be installed", f"installing {names}", hint,
+                   lambda: apt_install(packages, kill_new=kill_new, apt_timeout=apt_timeout))
     if not _present(tool):
         pytest.fail(f"apt-get installed {' '.join(packages)} but {tool} is still missing")
     print(f"installed {' '.join(packages)} in {took:.1f} s")
     return took
+
+
+def _obtain(cannot: str, doing: str, hint: str, install: Callable[[], None]) -> float:
+    """The policy every missing system tool meets: outside CI, skip with the hint; in CI but not as root,
+    fail (`cannot` says what); else run `install`, failing with `doing` if it fails. Its time, in s."""
+    if not in_ci():
+        print(hint)
+        pytest.skip(hint)
+    if os.geteuid() != 0:
+        pytest.fail(f"CI is set but we are not root, so {cannot}. {hint}")
+    started = time.monotonic()
+    try:
+        install()
+    except (OSError, subprocess.SubprocessError, InstallError) as exc:
+        pytest.fail(f"{doing} failed: {exc}")
+    return time.monotonic() - started
 
 
 def _present(tool: Path | str) -> bool:
@@ -128,19 +136,11 @@ def require_extracted_tool(tool: str, package: str, member: str, hint: str, *, a
     root = EXTRACTED / package
     if (root / member).is_file():
         return root / member
-    if not in_ci():
-        print(hint)
-        pytest.skip(hint)
-    if os.geteuid() != 0:
-        pytest.fail(f"CI is set but we are not root, so {package} cannot be downloaded. {hint}")
-    started = time.monotonic()
-    try:
-        extract_package(package, root, apt_timeout=apt_timeout)
-    except (OSError, subprocess.SubprocessError, InstallError) as exc:
-        pytest.fail(f"downloading and extracting {package} failed: {exc}")
+    took = _obtain(f"{package} cannot be downloaded", f"downloading and extracting {package}", hint,
+                   lambda: extract_package(package, root, apt_timeout=apt_timeout))
     if not (root / member).is_file():
         pytest.fail(f"{package} was extracted to {root} but has no {member}")
-    print(f"extracted {package} in {time.monotonic() - started:.1f} s")
+    print(f"extracted {package} in {took:.1f} s")
     return root / member
 
 
