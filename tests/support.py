@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -56,14 +56,15 @@ _LISTEN = re.compile(r"^hookrules: (?P<what>EMQX ExHook|VerneMQ webhooks|Prometh
 class ServerProcess:
     """`hookrules serve` as an operator runs it, on loopback ports the OS picks."""
 
-    def __init__(self, rules: Path, *extra: str, log_path: Path):
+    def __init__(self, rules: Path, *extra: str, log_path: Path, launcher: Sequence[str] = ()):
+        """`launcher`: a command that runs the server's command line given after it (it must exec it)."""
         self.rules = rules
         self.extra = extra
         self.log_path = log_path
         self.grpc_port = 0
         self.http_port = 0
         self.metrics_port = 0
-        cmd = [sys.executable, "-m", "hookrules", "serve", "--rules", str(rules), "--grpc", "127.0.0.1:0",
+        cmd = [*launcher, sys.executable, "-m", "hookrules", "serve", "--rules", str(rules), "--grpc", "127.0.0.1:0",
                "--http", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--log-level", "debug", *extra]
         # the last front-end to start announces last
         self._last = "VerneMQ webhooks" if "--http" not in extra else "EMQX ExHook"
