@@ -3,14 +3,16 @@
 Why: grpc.aio hands each completion of a call (its arrival, its message, its reply sent) from grpc-core's
 I/O threads to the loop through a poller thread that wakes once per completion, and a waking thread
 preempts the one running. On a busy core that is about six preemptions of the loop per unary call, each
-in the middle of its Python work, which then runs on cold caches: the work a call does in the loop cost
-five times its in-process figure. A SCHED_BATCH thread is never woken "over" the running one (sched(7):
-its preemption is driven by the tick); it runs when the loop waits or its slice ends, and then hands over
-every completion that piled up meanwhile in one go. Measured (bench/README.md, 2026-12-05, one core for
-the server): the loop's involuntary switches fell from 5.9 to 0.06 a call and the CPU per ExHook call by
-18-23% (authorize 186 -> 150 us, publish rewrite 221 -> 182, a Python client's session mix 196 -> 152),
-with lower latency at saturation (p99 14.8 -> 11.2 ms). At low load nothing changes: an idle core takes
-a waking thread at once. The webhook port has no helper threads in a call's path, so it is unaffected.
+two context switches and a loop turn for one completion. A SCHED_BATCH thread is never woken "over" the
+running one (sched(7): its preemption is driven by the tick); it runs when the loop waits or its slice
+ends, and then hands over every completion that piled up meanwhile in one go.
+
+Measured (bench/README.md, 2026-12-05, the server on one core, the same code with HOOKRULES_THREADS=normal
+and without): the loop's involuntary switches fell from 5.9 to 0.06 a call, and the CPU per ExHook call by
+14-19% (authenticate 180 -> 149 us, authorize 191 -> 158, publish rewrite 212 -> 181, a Python client's
+session mix 196 -> 160), with lower latency at saturation (the mix's p99 14.8 -> 11.2 ms). At low load
+nothing changes: an idle core takes a waking thread at once. The webhook port has no helper threads in a
+call's path, so it is unaffected.
 
 Not a privilege: any thread may move between SCHED_OTHER and SCHED_BATCH (no capability, no RLIMIT_NICE;
 a thread's nice value is kept), and realtime policies are never asked for. Only threads at SCHED_OTHER

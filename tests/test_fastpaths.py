@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import keyword
 import time
 from pathlib import Path
 
@@ -131,3 +132,22 @@ def test_the_answer_memo_keeps_only_known_hooks(tmp_path: Path) -> None:
         assert ruleset.answer(f"no.such.hook.{i}") == (None, None)
     ruleset.answer(AUTHZ)
     assert set(ruleset._answers) <= set(HOOKS) and len(ruleset._answers) == 1
+
+
+def test_a_run_starts_from_exactly_the_names_its_text_names() -> None:
+    """CompiledRule.run_base: every name of the rule's base (builtins, helpers, decisions, TOPICS, data),
+    one rule a name: a rule that writes the name (here in a def's body) starts its runs with the very
+    object its base holds; the names it does not write are not in its runs' start."""
+    full = compile_src("allow()\n", hook=AUTHZ).base
+    assert len(full) > 30
+    for name in full:
+        rule = compile_src(f"def f():\n    return {name}\nx = f()\nallow()\n", hook=AUTHZ)
+        if keyword.iskeyword(name):  # True, False, None: constants to the parser, never a lookup
+            assert name not in rule.run_base
+            continue
+        assert set(rule.run_base) == {name, "allow"}, name
+        assert rule.run_base[name] is rule.base[name], name
+        assert rule.run(_event()) is ALLOW, name
+    # and a name no text writes stays unreachable, as before: a NameError, not the base's value
+    rule = compile_src("allow() if len('ab') == 2 else deny('no')\n", hook=AUTHZ)
+    assert set(rule.run_base) == {"allow", "deny", "len"}
