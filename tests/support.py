@@ -143,6 +143,16 @@ class ServerProcess:
         return self.proc.returncode
 
 
+def refused_start(**env: str) -> str:
+    """`hookrules serve` on the bundled rules with these environment variables set: it must refuse to
+    start (exit 2, before binding anything); returns what it said on stderr."""
+    proc = subprocess.run([sys.executable, "-m", "hookrules", "serve", "--rules", str(BUNDLED_RULES), "--grpc",
+                           "127.0.0.1:0", "--http", "127.0.0.1:0", "--metrics", "off"], env=dict(os.environ, **env),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    return proc.stderr
+
+
 def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
     """Poll until predicate() is truthy; bounded, and returns the last value (tests assert on it)."""
     deadline = time.monotonic() + timeout

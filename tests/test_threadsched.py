@@ -18,7 +18,7 @@ from hookrules.config import ConfigError
 
 from . import broker_calls as call
 from . import seccomp_refuse
-from .support import BUNDLED_RULES, ServerProcess, Stubs, wait_for
+from .support import BUNDLED_RULES, ServerProcess, Stubs, refused_start, wait_for
 
 SCHED_OTHER, SCHED_BATCH, SCHED_IDLE = 0, 3, 5
 pytestmark = pytest.mark.skipif(not threadsched.supported(), reason="Linux's per-thread scheduling policies")
@@ -48,12 +48,8 @@ def test_an_unknown_choice_is_refused(value: str) -> None:
 
 
 def test_serve_refuses_an_unknown_choice() -> None:
-    env = dict(os.environ, **{threadsched.ENV: "fifo"})
-    proc = subprocess.run([sys.executable, "-m", "hookrules", "serve", "--rules", str(BUNDLED_RULES), "--grpc",
-                           "127.0.0.1:0", "--http", "127.0.0.1:0", "--metrics", "off"], env=env, capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 2, proc.stderr
-    assert "HOOKRULES_THREADS='fifo': the helper threads' policy is one of batch, normal" in proc.stderr
+    assert ("HOOKRULES_THREADS='fifo': the helper threads' policy is one of batch, normal"
+            in refused_start(**{threadsched.ENV: "fifo"}))
 
 
 def test_only_threads_at_sched_other_move_and_never_the_one_kept(tmp_path: Path) -> None:
