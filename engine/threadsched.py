@@ -16,9 +16,11 @@ call's path, so it is unaffected.
 
 Not a privilege: any thread may move between SCHED_OTHER and SCHED_BATCH (no capability, no RLIMIT_NICE;
 a thread's nice value is kept), and realtime policies are never asked for. Only threads at SCHED_OTHER
-are moved: one an operator put elsewhere (`chrt --idle`, `chrt --batch` for the whole server) keeps it.
-grpc-core starts I/O threads as load needs them, so the sweep repeats every SWEEP_INTERVAL seconds
-(a directory listing and a system call a thread: tens of microseconds).
+are moved, and none when the operator chose a policy for the whole server (`chrt --batch`, `--idle`):
+the loop's own policy says so. Nor when /proc is another PID namespace's (`unshare --pid` without a
+/proc of its own): the thread ids it lists are not this process's. grpc-core starts I/O threads as load
+needs them, so the sweep repeats every SWEEP_INTERVAL seconds (a directory listing and a system call a
+thread: tens of microseconds).
 
 HOOKRULES_THREADS: empty or `batch` for the above, `normal` to leave every thread as it starts; anything
 else refuses to start. Where the system refuses sched_setscheduler (a seccomp filter: the systemd unit
@@ -28,6 +30,7 @@ allows it by name), the server says so once and serves on with the threads as th
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import threading
@@ -41,6 +44,8 @@ CHOICES = ("batch", "normal")
 #: how often threads started since the last sweep are moved (seconds)
 SWEEP_INTERVAL = 2.0
 TASKS = "/proc/self/task"
+#: a flag sched_getscheduler ORs into the policy (`chrt --reset-on-fork`): not a policy of its own
+_RESET_ON_FORK = getattr(os, "SCHED_RESET_ON_FORK", 0)
 
 
 class ThreadPolicyError(ConfigError):
@@ -60,6 +65,15 @@ def supported() -> bool:
     return hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_BATCH") and os.path.isdir(TASKS)
 
 
+def _own_proc(tid: int) -> bool:
+    """/proc is this process's PID namespace's: its own entry and its thread's id are there as it knows
+    them (under `unshare --pid` without a /proc of its own they are not, and the ids listed are others')."""
+    try:
+        return os.readlink("/proc/self") == str(os.getpid()) and os.path.isdir(f"{TASKS}/{tid}")
+    except OSError:
+        return False
+
+
 def batch_other_threads(keep: int) -> int:
     """Move every thread of this process at SCHED_OTHER, except `keep` (a native thread id), to
     SCHED_BATCH; return how many moved. A thread that ends meanwhile is skipped; a refusal (EPERM)
@@ -71,7 +85,7 @@ def batch_other_threads(keep: int) -> int:
         if tid == keep:
             continue
         try:
-            if os.sched_getscheduler(tid) != os.SCHED_OTHER:
+            if os.sched_getscheduler(tid) & ~_RESET_ON_FORK != os.SCHED_OTHER:
                 continue
             os.sched_setscheduler(tid, os.SCHED_BATCH, batch)
         except ProcessLookupError:  # the thread ended since the listing
@@ -97,20 +111,34 @@ class HelperThreads:
             log.info("helper threads: this system has no per-thread SCHED_BATCH; left as they start")
             return
         self._loop_thread = threading.get_native_id()
-        if self._sweep(loop):
-            log.info("helper threads: SCHED_BATCH, so that grpc-core's wake-ups wait for the event loop (%s)", ENV)
+        if not _own_proc(self._loop_thread):  # thread ids listed there are another PID namespace's
+            log.info("helper threads: left as they start (/proc is another PID namespace's: its thread ids are "
+                     "not this process's)")
+            return
+        policy = os.sched_getscheduler(0) & ~_RESET_ON_FORK
+        if policy != os.SCHED_OTHER:  # `chrt --batch`, `chrt --idle`: the operator chose for the whole server
+            log.info("helper threads: left as they start (the server runs at scheduling policy %d, not SCHED_OTHER: "
+                     "the operator's choice)", policy)
+            return
+        moved = self._sweep(loop)
+        if moved is not None:
+            log.info("helper threads: %d moved to SCHED_BATCH, so that their wake-ups wait for the event loop (%s)",
+                     moved, ENV)
 
-    def _sweep(self, loop: asyncio.AbstractEventLoop) -> bool:
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> int | None:
+        """Move the threads started since the last sweep; None when the system refused (said once)."""
         try:
-            batch_other_threads(self._loop_thread)
-        except OSError as exc:  # EPERM from a seccomp filter, or /proc unreadable: say it once, stop trying
-            log.warning("helper threads: cannot move them to SCHED_BATCH (%s); serving on, at more CPU per gRPC "
-                        "call on a busy core. Allow sched_setscheduler, or set %s=normal to silence this",
-                        exc.strerror or exc, ENV)
+            moved = batch_other_threads(self._loop_thread)
+        except OSError as exc:  # EPERM from a seccomp filter, EINVAL from a kernel without the policy
+            hint = ("a seccomp filter? Allow sched_setscheduler, or set %s=normal to silence this" % ENV
+                    if exc.errno == errno.EPERM else "this system refuses SCHED_BATCH; set %s=normal to silence "
+                    "this" % ENV)
+            log.warning("helper threads: cannot move them to SCHED_BATCH (%s); serving on, at more CPU per gRPC call "
+                        "on a busy core (%s)", exc.strerror or exc, hint)
             self._handle = None
-            return False
+            return None
         self._handle = loop.call_later(self.interval, self._sweep, loop)
-        return True
+        return moved
 
     def stop(self) -> None:
         if self._handle is not None:

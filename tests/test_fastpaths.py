@@ -21,7 +21,7 @@ import pytest
 
 from hookrules.decisions import ALLOW
 from hookrules.engine import Engine
-from hookrules.events import Client, Event, frozen_map
+from hookrules.events import Client, Event, Message, frozen_map
 from hookrules.hooks import HOOKS
 from hookrules.lang.boundary import COMPARISONS, compare
 from hookrules.ruleset import Limits, RuleRuntimeError, RuleSet, scan
@@ -148,6 +148,23 @@ def test_a_run_starts_from_exactly_the_names_its_text_names() -> None:
         assert set(rule.run_base) == {name, "allow"}, name
         assert rule.run_base[name] is rule.base[name], name
         assert rule.run(_event()) is ALLOW, name
-    # and a name no text writes stays unreachable, as before: a NameError, not the base's value
     rule = compile_src("allow() if len('ab') == 2 else deny('no')\n", hook=AUTHZ)
     assert set(rule.run_base) == {"allow", "deny", "len"}
+
+
+def test_topics_and_loaded_names_reach_a_run_that_names_them(tmp_path: Path) -> None:
+    """TOPICS (a message.publish rule's own, read in a def) and a library's names (load(), whose function
+    reads its own module's names: len here, which the rule never names)."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "util.star").write_text("LIMIT = 3\ndef short(words):\n    return len(words) <= LIMIT\n")
+    (tmp_path / "message.publish.star").write_text(
+        'load("lib/util.star", "short", "LIMIT")\nTOPICS = ["t/#"]\ndef declared():\n    return TOPICS\n'
+        'if declared()[0] != "t/#" or LIMIT != 3 or not short(topic_words(message.topic)):\n    deny("no")\nallow()\n')
+    ruleset, outcomes = scan(tmp_path, RuleSet())
+    rule = ruleset.get("message.publish")
+    assert rule is not None, outcomes
+    assert set(rule.run_base) == {"TOPICS", "short", "LIMIT", "topic_words", "deny", "allow"}
+    message = Message("m1", "c1", "t/a/b", b"x", 0, False, 0, frozen_map({}), frozen_map({}), frozen_map({}), "n")
+    event = Event("message.publish", "emqx", Client(id="c1"), frozen_map({"message": message}), "exhook")
+    assert rule.run(event) is ALLOW

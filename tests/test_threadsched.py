@@ -5,6 +5,8 @@ refuses sched_setscheduler (a real seccomp filter) gets one warning and a server
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,7 +23,24 @@ from . import seccomp_refuse
 from .support import BUNDLED_RULES, ServerProcess, Stubs, refused_start, wait_for
 
 SCHED_OTHER, SCHED_BATCH, SCHED_IDLE = 0, 3, 5
-pytestmark = pytest.mark.skipif(not threadsched.supported(), reason="Linux's per-thread scheduling policies")
+pytestmark = [
+    pytest.mark.skipif(not threadsched.supported(), reason="Linux's per-thread scheduling policies"),
+    # the servers started here inherit the runner's policy, and one at SCHED_BATCH leaves its threads alone
+    pytest.mark.skipif(threadsched.supported() and os.sched_getscheduler(0) != SCHED_OTHER,
+                       reason="the test runner itself runs at SCHED_OTHER"),
+]
+#: runs the command after it at SCHED_BATCH, as `chrt --batch 0` would
+AT_BATCH = [sys.executable, "-c", "import os, sys; os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0)); "
+            "os.execv(sys.argv[1], sys.argv[1:])"]
+
+
+def _ended(pid: int) -> bool:
+    """Gone, or a zombie (exited, its reaping up to whoever adopted it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
 
 
 def policies(pid: int) -> dict[int, int]:
@@ -99,7 +118,7 @@ def test_the_servers_helper_threads_yield_to_its_loop(tmp_path: Path, stubs: dic
         assert found, policies(pid)
         assert found[pid] == SCHED_OTHER
         assert len(found) >= 4  # the loop, grpc-core's I/O threads, the poller: the helpers are there to move
-        assert "helper threads: SCHED_BATCH" in server.log()
+        assert re.search(r"helper threads: \d+ moved to SCHED_BATCH", server.log())
     finally:
         rc = server.stop()
     assert rc == 0, server.log()
@@ -136,3 +155,39 @@ def test_a_refused_sched_setscheduler_is_said_once_and_the_server_serves(tmp_pat
     assert rc == 0, log
     assert log.count("helper threads: cannot move them to SCHED_BATCH (Operation not permitted)") == 1, log
     assert "Traceback" not in log
+
+
+def test_a_server_started_at_another_policy_is_left_as_the_operator_chose(tmp_path: Path,
+                                                                          stubs: dict[str, Stubs]) -> None:
+    """`chrt --batch` for the whole server: every thread, the loop's too, stays where it was put."""
+    server = ServerProcess(BUNDLED_RULES, log_path=tmp_path / "server.log", launcher=AT_BATCH)
+    try:
+        assert call.emqx_authenticate(server, stubs["v3"], "c1", "gooduser", "pw") is True
+        found = policies(server.proc.pid)
+        assert len(found) >= 4 and set(found.values()) == {SCHED_BATCH}, found
+        assert "helper threads: left as they start (the server runs at scheduling policy 3" in server.log()
+    finally:
+        rc = server.stop()
+    assert rc == 0, server.log()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="a PID namespace of its own needs root and util-linux's unshare")
+def test_a_proc_of_another_pid_namespace_is_not_swept(tmp_path: Path, stubs: dict[str, Stubs]) -> None:
+    """Under `unshare --pid --fork` without a /proc of its own, /proc/self/task lists the ids of the outer
+    namespace: they are not this process's to move, so none is, and the server serves."""
+    server = ServerProcess(BUNDLED_RULES, log_path=tmp_path / "server.log",
+                           launcher=["unshare", "--pid", "--fork", "--kill-child=SIGTERM"])
+    inner = 0
+    try:
+        children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
+        assert len(children) == 1, children  # the server, pid 1 of its namespace
+        inner = int(children[0])
+        assert call.emqx_authenticate(server, stubs["v3"], "c1", "gooduser", "pw") is True
+        assert "helper threads: left as they start (/proc is another PID namespace's" in server.log()
+        assert "moved to SCHED_BATCH" not in server.log()
+        assert set(policies(inner).values()) == {SCHED_OTHER}
+    finally:
+        server.stop()  # unshare ends, and its child gets SIGTERM (--kill-child): it drains and exits
+        assert not inner or wait_for(lambda: _ended(inner), timeout=20)
+    assert "Traceback" not in server.log_path.read_text(errors="replace")
