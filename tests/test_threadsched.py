@@ -124,15 +124,21 @@ def test_the_servers_helper_threads_yield_to_its_loop(tmp_path: Path, stubs: dic
     assert rc == 0, server.log()
 
 
-def test_normal_leaves_every_thread_as_it_starts(tmp_path: Path, stubs: dict[str, Stubs],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(threadsched.ENV, "normal")
-    server = ServerProcess(BUNDLED_RULES, log_path=tmp_path / "server.log")
+@pytest.mark.parametrize(("env", "launcher", "policy", "said"), [
+    ({threadsched.ENV: "normal"}, [], SCHED_OTHER, "left as they start (HOOKRULES_THREADS=normal)"),
+    # `chrt --batch` for the whole server: every thread, the loop's too, stays where the operator put it
+    ({}, AT_BATCH, SCHED_BATCH, "left as they start (the server runs at scheduling policy 3"),
+], ids=["normal", "operator's policy"])
+def test_a_server_left_as_it_starts(env: dict[str, str], launcher: list[str], policy: int, said: str,
+                                    tmp_path: Path, stubs: dict[str, Stubs], monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    server = ServerProcess(BUNDLED_RULES, log_path=tmp_path / "server.log", launcher=launcher)
     try:
         assert call.emqx_authenticate(server, stubs["v3"], "c1", "gooduser", "pw") is True
         found = policies(server.proc.pid)
-        assert len(found) >= 4 and set(found.values()) == {SCHED_OTHER}, found
-        assert "helper threads: left as they start (HOOKRULES_THREADS=normal)" in server.log()
+        assert len(found) >= 4 and set(found.values()) == {policy}, found
+        assert f"helper threads: {said}" in server.log()
     finally:
         rc = server.stop()
     assert rc == 0, server.log()
@@ -155,20 +161,6 @@ def test_a_refused_sched_setscheduler_is_said_once_and_the_server_serves(tmp_pat
     assert rc == 0, log
     assert log.count("helper threads: cannot move them to SCHED_BATCH (Operation not permitted)") == 1, log
     assert "Traceback" not in log
-
-
-def test_a_server_started_at_another_policy_is_left_as_the_operator_chose(tmp_path: Path,
-                                                                          stubs: dict[str, Stubs]) -> None:
-    """`chrt --batch` for the whole server: every thread, the loop's too, stays where it was put."""
-    server = ServerProcess(BUNDLED_RULES, log_path=tmp_path / "server.log", launcher=AT_BATCH)
-    try:
-        assert call.emqx_authenticate(server, stubs["v3"], "c1", "gooduser", "pw") is True
-        found = policies(server.proc.pid)
-        assert len(found) >= 4 and set(found.values()) == {SCHED_BATCH}, found
-        assert "helper threads: left as they start (the server runs at scheduling policy 3" in server.log()
-    finally:
-        rc = server.stop()
-    assert rc == 0, server.log()
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
