@@ -18,6 +18,9 @@ that at start, request by request, before it measures anything. No metrics, no d
 sandbox, no hot reload, no failure policy: the least a user would write for the job, and what
 hookrules' goal (at one worker, at least 0.9x its throughput) is measured against.
 
+`--tuned` runs it as hookrules runs grpc.aio (uvloop, and every thread but the loop's at SCHED_BATCH):
+not what a user writes, and not what peers_bench.py measures, but what shows the engine's own price.
+
 It prints where it listens (`peer: EMQX ExHook (emqx.exhook.v3, hand-written servicer) on HOST:PORT`),
 stops on SIGTERM/SIGINT, and in any case after --lifetime seconds (bench/serving.py).
 """
@@ -141,17 +144,37 @@ def make_servicer(pb2: ModuleType, pb2_grpc: ModuleType) -> Any:
     return HookProvider()
 
 
-async def serve(host: str, port: int, lifetime: float) -> None:
+async def serve(host: str, port: int, lifetime: float, tuned: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix="hookrules-peer-stubs-") as tmp:
         pb2, pb2_grpc = generate_stubs(Path(tmp))
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # as hookrules' server.py (one process)
     pb2_grpc.add_HookProviderServicer_to_server(make_servicer(pb2, pb2_grpc), server)
-    await serving.serve_grpc(server, host, port, lifetime, "peer: EMQX ExHook (emqx.exhook.v3, hand-written servicer)")
+    if not tuned:
+        await serving.serve_grpc(server, host, port, lifetime,
+                                 "peer: EMQX ExHook (emqx.exhook.v3, hand-written servicer)")
+        return
+    from hookrules.threadsched import HelperThreads  # grpc-core's threads at SCHED_BATCH, as hookrules does
+
+    threads = HelperThreads("batch")
+    try:
+        await serving.serve_grpc(server, host, port, lifetime, "peer: EMQX ExHook (emqx.exhook.v3, hand-written "
+                                 "servicer, uvloop, helper threads at SCHED_BATCH)",
+                                 started=lambda: threads.start(asyncio.get_running_loop()))
+    finally:
+        threads.stop()
 
 
 def main() -> None:
-    args = serving.server_args(__doc__).parse_args()
-    asyncio.run(serve(args.host, args.port, args.lifetime))
+    parser = serving.server_args(__doc__)
+    parser.add_argument("--tuned", action="store_true", help="run as hookrules runs grpc.aio: uvloop, and every "
+                        "thread but the loop's at SCHED_BATCH (not what a user writes; for comparison)")
+    args = parser.parse_args()
+    if args.tuned:
+        import uvloop
+
+        uvloop.run(serve(args.host, args.port, args.lifetime, tuned=True))
+    else:
+        asyncio.run(serve(args.host, args.port, args.lifetime))
 
 
 if __name__ == "__main__":

@@ -56,10 +56,14 @@ async def announce_until_stopped(banner: str, lifetime: float) -> None:
         pass
 
 
-async def serve_grpc(server: Any, host: str, port: int, lifetime: float, what: str) -> None:
-    """Start a grpc.aio server (its handlers added) on host:port, announce `what on HOST:PORT`, stop it."""
+async def serve_grpc(server: Any, host: str, port: int, lifetime: float, what: str,
+                     started: Callable[[], None] | None = None) -> None:
+    """Start a grpc.aio server (its handlers added) on host:port, call `started`, announce `what on
+    HOST:PORT`, stop it."""
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
+    if started is not None:
+        started()
     try:
         await announce_until_stopped(f"{what} on {host}:{bound}", lifetime)
     finally:

@@ -4,12 +4,14 @@ Why: grpc.aio hands each completion of a call (its arrival, its message, its rep
 I/O threads to the loop through a poller thread that wakes once per completion, and a waking thread
 preempts the one running. On a busy core that is about six preemptions of the loop per unary call, each
 two context switches and a loop turn for one completion. A SCHED_BATCH thread is never woken "over" the
-running one (sched(7): its preemption is driven by the tick); it runs when the loop waits or its slice
-ends, and then hands over every completion that piled up meanwhile in one go.
+running one (Linux's wake-up preemption check, kernel/sched/fair.c: a waking task that is not
+SCHED_NORMAL does not preempt; the tick does); it runs when the loop waits or its slice ends,
+and then hands over every completion that piled up meanwhile in one go. grpc-core's timer thread is one
+of those moved: on a busy core a deadline it fires may wait for the loop's slice too (milliseconds).
 
 Measured (bench/README.md, 2026-12-05, the server on one core, the same code with HOOKRULES_THREADS=normal
 and without): the loop's involuntary switches fell from 5.9 to 0.06 a call, and the CPU per ExHook call by
-14-19% (authenticate 180 -> 149 us, authorize 191 -> 158, publish rewrite 212 -> 181, a Python client's
+15-18% (authenticate 180 -> 149 us, authorize 191 -> 158, publish rewrite 212 -> 181, a Python client's
 session mix 196 -> 160), with lower latency at saturation (the mix's p99 14.8 -> 11.2 ms). At low load
 nothing changes: an idle core takes a waking thread at once. The webhook port has no helper threads in a
 call's path, so it is unaffected.
@@ -44,6 +46,7 @@ CHOICES = ("batch", "normal")
 #: how often threads started since the last sweep are moved (seconds)
 SWEEP_INTERVAL = 2.0
 TASKS = "/proc/self/task"
+_POLICY_NAMES = {getattr(os, name, -1): name for name in ("SCHED_BATCH", "SCHED_IDLE", "SCHED_FIFO", "SCHED_RR")}
 #: a flag sched_getscheduler ORs into the policy (`chrt --reset-on-fork`): not a policy of its own
 _RESET_ON_FORK = getattr(os, "SCHED_RESET_ON_FORK", 0)
 
@@ -54,9 +57,11 @@ class ThreadPolicyError(ConfigError):
 
 def wanted(choice: str | None = None) -> str:
     """`choice`, else HOOKRULES_THREADS, else batch; checked."""
-    value = (choice if choice is not None else os.environ.get(ENV, "")).strip().lower() or "batch"
+    raw = choice if choice is not None else os.environ.get(ENV, "")
+    value = raw.strip().lower() or "batch"
     if value not in CHOICES:
-        raise ThreadPolicyError(f"{ENV}={value[:20]!r}: the helper threads' policy is one of {', '.join(CHOICES)}")
+        raise ThreadPolicyError(f"{ENV}={raw[:20]!r}: the helper threads' policy is one of {', '.join(CHOICES)} "
+                                "(empty: batch)")
     return value
 
 
@@ -115,30 +120,37 @@ class HelperThreads:
             log.info("helper threads: left as they start (/proc is another PID namespace's: its thread ids are "
                      "not this process's)")
             return
-        policy = os.sched_getscheduler(0) & ~_RESET_ON_FORK
-        if policy != os.SCHED_OTHER:  # `chrt --batch`, `chrt --idle`: the operator chose for the whole server
-            log.info("helper threads: left as they start (the server runs at scheduling policy %d, not SCHED_OTHER: "
-                     "the operator's choice)", policy)
+        try:
+            policy = os.sched_getscheduler(0) & ~_RESET_ON_FORK
+        except OSError as exc:  # a seccomp profile that refuses even the question
+            self._refused(exc)
+            return
+        if policy != os.SCHED_OTHER:  # `chrt --batch`, `chrt --idle`, or inherited: chosen for the whole server
+            log.info("helper threads: left as they start (the server started at %s, not SCHED_OTHER: `chrt`, or its "
+                     "parent's policy)", _POLICY_NAMES.get(policy, f"scheduling policy {policy}"))
             return
         moved = self._sweep(loop)
         if moved is not None:
-            log.info("helper threads: %d moved to SCHED_BATCH, so that their wake-ups wait for the event loop (%s)",
-                     moved, ENV)
+            log.info("helper threads: %d moved to SCHED_BATCH, so that their wake-ups wait for the event loop (the "
+                     "default; %s=normal leaves them)", moved, ENV)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> int | None:
         """Move the threads started since the last sweep; None when the system refused (said once)."""
         try:
             moved = batch_other_threads(self._loop_thread)
         except OSError as exc:  # EPERM from a seccomp filter, EINVAL from a kernel without the policy
-            hint = ("a seccomp filter? Allow sched_setscheduler, or set %s=normal to silence this" % ENV
-                    if exc.errno == errno.EPERM else "this system refuses SCHED_BATCH; set %s=normal to silence "
-                    "this" % ENV)
-            log.warning("helper threads: cannot move them to SCHED_BATCH (%s); serving on, at more CPU per gRPC call "
-                        "on a busy core (%s)", exc.strerror or exc, hint)
-            self._handle = None
+            self._refused(exc)
             return None
         self._handle = loop.call_later(self.interval, self._sweep, loop)
         return moved
+
+    def _refused(self, exc: OSError) -> None:
+        """Said once; no more sweeps."""
+        hint = (f"a seccomp filter? Allow sched_setscheduler, or set {ENV}=normal to silence this"
+                if exc.errno == errno.EPERM else f"this system refuses SCHED_BATCH; set {ENV}=normal to silence this")
+        log.warning("helper threads: cannot move them to SCHED_BATCH (%s); serving on, at more CPU per gRPC call "
+                    "on a busy core (%s)", exc.strerror or exc, hint)
+        self._handle = None
 
     def stop(self) -> None:
         if self._handle is not None:

@@ -127,7 +127,7 @@ def test_the_servers_helper_threads_yield_to_its_loop(tmp_path: Path, stubs: dic
 @pytest.mark.parametrize(("env", "launcher", "policy", "said"), [
     ({threadsched.ENV: "normal"}, [], SCHED_OTHER, "left as they start (HOOKRULES_THREADS=normal)"),
     # `chrt --batch` for the whole server: every thread, the loop's too, stays where the operator put it
-    ({}, AT_BATCH, SCHED_BATCH, "left as they start (the server runs at scheduling policy 3"),
+    ({}, AT_BATCH, SCHED_BATCH, "left as they start (the server started at SCHED_BATCH"),
 ], ids=["normal", "operator's policy"])
 def test_a_server_left_as_it_starts(env: dict[str, str], launcher: list[str], policy: int, said: str,
                                     tmp_path: Path, stubs: dict[str, Stubs], monkeypatch: pytest.MonkeyPatch) -> None:
