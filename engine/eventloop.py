@@ -42,17 +42,23 @@ class LoopChoiceError(ConfigError):
     """HOOKRULES_LOOP names no loop this process can run: the server refuses to start (exit 2)."""
 
 
+def wanted(choice: str | None = None) -> str:
+    """`choice`, else HOOKRULES_LOOP, checked ("" for the default)."""
+    value = (choice if choice is not None else os.environ.get(ENV, "")).strip().lower()
+    if value not in ("", *CHOICES):
+        raise LoopChoiceError(f"{ENV}={value[:20]!r}: the event loop is one of {', '.join(CHOICES)}")
+    return value
+
+
 def loop_factory(choice: str | None = None) -> tuple[str, Callable[[], asyncio.AbstractEventLoop]]:
     """(name, factory) of the loop to run: `choice`, else HOOKRULES_LOOP, else uvloop."""
-    wanted = (choice if choice is not None else os.environ.get(ENV, "")).strip().lower()
-    if wanted not in ("", *CHOICES):
-        raise LoopChoiceError(f"{ENV}={wanted[:20]!r}: the event loop is one of {', '.join(CHOICES)}")
-    if wanted == "asyncio":
+    wanted_loop = wanted(choice)
+    if wanted_loop == "asyncio":
         return "asyncio", asyncio.new_event_loop
     try:
         import uvloop
     except ImportError:
-        if wanted == "uvloop":
+        if wanted_loop == "uvloop":
             raise LoopChoiceError(f"{ENV}=uvloop but uvloop is not installed (pip install uvloop)") from None
         log.warning("uvloop is not installed (it is a dependency of hookrules): running on asyncio's event loop, "
                     "which costs more CPU per call; pip install uvloop")

@@ -35,7 +35,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from . import metricsmerge
+from . import eventloop, metricsmerge, threadsched
 from .config import Config, ConfigError, bind_problem, parse_address
 from .lifecycle import serve_until_stopped
 from .metricsmerge import Family, Totals
@@ -448,6 +448,9 @@ def _announcer(config: Config) -> Callable[[str], None]:
 
 def supervise(config: Config, argv: list[str]) -> int:
     try:
+        # what every worker would refuse, refused once here, before any starts
+        eventloop.wanted()
+        threadsched.wanted()
         asyncio.run(Supervisor(config, argv).serve())
     except ConfigError as exc:
         print(f"hookrules: error: {exc}", file=sys.stderr)

@@ -143,13 +143,16 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def refused_start(**env: str) -> str:
-    """`hookrules serve` on the bundled rules with these environment variables set: it must refuse to
-    start (exit 2, before binding anything); returns what it said on stderr."""
+def refused_start(*extra: str, **env: str) -> str:
+    """`hookrules serve` on the bundled rules with these flags and environment variables: it must refuse to
+    start (exit 2, before binding anything, with nothing on stdout); returns what it said on stderr."""
     proc = subprocess.run([sys.executable, "-m", "hookrules", "serve", "--rules", str(BUNDLED_RULES), "--grpc",
-                           "127.0.0.1:0", "--http", "127.0.0.1:0", "--metrics", "off"], env=dict(os.environ, **env),
-                          capture_output=True, text=True, timeout=60)
+                           "127.0.0.1:0", "--http", "127.0.0.1:0", "--metrics", "off", *extra],
+                          env=dict(os.environ, **env), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "", proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("hookrules: error:")]
+    assert len(errors) == 1, proc.stderr  # said once: by the supervisor itself, not by a worker and then it
     return proc.stderr
 
 

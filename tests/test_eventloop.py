@@ -61,8 +61,11 @@ def test_an_unknown_loop_is_refused_and_main_is_never_left_unawaited(choice: str
     assert coro.cr_frame is None  # closed: no "never awaited" warning (filterwarnings=error would say)
 
 
-def test_serve_refuses_an_unknown_loop() -> None:
-    assert "HOOKRULES_LOOP='tokio': the event loop is one of asyncio, uvloop" in refused_start(**{eventloop.ENV: "tokio"})
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_refuses_an_unknown_loop(workers: str) -> None:
+    """With --workers, the supervisor refuses it once, before any worker starts."""
+    said = refused_start("--workers", workers, **{eventloop.ENV: "tokio"})
+    assert said.count("HOOKRULES_LOOP='tokio': the event loop is one of asyncio, uvloop") == 1, said
 
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])

@@ -66,9 +66,11 @@ def test_an_unknown_choice_is_refused(value: str) -> None:
         threadsched.wanted(value)
 
 
-def test_serve_refuses_an_unknown_choice() -> None:
-    assert ("HOOKRULES_THREADS='fifo': the helper threads' policy is one of batch, normal"
-            in refused_start(**{threadsched.ENV: "fifo"}))
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_refuses_an_unknown_choice(workers: str) -> None:
+    """With --workers, the supervisor refuses it once, before any worker starts; the value as given."""
+    said = refused_start("--workers", workers, **{threadsched.ENV: "FIFO"})
+    assert said.count("HOOKRULES_THREADS='FIFO': the helper threads' policy is one of batch, normal") == 1, said
 
 
 def test_only_threads_at_sched_other_move_and_never_the_one_kept(tmp_path: Path) -> None:
