@@ -156,6 +156,16 @@ def refused_start(*extra: str, **env: str) -> str:
     return proc.stderr
 
 
+def alive(pid: int) -> bool:
+    """True while `pid` exists and has not exited: a zombie (exited, not yet reaped by whoever is its
+    parent now) is gone too."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
     """Poll until predicate() is truthy; bounded, and returns the last value (tests assert on it)."""
     deadline = time.monotonic() + timeout

@@ -34,7 +34,7 @@ from hookrules.supervisor import STOP_MARGIN
 
 from . import vernemq_examples
 from .emqx_session import meta
-from .support import BUNDLED_RULES, ROOT, ServerProcess, Stubs, wait_for
+from .support import BUNDLED_RULES, ROOT, ServerProcess, Stubs, alive, wait_for
 from .system_packages import require_tool
 
 DEPLOY = ROOT / "deploy"
@@ -212,13 +212,6 @@ def descendants(pid: int) -> set[int]:
                 found.add(child)
                 todo.append(child)
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def ready(server: ServerProcess) -> bool:

@@ -7,21 +7,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 from .rabbit_mqtt import SyncClient
 from .rabbit_recorder import Answer, Call, Recorder
 from .rabbitmq_node import RabbitNode
-from .support import wait_for
-
-
-def _alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+from .support import alive, wait_for
 
 
 def _deny_mallory(call: Call) -> Answer:
@@ -54,7 +44,7 @@ def test_node_calls_the_auth_backend_and_stop_leaves_nothing(start_rabbit: Calla
 
         node.stop()
     # by PID: the node, its epmd, and every helper process that carried the node's marker
-    assert wait_for(lambda: not any(_alive(p) for p in pids), timeout=10), [p for p in pids if _alive(p)]
+    assert wait_for(lambda: not any(alive(p) for p in pids), timeout=10), [p for p in pids if alive(p)]
     assert node.marked_pids() == []
     assert not workdir.exists()
     assert os.path.isdir(workdir.parent)

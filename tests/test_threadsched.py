@@ -20,7 +20,7 @@ from hookrules.config import ConfigError
 
 from . import broker_calls as call
 from . import seccomp_refuse
-from .support import BUNDLED_RULES, ServerProcess, Stubs, refused_start, wait_for
+from .support import BUNDLED_RULES, ServerProcess, Stubs, alive, refused_start, wait_for
 
 SCHED_OTHER, SCHED_BATCH, SCHED_IDLE = 0, 3, 5
 pytestmark = [
@@ -32,15 +32,6 @@ pytestmark = [
 #: runs the command after it at SCHED_BATCH, as `chrt --batch 0` would
 AT_BATCH = [sys.executable, "-c", "import os, sys; os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0)); "
             "os.execv(sys.argv[1], sys.argv[1:])"]
-
-
-def _ended(pid: int) -> bool:
-    """Gone, or a zombie (exited, its reaping up to whoever adopted it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rindex(")") + 2] == "Z"
 
 
 def policies(pid: int) -> dict[int, int]:
@@ -183,5 +174,5 @@ def test_a_proc_of_another_pid_namespace_is_not_swept(tmp_path: Path, stubs: dic
         assert set(policies(inner).values()) == {SCHED_OTHER}
     finally:
         server.stop()  # unshare ends, and its child gets SIGTERM (--kill-child): it drains and exits
-        assert not inner or wait_for(lambda: _ended(inner), timeout=20)
+        assert not inner or wait_for(lambda: not alive(inner), timeout=20)
     assert "Traceback" not in server.log_path.read_text(errors="replace")

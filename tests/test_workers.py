@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .emqx_session import client_info, meta
-from .support import ServerProcess, Stubs, wait_for
+from .support import ServerProcess, Stubs, alive, wait_for
 from .test_lifecycle import SLOW_RULE, authenticate_futures, get, outcomes, serve_check
 
 #: fresh connections made to spread calls: the chance all of them reach one of two workers is 2**-39
@@ -74,16 +74,6 @@ def per_worker(text: str, name: str) -> dict[str, float]:
 def worker_pids(server: ServerProcess) -> dict[str, int]:
     status, body = get(server.metrics_port, "/readyz")
     return {index: answer["pid"] for index, answer in body["workers"].items()}
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (exited, not yet reaped by its parent) is gone too
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_two_workers_share_both_ports_and_the_connections(start_server: Any, rules_dir: Path,
