@@ -28,7 +28,8 @@ from .files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, collector_paused
 from .lang.checker import TOPICS_NAME, check
 from .lang.loader import DATA_NAME, Libraries, Linker, reads_data, strip_loads, time_dependent
 from .lang.functions import ListChanged, RuleAbort
-from .lang.interp import RuleInterpreter
+from .lang.compiler import RuleBody, compile_body
+from .lang.interp import OPERATORS, RuleInterpreter
 
 
 class RuleRuntimeError(Exception):
@@ -90,6 +91,8 @@ class CompiledRule:
     usual: Any = field(init=False, repr=False, default=None)
     #: what a run starts from: the names of `base` the rule's text names
     run_base: dict[str, Any] = field(init=False, repr=False, default_factory=dict)
+    #: the top level as one function (lang/compiler), or None: run by the interpreter's walk
+    body: RuleBody | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         self.topic_test = topic_filter_test(self.topics) if self.topics else None
@@ -100,6 +103,9 @@ class CompiledRule:
         # about 5 us a run, against about 1 for the few a rule names (bench/README.md, cold runs).
         names = {node.id for node in ast.walk(self.tree) if node.__class__ is ast.Name}
         self.run_base = {name: value for name, value in self.base.items() if name in names}
+        # Only the plain interpreter's: a subclass (trace.TracingInterpreter) watches each node it runs.
+        if type(self.interp) is RuleInterpreter:
+            self.body = compile_body(self.tree, OPERATORS)
 
     def wants(self, event: Event) -> bool:
         """False when TOPICS is declared and the message topic matches none of them."""
@@ -119,7 +125,7 @@ class CompiledRule:
         symtable["channel"] = event.channel
         deadline = _monotonic() + (limits.timeout if timeout is None else timeout)
         try:
-            return self.interp.execute(self.tree, symtable, limits.max_steps, deadline)  # type: ignore[no-any-return]
+            return self.interp.execute(self.tree, symtable, limits.max_steps, deadline, self.body)  # type: ignore[no-any-return]
         except RuleAbort as exc:
             raise RuleRuntimeError(self._error("deadline_error", str(exc), exc.node,
                                                "keep loops short; raise --rule-timeout above the cost of slow "

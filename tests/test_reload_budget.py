@@ -37,9 +37,10 @@ def _time_out_library_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     runs: list[int] = []
     real = RuleInterpreter.execute
 
-    def counted(self: RuleInterpreter, tree: Any, symtable: Any, max_steps: int, deadline: float) -> Any:
+    def counted(self: RuleInterpreter, tree: Any, symtable: Any, max_steps: int, deadline: float,
+                body: Any = None) -> Any:
         runs.append(1)
-        return real(self, tree, symtable, max_steps, deadline)
+        return real(self, tree, symtable, max_steps, deadline, body)
 
     monkeypatch.setattr(RuleInterpreter, "execute", counted)
     monkeypatch.setattr(loader, "LIBRARY_TIMEOUT", 1e-9)

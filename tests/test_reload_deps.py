@@ -152,9 +152,10 @@ def test_a_diamond_of_libraries_runs_each_once_per_compile_under_one_budget_and_
     remaining: list[float] = []
     real = RuleInterpreter.execute
 
-    def spy(self: RuleInterpreter, tree: Any, symtable: Any, max_steps: int, deadline: float) -> Any:
+    def spy(self: RuleInterpreter, tree: Any, symtable: Any, max_steps: int, deadline: float,
+                body: Any = None) -> Any:
         remaining.append(deadline - time.monotonic())
-        return real(self, tree, symtable, max_steps, deadline)
+        return real(self, tree, symtable, max_steps, deadline, body)
 
     monkeypatch.setattr(RuleInterpreter, "execute", spy)
     clock = SpyClock()

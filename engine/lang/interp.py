@@ -88,7 +88,10 @@ def _innermost_node(tb: Any) -> tuple[ast.AST | None, str]:
     found = None
     file = ""
     while tb is not None:
-        node = tb.tb_frame.f_locals.get("node")
+        names = tb.tb_frame.f_locals
+        node = names.get("node")
+        if node is None and "hr_at" in names:  # a compiled rule's frame (lang/compiler): the node it was at
+            node = names["hr_nodes"][names["hr_at"]]
         if isinstance(node, ast.AST) and hasattr(node, "lineno"):
             found = node
             file = getattr(node, "hr_file", file)
@@ -149,8 +152,12 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
                 node.value.hr_statement = True  # type: ignore[attr-defined]
 
-    def execute(self, tree: ast.Module, symtable: dict[str, Any], max_steps: int, deadline: float) -> Any:
-        """Run a whole rule; returns the Decision it made, or None when it made none."""
+    def execute(self, tree: ast.Module, symtable: dict[str, Any], max_steps: int, deadline: float,
+                body: Callable[[Any, dict[str, Any]], Any] | None = None) -> Any:
+        """Run a whole rule; returns the Decision it made, or None when it made none.
+
+        `body`: the tree's top level compiled (lang/compiler), run in place of the walk, with the same
+        state around it."""
         self.symtable = symtable
         self.retval = None
         self._interrupt = None
@@ -167,6 +174,8 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         self._deadline = RunBudget.deadline = deadline  # slow helpers refuse what cannot fit (passwords._cached)
         allocation.ALLOCATION.left = allocation.MAX_ALLOCATION  # what the run makes in all (allocation.start())
         try:
+            if body is not None:
+                return body(self, symtable)
             self._block(tree.body)
             return self.decision  # made as a statement, or None: no decision
         except Decided as made:  # made inside an expression or a function
@@ -224,8 +233,10 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
 
     def on_attribute(self, node: Any) -> Any:
         value_node = node.value
-        obj = value_node.hr_run(value_node)
-        attr = node.attr
+        return self.attribute(value_node.hr_run(value_node), node.attr, node)
+
+    def attribute(self, obj: Any, attr: str, node: Any) -> Any:
+        """`obj.attr` in a rule: the Attribute node's handler, after its value (compiled rules call it too)."""
         if (obj.__class__, attr) in self._vetted:  # this class and attribute passed every check before
             try:
                 value = getattr(obj, attr)

@@ -148,7 +148,10 @@ def _calling_node() -> Any:
     interpreter's own error report finds it: the `node` its handlers are working on."""
     frame = sys._getframe(1)
     while frame is not None:
-        node = frame.f_locals.get("node")
+        names = frame.f_locals
+        node = names.get("node")
+        if node is None and "hr_stmt" in names:  # a compiled rule's frame (lang/compiler): its statement
+            node = names["hr_nodes"][names["hr_stmt"]]
         if hasattr(node, "hr_file") and hasattr(node, "lineno"):
             return node
         frame = frame.f_back  # type: ignore[assignment]

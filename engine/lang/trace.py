@@ -47,9 +47,10 @@ class TracingInterpreter(RuleInterpreter):
         self.covered: set[tuple[str, int]] = set()
         self._file = ""
 
-    def execute(self, tree: ast.Module, symtable: dict[str, Any], max_steps: int, deadline: float) -> Any:
+    def execute(self, tree: ast.Module, symtable: dict[str, Any], max_steps: int, deadline: float,
+                body: Any = None) -> Any:
         self.steps = []
-        return super().execute(tree, symtable, max_steps, deadline)
+        return super().execute(tree, symtable, max_steps, deadline, None)  # every node walked, to be watched
 
     def run(self, node: Any, expr: Any = None, lineno: Any = None, with_raise: bool = True) -> Any:
         if isinstance(node, ast.stmt):

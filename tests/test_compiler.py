@@ -1,0 +1,317 @@
+"""Compiled rule runs (lang/compiler) against the interpreter's walk, and the emitted code's closure.
+
+The compiled function must be the interpreter by other means: for every rule of the sandbox's attack
+corpus, of a corpus that uses every construct the checker allows, and of a few hundred generated
+rules, both ways give the same decision, or the same error (code, file, line, column, message, hint),
+after the same number of steps. And the emitted source itself may only do what the guards do: every
+name, attribute, constant and node kind in it is enumerated here against a fixed set, so rule text can
+reach it only as string constants.
+"""
+
+from __future__ import annotations
+
+import ast
+import random
+import re
+import time
+from typing import Any
+
+import pytest
+from hookrules.decisions import Allow
+from hookrules.lang import compiler
+from hookrules.lang.checker import ALLOWED_NODES
+from hookrules.lang.interp import OPERATORS, RuleInterpreter
+from hookrules.lang.trace import TracingInterpreter
+from hookrules.ruleset import CompiledRule, Context, Limits, RuleRuntimeError, compile_rule
+from hookrules.hooks import HOOKS
+
+from .rule_helpers import AUTHZ, compile_src, rule_path
+from .test_sandbox import EVENTS, RUNTIME
+
+#: names the checker knows (the file assigns them) that no run binds: for NameErrors at run time
+_UNBOUND = "if topic == 'never':\n    nope = w = n = x = 1\n"
+
+#: every construct the checker allows, each where it can fail and where it cannot
+CONSTRUCTS: list[tuple[str, str]] = [
+    ("names", "x = topic\ny = x\nif y == topic:\n    allow()\n"),
+    ("undefined-name", _UNBOUND + "x = 1\nif x:\n    y = nope\n"),
+    ("undefined-function", _UNBOUND + "x = nope(1)\n"),
+    ("undefined-function-as-a-statement", _UNBOUND + "if topic:\n    nope('x')\n"),
+    ("attributes", "if client.id == 'c1' or client.username.upper() == 'MALLORY':\n    deny(client.username)\n"),
+    ("attribute-missing", "c = [client][0]\nx = c.nothing\n"),
+    ("attribute-underscore-at-run-time", "x = [client][0]\ny = x.id.upper\n"),
+    ("method-of-a-constant", "deny('a-b'.replace('-', '+'))\n"),
+    ("subscripts", "w = topic_words(topic)\nif w[0] == 'a' and w[-1] == 'b':\n    deny(w[1:][0])\n"),
+    ("subscript-out-of-range", "w = topic_words(topic)\nx = w[7]\n"),
+    ("subscript-key-error", "d = {'a': 1}\nx = d['b']\n"),
+    ("subscript-of-data-by-slice", "x = 'abcdef'[1:4:2]\ndeny(x)\n"),
+    ("slice-charged", "l = [0] * 1000\nm = l[:]\ndeny(str(len(m)))\n"),
+    ("compare-every-op", "a = 1\nb = 2\nif a < b and a <= b and b > a and b >= a and a != b and not a == b:\n"
+     "    if a is not None and a in [1] and 3 not in [1] and None is None:\n        deny('all')\n"),
+    ("compare-chains", "a = 1\nif 0 < a < 2 <= 2 != 3:\n    deny('chain')\nif 0 < a > 5:\n    deny('no')\n"),
+    ("compare-chain-fails-mid-way", "if 0 < topic < 3:\n    deny('no')\n"),
+    ("compare-containers", "if [1, [2]] == [1, [2]] and (1, 2) < (1, 3) and {'a': 1} != {}:\n    deny('c')\n"),
+    ("compare-in-folded-tuple", "if client.id in ('+', '#') or topic in ('a/b', 'c'):\n    deny('t')\n"),
+    ("compare-type-error", "if client.id < 3:\n    deny('no')\n"),
+    ("boolops-values", _UNBOUND + "x = 0 or '' or None\ny = 1 and 'a' and [1]\nz = (0 and nope) or (1 or nope)\n"
+     "deny(str([x, y, z]))\n"),
+    ("boolop-short-circuit-keeps-errors-away", _UNBOUND + "if topic == 'zz' and nope:\n    deny('x')\nallow()\n"),
+    ("unary", "a = -1\nb = +a\nc = ~a\nd = not a\ndeny(str([a, b, c, d]))\n"),
+    ("unary-type-error", "x = -topic\n"),
+    ("binops", "a = 7\ndeny(str([a + 1, a - 1, a * 2, a / 2, a // 2, a % 4, a ** 2, a << 1, a >> 1, a | 8,"
+     " a ^ 1, a & 3, 'x' * 3, [1] + [2]]))\n"),
+    ("binop-too-big", "x = 'a' * (10 ** 9)\n"),
+    ("binop-zero-division", "x = 1 // 0\n"),
+    ("calls", "x = len(topic)\ny = str(x)\nz = sorted([3, 1, 2], reverse=True)\ndeny(y + str(z))\n"),
+    ("call-keyword-error", "x = sorted([1], nope=1)\n"),
+    ("call-not-callable", "x = topic()\n"),
+    ("call-decision-in-an-expression", "x = [deny('inner')]\n"),
+    ("call-decision-with-a-bad-argument", "deny(3)\n"),
+    ("call-rewrite-keywords", "allow()\n"),
+    ("ifexp", "x = 'a' if topic else 'b'\ndeny(x)\n"),
+    ("literals", "x = [1, 2]\ny = (x, 3)\nz = {'k': y}\ns = {1, 2}\ndeny(str([x, y, z, s]))\n"),
+    ("comprehensions", "x = [w for w in topic_words(topic) if w]\ny = {w: 1 for w in x}\nz = {w for w in x}\n"
+     "deny(str([x, y, z]))\n"),
+    ("fstrings", "x = f'{topic!r}:{client.id:>5}:{1 + 1}'\ndeny(x)\n"),
+    ("for-break-continue", "n = 0\nfor w in topic_words(topic):\n    if w == 'a':\n        continue\n"
+     "    n = n + 1\n    break\nelse:\n    n = -1\ndeny(str(n))\n"),
+    ("for-decides", "for w in topic_words(topic):\n    if w == 'b':\n        deny('b')\nallow()\n"),
+    ("def-return", "def f(a, b=2):\n    return a * b\nx = f(3)\ndeny(str(x))\n"),
+    ("def-decides", "def f():\n    deny('in f')\nf()\n"),
+    ("def-fails", "def f(w):\n    return w[9]\nx = f(topic_words(topic))\n"),
+    ("augassign", "x = 1\nx += 2\nl = [1]\nl[0] += 5\ndeny(str([x, l]))\n"),
+    ("assign-to-subscript", "d = {}\nd['a'] = topic\nl = [0]\nl[0] = 1\ndeny(str([d, l]))\n"),
+    ("assign-to-subscript-error", "l = []\nl[3] = 1\n"),
+    ("assign-tuple-unpacking", "a, b = 1, 2\n(c, d), e = (3, 4), 5\ndeny(str([a, b, c, d, e]))\n"),
+    ("assign-chained", "a = b = topic\ndeny(a + b)\n"),
+    ("pass-only", "pass\n"),
+    ("empty-if-bodies", "if topic:\n    pass\nelif client.id:\n    pass\nelse:\n    pass\n"),
+    ("expression-statements", "1\ntopic\nclient.id\n[1, 2]\nlen(topic)\n"),
+    ("no-decision", "x = 1\n"),
+    ("steps-run-out", "for i in range(200000):\n    pass\n"),
+    ("log", "log('seen ' + client.id)\nallow()\n"),
+    ("data-namespace", "x = data\nallow()\n"),
+    ("helpers", "if topic_match('a/#', topic) and json_decode('[1]') == [1]:\n    deny('h')\n"),
+    ("big-int-constant", "x = 0x" + "f" * 40 + "\ndeny(str(x % 7))\n"),
+    ("float-constants", "x = 1.5\ny = 1e400\ndeny(str([x, y, x < y]))\n"),
+    ("bytes-and-none", "x = b'\\x00\\xff'\ny = None\ndeny(str([x, y, x[1:]]))\n"),
+    ("unicode-text", "x = 'é\\u2028\\ud800'\ndeny(str(len(x)))\n"),
+    ("deep-elif", "x = 5\n" + "".join(f"{'if' if i == 0 else 'elif'} x == {i}:\n    deny('{i}')\n"
+                                     for i in range(40)) + "else:\n    allow()\n"),
+]
+
+
+def outcome(rule: CompiledRule, compiled: bool, limits: Limits = Limits()) -> tuple[Any, ...]:
+    """What one run ends in, and the steps it took (but for a deadline, which depends on time)."""
+    body = rule.body
+    if not compiled:
+        rule.body = None
+    try:
+        result: tuple[Any, ...] = ("decision", repr(rule.run(EVENTS[AUTHZ](), limits)))
+    except RuleRuntimeError as exc:
+        e = exc.error
+        result = ("error", e.code, e.location.file, e.location.line, e.location.col, e.message, e.hint, e.source_line)
+    finally:
+        rule.body = body
+    if result[:2] == ("error", "deadline_error"):
+        return result
+    return result + (rule.interp._steps,)
+
+
+def both_ways(src: str) -> tuple[tuple[Any, ...], tuple[Any, ...], CompiledRule]:
+    rule = compile_src(src)
+    return outcome(rule, False), outcome(rule, True), rule
+
+
+@pytest.mark.parametrize("src", [pytest.param(src, id=name) for name, src in CONSTRUCTS])
+def test_every_construct_runs_the_same_both_ways(src: str) -> None:
+    walked, compiled, rule = both_ways(src)
+    assert rule.body is not None, "the rule fell back to the interpreter"
+    assert compiled == walked
+
+
+def test_the_constructs_use_every_node_the_checker_allows() -> None:
+    """So the comparison above covers every node kind, natively compiled or handed over."""
+    used = {node.__class__ for _, src in CONSTRUCTS for node in ast.walk(ast.parse(src))}
+    runnable = {cls for cls in ALLOWED_NODES if issubclass(cls, (ast.stmt, ast.expr))}
+    assert runnable - used == set()
+    assert compiler.NATIVE_STATEMENTS | compiler.NATIVE_EXPRESSIONS <= runnable
+
+
+@pytest.mark.parametrize(("src", "hook"), [pytest.param(case[1], case[2], id=case[0]) for case in RUNTIME
+                                           if case[2] == AUTHZ])
+def test_the_sandbox_corpus_runs_the_same_both_ways(src: str, hook: str) -> None:
+    walked, compiled, _ = both_ways(src)
+    if walked[:2] == ("error", "deadline_error"):  # where it stops depends on time: the kind must agree
+        assert compiled[:2] == walked[:2]
+    else:
+        assert compiled == walked
+
+
+# -- generated rules ------------------------------------------------------------------------------
+
+_ATOMS = ["topic", "client.id", "client.username", "action", "broker", "qos", "'a'", "'devices'", "''", "0", "1",
+          "2", "-1", "True", "None", "b''", "b'x'", "1.5", "('+', '#')", "[1, 'a']", "{'k': 'v'}", "nope",
+          "client.nope", "w", "n"]
+_COMPARE = ["==", "!=", "<", "<=", ">", ">=", "in", "not in", "is", "is not"]
+_BINOPS = ["+", "-", "*", "%", "//"]
+_CALLS = ["len({})", "str({})", "topic_words({})", "topic_match('a/#', {})", "sorted({})", "{}.upper()",
+          "{}.startswith('a')", "int({})", "{}[0]", "{}[1:]", "{}['k']", "bool({})"]
+
+
+def _expr(rng: random.Random, depth: int) -> str:
+    if depth <= 0 or rng.random() < 0.25:
+        return rng.choice(_ATOMS)
+    kind = rng.randrange(7)
+    sub = lambda: _expr(rng, depth - 1)  # noqa: E731
+    if kind == 0:
+        ops = rng.choice([1, 1, 1, 2])
+        return "(" + sub() + "".join(f" {rng.choice(_COMPARE)} {sub()}" for _ in range(ops)) + ")"
+    if kind == 1:
+        return "(" + f" {rng.choice(['and', 'or'])} ".join(sub() for _ in range(rng.randint(2, 3))) + ")"
+    if kind == 2:
+        return f"(not {sub()})" if rng.random() < 0.7 else f"(-{sub()})"
+    if kind == 3:
+        return f"({sub()} {rng.choice(_BINOPS)} {sub()})"
+    if kind == 4:
+        return rng.choice(_CALLS).format(sub())
+    if kind == 5:
+        return f"({sub()} if {sub()} else {sub()})"
+    return f"[{sub()}, {sub()}]"
+
+
+def _statements(rng: random.Random, depth: int, indent: str) -> list[str]:
+    out = []
+    for _ in range(rng.randint(1, 4)):
+        kind = rng.randrange(6)
+        if kind <= 1:
+            out.append(f"{indent}{rng.choice(['w', 'n', 'x'])} = {_expr(rng, 3)}")
+        elif kind == 2 and depth > 0:
+            out.append(f"{indent}if {_expr(rng, 3)}:")
+            out += _statements(rng, depth - 1, indent + "    ")
+            if rng.random() < 0.5:
+                out.append(f"{indent}else:")
+                out += _statements(rng, depth - 1, indent + "    ")
+        elif kind == 3:
+            out.append(f"{indent}{rng.choice(['deny(str(' + _expr(rng, 2) + '))', 'allow()', 'ignore()'])}")
+        elif kind == 4:
+            out.append(f"{indent}{_expr(rng, 2)}")
+        else:
+            out.append(f"{indent}pass")
+    return out
+
+
+def generated_rules(count: int, seed: int = 11) -> list[str]:
+    rng = random.Random(seed)
+    return [_UNBOUND + "\n".join(_statements(rng, 3, "")) + "\n" for _ in range(count)]
+
+
+def test_generated_rules_run_the_same_both_ways() -> None:
+    kinds: set[str] = set()
+    for src in generated_rules(400):
+        try:
+            rule = compile_src(src)
+        except Exception:  # a generated rule the checker refuses: nothing to run
+            continue
+        assert rule.body is not None, src
+        walked, compiled = outcome(rule, False), outcome(rule, True)
+        assert compiled == walked, src
+        kinds.add("none" if walked[:2] == ("decision", "None") else walked[0])
+    # the corpus reached decisions, no decision and errors: a comparison of one kind would prove little
+    assert kinds == {"none", "decision", "error"}
+
+
+# -- the emitted code's closure -------------------------------------------------------------------
+
+#: what the emitted source may name, besides its temporaries (t1, t2, ...)
+_LOCALS = {"I", "S", "D", "hr_nodes", "hr_at", "hr_stmt", "hr_rule"}
+#: the attributes it may read or write: the interpreter's state and guards, and a value's class
+_ATTRIBUTES = {"__class__", "_steps", "_check_budget", "_call_function", "_call_host", "attribute", "decision",
+               "_interrupt", "run", "hr_run", "makers", "node_assign", "_deadline"}
+#: the node kinds it may hold
+_EMITTED_NODES = {ast.Module, ast.FunctionDef, ast.arguments, ast.arg, ast.Assign, ast.AugAssign, ast.If,
+                  ast.Expr, ast.Return, ast.Pass, ast.Name, ast.Constant, ast.Attribute, ast.Subscript, ast.Call,
+                  ast.Compare, ast.IfExp, ast.UnaryOp, ast.List, ast.Tuple, ast.Dict, ast.Starred, ast.BoolOp,
+                  ast.keyword, ast.Load, ast.Store, ast.Sub, ast.Not, ast.Or, ast.And, ast.Is, ast.IsNot, ast.In, ast.NotIn,
+                  ast.Lt, ast.Gt}
+
+
+def _check_emitted(source: str) -> None:
+    allowed_names = _LOCALS | set(compiler._globals(OPERATORS))
+    for node in ast.walk(ast.parse(source)):
+        assert node.__class__ in _EMITTED_NODES, ast.dump(node)
+        if isinstance(node, ast.Name):
+            assert node.id in allowed_names or re.fullmatch(r"t\d+", node.id), node.id
+        elif isinstance(node, ast.Attribute):
+            assert node.attr in _ATTRIBUTES, node.attr
+        elif isinstance(node, ast.Constant):
+            assert node.value.__class__ in (str, bytes, bool, int, type(None)), node.value
+        elif isinstance(node, ast.keyword):
+            assert node.arg is None or isinstance(node.arg, str)
+        elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "S":
+            assert isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str)  # by name only
+
+
+def test_emitted_code_only_names_the_guards() -> None:
+    """Over every rule of the corpora: rule text reaches the source as constants and nothing else."""
+    sources = [src for _, src in CONSTRUCTS] + [case[1] for case in RUNTIME if case[2] == AUTHZ]
+    sources += generated_rules(400)
+    checked = 0
+    for src in sources:
+        try:
+            rule = compile_src(src)
+        except Exception:
+            continue
+        source, _ = compiler.emit(rule.tree)
+        assert source is not None
+        _check_emitted(source)
+        checked += 1
+    assert checked > 300
+
+
+def test_rule_text_that_looks_like_code_stays_a_string() -> None:
+    src = ("x = \"'] ; import os ; S['\"\ny = {\"__class__\": 1}\nif client.id == \"\\\")\\nimport os#\":\n"
+           "    deny(\"__import__('os')\")\nallow()\n")
+    rule = compile_src(src)
+    source, _ = compiler.emit(rule.tree)
+    assert source is not None
+    _check_emitted(source)
+    assert outcome(rule, True) == outcome(rule, False)
+    assert rule.body is not None and rule.body.__globals__["__builtins__"] == {}
+    assert set(rule.body.__globals__) - {"hr_rule"} == set(compiler._globals(OPERATORS))
+
+
+# -- where rules run interpreted ------------------------------------------------------------------
+
+
+def test_tracing_interpreter_walks_every_node() -> None:
+    rule = compile_rule(rule_path(AUTHZ), b"allow()\n", HOOKS[AUTHZ], Context(interpreter=TracingInterpreter))
+    assert rule.body is None and type(rule.interp) is TracingInterpreter
+    assert compile_src("allow()\n").body is not None and type(compile_src("allow()\n").interp) is RuleInterpreter
+
+
+def test_a_big_rule_runs_interpreted_and_compiling_stays_short() -> None:
+    # each `if` of these is 11 nodes
+    lines = "".join(f"if topic == 't{i}':\n    deny('{i}')\n" for i in range(compiler.MAX_NODES // 10))
+    big = compile_src(lines + "allow()\n")
+    assert sum(1 for _ in ast.walk(big.tree)) > compiler.MAX_NODES and big.body is None
+    assert outcome(big, False)[:2] == ("decision", repr(Allow()))
+    # just under the bound: compiled, and compile() held the GIL for a bounded time (a generous bound)
+    fits = "".join(f"if topic == 't{i}':\n    deny('{i}')\n" for i in range(compiler.MAX_NODES // 12))
+    started = time.thread_time()
+    rule = compile_src(fits + "allow()\n")
+    assert rule.body is not None
+    assert time.thread_time() - started < 2.0
+    assert outcome(rule, True) == outcome(rule, False)
+
+
+def test_long_chains_and_deep_nesting_compile() -> None:
+    """BoolOps and comparison chains are emitted flat, and the checker's nesting bound keeps the ifs
+    far from the indentation Python's tokenizer takes (100 levels)."""
+    ors = " or ".join(f"topic == 't{i}'" for i in range(150))
+    chain = " < ".join(str(i) for i in range(150))
+    nested = "".join("    " * i + f"if topic != 'x{i}':\n" for i in range(31)) + "    " * 31 + "deny('deep')\n"
+    for src in (f"if {ors}:\n    deny('or')\nallow()\n", f"if {chain}:\n    deny('chain')\n", nested):
+        rule = compile_src(src)
+        assert rule.body is not None
+        assert outcome(rule, True) == outcome(rule, False)
