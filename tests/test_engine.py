@@ -639,6 +639,13 @@ def test_rule_without_topics_sees_every_message() -> None:
                  "    r.append(i)\nelse:\n    r.append('else')\n", [0, 2], id="for-break-continue-else-skipped"),
     pytest.param("r = []\nfor i in range(2):\n    r.append(i)\nelse:\n    r.append('else')\n", [0, 1, "else"],
                  id="for-else-runs"),
+    pytest.param("def f(xs):\n    for x in xs:\n        if x:\n            break\n    else:\n        return 'none'\n"
+                 "    return 'found'\nr = [f([0, 1]), f([0]), f([])]\n", ["found", "none", "none"],
+                 id="return-in-for-else"),
+    pytest.param("r = []\nfor i in range(3):\n    for j in range(2):\n        if j == 5:\n            break\n"
+                 "    else:\n        r.append(i)\n        break\n", [0], id="for-else-breaks-the-enclosing-loop"),
+    pytest.param("r = []\nfor i in range(3):\n    for j in range(0):\n        pass\n    else:\n        continue\n"
+                 "    r.append(i)\n", [], id="for-else-continues-the-enclosing-loop"),
     pytest.param("r = []\nfor i in range(3):\n    for j in range(3):\n        if j == 1:\n            break\n"
                  "        r.append((i, j))\n", [(0, 0), (1, 0), (2, 0)], id="break-inner-loop-only"),
     pytest.param("def find(xs, v):\n    for i in range(len(xs)):\n        if xs[i] == v:\n            return i\n"
@@ -667,6 +674,16 @@ def test_language_works_as_in_python(src: str, expected: Any) -> None:
     if "type(" not in src:  # the same source under real Python gives the same answer
         exec(src, namespace)  # noqa: S102 - the test's own literal sources
         assert namespace["r"] == expected
+
+
+@pytest.mark.parametrize("src", [
+    "for p in ['x/', 'y/']:\n    if topic.startswith(p):\n        break\nelse:\n    deny('outside')\nallow()\n",
+    "def f():\n    for p in ['x/']:\n        pass\n    else:\n        deny('outside')\n    return 1\nf()\nallow()\n",
+    "for i in range(2):\n    for p in []:\n        pass\n    else:\n        deny('outside')\nallow()\n",
+])
+def test_a_decision_in_a_for_else_ends_the_run(src: str) -> None:
+    """The first decision ends the run wherever it is made: the else block of a loop too."""
+    assert run(src) == Deny("outside")
 
 
 def test_function_returned_from_a_function_keeps_its_variables() -> None:

@@ -288,9 +288,9 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
                 if interrupt.__class__ is ast.Break:
                     self._interrupt = None
                 return  # break, or a return inside the loop (left set for the function to see)
-        else:
-            self._block(node.orelse)
-        self._interrupt = None
+        self._interrupt = None  # a `continue` in the last item
+        # What the else block leaves stands, as in Python: a decision, a return, an enclosing loop's break.
+        self._block(node.orelse)
 
     def on_assign(self, node: Any) -> None:
         value_node = node.value
