@@ -85,6 +85,10 @@ CONSTRUCTS: list[tuple[str, str]] = [
     ("assign-tuple-unpacking", "a, b = 1, 2\n(c, d), e = (3, 4), 5\ndeny(str([a, b, c, d, e]))\n"),
     ("assign-chained", "a = b = topic\ndeny(a + b)\n"),
     ("pass-only", "pass\n"),
+    # `is` sees each constant's own object, as the walk does (compile() would merge equal ones)
+    ("identity-of-constants", "x = 'user'\ny = 1000\nz = b'payload-x'\nt = ('a', 'b')\nu = 2.5\n"
+     "deny(str([x is 'user', y is 1000, z is b'payload-x', t is ('a', 'b'), u is 2.5, action is 'publish',"
+     " x is not 'user', None is None, True is True, topic is topic]))\n"),
     ("empty-if-bodies", "if topic:\n    pass\nelif client.id:\n    pass\nelse:\n    pass\n"),
     ("expression-statements", "1\ntopic\nclient.id\n[1, 2]\nlen(topic)\n"),
     ("no-decision", "x = 1\n"),
@@ -224,7 +228,7 @@ def test_generated_rules_run_the_same_both_ways() -> None:
 # -- the emitted code's closure -------------------------------------------------------------------
 
 #: what the emitted source may name, besides its temporaries (t1, t2, ...)
-_LOCALS = {"I", "S", "D", "hr_nodes", "hr_at", "hr_stmt", "hr_rule"}
+_LOCALS = {"I", "S", "D", "K", "hr_nodes", "hr_at", "hr_stmt", "hr_rule"}
 #: the attributes it may read or write: the interpreter's state and guards, and a value's class
 _ATTRIBUTES = {"__class__", "_steps", "_check_budget", "_call_function", "_call_host", "attribute", "decision",
                "_interrupt", "run", "hr_run", "makers", "node_assign", "_deadline"}
@@ -244,8 +248,9 @@ def _check_emitted(source: str) -> None:
             assert node.id in allowed_names or re.fullmatch(r"t\d+", node.id), node.id
         elif isinstance(node, ast.Attribute):
             assert node.attr in _ATTRIBUTES, node.attr
-        elif isinstance(node, ast.Constant):
-            assert node.value.__class__ in (str, bytes, bool, int, type(None)), node.value
+        elif isinstance(node, ast.Constant):  # identifiers, indices, True, False, None: the rule's stay in K
+            assert node.value.__class__ in (bool, int, type(None)) or (
+                node.value.__class__ is str and node.value.isidentifier()), node.value
         elif isinstance(node, ast.keyword):
             assert node.arg is None or isinstance(node.arg, str)
         elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "S":
@@ -262,7 +267,7 @@ def test_emitted_code_only_names_the_guards() -> None:
             rule = compile_src(src)
         except Exception:
             continue
-        source, _ = compiler.emit(rule.tree)
+        source, _, _ = compiler.emit(rule.tree)
         assert source is not None
         _check_emitted(source)
         checked += 1
@@ -273,7 +278,7 @@ def test_rule_text_that_looks_like_code_stays_a_string() -> None:
     src = ("x = \"'] ; import os ; S['\"\ny = {\"__class__\": 1}\nif client.id == \"\\\")\\nimport os#\":\n"
            "    deny(\"__import__('os')\")\nallow()\n")
     rule = compile_src(src)
-    source, _ = compiler.emit(rule.tree)
+    source, _, _ = compiler.emit(rule.tree)
     assert source is not None
     _check_emitted(source)
     assert outcome(rule, True) == outcome(rule, False)

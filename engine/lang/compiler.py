@@ -6,9 +6,10 @@ attribute dict for every node it visits. The same run as one function touches on
 the guard functions the handlers would have called.
 
 Closed by construction, not by cases:
-- Rule text reaches the emitted source only as ascii() of a str, bytes, bool, None or small int
-  constant. Names are read from and written to the run's symtable under such a string; attribute
-  names go to the interpreter's own attribute check as one. The source names nothing else of the rule's.
+- Rule text reaches the emitted source only as ascii() of an identifier: names are read from and
+  written to the run's symtable under it, attribute names go to the interpreter's own attribute check
+  as it, keyword names are the keys of the keyword dict. The rule's constants stay objects (read from a
+  tuple by index: `is` sees the objects the walk sees); the source names nothing else of the rule's.
 - Every operation is the one the interpreter's handler performs, in the same order, through the same
   guard: attributes through `attribute()`, calls through `_call_host()` and `_call_function()`,
   comparisons through COMPARISONS and `compare()`, operators through OPERATORS, subscripts as
@@ -42,9 +43,8 @@ from .values import CONTAINERS
 #: about 6 ms per 1,000 nodes on the scan thread, and a bigger rule is not the kind whose per-call cost
 #: is mostly the walk (the bundled rules are 40-70 nodes)
 MAX_NODES = 1000
-#: constants written into the source as they are: ascii() of these reads back as the same value
-_LITERALS = frozenset({str, bytes, bool, type(None)})
-_SMALL_INT = 1 << 62
+#: constants that are one object whatever the source: written into it as they are
+_SINGLETONS = frozenset({bool, type(None)})
 
 #: statements and expressions compiled here; every other node is run by the interpreter
 NATIVE_STATEMENTS = frozenset({ast.Assign, ast.If, ast.Expr, ast.Pass})
@@ -94,6 +94,7 @@ class _Emitter:
         self.temps = 0
         self.nodes: list[ast.AST] = []
         self.index: dict[int, int] = {}
+        self.constants: list[Any] = []
 
     def at(self, node: ast.AST) -> int:
         """The node's index in hr_nodes."""
@@ -161,21 +162,27 @@ class _Emitter:
             self.block(node.orelse)  # type: ignore[attr-defined]
             self.depth -= 1
 
-    # -- expressions: each returns a local name, or a parenthesized literal -----------------------
+    # -- expressions: each returns a local name, or a parenthesized constant ----------------------
 
     def expr(self, node: ast.expr) -> str:
         cls = node.__class__
         if cls is ast.Constant:
             value = node.value  # type: ignore[attr-defined]
-            if value.__class__ in _LITERALS or (value.__class__ is int and -_SMALL_INT < value < _SMALL_INT):
-                return f"({ascii(value)})"
+            if value.__class__ in _SINGLETONS:
+                return f"({value!r})"
+            # The node's own object, as the walk reads it: compile() would merge equal constants and
+            # intern short strings, and `is` would then answer otherwise
+            return self.constant(value)
         elif cls is ast.Tuple and hasattr(node, "hr_value"):  # folded by prepare(): the same tuple every run
-            if all(v.__class__ in _LITERALS or v.__class__ is int and -_SMALL_INT < v < _SMALL_INT
-                   for v in node.hr_value):
-                return f"({''.join(ascii(v) + ', ' for v in node.hr_value)})"
+            return self.constant(node.hr_value)
         elif cls in NATIVE_EXPRESSIONS:
             return getattr(self, f"on_{cls.__name__.lower()}")(node)  # type: ignore[no-any-return]
         return self.delegate(node)
+
+    def constant(self, value: Any) -> str:
+        """A constant read from K, the tuple of the rule's constants: never written into the source."""
+        self.constants.append(value)
+        return f"(K[{len(self.constants) - 1}])"
 
     def delegate(self, node: ast.expr) -> str:
         """The interpreter's handler for this node: as the parent handler would call it (hr_run)."""
@@ -209,13 +216,13 @@ class _Emitter:
             raise _Unsupported("a subscript stored inside an expression")
         key = self.expr(node.slice)  # on_subscript reads the index first
         value = self.expr(node.value)
-        if value.startswith("("):  # (0)[k] is valid, but compile() warns of it (or fails, under -W error)
+        if value.startswith("("):  # (None)[k] is valid, but compile() warns of it (or fails, under -W error)
             literal, value = value, self.temp()
             self.line(f"{value} = {literal}")
         t = self.temp()
         self.line(f"hr_at = {self.at(node)}")
         if key.startswith("("):
-            self.line(f"{t} = {value}[{key}]")  # a literal: never a slice
+            self.line(f"{t} = {value}[{key}]")  # a constant: never a slice
         else:
             self.line(f"{t} = {value}[{key}] if {key}.__class__ is not _slice else _charge({value}[{key}])")
         return t
@@ -231,7 +238,7 @@ class _Emitter:
             plain = f"True if _cmp_{op}({left}, {right}) else False"
             guarded = f"True if _compare(_op_{op}, {left}, {right}) else False"
             right_node = node.comparators[0]
-            if right.startswith("("):  # a literal: a scalar (no container), or a folded tuple (one)
+            if right.startswith("("):  # a constant: a scalar (no container), or a folded tuple (one)
                 self.line(f"{t} = {plain if right_node.__class__ is ast.Constant else guarded}")
             else:
                 self.line(f"{t} = ({plain}) if {right}.__class__ not in _CONTAINERS else ({guarded})")
@@ -318,7 +325,7 @@ def compile_body(tree: ast.Module, operators: dict[type[ast.AST], Callable[..., 
     runs interpreted, as it always could). The tree must have been through prepare()."""
     if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
         return None
-    source, nodes = emit(tree)
+    source, nodes, constants = emit(tree)
     if source is None:
         return None
     scope = _globals(operators)
@@ -328,23 +335,24 @@ def compile_body(tree: ast.Module, operators: dict[type[ast.AST], Callable[..., 
         return None
     exec(code, scope)  # defines hr_rule in scope, from the emitted source alone
     body = scope["hr_rule"]
-    body.__defaults__ = (tuple(nodes),)
+    body.__defaults__ = (tuple(nodes), tuple(constants))
     return body  # type: ignore[no-any-return]
 
 
-def emit(tree: ast.Module) -> tuple[str | None, list[ast.AST]]:
-    """The emitted source and the nodes it refers to by index; (None, []) for an unsupported shape."""
+def emit(tree: ast.Module) -> tuple[str | None, list[ast.AST], list[Any]]:
+    """The emitted source, and the nodes and constants it refers to by index; (None, [], []) for an
+    unsupported shape."""
     out = _Emitter()
-    out.lines.append("def hr_rule(I, S, hr_nodes=()):")
+    out.lines.append("def hr_rule(I, S, hr_nodes=(), K=()):")
     out.line("hr_at = hr_stmt = 0")
     out.line("D = I._deadline")
     try:
         for stmt in tree.body:
             out.statement(stmt)
     except (_Unsupported, RecursionError):
-        return None, []
+        return None, [], []
     out.line("return I.decision")
-    return "\n".join(out.lines) + "\n", out.nodes
+    return "\n".join(out.lines) + "\n", out.nodes, out.constants
 
 
 __all__ = ["MAX_NODES", "NATIVE_EXPRESSIONS", "NATIVE_STATEMENTS", "RuleBody", "compile_body", "emit"]
