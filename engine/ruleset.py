@@ -29,7 +29,7 @@ from .lang.checker import TOPICS_NAME, check
 from .lang.loader import DATA_NAME, Libraries, Linker, reads_data, strip_loads, time_dependent
 from .lang.functions import ListChanged, RuleAbort
 from .lang.compiler import RuleBody, compile_body
-from .lang.interp import OPERATORS, RuleInterpreter
+from .lang.interp import RUNTIME, RuleInterpreter
 
 
 class RuleRuntimeError(Exception):
@@ -105,7 +105,7 @@ class CompiledRule:
         self.run_base = {name: value for name, value in self.base.items() if name in names}
         # Only the plain interpreter's: a subclass (trace.TracingInterpreter) watches each node it runs.
         if type(self.interp) is RuleInterpreter:
-            self.body = compile_body(self.tree, OPERATORS)
+            self.body = compile_body(self.tree, RUNTIME)
 
     def wants(self, event: Event) -> bool:
         """False when TOPICS is declared and the message topic matches none of them."""

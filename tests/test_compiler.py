@@ -14,19 +14,24 @@ import ast
 import random
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hookrules.decisions import Allow
+from hookrules.errors import RuleLoadError
+from hookrules.hooks import HOOKS
 from hookrules.lang import compiler
 from hookrules.lang.checker import ALLOWED_NODES
-from hookrules.lang.interp import OPERATORS, RuleInterpreter
+from hookrules.lang.interp import RUNTIME as INTERP_RUNTIME
+from hookrules.lang.interp import RuleInterpreter
 from hookrules.lang.trace import TracingInterpreter
-from hookrules.ruleset import CompiledRule, Context, Limits, RuleRuntimeError, compile_rule
-from hookrules.hooks import HOOKS
+from hookrules.ruleset import CompiledRule, Context, Limits, RuleRuntimeError, RuleSet, compile_rule, scan
 
 from .rule_helpers import AUTHZ, compile_src, rule_path
-from .test_sandbox import EVENTS, RUNTIME
+from .test_sandbox import EVENTS, RUNTIME, authz_event
 
 #: names the checker knows (the file assigns them) that no run binds: for NameErrors at run time
 _UNBOUND = "if topic == 'never':\n    nope = w = n = x = 1\n"
@@ -79,6 +84,19 @@ CONSTRUCTS: list[tuple[str, str]] = [
     ("def-return", "def f(a, b=2):\n    return a * b\nx = f(3)\ndeny(str(x))\n"),
     ("def-decides", "def f():\n    deny('in f')\nf()\n"),
     ("def-fails", "def f(w):\n    return w[9]\nx = f(topic_words(topic))\n"),
+    ("def-returns-in-branches", "def f(x):\n    if x:\n        return\n    elif x == 0:\n        return None\n"
+     "    return x\ny = [f(1), f(0), f([])]\ndeny(str(y))\n"),
+    ("def-decides-in-a-branch", "def f(x):\n    if x > 1:\n        deny('big')\n    return x\nf(1)\nf(2)\nallow()\n"),
+    ("def-decides-in-a-loop", "def f(xs):\n    for x in xs:\n        if x:\n            ignore()\n    return 0\nf([0, 1])\n"),
+    ("def-nested-and-closures", "def outer(a):\n    b = a + 1\n    def inner(c):\n        return [a, b, c, topic]\n"
+     "    return inner(b)\ndeny(str(outer(1)))\n"),
+    ("def-recursion-refused", "def f(n):\n    if n:\n        return fs[0](n - 1)\n    return 0\nfs = [f]\nx = f(3)\n"),
+    ("def-key-function", "def k(v):\n    return -v\ndeny(str(sorted([1, 3, 2], key=k)))\n"),
+    ("def-fails-deep-in-a-branch", "def f(d):\n    if d:\n        x = 1\n    else:\n        return d['nope']\n"
+     "    return x\ny = f({})\n"),
+    ("def-break-outside-a-loop-body", "def f(xs):\n    for x in xs:\n        if x:\n            break\n"
+     "        continue\n    else:\n        return 'none'\n    return 'found'\ndeny(f([0, 1]) + f([]))\n"),
+    ("def-steps-run-out", "def f():\n    n = 0\n    for i in range(200000):\n        n = n + 1\n    return n\nx = f()\n"),
     ("augassign", "x = 1\nx += 2\nl = [1]\nl[0] += 5\ndeny(str([x, l]))\n"),
     ("assign-to-subscript", "d = {}\nd['a'] = topic\nl = [0]\nl[0] = 1\ndeny(str([d, l]))\n"),
     ("assign-to-subscript-error", "l = []\nl[3] = 1\n"),
@@ -105,32 +123,44 @@ CONSTRUCTS: list[tuple[str, str]] = [
 ]
 
 
-def outcome(rule: CompiledRule, compiled: bool, limits: Limits = Limits()) -> tuple[Any, ...]:
+@contextmanager
+def walking() -> Iterator[None]:
+    """Rules compiled meanwhile run on the interpreter's walk alone: top level and defs."""
+    saved = compiler.MAX_NODES
+    compiler.MAX_NODES = -1
+    try:
+        yield
+    finally:
+        compiler.MAX_NODES = saved
+
+
+def outcome(rule: CompiledRule, limits: Limits = Limits()) -> tuple[Any, ...]:
     """What one run ends in, and the steps it took (but for a deadline, which depends on time)."""
-    body = rule.body
-    if not compiled:
-        rule.body = None
     try:
         result: tuple[Any, ...] = ("decision", repr(rule.run(EVENTS[AUTHZ](), limits)))
     except RuleRuntimeError as exc:
         e = exc.error
         result = ("error", e.code, e.location.file, e.location.line, e.location.col, e.message, e.hint, e.source_line)
-    finally:
-        rule.body = body
     if result[:2] == ("error", "deadline_error"):
         return result
     return result + (rule.interp._steps,)
 
 
 def both_ways(src: str) -> tuple[tuple[Any, ...], tuple[Any, ...], CompiledRule]:
+    """The walk's outcome, the compiled one's, and the compiled rule."""
+    with walking():
+        walked = compile_src(src)
+    assert walked.body is None
     rule = compile_src(src)
-    return outcome(rule, False), outcome(rule, True), rule
+    return outcome(walked), outcome(rule), rule
 
 
 @pytest.mark.parametrize("src", [pytest.param(src, id=name) for name, src in CONSTRUCTS])
 def test_every_construct_runs_the_same_both_ways(src: str) -> None:
     walked, compiled, rule = both_ways(src)
     assert rule.body is not None, "the rule fell back to the interpreter"
+    defs = [n for n in ast.walk(rule.tree) if isinstance(n, ast.FunctionDef)]
+    assert all(n.hr_body is not None for n in defs), "a def fell back to the interpreter"  # type: ignore[attr-defined]
     assert compiled == walked
 
 
@@ -148,6 +178,10 @@ def test_the_sandbox_corpus_runs_the_same_both_ways(src: str, hook: str) -> None
     walked, compiled, _ = both_ways(src)
     if walked[:2] == ("error", "deadline_error"):  # where it stops depends on time: the kind must agree
         assert compiled[:2] == walked[:2]
+    elif walked[0] == "error" and "maximum recursion depth" in walked[5]:
+        # Python's own stack: a compiled def takes fewer Python frames a call than the walk, so a chain
+        # of calls that overflowed it on the walk may end, or overflow further down
+        assert compiled[0] == "decision" or "maximum recursion depth" in compiled[5]
     else:
         assert compiled == walked
 
@@ -205,20 +239,30 @@ def _statements(rng: random.Random, depth: int, indent: str) -> list[str]:
     return out
 
 
+def _function(rng: random.Random) -> list[str]:
+    """A def whose body mixes the same statements with returns, called from the top level."""
+    body = _statements(rng, 2, "    ")
+    for i in range(len(body) - 1, 0, -1):
+        if rng.random() < 0.2 and not body[i].endswith(":"):
+            indent = body[i][: len(body[i]) - len(body[i].lstrip())]
+            body.insert(i + 1, f"{indent}return {_expr(rng, 2)}")
+    return ["def g(w, n=1):", *body, f"    return {_expr(rng, 2)}", f"x = g({_expr(rng, 2)})"]
+
+
 def generated_rules(count: int, seed: int = 11) -> list[str]:
     rng = random.Random(seed)
-    return [_UNBOUND + "\n".join(_statements(rng, 3, "")) + "\n" for _ in range(count)]
+    return [_UNBOUND + "\n".join((_function(rng) if rng.random() < 0.4 else []) + _statements(rng, 3, "")) + "\n"
+            for _ in range(count)]
 
 
 def test_generated_rules_run_the_same_both_ways() -> None:
     kinds: set[str] = set()
     for src in generated_rules(400):
         try:
-            rule = compile_src(src)
-        except Exception:  # a generated rule the checker refuses: nothing to run
+            walked, compiled, rule = both_ways(src)
+        except RuleLoadError:  # a generated rule the checker refuses: nothing to run
             continue
         assert rule.body is not None, src
-        walked, compiled = outcome(rule, False), outcome(rule, True)
         assert compiled == walked, src
         kinds.add("none" if walked[:2] == ("decision", "None") else walked[0])
     # the corpus reached decisions, no decision and errors: a comparison of one kind would prove little
@@ -231,7 +275,7 @@ def test_generated_rules_run_the_same_both_ways() -> None:
 _LOCALS = {"I", "S", "D", "K", "hr_nodes", "hr_at", "hr_stmt", "hr_rule"}
 #: the attributes it may read or write: the interpreter's state and guards, and a value's class
 _ATTRIBUTES = {"__class__", "_steps", "_check_budget", "_call_function", "_call_host", "attribute", "decision",
-               "_interrupt", "run", "hr_run", "makers", "node_assign", "_deadline"}
+               "_interrupt", "run", "hr_run", "makers", "node_assign", "_deadline", "retval"}
 #: the node kinds it may hold
 _EMITTED_NODES = {ast.Module, ast.FunctionDef, ast.arguments, ast.arg, ast.Assign, ast.AugAssign, ast.If,
                   ast.Expr, ast.Return, ast.Pass, ast.Name, ast.Constant, ast.Attribute, ast.Subscript, ast.Call,
@@ -241,7 +285,7 @@ _EMITTED_NODES = {ast.Module, ast.FunctionDef, ast.arguments, ast.arg, ast.Assig
 
 
 def _check_emitted(source: str) -> None:
-    allowed_names = _LOCALS | set(compiler._globals(OPERATORS))
+    allowed_names = _LOCALS | set(compiler._globals(INTERP_RUNTIME))
     for node in ast.walk(ast.parse(source)):
         assert node.__class__ in _EMITTED_NODES, ast.dump(node)
         if isinstance(node, ast.Name):
@@ -257,6 +301,12 @@ def _check_emitted(source: str) -> None:
             assert isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str)  # by name only
 
 
+def _bodies(rule: CompiledRule) -> list[tuple[list[ast.stmt], bool]]:
+    """The rule's top level and every def's body, as the compiler emits them."""
+    defs = [n for n in ast.walk(rule.tree) if isinstance(n, ast.FunctionDef)]
+    return [(rule.tree.body, False)] + [(n.body, True) for n in defs]
+
+
 def test_emitted_code_only_names_the_guards() -> None:
     """Over every rule of the corpora: rule text reaches the source as constants and nothing else."""
     sources = [src for _, src in CONSTRUCTS] + [case[1] for case in RUNTIME if case[2] == AUTHZ]
@@ -267,23 +317,24 @@ def test_emitted_code_only_names_the_guards() -> None:
             rule = compile_src(src)
         except Exception:
             continue
-        source, _, _ = compiler.emit(rule.tree)
-        assert source is not None
-        _check_emitted(source)
-        checked += 1
-    assert checked > 300
+        for body, function in _bodies(rule):
+            source, _, _ = compiler.emit(body, function)
+            assert source is not None
+            _check_emitted(source)
+            checked += 1
+    assert checked > 400
 
 
 def test_rule_text_that_looks_like_code_stays_a_string() -> None:
     src = ("x = \"'] ; import os ; S['\"\ny = {\"__class__\": 1}\nif client.id == \"\\\")\\nimport os#\":\n"
            "    deny(\"__import__('os')\")\nallow()\n")
-    rule = compile_src(src)
-    source, _, _ = compiler.emit(rule.tree)
+    walked, compiled, rule = both_ways(src)
+    source, _, _ = compiler.emit(rule.tree.body)
     assert source is not None
     _check_emitted(source)
-    assert outcome(rule, True) == outcome(rule, False)
+    assert compiled == walked
     assert rule.body is not None and rule.body.__globals__["__builtins__"] == {}
-    assert set(rule.body.__globals__) - {"hr_rule"} == set(compiler._globals(OPERATORS))
+    assert set(rule.body.__globals__) - {"hr_rule"} == set(compiler._globals(INTERP_RUNTIME))
 
 
 # -- where rules run interpreted ------------------------------------------------------------------
@@ -299,15 +350,21 @@ def test_a_big_rule_runs_interpreted_and_compiling_stays_short() -> None:
     # each `if` of these is 11 nodes
     lines = "".join(f"if topic == 't{i}':\n    deny('{i}')\n" for i in range(compiler.MAX_NODES // 10))
     big = compile_src(lines + "allow()\n")
-    assert sum(1 for _ in ast.walk(big.tree)) > compiler.MAX_NODES and big.body is None
-    assert outcome(big, False)[:2] == ("decision", repr(Allow()))
+    assert compiler.size(big.tree) > compiler.MAX_NODES and big.body is None
+    assert outcome(big)[:2] == ("decision", repr(Allow()))
+    # a big def runs on the walk, and the top level that calls it is compiled all the same
+    in_def = compile_src("def f():\n" + "".join("    " + line + "\n" for line in lines.splitlines())
+                         + "    return 0\nx = f()\nallow()\n")
+    assert in_def.body is not None and in_def.tree.body[0].hr_body is None  # type: ignore[attr-defined]
+    assert outcome(in_def)[:2] == ("decision", repr(Allow()))
     # just under the bound: compiled, and compile() held the GIL for a bounded time (a generous bound)
     fits = "".join(f"if topic == 't{i}':\n    deny('{i}')\n" for i in range(compiler.MAX_NODES // 12))
     started = time.thread_time()
     rule = compile_src(fits + "allow()\n")
     assert rule.body is not None
     assert time.thread_time() - started < 2.0
-    assert outcome(rule, True) == outcome(rule, False)
+    walked, compiled, _ = both_ways(fits + "allow()\n")
+    assert compiled == walked
 
 
 def test_long_chains_and_deep_nesting_compile() -> None:
@@ -317,6 +374,62 @@ def test_long_chains_and_deep_nesting_compile() -> None:
     chain = " < ".join(str(i) for i in range(150))
     nested = "".join("    " * i + f"if topic != 'x{i}':\n" for i in range(31)) + "    " * 31 + "deny('deep')\n"
     for src in (f"if {ors}:\n    deny('or')\nallow()\n", f"if {chain}:\n    deny('chain')\n", nested):
-        rule = compile_src(src)
+        walked, compiled, rule = both_ways(src)
         assert rule.body is not None
-        assert outcome(rule, True) == outcome(rule, False)
+        assert compiled == walked
+
+
+# -- libraries --------------------------------------------------------------------------------------
+
+LIBRARY = """\
+LIMITS = {"devices": 2, "sensors": 3}
+
+def depth_ok(topic):
+    words = topic_words(topic)
+    if words[0] not in LIMITS:
+        return True
+    return len(words) <= LIMITS[words[0]]
+
+def check(topic, who):
+    if who == "mallory" and topic.startswith("admin/"):
+        return False
+    for word in topic_words(topic):
+        if word == "secret":
+            return False
+    return depth_ok(topic)
+
+def broken(topic):
+    return topic_words(topic)[9]
+"""
+
+
+@pytest.mark.parametrize(("rule_src", "topic"), [
+    ('load("lib/acl.star", "check")\nif not check(topic, client.username):\n    deny("acl")\nallow()\n', "a/b"),
+    ('load("lib/acl.star", "check")\nif not check(topic, client.username):\n    deny("acl")\nallow()\n', "devices/a/b"),
+    ('load("lib/acl.star", "check")\nif not check(topic, client.username):\n    deny("acl")\nallow()\n', "admin/x"),
+    ('load("lib/acl.star", "check")\nif not check(topic, client.username):\n    deny("acl")\nallow()\n', "a/secret"),
+    ('load("lib/acl.star", "broken")\nx = broken(topic)\n', "a/b"),
+])
+def test_library_functions_run_the_same_both_ways(tmp_path: Path, rule_src: str, topic: str) -> None:
+    """A library's defs are compiled per rule that loads them; an error inside one names the library."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "acl.star").write_text(LIBRARY)
+    (tmp_path / "authorize.star").write_text(rule_src)
+    event = authz_event(topic=topic)
+    results = []
+    for walk in (True, False):
+        with walking() if walk else nullcontext():
+            ruleset, outcomes = scan(tmp_path, RuleSet())
+        assert [o.errors for o in outcomes] == [()]
+        rule = ruleset.get("authorize")
+        assert rule is not None and (rule.body is None) == walk
+        loaded = next(v for k, v in rule.base.items() if k in ("check", "broken"))
+        assert (loaded._node.hr_body is None) == walk  # the library's def, compiled for this rule
+        try:
+            results.append(("decision", repr(rule.run(event)), rule.interp._steps))
+        except RuleRuntimeError as exc:
+            e = exc.error
+            results.append(("error", str(e.location), e.message, e.hint, e.source_line, rule.interp._steps))
+    assert results[0] == results[1]
+    if "broken" in rule_src:
+        assert results[1][0] == "error" and "lib/acl.star:18:" in results[1][1]

@@ -1,4 +1,5 @@
-"""A rule's top level as one Python function that does, node for node, what the interpreter does.
+"""A rule's top level, and each def's body, as one Python function that does, node for node, what the
+interpreter does.
 
 Why: in a server a rule run costs 4-5x its in-process time, because the CPU caches are cold between
 calls (bench/README.md, session 8), and the interpreter touches a Python frame, an AST node and its
@@ -14,9 +15,9 @@ Closed by construction, not by cases:
   guard: attributes through `attribute()`, calls through `_call_host()` and `_call_function()`,
   comparisons through COMPARISONS and `compare()`, operators through OPERATORS, subscripts as
   `on_subscript` does, decisions made as statements through the interpreter's makers.
-- Everything else (literals other than scalar constants and folded tuples, comprehensions, f-strings,
-  for loops, defs, augmented assignments, ...) is handed to the interpreter node by node, so the
-  compiled subset can only be narrower than the interpreted language, never wider.
+- Everything else (literals other than constants and folded tuples, comprehensions, f-strings, for
+  loops, a def statement itself, augmented assignments, ...) is handed to the interpreter node by node,
+  so the compiled subset can only be narrower than the interpreted language, never wider.
 - The function's globals hold the guard functions and no builtins.
 tests/test_compiler.py checks all of it on the emitted code itself, and runs rules both ways.
 
@@ -30,7 +31,8 @@ from __future__ import annotations
 
 import ast
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import FunctionType
 from typing import Any
 
@@ -46,12 +48,25 @@ MAX_NODES = 1000
 #: constants that are one object whatever the source: written into it as they are
 _SINGLETONS = frozenset({bool, type(None)})
 
-#: statements and expressions compiled here; every other node is run by the interpreter
-NATIVE_STATEMENTS = frozenset({ast.Assign, ast.If, ast.Expr, ast.Pass})
+#: statements and expressions compiled here; every other node is run by the interpreter (Return: in a
+#: def's body; at the top level the interpreter refuses it)
+NATIVE_STATEMENTS = frozenset({ast.Assign, ast.If, ast.Expr, ast.Pass, ast.Return})
 NATIVE_EXPRESSIONS = frozenset({ast.Name, ast.Constant, ast.Attribute, ast.Subscript, ast.Compare, ast.BoolOp,
                                 ast.UnaryOp, ast.BinOp, ast.Call})
 
 RuleBody = Callable[[Any, dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What the emitted code needs of the interpreter besides its methods: its operator table, and the
+    markers its blocks and calls read (lang/interp passes its own)."""
+
+    operators: Mapping[type[ast.AST], Callable[..., Any]]
+    #: `_interrupt` after a decision made as a statement
+    decided: object
+    #: `retval` after `return` or `return None` (asteval's ReturnedNone)
+    returned_none: object
 
 
 class _Unsupported(Exception):
@@ -66,9 +81,11 @@ def _not_callable(func: Any) -> None:
     raise TypeError(f"'{type(func).__name__}' object is not callable")
 
 
-def _globals(operators: dict[type[ast.AST], Callable[..., Any]]) -> dict[str, Any]:
+def _globals(runtime: Runtime) -> dict[str, Any]:
     """What the emitted function may name besides its arguments: the guards, and no builtins."""
     names: dict[str, Any] = {
+        "_DECIDED": runtime.decided,
+        "_ReturnedNone": runtime.returned_none,
         "__builtins__": {},
         "_mono": time.monotonic,
         "_undefined": _undefined,
@@ -82,13 +99,15 @@ def _globals(operators: dict[type[ast.AST], Callable[..., Any]]) -> dict[str, An
     for op, fn in COMPARISONS.items():
         names[f"_cmp_{op.__name__}"] = fn
         names[f"_op_{op.__name__}"] = op
-    for kind, fn in operators.items():
+    for kind, fn in runtime.operators.items():
         names[f"_ops_{kind.__name__}"] = fn
     return names
 
 
 class _Emitter:
-    def __init__(self) -> None:
+    def __init__(self, function: bool) -> None:
+        #: a def's body (a decision sets _interrupt and returns; `return` is compiled), or the top level
+        self.function = function
         self.lines: list[str] = []
         self.depth = 1
         self.temps = 0
@@ -123,16 +142,20 @@ class _Emitter:
     def statement(self, node: ast.stmt) -> None:
         k = self.at(node)
         cls = node.__class__
-        if cls not in NATIVE_STATEMENTS or (cls is ast.Assign and not node.targets):  # type: ignore[attr-defined]
+        if cls not in NATIVE_STATEMENTS or (cls is ast.Assign and not node.targets) or (  # type: ignore[attr-defined]
+                cls is ast.Return and not self.function):
             # RuleInterpreter.run counts its step; a decision it made, or anything else that stops a
             # block at the top level, ends the run as _block would
             self.line(f"I.run(hr_nodes[{k}])")
-            self.line("if I._interrupt is not None: return I.decision")
+            self.line(f"if I._interrupt is not None: return{'' if self.function else ' I.decision'}")
             return
         self.line(f"hr_stmt = {k}")  # for a helper that names the statement it was called from (passwords)
         self.line("I._steps -= 1")
         self.line(f"if I._steps < 0 or _mono() > D: I._check_budget(hr_nodes[{k}])")
         if cls is ast.Pass:
+            return
+        if cls is ast.Return:
+            self.returns(node, k)  # type: ignore[arg-type]
             return
         if cls is ast.Expr:
             value = node.value  # type: ignore[attr-defined]
@@ -161,6 +184,20 @@ class _Emitter:
             self.depth += 1
             self.block(node.orelse)  # type: ignore[attr-defined]
             self.depth -= 1
+
+    def returns(self, node: ast.Return, k: int) -> None:
+        """on_return: the value through run() (a step of its own), ReturnedNone for None, and the
+        Return node in _interrupt, which _call_function reads."""
+        if node.value is None:
+            value = "(None)"
+        else:
+            v = self.at(node.value)
+            self.line("I._steps -= 1")
+            self.line(f"if I._steps < 0 or _mono() > D: I._check_budget(hr_nodes[{v}])")
+            value = self.expr(node.value)
+        self.line(f"I.retval = _ReturnedNone if {value} is None else {value}")
+        self.line(f"I._interrupt = hr_nodes[{k}]")
+        self.line("return")
 
     # -- expressions: each returns a local name, or a parenthesized constant ----------------------
 
@@ -314,45 +351,71 @@ class _Emitter:
         if statement:  # a decision made as a statement ends the run with its value
             self.line(f"elif {func}.__class__ is _FunctionType and {func} in I.makers:")
             self.line(f"    I.decision = I.makers[{func}](*{args}, **{kwargs})")
-            self.line("    return I.decision")
+            if self.function:  # _call_function ends the run from there
+                self.line("    I._interrupt = _DECIDED")
+                self.line("    return")
+            else:
+                self.line("    return I.decision")
         self.line(f"else: {t} = I._call_host({func}, {args}, {kwargs}, hr_nodes[{k}])")
         return t
 
 
-def compile_body(tree: ast.Module, operators: dict[type[ast.AST], Callable[..., Any]]) -> RuleBody | None:
+def size(root: ast.AST) -> int:
+    """The nodes of a top level or a def, without the defs inside it (each is compiled on its own)."""
+    count = 0
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        count += 1
+        stack.extend(c for c in ast.iter_child_nodes(node) if c.__class__ is not ast.FunctionDef)
+    return count
+
+
+def compile_body(tree: ast.Module, runtime: Runtime) -> RuleBody | None:
     """The rule's top level as one function `body(interp, symtable)`, run by RuleInterpreter.execute in
-    place of its own walk; None when the rule is too big or takes a shape the emitter does not (it then
-    runs interpreted, as it always could). The tree must have been through prepare()."""
-    if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
+    place of its own walk; None when it is too big or takes a shape the emitter does not (it then runs
+    interpreted, as it always could). The tree must have been through prepare()."""
+    return _compiled(tree, tree.body, False, runtime)
+
+
+def compile_function(node: ast.FunctionDef, runtime: Runtime) -> RuleBody | None:
+    """A def's body as one function `body(interp, frame)`, run by RuleInterpreter._call_function in
+    place of its walk; None as for compile_body."""
+    return _compiled(node, node.body, True, runtime)
+
+
+def _compiled(root: ast.AST, body: list[ast.stmt], function: bool, runtime: Runtime) -> RuleBody | None:
+    if size(root) > MAX_NODES:
         return None
-    source, nodes, constants = emit(tree)
+    source, nodes, constants = emit(body, function)
     if source is None:
         return None
-    scope = _globals(operators)
+    scope = _globals(runtime)
     try:
         code = compile(source, "<hookrules compiled rule>", "exec")
     except (SyntaxError, RecursionError, MemoryError, ValueError):  # nested past what Python's compiler takes
         return None
     exec(code, scope)  # defines hr_rule in scope, from the emitted source alone
-    body = scope["hr_rule"]
-    body.__defaults__ = (tuple(nodes), tuple(constants))
-    return body  # type: ignore[no-any-return]
+    compiled = scope["hr_rule"]
+    compiled.__defaults__ = (tuple(nodes), tuple(constants))
+    return compiled  # type: ignore[no-any-return]
 
 
-def emit(tree: ast.Module) -> tuple[str | None, list[ast.AST], list[Any]]:
+def emit(body: list[ast.stmt], function: bool = False) -> tuple[str | None, list[ast.AST], list[Any]]:
     """The emitted source, and the nodes and constants it refers to by index; (None, [], []) for an
     unsupported shape."""
-    out = _Emitter()
+    out = _Emitter(function)
     out.lines.append("def hr_rule(I, S, hr_nodes=(), K=()):")
     out.line("hr_at = hr_stmt = 0")
     out.line("D = I._deadline")
     try:
-        for stmt in tree.body:
+        for stmt in body:
             out.statement(stmt)
     except (_Unsupported, RecursionError):
         return None, [], []
-    out.line("return I.decision")
+    out.line("return" if function else "return I.decision")
     return "\n".join(out.lines) + "\n", out.nodes, out.constants
 
 
-__all__ = ["MAX_NODES", "NATIVE_EXPRESSIONS", "NATIVE_STATEMENTS", "RuleBody", "compile_body", "emit"]
+__all__ = ["MAX_NODES", "NATIVE_EXPRESSIONS", "NATIVE_STATEMENTS", "RuleBody", "Runtime", "compile_body",
+           "compile_function", "emit", "size"]

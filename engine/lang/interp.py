@@ -27,6 +27,7 @@ from ..decisions import Decision
 from . import allocation
 from .builtins import Decided
 from .checker import DENIED_ATTR_PREFIXES, DENIED_ATTRS
+from .compiler import Runtime, compile_function
 from .guards import (
     GUARDED_METHODS,
     GUARDED_OPERATORS,
@@ -66,6 +67,9 @@ _DECIDED = object()
 
 _FOREVER = float("inf")  # no deadline
 
+#: what compiled code (lang/compiler) needs of this module: the operator table and the markers
+RUNTIME = Runtime(OPERATORS, _DECIDED, ReturnedNone)
+
 _NODE_CLASSES = [cls for cls in vars(ast).values() if isinstance(cls, type) and issubclass(cls, ast.AST)]
 
 
@@ -90,7 +94,8 @@ def _innermost_node(tb: Any) -> tuple[ast.AST | None, str]:
     while tb is not None:
         names = tb.tb_frame.f_locals
         node = names.get("node")
-        if node is None and "hr_at" in names:  # a compiled rule's frame (lang/compiler): the node it was at
+        if node is None and "hr_at" in names:  # a compiled frame (lang/compiler): its node and statement
+            file = getattr(names["hr_nodes"][names["hr_stmt"]], "hr_file", file)
             node = names["hr_nodes"][names["hr_at"]]
         if isinstance(node, ast.AST) and hasattr(node, "lineno"):
             found = node
@@ -151,6 +156,12 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         for node in ast.walk(tree):
             if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
                 node.value.hr_statement = True  # type: ignore[attr-defined]
+        # Each def's body as one function (lang/compiler), which _call_function runs in place of the walk;
+        # not for a subclass (trace.TracingInterpreter), which watches every node it runs
+        compiled = type(self) is RuleInterpreter
+        for node in ast.walk(tree):
+            if node.__class__ is ast.FunctionDef:
+                node.hr_body = compile_function(node, RUNTIME) if compiled else None  # type: ignore[attr-defined]
 
     def execute(self, tree: ast.Module, symtable: dict[str, Any], max_steps: int, deadline: float,
                 body: Callable[[Any, dict[str, Any]], Any] | None = None) -> Any:
@@ -594,7 +605,11 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         self._active.append(func)
         self._calldepth += 1  # asteval's on_return refuses a return at depth 0
         try:
-            self._block(func._node.body)
+            body = getattr(func._node, "hr_body", None)
+            if body is not None:
+                body(self, frame)
+            else:
+                self._block(func._node.body)
             result = self.retval
             decided = self._interrupt is _DECIDED
         finally:
