@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hookrules.decisions import Allow
+from hookrules.decisions import Allow, Deny
 from hookrules.errors import RuleLoadError
 from hookrules.hooks import HOOKS
 from hookrules.lang import compiler
 from hookrules.lang.checker import ALLOWED_NODES
 from hookrules.lang.interp import RUNTIME as INTERP_RUNTIME
-from hookrules.lang.interp import RuleInterpreter
+from hookrules.lang.interp import MAX_CALL_DEPTH, RuleInterpreter
 from hookrules.lang.trace import TracingInterpreter
 from hookrules.ruleset import CompiledRule, Context, Limits, RuleRuntimeError, RuleSet, compile_rule, scan
 
@@ -334,7 +334,8 @@ def test_rule_text_that_looks_like_code_stays_a_string() -> None:
     _check_emitted(source)
     assert compiled == walked
     assert rule.body is not None and rule.body.__globals__["__builtins__"] == {}
-    assert set(rule.body.__globals__) - {"hr_rule"} == set(compiler._globals(INTERP_RUNTIME))
+    assert rule.body.__globals__ is INTERP_RUNTIME.names  # one dict for every compiled function
+    assert set(INTERP_RUNTIME.names) == set(compiler._globals(INTERP_RUNTIME))
 
 
 # -- where rules run interpreted ------------------------------------------------------------------
@@ -347,7 +348,7 @@ def test_tracing_interpreter_walks_every_node() -> None:
 
 
 def test_a_big_rule_runs_interpreted_and_compiling_stays_short() -> None:
-    # each `if` of these is 11 nodes
+    # each `if` of these is 11 nodes, and about 600 characters of emitted source
     lines = "".join(f"if topic == 't{i}':\n    deny('{i}')\n" for i in range(compiler.MAX_NODES // 10))
     big = compile_src(lines + "allow()\n")
     assert compiler.size(big.tree) > compiler.MAX_NODES and big.body is None
@@ -357,14 +358,60 @@ def test_a_big_rule_runs_interpreted_and_compiling_stays_short() -> None:
                          + "    return 0\nx = f()\nallow()\n")
     assert in_def.body is not None and in_def.tree.body[0].hr_body is None  # type: ignore[attr-defined]
     assert outcome(in_def)[:2] == ("decision", repr(Allow()))
-    # just under the bound: compiled, and compile() held the GIL for a bounded time (a generous bound)
-    fits = "".join(f"if topic == 't{i}':\n    deny('{i}')\n" for i in range(compiler.MAX_NODES // 12))
+    # under MAX_NODES but over MAX_SOURCE: on the walk too (compile() would hold the GIL for longer)
+    long = "".join(f"if topic == 't{i}':\n    deny('{i}')\n" for i in range(compiler.MAX_NODES // 12))
+    source, _, _ = compiler.emit(compile_src(long).tree.body)
+    assert source is not None and len(source) > compiler.MAX_SOURCE and compile_src(long).body is None
+    # what fits is compiled, in a bounded time (a generous bound: the machine is shared)
+    fits = "".join(f"if topic == 't{i}':\n    deny('{i}')\n" for i in range(40))
     started = time.thread_time()
     rule = compile_src(fits + "allow()\n")
     assert rule.body is not None
     assert time.thread_time() - started < 2.0
     walked, compiled, _ = both_ways(fits + "allow()\n")
     assert compiled == walked
+
+
+def test_defs_past_the_rules_source_budget_run_on_the_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MAX_RULE_SOURCE bounds what one rule's defs compile to: the defs past it, in order, are walked."""
+    defs = "".join(f"def f{i}(x):\n    if x == {i}:\n        return 'hit {i}'\n    return x\n" for i in range(30))
+    src = defs + "x = 3\n" + "".join(f"x = f{i}(x)\n" for i in range(30)) + "deny(str(x))\n"
+    monkeypatch.setattr(RuleInterpreter, "__init__", _small_room(RuleInterpreter.__init__, 3000))
+    walked, compiled, rule = both_ways(src)
+    bodies = [n.hr_body for n in rule.tree.body if isinstance(n, ast.FunctionDef)]  # type: ignore[attr-defined]
+    assert bodies[0] is not None and bodies[-1] is None  # some compiled, then the budget ran out
+    assert rule.interp.compile_room < 3000
+    assert compiled == walked and compiled[:2] == ("decision", repr(Deny("hit 3")))
+
+
+def _small_room(init: Any, room: int) -> Any:
+    def patched(self: RuleInterpreter) -> None:
+        init(self)
+        self.compile_room = room
+    return patched
+
+
+@pytest.mark.parametrize(("depth", "fails"), [(MAX_CALL_DEPTH, False), (MAX_CALL_DEPTH + 1, True)])
+def test_functions_call_each_other_at_most_max_call_depth_deep_either_way(depth: int, fails: bool) -> None:
+    """A chain of distinct defs (no recursion) fails at the language's bound, whichever way it runs, not
+    where Python's stack happens to end (a compiled def takes fewer Python frames a call)."""
+    src = "".join(f"def f{i}(x):\n    return f{i + 1}(x) + 1\n" for i in range(depth - 1))
+    src += f"def f{depth - 1}(x):\n    return x\ndeny(str(f0(0)))\n"
+    walked, compiled, _ = both_ways(src)
+    assert compiled == walked
+    if fails:
+        assert compiled[:2] == ("error", "runtime_error") and f"more than {MAX_CALL_DEPTH} deep" in compiled[5]
+    else:
+        assert compiled[:2] == ("decision", repr(Deny(str(depth - 1))))
+
+
+def test_a_for_target_that_calls_a_def_runs_the_whole_def() -> None:
+    """The last item's `continue` is cleared before the next target is assigned (found by an audit: the
+    walk stopped f after its first statement, the compiled def did not)."""
+    src = ("calls = []\ndef f():\n    calls.append(1)\n    if len(calls) > 1:\n        deny('second call of f')\n"
+           "    return 'k'\nd = {}\nfor d[f()] in [1, 2]:\n    continue\nallow()\n")
+    walked, compiled, _ = both_ways(src)
+    assert compiled == walked and compiled[:2] == ("decision", repr(Deny("second call of f")))
 
 
 def test_long_chains_and_deep_nesting_compile() -> None:
@@ -433,3 +480,24 @@ def test_library_functions_run_the_same_both_ways(tmp_path: Path, rule_src: str,
     assert results[0] == results[1]
     if "broken" in rule_src:
         assert results[1][0] == "error" and "lib/acl.star:18:" in results[1][1]
+
+
+def test_a_library_def_out_of_steps_is_reported_in_the_library(tmp_path: Path) -> None:
+    """Steps run out at an expression of a library def (a comprehension's loop): the error names the
+    library's file and line, either way (it named the rule's file before, with the library's line)."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "sq.star").write_text("def squares(n):\n    return [i * i for i in range(n)]\n")
+    (tmp_path / "authorize.star").write_text('load("lib/sq.star", "squares")\nx = squares(90000)\nallow()\n')
+    locations = []
+    for walk in (True, False):
+        with walking() if walk else nullcontext():
+            ruleset, _ = scan(tmp_path, RuleSet())
+        rule = ruleset.get("authorize")
+        assert rule is not None
+        with pytest.raises(RuleRuntimeError) as failed:
+            rule.run(authz_event(), Limits(max_steps=50_000))
+        error = failed.value.error
+        assert error.code == "deadline_error" and "steps" in error.message
+        locations.append((str(error.location), error.source_line))
+    assert locations[0] == locations[1]
+    assert "lib/sq.star:2:" in locations[0][0] and "range(n)" in locations[0][1]

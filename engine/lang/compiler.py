@@ -32,8 +32,8 @@ from __future__ import annotations
 import ast
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from types import FunctionType
+from dataclasses import dataclass, field
+from types import CodeType, FunctionType
 from typing import Any
 
 from . import allocation
@@ -41,10 +41,16 @@ from .boundary import COMPARISONS, compare
 from .functions import RuleFunction
 from .values import CONTAINERS
 
-#: a rule with more nodes than this runs interpreted: compile() holds the GIL (the event loop waits) for
-#: about 6 ms per 1,000 nodes on the scan thread, and a bigger rule is not the kind whose per-call cost
-#: is mostly the walk (the bundled rules are 40-70 nodes)
+#: a top level or def with more nodes than this runs on the walk: a bigger one is not the kind whose
+#: per-call cost is mostly the walk (the bundled rules are 40-70 nodes), and emitting it costs time
 MAX_NODES = 1000
+#: nor one whose emitted source is longer than this: compile() holds the GIL (the event loop waits) for
+#: as long as the source takes, about 6 ms for 50,000 characters on the scan thread
+MAX_SOURCE = 50_000
+#: the characters of source one rule may compile for its defs and its libraries' defs in all (its top
+#: level has MAX_SOURCE of its own): bounds the compile time and the memory each rule adds; the defs
+#: past it, in the order the rule links them, run on the walk
+MAX_RULE_SOURCE = 200_000
 #: constants that are one object whatever the source: written into it as they are
 _SINGLETONS = frozenset({bool, type(None)})
 
@@ -67,6 +73,11 @@ class Runtime:
     decided: object
     #: `retval` after `return` or `return None` (asteval's ReturnedNone)
     returned_none: object
+    #: the globals of every function compiled for it: read-only to the emitted code, so one dict serves all
+    names: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", _globals(self))
 
 
 class _Unsupported(Exception):
@@ -75,10 +86,6 @@ class _Unsupported(Exception):
 
 def _undefined(name: str) -> None:
     raise NameError(f"name '{name}' is not defined")
-
-
-def _not_callable(func: Any) -> None:
-    raise TypeError(f"'{type(func).__name__}' object is not callable")
 
 
 def _globals(runtime: Runtime) -> dict[str, Any]:
@@ -125,7 +132,7 @@ class _Emitter:
         return found
 
     def line(self, text: str) -> None:
-        self.lines.append("    " * self.depth + text)
+        self.lines.append(" " * self.depth + text)  # one space a level: deep elif chains stay short
 
     def temp(self) -> str:
         self.temps += 1
@@ -232,10 +239,14 @@ class _Emitter:
     def on_name(self, node: ast.Name) -> str:
         if not isinstance(node.ctx, ast.Load):
             raise _Unsupported("a name stored inside an expression")
+        return self.load(node.id, self.at(node))
+
+    def load(self, name: str, k: int) -> str:
+        """A name from the symtable, as on_name reads it; a miss is a NameError at node k."""
         t = self.temp()
-        key = ascii(node.id)
+        key = ascii(name)
         self.line(f"if {key} in S: {t} = S[{key}]")
-        self.line(f"else: hr_at = {self.at(node)}; _undefined({key})")
+        self.line(f"else: hr_at = {k}; _undefined({key})")
         return t
 
     def on_attribute(self, node: ast.Attribute) -> str:
@@ -337,10 +348,7 @@ class _Emitter:
         k = self.at(node)
         func_node = node.func
         if func_node.__class__ is ast.Name:  # on_call looks the name up itself: a miss is the call's error
-            func = self.temp()
-            key = ascii(func_node.id)
-            self.line(f"if {key} in S: {func} = S[{key}]")
-            self.line(f"else: hr_at = {k}; _undefined({key})")
+            func = self.load(func_node.id, k)
         else:
             func = self.expr(func_node)
         args = "[" + "".join(self.expr(a) + ", " for a in node.args) + "]"
@@ -375,30 +383,34 @@ def compile_body(tree: ast.Module, runtime: Runtime) -> RuleBody | None:
     """The rule's top level as one function `body(interp, symtable)`, run by RuleInterpreter.execute in
     place of its own walk; None when it is too big or takes a shape the emitter does not (it then runs
     interpreted, as it always could). The tree must have been through prepare()."""
-    return _compiled(tree, tree.body, False, runtime)
+    return _compiled(tree, tree.body, False, runtime, MAX_SOURCE, 0)[0]
 
 
-def compile_function(node: ast.FunctionDef, runtime: Runtime) -> RuleBody | None:
+def compile_function(node: ast.FunctionDef, runtime: Runtime, room: int) -> tuple[RuleBody | None, int]:
     """A def's body as one function `body(interp, frame)`, run by RuleInterpreter._call_function in
-    place of its walk; None as for compile_body."""
-    return _compiled(node, node.body, True, runtime)
+    place of its walk, or None as for compile_body; and what it takes of `room` (what is left of the
+    rule's MAX_RULE_SOURCE): its source's characters, or all of the room when it does not fit in it, so
+    the defs after it run on the walk too without being emitted one by one."""
+    return _compiled(node, node.body, True, runtime, min(room, MAX_SOURCE), room)
 
 
-def _compiled(root: ast.AST, body: list[ast.stmt], function: bool, runtime: Runtime) -> RuleBody | None:
+def _compiled(root: ast.AST, body: list[ast.stmt], function: bool, runtime: Runtime,
+              limit: int, room: int) -> tuple[RuleBody | None, int]:
     if size(root) > MAX_NODES:
-        return None
+        return None, 0
     source, nodes, constants = emit(body, function)
     if source is None:
-        return None
-    scope = _globals(runtime)
+        return None, 0
+    if len(source) > limit:
+        return None, room if len(source) > room else 0
     try:
         code = compile(source, "<hookrules compiled rule>", "exec")
     except (SyntaxError, RecursionError, MemoryError, ValueError):  # nested past what Python's compiler takes
-        return None
-    exec(code, scope)  # defines hr_rule in scope, from the emitted source alone
-    compiled = scope["hr_rule"]
-    compiled.__defaults__ = (tuple(nodes), tuple(constants))
-    return compiled  # type: ignore[no-any-return]
+        return None, 0
+    # The module's one constant that is code: hr_rule's. Made a function here, with the shared globals,
+    # rather than by running the module (nothing of the emitted source runs until a rule does)
+    function_code = next(c for c in code.co_consts if c.__class__ is CodeType)
+    return FunctionType(function_code, runtime.names, "hr_rule", (tuple(nodes), tuple(constants))), len(source)
 
 
 def emit(body: list[ast.stmt], function: bool = False) -> tuple[str | None, list[ast.AST], list[Any]]:
@@ -417,5 +429,5 @@ def emit(body: list[ast.stmt], function: bool = False) -> tuple[str | None, list
     return "\n".join(out.lines) + "\n", out.nodes, out.constants
 
 
-__all__ = ["MAX_NODES", "NATIVE_EXPRESSIONS", "NATIVE_STATEMENTS", "RuleBody", "Runtime", "compile_body",
+__all__ = ["MAX_NODES", "MAX_RULE_SOURCE", "MAX_SOURCE", "NATIVE_EXPRESSIONS", "NATIVE_STATEMENTS", "RuleBody", "Runtime", "compile_body",
            "compile_function", "emit", "size"]

@@ -27,7 +27,7 @@ from ..decisions import Decision
 from . import allocation
 from .builtins import Decided
 from .checker import DENIED_ATTR_PREFIXES, DENIED_ATTRS
-from .compiler import Runtime, compile_function
+from .compiler import MAX_RULE_SOURCE, Runtime, compile_function
 from .guards import (
     GUARDED_METHODS,
     GUARDED_OPERATORS,
@@ -66,6 +66,11 @@ _SMALL = 16
 _DECIDED = object()
 
 _FOREVER = float("inf")  # no deadline
+
+#: how deep a rule's functions may call each other (recursion is refused): a bound of the language, so a
+#: chain fails alike whichever way it runs (a compiled def takes fewer Python frames a call than the walk)
+#: and far from Python's own stack limit
+MAX_CALL_DEPTH = 50
 
 #: what compiled code (lang/compiler) needs of this module: the operator table and the markers
 RUNTIME = Runtime(OPERATORS, _DECIDED, ReturnedNone)
@@ -128,6 +133,8 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         #: decision function -> its maker (builtins.decision_makers), for decisions made as statements
         self.makers: dict[Callable[..., None], Callable[..., Decision]] = {}
         self.decision: Decision | None = None
+        #: characters of source its defs (a library's too) may still compile to (lang/compiler)
+        self.compile_room = MAX_RULE_SOURCE
         #: what stops the statement lists: a Return, Break or Continue node, _DECIDED, or None
         self._interrupt: Any = None
 
@@ -161,7 +168,11 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         compiled = type(self) is RuleInterpreter
         for node in ast.walk(tree):
             if node.__class__ is ast.FunctionDef:
-                node.hr_body = compile_function(node, RUNTIME) if compiled else None  # type: ignore[attr-defined]
+                body = None
+                if compiled and self.compile_room > 0:
+                    body, used = compile_function(node, RUNTIME, self.compile_room)
+                    self.compile_room -= used
+                node.hr_body = body  # type: ignore[attr-defined]
 
     def execute(self, tree: ast.Module, symtable: dict[str, Any], max_steps: int, deadline: float,
                 body: Callable[[Any, dict[str, Any]], Any] | None = None) -> Any:
@@ -193,6 +204,9 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             return made.decision
         except Exception as exc:
             self.error_node, self.error_file = _innermost_node(exc.__traceback__)
+            raise
+        except RuleAbort as abort:  # its node is the location; the file is that of the statement it stopped
+            self.error_node, self.error_file = abort.node, _innermost_node(abort.__traceback__)[1]
             raise
         finally:
             self.symtable = {}  # nothing a run bound survives it
@@ -291,8 +305,10 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
 
     def on_for(self, node: Any) -> None:
         for value in each(self.run(node.iter)):
-            self.node_assign(node.target, value)
+            # cleared before the target is assigned: a target that calls a def (`for d[f()] in ...`) must
+            # not find the last item's `continue` still set, which would stop f's body at its first statement
             self._interrupt = None
+            self.node_assign(node.target, value)
             self._block(node.body)
             interrupt = self._interrupt
             if interrupt is not None and interrupt.__class__ is not ast.Continue:
@@ -599,6 +615,8 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
     def _call_function(self, func: RuleFunction, args: list[Any], kwargs: dict[str, Any]) -> Any:
         if func in self._active:
             raise RecursionError(f"function '{func.name}' called recursively: recursion is not allowed")
+        if len(self._active) >= MAX_CALL_DEPTH:  # a bound of the language's, not Python's stack
+            raise RecursionError(f"functions call each other more than {MAX_CALL_DEPTH} deep: flatten the chain")
         frame = func.bind(args, kwargs)
         caller = self.symtable
         self.symtable = frame
