@@ -27,9 +27,9 @@ from .datafiles import DataNamespace, DataSet, scan_data
 from .files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, collector_paused, read_file
 from .lang.checker import TOPICS_NAME, check
 from .lang.loader import DATA_NAME, Libraries, Linker, reads_data, strip_loads, time_dependent
-from .lang.functions import ListChanged, RuleAbort
+from .lang.functions import CallsTooDeep, ListChanged, RuleAbort
 from .lang.compiler import RuleBody, compile_body
-from .lang.interp import RUNTIME, RuleInterpreter
+from .lang.interp import MAX_CALL_DEPTH, RUNTIME, RuleInterpreter
 
 
 class RuleRuntimeError(Exception):
@@ -45,6 +45,7 @@ RUNTIME_HINTS: tuple[tuple[type[BaseException], str], ...] = (
     (KeyError, "check with 'if key in d:' or use d.get(key, default)"),
     (IndexError, "check len(...) before indexing"),
     (ZeroDivisionError, "check the divisor before dividing"),
+    (CallsTooDeep, f"call fewer functions inside one another (at most {MAX_CALL_DEPTH}), or nest their bodies less"),
     (RecursionError, "loop with 'for' instead of calling a function from itself"),
     (NameError, "assign the name on every path before it is used"),
     (AttributeError, "see the README for the fields each object has"),
@@ -127,9 +128,9 @@ class CompiledRule:
         try:
             return self.interp.execute(self.tree, symtable, limits.max_steps, deadline, self.body)  # type: ignore[no-any-return]
         except RuleAbort as exc:
-            raise RuleRuntimeError(self._error("deadline_error", str(exc), exc.node,
-                                               "keep loops short; raise --rule-timeout above the cost of slow "
-                                               "helpers (password hashes)")) from None
+            hint = ("keep loops short, or raise --max-steps" if "out of steps" in str(exc) else
+                    "keep loops short; raise --rule-timeout above the cost of slow helpers (password hashes)")
+            raise RuleRuntimeError(self._error("deadline_error", str(exc), exc.node, hint)) from None
         except Exception as exc:
             hint = next((h for kind, h in RUNTIME_HINTS if isinstance(exc, kind)), DEFAULT_RUNTIME_HINT)
             # read-only data is a mappingproxy to Python; to a rule author it is a dict they cannot change

@@ -401,8 +401,30 @@ def test_functions_call_each_other_at_most_max_call_depth_deep_either_way(depth:
     assert compiled == walked
     if fails:
         assert compiled[:2] == ("error", "runtime_error") and f"more than {MAX_CALL_DEPTH} deep" in compiled[5]
+        assert "call fewer functions inside one another" in compiled[6]
     else:
         assert compiled[:2] == ("decision", repr(Deny(str(depth - 1))))
+
+
+@pytest.mark.parametrize("nesting", [0, 5, 15, 40])  # 50 calls of 6 + nesting frames: 600 fits 0 and 5
+def test_deeply_nested_bodies_allow_fewer_calls_either_way(nesting: int) -> None:
+    """A chain of 50 defs, each nesting its call `nesting` expressions deep: the walk takes a Python
+    frame per level, so the bound charges each call its body's nesting (FRAME_BUDGET) and the chain
+    fails alike both ways, with the bound's hint, instead of where Python's stack ends on the walk."""
+    src = ""
+    for i in range(MAX_CALL_DEPTH - 1):
+        call = f"f{i + 1}(x)"
+        for _ in range(nesting):
+            call = f"({call} + 1)"
+        src += f"def f{i}(x):\n    return {call}\n"
+    src += f"def f{MAX_CALL_DEPTH - 1}(x):\n    return x\ndeny(str(f0(0)))\n"
+    walked, compiled, _ = both_ways(src)
+    assert compiled == walked
+    if nesting <= 5:
+        assert compiled[0] == "decision"
+    else:
+        assert compiled[:2] == ("error", "runtime_error") and "too deeply for how deeply their bodies nest" in compiled[5]
+        assert "call fewer functions inside one another" in compiled[6]  # not the hint for recursion
 
 
 def test_a_for_target_that_calls_a_def_runs_the_whole_def() -> None:

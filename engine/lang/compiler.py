@@ -24,7 +24,8 @@ tests/test_compiler.py checks all of it on the emitted code itself, and runs rul
 Errors: the function keeps the index of the node it is working on in `hr_at`, and of the statement in
 `hr_stmt`, which interp._innermost_node and passwords._calling_node read as they read a handler's
 `node`, so a failure points at the same file:line:col either way. Steps and the
-deadline: one step per statement, checked as RuleInterpreter.run() checks it.
+deadline: one step per statement (and one for a return's value, which on_return runs through run()),
+checked as RuleInterpreter.run() checks it.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class Runtime:
 
 
 class _Unsupported(Exception):
-    """A shape the emitter does not take: the whole rule runs interpreted."""
+    """A shape the emitter does not take: that top level, or that def, runs on the walk."""
 
 
 def _undefined(name: str) -> None:
@@ -194,7 +195,8 @@ class _Emitter:
 
     def returns(self, node: ast.Return, k: int) -> None:
         """on_return: the value through run() (a step of its own), ReturnedNone for None, and the
-        Return node in _interrupt, which _call_function reads."""
+        Return node in _interrupt as on_return leaves it (the walk's blocks stop on it; _call_function
+        clears it)."""
         if node.value is None:
             value = "(None)"
         else:

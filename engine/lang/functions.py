@@ -19,6 +19,11 @@ class ListChanged(RuntimeError):
     """A list changed while a loop went over it."""
 
 
+class CallsTooDeep(RecursionError):
+    """Functions called inside one another past the language's bound (interp.MAX_CALL_DEPTH and
+    FRAME_BUDGET): the same for a compiled run and the walk, and short of Python's own stack limit."""
+
+
 def each(iterable: Any) -> Any:
     """What a for loop or comprehension goes over: a list as Starlark has it, refusing to change."""
     return _frozen_while_iterated(iterable) if iterable.__class__ is list else iterable

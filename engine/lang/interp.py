@@ -42,7 +42,7 @@ from .guards import (
     keys_of,
 )
 from .boundary import BULK_HASHING, COMPARISONS, INSERTS, SCANS, check_bulk, compare, container_method
-from .functions import RuleAbort, RuleFunction, each
+from .functions import CallsTooDeep, RuleAbort, RuleFunction, each
 from .passwords import RunBudget
 from .nesting import Nesting
 from .ordering import ORDERING, is_ordering, ordered
@@ -69,8 +69,13 @@ _FOREVER = float("inf")  # no deadline
 
 #: how deep a rule's functions may call each other (recursion is refused): a bound of the language, so a
 #: chain fails alike whichever way it runs (a compiled def takes fewer Python frames a call than the walk)
-#: and far from Python's own stack limit
+#: and short of Python's own stack limit
 MAX_CALL_DEPTH = 50
+#: ...and the Python frames the walk would take for the calls in progress, each charged its body's
+#: nesting (frames_of): deeply nested bodies allow fewer calls. 600 of Python's 1,000 leave room for the
+#: server's own frames and a top level nested as deep as the checker allows (measured on the walk: a call
+#: `return f(x)` takes 6 frames, each statement level around it 3 more, each expression level 1 more)
+FRAME_BUDGET = 600
 
 #: what compiled code (lang/compiler) needs of this module: the operator table and the markers
 RUNTIME = Runtime(OPERATORS, _DECIDED, ReturnedNone)
@@ -89,6 +94,23 @@ def _constant_items(node: ast.Tuple) -> bool:
     on_tuple would charge nothing for it."""
     return (isinstance(node.ctx, ast.Load) and len(node.elts) <= _SMALL
             and all(e.__class__ is ast.Constant and e.value.__class__ in _SCALARS for e in node.elts))
+
+
+def frames_of(node: ast.FunctionDef) -> int:
+    """What a call of this def is charged against FRAME_BUDGET: the walk's frames for its body's deepest
+    nesting, 3 a statement or comprehension level and 1 an expression level, plus 1 (so `return f(x)`,
+    3 + 1 + 1, is charged the 6 frames it takes); the defs inside it apart (each is charged when called)."""
+    deepest = 0
+    stack: list[tuple[ast.AST, int]] = [(child, 0) for child in node.body]
+    while stack:
+        child, depth = stack.pop()
+        if isinstance(child, (ast.stmt, ast.comprehension)):
+            depth += 3
+        elif isinstance(child, ast.expr):
+            depth += 1
+        deepest = max(deepest, depth)
+        stack.extend((c, depth) for c in ast.iter_child_nodes(child) if c.__class__ is not ast.FunctionDef)
+    return 1 + deepest
 
 
 def _innermost_node(tb: Any) -> tuple[ast.AST | None, str]:
@@ -116,6 +138,8 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         self.error: list[Any] = []
         self.code_text: list[str] = []
         self._calldepth: int = 0
+        #: the walk's Python frames the calls in progress are charged (FRAME_BUDGET)
+        self._frames = 0
         self._dispatch = {cls: self.node_handlers[cls.__name__.lower()] for cls in _NODE_CLASSES
                           if cls.__name__.lower() in self.node_handlers}
         self._defaults: dict[ast.FunctionDef, tuple[list[str], dict[str, Any]]] = {}
@@ -141,7 +165,10 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
     def prepare(self, tree: ast.Module, path: str = "") -> None:
         """Bind every node of the tree to its handler once, so run() skips the per-node lookup.
 
-        Statements also learn their file (`hr_file`), for coverage and --explain across libraries.
+        Statements also learn their file (`hr_file`), for coverage and --explain across libraries; each
+        def what a call of it is charged against FRAME_BUDGET (`hr_frames`) and, on this class (not a
+        subclass that watches nodes), its body compiled (`hr_body`, lang/compiler) while the rule's
+        `compile_room` lasts.
         """
         plain = type(self).on_tuple is RuleInterpreter.on_tuple  # a subclass that watches tuples sees each
         for node in ast.walk(tree):
@@ -168,6 +195,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         compiled = type(self) is RuleInterpreter
         for node in ast.walk(tree):
             if node.__class__ is ast.FunctionDef:
+                node.hr_frames = frames_of(node)  # type: ignore[attr-defined]
                 body = None
                 if compiled and self.compile_room > 0:
                     body, used = compile_function(node, RUNTIME, self.compile_room)
@@ -189,6 +217,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             self._active = []
             self.code_text = []
             self._calldepth = 0
+            self._frames = 0
         self.error_node = None
         self.error_file = ""
         self.decision = None
@@ -615,13 +644,18 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
     def _call_function(self, func: RuleFunction, args: list[Any], kwargs: dict[str, Any]) -> Any:
         if func in self._active:
             raise RecursionError(f"function '{func.name}' called recursively: recursion is not allowed")
-        if len(self._active) >= MAX_CALL_DEPTH:  # a bound of the language's, not Python's stack
-            raise RecursionError(f"functions call each other more than {MAX_CALL_DEPTH} deep: flatten the chain")
+        if len(self._active) >= MAX_CALL_DEPTH:  # bounds of the language's, not Python's stack
+            raise CallsTooDeep(f"functions call each other more than {MAX_CALL_DEPTH} deep")
+        frames = getattr(func._node, "hr_frames", None) or frames_of(func._node)
+        if self._frames + frames > FRAME_BUDGET:
+            raise CallsTooDeep(f"functions call each other too deeply for how deeply their bodies nest "
+                               f"({len(self._active) + 1} calls)")
         frame = func.bind(args, kwargs)
         caller = self.symtable
         self.symtable = frame
         self._active.append(func)
         self._calldepth += 1  # asteval's on_return refuses a return at depth 0
+        self._frames += frames
         try:
             body = getattr(func._node, "hr_body", None)
             if body is not None:
@@ -634,6 +668,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
             self.symtable = caller
             self._active.pop()
             self._calldepth -= 1
+            self._frames -= frames
             self.retval = None
             self._interrupt = None
         if decided:  # inside a function the caller may be in mid-expression: end the run the sure way
