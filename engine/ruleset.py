@@ -27,9 +27,9 @@ from .datafiles import DataNamespace, DataSet, scan_data
 from .files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, collector_paused, read_file
 from .lang.checker import TOPICS_NAME, check
 from .lang.loader import DATA_NAME, Libraries, Linker, reads_data, strip_loads, time_dependent
-from .lang.functions import CallsTooDeep, ListChanged, RuleAbort
+from .lang.functions import MAX_CALL_DEPTH, CallsTooDeep, ListChanged, RuleAbort
 from .lang.compiler import RuleBody, compile_body
-from .lang.interp import MAX_CALL_DEPTH, RUNTIME, RuleInterpreter
+from .lang.interp import RUNTIME, RuleInterpreter
 
 
 class RuleRuntimeError(Exception):

@@ -26,7 +26,8 @@ from hookrules.hooks import HOOKS
 from hookrules.lang import compiler
 from hookrules.lang.checker import ALLOWED_NODES
 from hookrules.lang.interp import RUNTIME as INTERP_RUNTIME
-from hookrules.lang.interp import MAX_CALL_DEPTH, RuleInterpreter
+from hookrules.lang.functions import MAX_CALL_DEPTH
+from hookrules.lang.interp import RuleInterpreter
 from hookrules.lang.trace import TracingInterpreter
 from hookrules.ruleset import CompiledRule, Context, Limits, RuleRuntimeError, RuleSet, compile_rule, scan
 

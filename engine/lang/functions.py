@@ -1,8 +1,10 @@
-"""A rule's own functions (`def`), what a loop goes over, and the two ways a run stops early.
+"""A rule's own functions (`def`), how deep they may call each other, what a loop goes over, and the
+two ways a run stops early.
 
 RuleFunction keeps Python's lexical scoping (asteval's Procedure is dynamic) and holds only underscore
-attributes, which rules cannot read. A for loop over a list fails as Starlark does if the list changes
-size meanwhile (ListChanged). RuleAbort ends a run past its step budget or deadline.
+attributes, which rules cannot read. Calls nest at most MAX_CALL_DEPTH deep and within FRAME_BUDGET
+(CallsTooDeep). A for loop over a list fails as Starlark does if the list changes size meanwhile
+(ListChanged). RuleAbort ends a run past its step budget or deadline.
 """
 
 from __future__ import annotations
@@ -19,8 +21,36 @@ class ListChanged(RuntimeError):
     """A list changed while a loop went over it."""
 
 
+#: how deep a rule's functions may call each other (recursion is refused): a bound of the language, so a
+#: chain fails alike whichever way it runs (a compiled def takes fewer Python frames a call than the walk)
+#: and short of Python's own stack limit
+MAX_CALL_DEPTH = 50
+#: ...and the Python frames the walk would take for the calls in progress, each charged its body's
+#: nesting (frames_of): deeply nested bodies allow fewer calls. 600 of Python's 1,000 leave room for the
+#: server's own frames and a top level nested as deep as the checker allows (measured on the walk: a call
+#: `return f(x)` takes 6 frames, each statement level around it 3 more, each expression level 1 more)
+FRAME_BUDGET = 600
+
+
+def frames_of(node: ast.FunctionDef) -> int:
+    """What a call of this def is charged against FRAME_BUDGET: the walk's frames for its body's deepest
+    nesting, 3 a statement or comprehension level and 1 an expression level, plus 1 (so `return f(x)`,
+    3 + 1 + 1, is charged the 6 frames it takes); the defs inside it apart (each is charged when called)."""
+    deepest = 0
+    stack: list[tuple[ast.AST, int]] = [(child, 0) for child in node.body]
+    while stack:
+        child, depth = stack.pop()
+        if isinstance(child, (ast.stmt, ast.comprehension)):
+            depth += 3
+        elif isinstance(child, ast.expr):
+            depth += 1
+        deepest = max(deepest, depth)
+        stack.extend((c, depth) for c in ast.iter_child_nodes(child) if c.__class__ is not ast.FunctionDef)
+    return 1 + deepest
+
+
 class CallsTooDeep(RecursionError):
-    """Functions called inside one another past the language's bound (interp.MAX_CALL_DEPTH and
+    """Functions called inside one another past the language's bounds (MAX_CALL_DEPTH and
     FRAME_BUDGET): the same for a compiled run and the walk, and short of Python's own stack limit."""
 
 

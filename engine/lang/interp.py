@@ -42,7 +42,7 @@ from .guards import (
     keys_of,
 )
 from .boundary import BULK_HASHING, COMPARISONS, INSERTS, SCANS, check_bulk, compare, container_method
-from .functions import CallsTooDeep, RuleAbort, RuleFunction, each
+from .functions import FRAME_BUDGET, MAX_CALL_DEPTH, CallsTooDeep, RuleAbort, RuleFunction, each, frames_of
 from .passwords import RunBudget
 from .nesting import Nesting
 from .ordering import ORDERING, is_ordering, ordered
@@ -67,16 +67,6 @@ _DECIDED = object()
 
 _FOREVER = float("inf")  # no deadline
 
-#: how deep a rule's functions may call each other (recursion is refused): a bound of the language, so a
-#: chain fails alike whichever way it runs (a compiled def takes fewer Python frames a call than the walk)
-#: and short of Python's own stack limit
-MAX_CALL_DEPTH = 50
-#: ...and the Python frames the walk would take for the calls in progress, each charged its body's
-#: nesting (frames_of): deeply nested bodies allow fewer calls. 600 of Python's 1,000 leave room for the
-#: server's own frames and a top level nested as deep as the checker allows (measured on the walk: a call
-#: `return f(x)` takes 6 frames, each statement level around it 3 more, each expression level 1 more)
-FRAME_BUDGET = 600
-
 #: what compiled code (lang/compiler) needs of this module: the operator table and the markers
 RUNTIME = Runtime(OPERATORS, _DECIDED, ReturnedNone)
 
@@ -94,23 +84,6 @@ def _constant_items(node: ast.Tuple) -> bool:
     on_tuple would charge nothing for it."""
     return (isinstance(node.ctx, ast.Load) and len(node.elts) <= _SMALL
             and all(e.__class__ is ast.Constant and e.value.__class__ in _SCALARS for e in node.elts))
-
-
-def frames_of(node: ast.FunctionDef) -> int:
-    """What a call of this def is charged against FRAME_BUDGET: the walk's frames for its body's deepest
-    nesting, 3 a statement or comprehension level and 1 an expression level, plus 1 (so `return f(x)`,
-    3 + 1 + 1, is charged the 6 frames it takes); the defs inside it apart (each is charged when called)."""
-    deepest = 0
-    stack: list[tuple[ast.AST, int]] = [(child, 0) for child in node.body]
-    while stack:
-        child, depth = stack.pop()
-        if isinstance(child, (ast.stmt, ast.comprehension)):
-            depth += 3
-        elif isinstance(child, ast.expr):
-            depth += 1
-        deepest = max(deepest, depth)
-        stack.extend((c, depth) for c in ast.iter_child_nodes(child) if c.__class__ is not ast.FunctionDef)
-    return 1 + deepest
 
 
 def _innermost_node(tb: Any) -> tuple[ast.AST | None, str]:
