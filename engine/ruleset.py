@@ -28,8 +28,8 @@ from .files import MAX_RULE_BYTES, RULE_SIZE_HINT, FileRefused, collector_paused
 from .lang.checker import TOPICS_NAME, check
 from .lang.loader import DATA_NAME, Libraries, Linker, reads_data, strip_loads, time_dependent
 from .lang.functions import MAX_CALL_DEPTH, CallsTooDeep, ListChanged, RuleAbort
-from .lang.compiler import RuleBody, compile_body
-from .lang.interp import RUNTIME, RuleInterpreter
+from .lang.compiler import RuleBody
+from .lang.interp import RuleInterpreter
 
 
 class RuleRuntimeError(Exception):
@@ -104,9 +104,7 @@ class CompiledRule:
         # about 5 us a run, against about 1 for the few a rule names (bench/README.md, cold runs).
         names = {node.id for node in ast.walk(self.tree) if node.__class__ is ast.Name}
         self.run_base = {name: value for name, value in self.base.items() if name in names}
-        # Only the plain interpreter's: a subclass (trace.TracingInterpreter) watches each node it runs.
-        if type(self.interp) is RuleInterpreter:
-            self.body = compile_body(self.tree, RUNTIME)
+        self.body = self.interp.compiled_body(self.tree)
 
     def wants(self, event: Event) -> bool:
         """False when TOPICS is declared and the message topic matches none of them."""
@@ -128,7 +126,7 @@ class CompiledRule:
         try:
             return self.interp.execute(self.tree, symtable, limits.max_steps, deadline, self.body)  # type: ignore[no-any-return]
         except RuleAbort as exc:
-            hint = ("keep loops short, or raise --max-steps" if "out of steps" in str(exc) else
+            hint = ("keep loops short, or raise --max-steps" if exc.steps else
                     "keep loops short; raise --rule-timeout above the cost of slow helpers (password hashes)")
             raise RuleRuntimeError(self._error("deadline_error", str(exc), exc.node, hint)) from None
         except Exception as exc:

@@ -521,6 +521,7 @@ def test_a_library_def_out_of_steps_is_reported_in_the_library(tmp_path: Path) -
             rule.run(authz_event(), Limits(max_steps=50_000))
         error = failed.value.error
         assert error.code == "deadline_error" and "steps" in error.message
+        assert "--max-steps" in error.hint  # the budget it ran out of, not --rule-timeout
         locations.append((str(error.location), error.source_line))
     assert locations[0] == locations[1]
     assert "lib/sq.star:2:" in locations[0][0] and "range(n)" in locations[0][1]

@@ -158,8 +158,7 @@ class _Emitter:
             self.line(f"if I._interrupt is not None: return{'' if self.function else ' I.decision'}")
             return
         self.line(f"hr_stmt = {k}")  # for a helper that names the statement it was called from (passwords)
-        self.line("I._steps -= 1")
-        self.line(f"if I._steps < 0 or _mono() > D: I._check_budget(hr_nodes[{k}])")
+        self.step(k)
         if cls is ast.Pass:
             return
         if cls is ast.Return:
@@ -193,6 +192,11 @@ class _Emitter:
             self.block(node.orelse)  # type: ignore[attr-defined]
             self.depth -= 1
 
+    def step(self, k: int) -> None:
+        """RuleInterpreter.run's step and deadline check, for the node at index k."""
+        self.line("I._steps -= 1")
+        self.line(f"if I._steps < 0 or _mono() > D: I._check_budget(hr_nodes[{k}])")
+
     def returns(self, node: ast.Return, k: int) -> None:
         """on_return: the value through run() (a step of its own), ReturnedNone for None, and the
         Return node in _interrupt as on_return leaves it (the walk's blocks stop on it; _call_function
@@ -200,9 +204,7 @@ class _Emitter:
         if node.value is None:
             value = "(None)"
         else:
-            v = self.at(node.value)
-            self.line("I._steps -= 1")
-            self.line(f"if I._steps < 0 or _mono() > D: I._check_budget(hr_nodes[{v}])")
+            self.step(self.at(node.value))
             value = self.expr(node.value)
         self.line(f"I.retval = _ReturnedNone if {value} is None else {value}")
         self.line(f"I._interrupt = hr_nodes[{k}]")

@@ -123,8 +123,10 @@ add_function_class(RuleFunction)
 
 
 class RuleAbort(BaseException):
-    """The run went over its step budget or deadline. BaseException, so no handler swallows it."""
+    """The run went over its step budget (`steps`) or its deadline. BaseException, so no handler
+    swallows it."""
 
-    def __init__(self, message: str, node: ast.AST | None):
+    def __init__(self, message: str, node: ast.AST | None, steps: bool = False):
         super().__init__(message)
         self.node = node
+        self.steps = steps

@@ -27,7 +27,7 @@ from ..decisions import Decision
 from . import allocation
 from .builtins import Decided
 from .checker import DENIED_ATTR_PREFIXES, DENIED_ATTRS
-from .compiler import MAX_RULE_SOURCE, Runtime, compile_function
+from .compiler import MAX_RULE_SOURCE, RuleBody, Runtime, compile_body, compile_function
 from .guards import (
     GUARDED_METHODS,
     GUARDED_OPERATORS,
@@ -163,9 +163,8 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
         for node in ast.walk(tree):
             if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
                 node.value.hr_statement = True  # type: ignore[attr-defined]
-        # Each def's body as one function (lang/compiler), which _call_function runs in place of the walk;
-        # not for a subclass (trace.TracingInterpreter), which watches every node it runs
-        compiled = type(self) is RuleInterpreter
+        # Each def's body as one function (lang/compiler), which _call_function runs in place of the walk
+        compiled = self.compiles()
         for node in ast.walk(tree):
             if node.__class__ is ast.FunctionDef:
                 node.hr_frames = frames_of(node)  # type: ignore[attr-defined]
@@ -175,8 +174,17 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
                     self.compile_room -= used
                 node.hr_body = body  # type: ignore[attr-defined]
 
+    def compiles(self) -> bool:
+        """Whether this interpreter runs compiled code (lang/compiler): not a subclass, such as
+        trace.TracingInterpreter, which watches every node it runs."""
+        return type(self) is RuleInterpreter
+
+    def compiled_body(self, tree: ast.Module) -> RuleBody | None:
+        """The prepared tree's top level compiled, for execute(); None where it runs on the walk."""
+        return compile_body(tree, RUNTIME) if self.compiles() else None
+
     def execute(self, tree: ast.Module, symtable: dict[str, Any], max_steps: int, deadline: float,
-                body: Callable[[Any, dict[str, Any]], Any] | None = None) -> Any:
+                body: RuleBody | None = None) -> Any:
         """Run a whole rule; returns the Decision it made, or None when it made none.
 
         `body`: the tree's top level compiled (lang/compiler), run in place of the walk, with the same
@@ -245,7 +253,7 @@ class RuleInterpreter(Interpreter):  # type: ignore[misc]
 
     def _check_budget(self, node: ast.AST) -> None:
         if self._steps < 0:
-            raise RuleAbort("the rule ran out of steps (an unbounded loop?)", node)
+            raise RuleAbort("the rule ran out of steps (an unbounded loop?)", node, steps=True)
         if _monotonic() > self._deadline:
             raise RuleAbort("the rule ran past its deadline (a long loop, or a slow helper such as bcrypt_check "
                             "just before this line)", node)
