@@ -22,10 +22,10 @@ Closed by construction, not by cases:
 tests/test_compiler.py checks all of it on the emitted code itself, and runs rules both ways.
 
 Errors: the function keeps the index of the node it is working on in `hr_at`, and of the statement in
-`hr_stmt`, which interp._innermost_node and passwords._calling_node read as they read a handler's
-`node`, so a failure points at the same file:line:col either way. Steps and the
-deadline: one step per statement (and one for a return's value, which on_return runs through run()),
-checked as RuleInterpreter.run() checks it.
+`hr_stmt`, which frame_position reads for interp._innermost_node and passwords._calling_node as they read
+a handler's `node`, so a failure points at the same file:line:col either way. Steps and the deadline:
+one step per statement (and one for a return's value, which on_return runs through run()), checked as
+RuleInterpreter.run() checks it.
 """
 
 from __future__ import annotations
@@ -372,6 +372,15 @@ class _Emitter:
         return t
 
 
+def frame_position(names: Mapping[str, Any]) -> tuple[ast.AST, ast.AST] | None:
+    """The node and the statement a compiled function was at, from its frame's locals (`hr_at`,
+    `hr_stmt`, `hr_nodes`); None for any other frame. What a handler's `node` local is to the walk."""
+    if "hr_at" not in names:
+        return None
+    nodes = names["hr_nodes"]
+    return nodes[names["hr_at"]], nodes[names["hr_stmt"]]
+
+
 def size(root: ast.AST) -> int:
     """The nodes of a top level or a def, without the defs inside it (each is compiled on its own)."""
     count = 0
@@ -433,5 +442,5 @@ def emit(body: list[ast.stmt], function: bool = False) -> tuple[str | None, list
     return "\n".join(out.lines) + "\n", out.nodes, out.constants
 
 
-__all__ = ["MAX_NODES", "MAX_RULE_SOURCE", "MAX_SOURCE", "NATIVE_EXPRESSIONS", "NATIVE_STATEMENTS", "RuleBody", "Runtime", "compile_body",
-           "compile_function", "emit", "size"]
+__all__ = ["MAX_NODES", "MAX_RULE_SOURCE", "MAX_SOURCE", "NATIVE_EXPRESSIONS", "NATIVE_STATEMENTS", "RuleBody",
+           "Runtime", "compile_body", "compile_function", "emit", "frame_position", "size"]

@@ -27,7 +27,7 @@ from ..decisions import Decision
 from . import allocation
 from .builtins import Decided
 from .checker import DENIED_ATTR_PREFIXES, DENIED_ATTRS
-from .compiler import MAX_RULE_SOURCE, RuleBody, Runtime, compile_body, compile_function
+from .compiler import MAX_RULE_SOURCE, RuleBody, Runtime, compile_body, compile_function, frame_position
 from .guards import (
     GUARDED_METHODS,
     GUARDED_OPERATORS,
@@ -94,9 +94,10 @@ def _innermost_node(tb: Any) -> tuple[ast.AST | None, str]:
     while tb is not None:
         names = tb.tb_frame.f_locals
         node = names.get("node")
-        if node is None and "hr_at" in names:  # a compiled frame (lang/compiler): its node and statement
-            file = getattr(names["hr_nodes"][names["hr_stmt"]], "hr_file", file)
-            node = names["hr_nodes"][names["hr_at"]]
+        compiled = frame_position(names) if node is None else None
+        if compiled is not None:  # a compiled frame (lang/compiler): its node, and its statement's file
+            node, statement = compiled
+            file = getattr(statement, "hr_file", file)
         if isinstance(node, ast.AST) and hasattr(node, "lineno"):
             found = node
             file = getattr(node, "hr_file", file)

@@ -23,6 +23,7 @@ from typing import Any
 
 import bcrypt
 
+from .compiler import frame_position
 from .helperargs import choice_arg, str_arg, text_arg, whole_arg
 
 #: bcrypt cost is 2**cost rounds: 10 takes about 70 ms and each step doubles it, so the cap keeps one
@@ -150,8 +151,9 @@ def _calling_node() -> Any:
     while frame is not None:
         names = frame.f_locals
         node = names.get("node")
-        if node is None and "hr_stmt" in names:  # a compiled rule's frame (lang/compiler): its statement
-            node = names["hr_nodes"][names["hr_stmt"]]
+        compiled = frame_position(names) if node is None else None
+        if compiled is not None:  # a compiled rule's frame (lang/compiler): its statement
+            node = compiled[1]
         if hasattr(node, "hr_file") and hasattr(node, "lineno"):
             return node
         frame = frame.f_back  # type: ignore[assignment]
